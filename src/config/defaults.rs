@@ -1,0 +1,146 @@
+//! The config tree and its defaults, in the spirit of Detectron2's `config/defaults.py`.
+//!
+//! Pixel values are RGB in 0..255; the default mean/std are torchvision's ImageNet
+//! normalisation scaled by 255, so ImageNet-pretrained weights see the inputs they expect.
+
+use crate::config_group;
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+config_group! {
+    /// The whole configuration.
+    pub struct Config {
+        model: ModelConfig = ModelConfig::default(),
+        input: InputConfig = InputConfig::default(),
+        datasets: DatasetsConfig = DatasetsConfig::default(),
+        dataloader: DataLoaderConfig = DataLoaderConfig::default(),
+        solver: SolverConfig = SolverConfig::default(),
+        test: TestConfig = TestConfig::default(),
+        /// Where every run writes its config, logs, checkpoints and results.
+        output_dir: String = s("./output"),
+        /// Global seed; negative picks one from the clock (as Detectron2).
+        seed: i64 = -1,
+    }
+}
+
+config_group! {
+    pub struct ModelConfig {
+        /// Name in the meta-architecture registry.
+        meta_architecture: String = s("Classifier"),
+        /// `cpu`, `cuda`, `cuda:N` or `metal`.
+        device: String = s("cpu"),
+        /// A checkpoint to load: `.pth` (zip or legacy), `.safetensors`; empty for random init.
+        weights: String = s(""),
+        pixel_mean: Vec<f64> = vec![123.675, 116.28, 103.53],
+        pixel_std: Vec<f64> = vec![58.395, 57.12, 57.375],
+        backbone: BackboneConfig = BackboneConfig::default(),
+        mobilenet: MobileNetConfig = MobileNetConfig::default(),
+        classifier: ClassifierConfig = ClassifierConfig::default(),
+    }
+}
+
+config_group! {
+    pub struct BackboneConfig {
+        /// Name in the backbone registry.
+        name: String = s("build_mobilenet_v2_backbone"),
+        /// Number of leading `features` modules to freeze (0 trains everything).
+        freeze_at: usize = 0,
+    }
+}
+
+config_group! {
+    pub struct MobileNetConfig {
+        width_mult: f64 = 1.0,
+        /// `BN` or `FrozenBN`.
+        norm: String = s("BN"),
+        /// `ReLU6` or `Mish`.
+        activation: String = s("ReLU6"),
+        out_features: Vec<String> = strings(&["res2", "res3", "res4", "res5"]),
+    }
+}
+
+config_group! {
+    pub struct ClassifierConfig {
+        num_classes: usize = 1000,
+        dropout: f64 = 0.2,
+    }
+}
+
+config_group! {
+    pub struct InputConfig {
+        /// Channel order fed to the model; `RGB` or `BGR`.
+        format: String = s("RGB"),
+        min_size_train: Vec<usize> = vec![640],
+        max_size_train: usize = 1333,
+        min_size_test: usize = 640,
+        max_size_test: usize = 1333,
+        /// `horizontal` or `none`.
+        random_flip: String = s("horizontal"),
+        /// Classification preprocessing: resize the short side, then center-crop.
+        resize_short: usize = 256,
+        crop_size: usize = 224,
+    }
+}
+
+config_group! {
+    pub struct DatasetsConfig {
+        train: Vec<String> = vec![],
+        test: Vec<String> = vec![],
+        /// Folder that holds real datasets; `CANDLETRON_DATASETS` overrides it when set.
+        root: String = s("datasets"),
+    }
+}
+
+config_group! {
+    pub struct DataLoaderConfig {
+        num_workers: usize = 2,
+        filter_empty_annotations: bool = true,
+    }
+}
+
+config_group! {
+    pub struct SolverConfig {
+        /// `SGD` or `AdamW`.
+        optimizer: String = s("SGD"),
+        /// `WarmupMultiStepLR` or `WarmupCosineLR`.
+        lr_scheduler_name: String = s("WarmupMultiStepLR"),
+        base_lr: f64 = 0.01,
+        momentum: f64 = 0.9,
+        nesterov: bool = false,
+        weight_decay: f64 = 1e-4,
+        /// Weight decay of norm layers and biases.
+        weight_decay_norm: f64 = 0.0,
+        ims_per_batch: usize = 16,
+        max_iter: usize = 40000,
+        steps: Vec<usize> = vec![30000],
+        gamma: f64 = 0.1,
+        warmup_iters: usize = 1000,
+        warmup_factor: f64 = 0.001,
+        /// `linear` or `constant`.
+        warmup_method: String = s("linear"),
+        checkpoint_period: usize = 5000,
+        clip_gradients: ClipGradientsConfig = ClipGradientsConfig::default(),
+    }
+}
+
+config_group! {
+    pub struct ClipGradientsConfig {
+        enabled: bool = false,
+        /// Maximum global L2 norm of the gradients.
+        clip_value: f64 = 1.0,
+    }
+}
+
+config_group! {
+    pub struct TestConfig {
+        /// Evaluate every N iterations during training; 0 only at the end.
+        eval_period: usize = 0,
+        detections_per_image: usize = 100,
+    }
+}

@@ -1,0 +1,274 @@
+//! Configuration: typed defaults in code, YAML files with `_BASE_` inheritance, and
+//! `KEY VALUE` command-line overrides, as Detectron2's `CfgNode` works.
+
+mod defaults;
+#[doc(hidden)]
+pub mod entry;
+#[doc(hidden)]
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+pub use defaults::*;
+use entry::ConfigEntry;
+pub use yaml::Origin;
+use yaml::{Node, NodeKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid YAML: {message}")]
+    Yaml { origin: Origin, message: String },
+    #[error("{origin}: unknown config key {key}{}", suggestion.as_ref().map(|s| format!("; did you mean {s}?")).unwrap_or_default())]
+    UnknownKey {
+        key: String,
+        origin: Origin,
+        suggestion: Option<String>,
+    },
+    #[error("{origin}: {key} expects {expected}, found {found}")]
+    Type {
+        key: String,
+        origin: Origin,
+        expected: String,
+        found: String,
+    },
+    #[error("{from}: _BASE_ file {path} does not exist")]
+    MissingBase { path: PathBuf, from: Origin },
+    #[error("_BASE_ cycle: {}", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]
+    BaseCycle(Vec<PathBuf>),
+    #[error("command-line overrides must be KEY VALUE pairs; `{0}` has no value")]
+    OddOverrides(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Levenshtein distance, for suggesting the closest valid key.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl Config {
+    /// Defaults, then `path` (with its `_BASE_` chain).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.merge_from_file(path)?;
+        Ok(cfg)
+    }
+
+    /// Merges a YAML file, its `_BASE_` first (relative to the file), deep-merging keys.
+    pub fn merge_from_file(&mut self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        self.merge_file_chain(path.as_ref(), &mut Vec::new())
+    }
+
+    fn merge_file_chain(&mut self, path: &Path, chain: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
+        let canonical = std::fs::canonicalize(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if chain.contains(&canonical) {
+            chain.push(canonical);
+            return Err(ConfigError::BaseCycle(chain.clone()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let root = yaml::parse(&text, &path.display().to_string())?;
+        let NodeKind::Map(entries) = &root.kind else {
+            return Err(ConfigError::Type {
+                key: "(top level)".into(),
+                origin: root.origin.clone(),
+                expected: "a mapping of keys".into(),
+                found: root.describe(),
+            });
+        };
+        chain.push(canonical);
+        let mut rest = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            if key == "_BASE_" {
+                let NodeKind::Scalar(base, _) = &value.kind else {
+                    return Err(ConfigError::Type {
+                        key: "_BASE_".into(),
+                        origin: value.origin.clone(),
+                        expected: "a file path".into(),
+                        found: value.describe(),
+                    });
+                };
+                let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+                if !base_path.exists() {
+                    return Err(ConfigError::MissingBase {
+                        path: base_path,
+                        from: value.origin.clone(),
+                    });
+                }
+                self.merge_file_chain(&base_path, chain)?;
+            } else {
+                rest.push((key.clone(), value.clone()));
+            }
+        }
+        chain.pop();
+        self.merge_node(&Node::map(rest, root.origin.clone()))
+    }
+
+    /// Merges YAML text (e.g. a config embedded in a checkpoint).
+    pub fn merge_from_str(&mut self, text: &str, source: &str) -> Result<(), ConfigError> {
+        let root = yaml::parse(text, source)?;
+        self.merge_node(&root)
+    }
+
+    /// Applies `KEY VALUE ...` overrides; values are YAML scalars or flow lists (`[res4,res5]`)
+    /// and are checked against the key's type.
+    pub fn merge_from_list<S: AsRef<str>>(&mut self, opts: &[S]) -> Result<(), ConfigError> {
+        if opts.len() % 2 == 1 {
+            return Err(ConfigError::OddOverrides(opts[opts.len() - 1].as_ref().to_string()));
+        }
+        for pair in opts.chunks(2) {
+            let (key, value) = (pair[0].as_ref(), pair[1].as_ref());
+            let origin = Origin {
+                source: format!("command line ({key} {value})").into(),
+                line: 0,
+            };
+            let mut node = match yaml::parse(value, &origin.source) {
+                Ok(n) => Node {
+                    kind: n.kind,
+                    origin: origin.clone(),
+                },
+                // Not YAML (e.g. `a: b:`): take it verbatim as a string.
+                Err(_) => Node {
+                    kind: NodeKind::Scalar(value.to_string(), true),
+                    origin: origin.clone(),
+                },
+            };
+            if let NodeKind::Map(_) = node.kind {
+                // `cuda:0`-like values would never parse as maps without a space; a real
+                // mapping here is a mistake, but keep the text for strings.
+                node.kind = NodeKind::Scalar(value.to_string(), true);
+            }
+            for part in key.split('.').rev() {
+                node = Node::map(vec![(part.to_string(), node)], origin.clone());
+            }
+            self.merge_node(&node)?;
+        }
+        Ok(())
+    }
+
+    fn merge_node(&mut self, node: &Node) -> Result<(), ConfigError> {
+        self.merge("", node).map_err(|err| match err {
+            ConfigError::UnknownKey { key, origin, .. } => {
+                let suggestion = self.closest_key(&key);
+                ConfigError::UnknownKey {
+                    key,
+                    origin,
+                    suggestion,
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// All leaf keys, dotted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.leaf_paths("", &mut out);
+        out
+    }
+
+    /// The valid key closest to `key`: the last component weighs most, so a key put in
+    /// the wrong group finds its real home.
+    fn closest_key(&self, key: &str) -> Option<String> {
+        let upper = key.to_ascii_uppercase();
+        let last = upper.rsplit('.').next().unwrap_or(&upper);
+        let mut groups = Vec::new();
+        for leaf in self.keys() {
+            let mut prefix = String::new();
+            for part in leaf.split('.') {
+                prefix = entry::join(&prefix, part);
+                if !groups.contains(&prefix) {
+                    groups.push(prefix.clone());
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|cand| {
+                let cand_last = cand.rsplit('.').next().unwrap_or(&cand).to_string();
+                let score = 3 * edit_distance(last, &cand_last) + edit_distance(&upper, &cand);
+                (score, edit_distance(last, &cand_last), cand)
+            })
+            .filter(|(_, last_d, _)| *last_d <= last.len().max(3) / 2)
+            .min()
+            .map(|(_, _, cand)| cand)
+    }
+
+    /// The resolved config as YAML that loads back to the same config.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        self.emit(0, &mut out);
+        out
+    }
+
+    /// Writes the resolved config (atomically) to `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
+        crate::utils::fs::write_atomic(path.as_ref(), self.to_yaml().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut cfg = Config::default();
+        cfg.merge_from_list(&["MODEL.MOBILENET.OUT_FEATURES", "[res4,res5]", "SOLVER.BASE_LR", "1e-3"])
+            .unwrap();
+        let mut back = Config::default();
+        back.merge_from_str(&cfg.to_yaml(), "dump").unwrap();
+        assert_eq!(cfg, back);
+        assert_eq!(back.model.mobilenet.out_features, vec!["res4", "res5"]);
+        assert_eq!(back.solver.base_lr, 1e-3);
+    }
+
+    #[test]
+    fn suggestions() {
+        let cfg = Config::default();
+        assert_eq!(
+            cfg.closest_key("MODEL.BACKBONE.FREZE_AT").as_deref(),
+            Some("MODEL.BACKBONE.FREEZE_AT")
+        );
+        assert_eq!(
+            cfg.closest_key("MODEL.BACKBONE.WIDTH_MULT").as_deref(),
+            Some("MODEL.MOBILENET.WIDTH_MULT")
+        );
+        assert_eq!(cfg.closest_key("MODLE").as_deref(), Some("MODEL"));
+        assert_eq!(cfg.closest_key("COMPLETELY_UNRELATED_THING"), None);
+    }
+
+    #[test]
+    fn override_types() {
+        let mut cfg = Config::default();
+        cfg.merge_from_list(&["MODEL.DEVICE", "cuda:0", "SEED", "7", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "false"])
+            .unwrap();
+        assert_eq!(cfg.model.device, "cuda:0");
+        assert_eq!(cfg.seed, 7);
+        assert!(!cfg.dataloader.filter_empty_annotations);
+        let err = cfg.merge_from_list(&["SEED", "abc"]).unwrap_err().to_string();
+        assert!(err.contains("SEED expects an integer, found `abc`"), "{err}");
+        let err = cfg.merge_from_list(&["SEED"]).unwrap_err().to_string();
+        assert!(err.contains("`SEED` has no value"), "{err}");
+    }
+}

@@ -1,0 +1,184 @@
+//! Batch normalisation with PyTorch semantics, and its frozen variant.
+//!
+//! `BatchNorm2d` normalises with batch statistics in training and updates its running
+//! statistics (momentum 0.1, unbiased variance) as `torch.nn.BatchNorm2d` does;
+//! `FrozenBatchNorm2d` is a fixed per-channel affine from the running statistics, as
+//! Detectron2 uses for frozen or small-batch backbones. Both keep PyTorch's key names
+//! (`weight`, `bias`, `running_mean`, `running_var`), so the same checkpoint loads into
+//! either.
+
+use candle_core::{Result, Tensor, Var, D};
+use candle_nn::{Init, VarBuilder};
+
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    BN,
+    FrozenBN,
+}
+
+impl NormKind {
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "BN" => Ok(Self::BN),
+            "FrozenBN" => Ok(Self::FrozenBN),
+            other => Err(format!("unknown norm `{other}`; expected BN or FrozenBN")),
+        }
+    }
+}
+
+fn per_channel(t: &Tensor) -> Result<Tensor> {
+    t.reshape((1, (), 1, 1))
+}
+
+/// The four tensors both variants share. They are views of store variables, so a
+/// checkpoint loaded after construction is seen by the module.
+#[derive(Debug, Clone)]
+struct BnTensors {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+impl BnTensors {
+    fn new(channels: usize, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            running_mean: vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?,
+            running_var: vb.get_with_hints(channels, "running_var", Init::Const(1.0))?,
+        })
+    }
+
+    /// The eval-mode affine `x * scale + shift`, per channel.
+    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        let scale = (&self.weight / (&self.running_var + EPS)?.sqrt()?)?;
+        let shift = (&self.bias - (&self.running_mean * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    fn apply_affine(&self, x: &Tensor) -> Result<Tensor> {
+        let (scale, shift) = self.eval_affine()?;
+        x.broadcast_mul(&per_channel(&scale)?)?
+            .broadcast_add(&per_channel(&shift)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    t: BnTensors,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            t: BnTensors::new(channels, &vb)?,
+        })
+    }
+
+    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        self.t.eval_affine()
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return self.t.apply_affine(x);
+        }
+        let (n, c, h, w) = x.dims4()?;
+        let count = n * h * w;
+        if count < 2 {
+            candle_core::bail!(
+                "BatchNorm2d in training needs more than one value per channel, got input {:?}",
+                x.dims()
+            );
+        }
+        let xt = x.transpose(0, 1)?.reshape((c, count))?;
+        let mean = xt.mean(D::Minus1)?;
+        let centered = xt.broadcast_sub(&mean.unsqueeze(1)?)?;
+        let var = centered.sqr()?.mean(D::Minus1)?;
+        self.update_running(&mean, &var, count)?;
+        let scale = (&self.t.weight * (&var + EPS)?.sqrt()?.recip()?)?;
+        let normed = centered
+            .broadcast_mul(&scale.unsqueeze(1)?)?
+            .broadcast_add(&self.t.bias.unsqueeze(1)?)?;
+        normed.reshape((c, n, h, w))?.transpose(0, 1)?.contiguous()
+    }
+
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+        let unbiased = (var.detach() * (count as f64 / (count - 1) as f64))?;
+        let new_mean = ((&self.t.running_mean * (1.0 - MOMENTUM))? + (mean.detach() * MOMENTUM)?)?;
+        let new_var = ((&self.t.running_var * (1.0 - MOMENTUM))? + (unbiased * MOMENTUM)?)?;
+        set_in_place(&self.t.running_mean, &new_mean)?;
+        set_in_place(&self.t.running_var, &new_var)
+    }
+}
+
+/// Writes `value` into the storage behind `buffer`, which every holder shares.
+fn set_in_place(buffer: &Tensor, value: &Tensor) -> Result<()> {
+    if !buffer.is_variable() {
+        candle_core::bail!("BatchNorm2d running statistics must be variables of the parameter store");
+    }
+    Var::from_tensor(buffer)?.set(&value.to_dtype(buffer.dtype())?)
+}
+
+#[derive(Debug, Clone)]
+pub struct FrozenBatchNorm2d {
+    t: BnTensors,
+}
+
+impl FrozenBatchNorm2d {
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let t = BnTensors::new(channels, &vb)?;
+        // Detached views share storage: loads are seen, gradients never flow.
+        Ok(Self {
+            t: BnTensors {
+                weight: t.weight.detach(),
+                bias: t.bias.detach(),
+                running_mean: t.running_mean.detach(),
+                running_var: t.running_var.detach(),
+            },
+        })
+    }
+
+    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        self.t.eval_affine()
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.t.apply_affine(x)
+    }
+}
+
+/// A norm layer chosen by config.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Batch(BatchNorm2d),
+    Frozen(FrozenBatchNorm2d),
+}
+
+impl Norm {
+    pub fn new(kind: NormKind, channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            NormKind::BN => Self::Batch(BatchNorm2d::new(channels, vb)?),
+            NormKind::FrozenBN => Self::Frozen(FrozenBatchNorm2d::new(channels, vb)?),
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::Batch(bn) => bn.forward_t(x, train),
+            Self::Frozen(bn) => bn.forward(x),
+        }
+    }
+
+    /// The affine this norm applies at inference, for folding into the preceding conv.
+    pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        match self {
+            Self::Batch(bn) => bn.eval_affine(),
+            Self::Frozen(bn) => bn.eval_affine(),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Conv2d with optional norm and activation, as Detectron2's `layers.Conv2d`.
+//!
+//! Every convolution of the models goes through [`conv2d`], so the depthwise case can be
+//! routed to a dedicated kernel without touching the modules.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use candle_nn::{Init, VarBuilder};
+
+use super::{Activation, Norm, NormKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Conv2dConfig {
+    /// A square kernel with "same" padding for odd sizes.
+    pub fn same(kernel: usize, stride: usize) -> Self {
+        Self {
+            kernel,
+            stride,
+            padding: (kernel - 1) / 2,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+}
+
+/// The convolution primitive every layer uses.
+pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
+    x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
+}
+
+/// Kaiming-normal (fan_out, ReLU gain), torchvision's MobileNetV2 / ResNet conv init.
+pub fn kaiming_fan_out() -> Init {
+    Init::Kaiming {
+        dist: NormalOrUniform::Normal,
+        fan: FanInOut::FanOut,
+        non_linearity: NonLinearity::ReLU,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv2dConfig,
+    norm: Option<Norm>,
+    activation: Activation,
+    out_channels: usize,
+}
+
+impl Conv2d {
+    /// `vb` holds `weight` (and `bias` when `bias` is set); `norm_vb` is where the norm's
+    /// tensors live (torchvision puts them in a sibling module, e.g. `features.0.1`).
+    /// A frozen conv's weights are detached: they get no gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        cfg: Conv2dConfig,
+        bias: bool,
+        norm: Option<(NormKind, VarBuilder)>,
+        activation: Activation,
+        frozen: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if in_channels % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+            candle_core::bail!(
+                "conv {}: channels {in_channels}->{out_channels} not divisible by groups {}",
+                vb.prefix(),
+                cfg.groups
+            );
+        }
+        let shape = (out_channels, in_channels / cfg.groups, cfg.kernel, cfg.kernel);
+        let mut weight = vb.get_with_hints(shape, "weight", kaiming_fan_out())?;
+        let mut bias = if bias {
+            Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        if frozen {
+            weight = weight.detach();
+            bias = bias.map(|b| b.detach());
+        }
+        let norm = match norm {
+            Some((kind, nvb)) => {
+                let kind = if frozen { NormKind::FrozenBN } else { kind };
+                Some(Norm::new(kind, out_channels, nvb)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            cfg,
+            norm,
+            activation,
+            out_channels,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = conv2d(x, &self.weight, &self.cfg)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        }
+        if let Some(norm) = &self.norm {
+            y = norm.forward_t(&y, train)?;
+        }
+        self.activation.apply(&y)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}

@@ -1,0 +1,11 @@
+//! candletron: Detectron2-style object and face detection on Candle.
+//!
+//! The layout mirrors Detectron2: [`config`] holds the typed config tree, [`modeling`]
+//! the backbones and meta-architectures behind string registries, [`layers`] the
+//! building blocks, [`checkpoint`] reads PyTorch and safetensors weights.
+
+pub mod checkpoint;
+pub mod config;
+pub mod layers;
+pub mod modeling;
+pub mod utils;

@@ -1,0 +1,79 @@
+//! An image classifier on any registered backbone: global average pool, dropout, linear.
+//!
+//! With MobileNetV2 its parameters are torchvision's `mobilenet_v2` names exactly
+//! (`features.*`, `classifier.1.*`), so ImageNet checkpoints load and can be checked end
+//! to end, and the backbone can be fine-tuned as a classifier.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Init, Linear, Module, VarBuilder};
+
+use super::{Batch, MetaArch, Outputs, Targets};
+use crate::config::Config;
+use crate::modeling::backbone::{build_backbone, Backbone};
+
+pub struct Classifier {
+    backbone: Box<dyn Backbone>,
+    feature: String,
+    dropout: f32,
+    linear: Linear,
+}
+
+impl Classifier {
+    pub fn new(backbone: Box<dyn Backbone>, feature: &str, num_classes: usize, dropout: f64, vb: VarBuilder) -> Result<Self> {
+        let Some(spec) = backbone.output_shape().get(feature).copied() else {
+            candle_core::bail!("Classifier: the backbone has no output `{feature}`");
+        };
+        let vb = vb.pp("classifier").pp(1);
+        let weight = vb.get_with_hints((num_classes, spec.channels), "weight", Init::Randn { mean: 0.0, stdev: 0.01 })?;
+        let bias = vb.get_with_hints(num_classes, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            backbone,
+            feature: feature.to_string(),
+            dropout: dropout as f32,
+            linear: Linear::new(weight, Some(bias)),
+        })
+    }
+
+    /// The backbone is built with only its last output (`last`), under no prefix.
+    pub fn from_config(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let mut cfg = cfg.clone();
+        cfg.model.mobilenet.out_features = vec!["last".to_string()];
+        let backbone = build_backbone(&cfg, vb.clone())?;
+        Self::new(backbone, "last", cfg.model.classifier.num_classes, cfg.model.classifier.dropout, vb)
+    }
+
+    pub fn logits(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let features = self.backbone.forward_t(images, train)?;
+        let x = features[&self.feature].mean(D::Minus1)?.mean(D::Minus1)?;
+        let x = if train && self.dropout > 0.0 {
+            candle_nn::ops::dropout(&x, self.dropout)?
+        } else {
+            x
+        };
+        self.linear.forward(&x)
+    }
+}
+
+impl MetaArch for Classifier {
+    fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
+        let logits = self.logits(&batch.images, train)?;
+        let mut out = Outputs::default();
+        if train {
+            let Some(Targets::Labels(labels)) = &batch.targets else {
+                candle_core::bail!("Classifier training needs class labels");
+            };
+            let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+            out.losses.insert("loss_cls".to_string(), loss);
+        }
+        out.logits = Some(logits);
+        Ok(out)
+    }
+
+    fn frozen_prefixes(&self) -> Vec<String> {
+        self.backbone.frozen_prefixes()
+    }
+
+    fn size_divisibility(&self) -> usize {
+        self.backbone.size_divisibility()
+    }
+}

@@ -1,0 +1,3 @@
+//! Small helpers shared by every part of the crate.
+
+pub mod fs;

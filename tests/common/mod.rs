@@ -1,0 +1,37 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `$CANDLETRON_SHARED` (the read-only `../shared` folder), or `None` after printing
+/// that the calling test is skipped.
+pub fn shared(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CANDLETRON_SHARED") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            assert!(dir.is_dir(), "CANDLETRON_SHARED={} is not a folder", dir.display());
+            Some(dir)
+        }
+        _ => {
+            eprintln!("SKIPPED {test}: set CANDLETRON_SHARED to the shared data folder to run it");
+            None
+        }
+    }
+}
+
+/// Largest absolute difference and largest reference magnitude.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> (f32, f32) {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    (diff, scale)
+}
+
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("candletron-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
