@@ -6,6 +6,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
+pub mod engine;
 pub mod layers;
 pub mod modeling;
 pub mod utils;

@@ -17,7 +17,11 @@ fn check(name: &str, ours: &candle_core::Tensor, reference: &candle_core::Tensor
     let (diff, scale) = common::max_abs_diff(ours, reference);
     eprintln!("{name}: max |diff| = {diff:.3e} (max |ref| = {scale:.3})");
     assert!(diff <= 1e-3, "{name}: max |diff| {diff} > 1e-3");
-    assert!(diff <= 1e-4 * scale.max(1.0), "{name}: relative diff {} > 1e-4", diff / scale);
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "{name}: relative diff {} > 1e-4",
+        diff / scale
+    );
 }
 
 #[test]
@@ -26,7 +30,11 @@ fn features_and_logits_match_pytorch() {
         return;
     };
     let weights = shared.join("pretrained/mobilenet_v2-b0353104.pth");
-    let reference = candle_core::safetensors::load(shared.join("reference/astronaut_mnv2.safetensors"), &Device::Cpu).unwrap();
+    let reference = candle_core::safetensors::load(
+        shared.join("reference/astronaut_mnv2.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let tensors = read_checkpoint(&weights).unwrap();
 
     // Backbone alone: every torchvision key but the classifier's is used.
@@ -36,12 +44,24 @@ fn features_and_logits_match_pytorch() {
     let backbone = MobileNetV2::from_config(
         &cfg,
         store.var_builder(DType::F32, &Device::Cpu),
-        candletron::layers::ShapeSpec { channels: 3, stride: 1 },
+        candletron::layers::ShapeSpec {
+            channels: 3,
+            stride: 1,
+        },
     )
     .unwrap();
     let report = load_state_dict(&store, &tensors).unwrap();
-    assert!(report.missing.is_empty() && report.mismatched.is_empty(), "{report}");
-    assert!(report.unexpected.iter().all(|k| k.starts_with("features.18.") || k.starts_with("classifier.")), "{report}");
+    assert!(
+        report.missing.is_empty() && report.mismatched.is_empty(),
+        "{report}"
+    );
+    assert!(
+        report
+            .unexpected
+            .iter()
+            .all(|k| k.starts_with("features.18.") || k.starts_with("classifier.")),
+        "{report}"
+    );
     let input = &reference["input"];
     let outputs = backbone.forward_t(input, false).unwrap();
     for name in ["res2", "res3", "res4", "res5"] {
@@ -56,6 +76,15 @@ fn features_and_logits_match_pytorch() {
     assert!(report.is_exact(), "{report}");
     // 52 convs, 52 BNs x 4 tensors, the classifier weight and bias.
     assert_eq!(report.loaded, 262, "{report}");
-    let out = model.arch.forward(&Batch { images: input.clone(), targets: None }, false).unwrap();
+    let out = model
+        .arch
+        .forward(
+            &Batch {
+                images: input.clone(),
+                targets: None,
+            },
+            false,
+        )
+        .unwrap();
     check("logits", out.logits.as_ref().unwrap(), &reference["logits"]);
 }

@@ -44,13 +44,20 @@ pub fn read_checkpoint_bytes(data: &[u8]) -> Result<Vec<(String, Tensor)>, Strin
         })?;
         let mut names: Vec<String> = tensors.names().into_iter().map(str::to_string).collect();
         names.sort();
-        let map = candle_core::safetensors::load_buffer(data, &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
-        Ok(names.into_iter().map(|n| {
-            let t = map[&n].clone();
-            (n, t)
-        }).collect())
+        let map = candle_core::safetensors::load_buffer(data, &candle_core::Device::Cpu)
+            .map_err(|e| e.to_string())?;
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let t = map[&n].clone();
+                (n, t)
+            })
+            .collect())
     } else {
-        Err(format!("file too short ({} bytes) to be a checkpoint", data.len()))
+        Err(format!(
+            "file too short ({} bytes) to be a checkpoint",
+            data.len()
+        ))
     }
 }
 
@@ -58,7 +65,8 @@ pub fn read_checkpoint_bytes(data: &[u8]) -> Result<Vec<(String, Tensor)>, Strin
 pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<(), CheckpointError> {
     let map: BTreeMap<&str, &Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let bytes = safetensors::serialize(map, None).map_err(|e| err(path, e.to_string()))?;
-    crate::utils::fs::write_atomic(path, &bytes).map_err(|e| err(path, format!("cannot write: {e}")))
+    crate::utils::fs::write_atomic(path, &bytes)
+        .map_err(|e| err(path, format!("cannot write: {e}")))
 }
 
 /// What happened when a state dict was loaded into the model.
@@ -89,10 +97,20 @@ impl fmt::Display for LoadReport {
             }
         }
         if !self.missing.is_empty() {
-            write!(f, "\n  missing in checkpoint ({}): {}", self.missing.len(), self.missing.join(", "))?;
+            write!(
+                f,
+                "\n  missing in checkpoint ({}): {}",
+                self.missing.len(),
+                self.missing.join(", ")
+            )?;
         }
         if !self.unexpected.is_empty() {
-            write!(f, "\n  not used by the model ({}): {}", self.unexpected.len(), self.unexpected.join(", "))?;
+            write!(
+                f,
+                "\n  not used by the model ({}): {}",
+                self.unexpected.len(),
+                self.unexpected.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -101,7 +119,10 @@ impl fmt::Display for LoadReport {
 /// Copies checkpoint tensors into the parameters of the same name (converted to the
 /// parameter's dtype and device). PyTorch's `num_batches_tracked` counters have no
 /// counterpart here and are ignored.
-pub fn load_state_dict(store: &ParamStore, tensors: &[(String, Tensor)]) -> candle_core::Result<LoadReport> {
+pub fn load_state_dict(
+    store: &ParamStore,
+    tensors: &[(String, Tensor)],
+) -> candle_core::Result<LoadReport> {
     let mut report = LoadReport::default();
     let given: HashMap<&str, &Tensor> = tensors
         .iter()
@@ -113,7 +134,9 @@ pub fn load_state_dict(store: &ParamStore, tensors: &[(String, Tensor)]) -> cand
         match given.get(name.as_str()) {
             None => report.missing.push(name.clone()),
             Some(t) if t.dims() != var.dims() => {
-                report.mismatched.push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
+                report
+                    .mismatched
+                    .push((name.clone(), var.dims().to_vec(), t.dims().to_vec()))
             }
             Some(t) => {
                 var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;

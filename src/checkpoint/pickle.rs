@@ -81,9 +81,17 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("truncated pickle: needed {n} bytes at offset {} of {}", self.pos, self.data.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "truncated pickle: needed {n} bytes at offset {} of {}",
+                    self.pos,
+                    self.data.len()
+                )
+            })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -101,7 +109,10 @@ impl<'a> Machine<'a> {
 
     fn line(&mut self) -> PResult<String> {
         let rest = &self.data[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle: unterminated line")?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("truncated pickle: unterminated line")?;
         let s = String::from_utf8_lossy(&rest[..n]).into_owned();
         self.pos += n + 1;
         Ok(s)
@@ -109,7 +120,8 @@ impl<'a> Machine<'a> {
 
     fn utf8(&mut self, n: usize) -> PResult<String> {
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("invalid UTF-8 string at offset {}", self.pos))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("invalid UTF-8 string at offset {}", self.pos))
     }
 
     fn push(&mut self, v: Value) {
@@ -145,7 +157,10 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&self, idx: u32) -> PResult<Value> {
-        self.memo.get(&idx).cloned().ok_or_else(|| format!("corrupt pickle: memo {idx} not set"))
+        self.memo
+            .get(&idx)
+            .cloned()
+            .ok_or_else(|| format!("corrupt pickle: memo {idx} not set"))
     }
 
     fn memo_put(&mut self, idx: u32) -> PResult<()> {
@@ -265,7 +280,11 @@ impl<'a> Machine<'a> {
                     let module = self.pop()?;
                     match (module, name) {
                         (Value::Str(m), Value::Str(n)) => self.push(Value::Global(m, n)),
-                        _ => return Err(format!("corrupt pickle: STACK_GLOBAL without strings at {at}")),
+                        _ => {
+                            return Err(format!(
+                                "corrupt pickle: STACK_GLOBAL without strings at {at}"
+                            ))
+                        }
                     }
                 }
                 b'q' => {
@@ -340,7 +359,8 @@ impl<'a> Machine<'a> {
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = reduce(callable, args).map_err(|e| format!("at pickle offset {at}: {e}"))?;
+                    let v = reduce(callable, args)
+                        .map_err(|e| format!("at pickle offset {at}: {e}"))?;
                     self.push(v)
                 }
                 b'b' => {
@@ -408,9 +428,11 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
                 stride: a[3].as_usizes()?,
             }))
         }
-        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
-            a.first().cloned().ok_or_else(|| "_rebuild_parameter without data".into())
-        }
+        ("torch._utils", "_rebuild_parameter")
+        | ("torch._utils", "_rebuild_parameter_with_state") => a
+            .first()
+            .cloned()
+            .ok_or_else(|| "_rebuild_parameter without data".into()),
         _ => Ok(Value::Call(Box::new(callable), Box::new(args))),
     }
 }

@@ -33,7 +33,10 @@ fn materialize(t: &TensorRef, bytes: &[u8], name: &str) -> Result<Tensor, String
     let numel_storage = bytes.len() / size;
     let numel: usize = t.shape.iter().product();
     if t.shape.len() != t.stride.len() {
-        return Err(format!("{name}: shape {:?} and stride {:?} disagree", t.shape, t.stride));
+        return Err(format!(
+            "{name}: shape {:?} and stride {:?} disagree",
+            t.shape, t.stride
+        ));
     }
     // Highest element index touched, to check bounds before reading.
     let last = t.offset
@@ -65,11 +68,17 @@ fn materialize(t: &TensorRef, bytes: &[u8], name: &str) -> Result<Tensor, String
     let shape = t.shape.clone();
     let tensor = match (t.storage_type.as_str(), size) {
         ("FloatStorage", _) => {
-            let v: Vec<f32> = indices.iter().map(|&i| f32::from_le_bytes(get(i).try_into().unwrap())).collect();
+            let v: Vec<f32> = indices
+                .iter()
+                .map(|&i| f32::from_le_bytes(get(i).try_into().unwrap()))
+                .collect();
             Tensor::from_vec(v, shape, dev)
         }
         ("DoubleStorage", _) => {
-            let v: Vec<f64> = indices.iter().map(|&i| f64::from_le_bytes(get(i).try_into().unwrap())).collect();
+            let v: Vec<f64> = indices
+                .iter()
+                .map(|&i| f64::from_le_bytes(get(i).try_into().unwrap()))
+                .collect();
             Tensor::from_vec(v, shape, dev)
         }
         ("HalfStorage", _) => {
@@ -86,7 +95,11 @@ fn materialize(t: &TensorRef, bytes: &[u8], name: &str) -> Result<Tensor, String
                 .collect();
             Tensor::from_vec(v, shape, dev)
         }
-        (_, _) if dtype == DType::U8 => Tensor::from_vec(indices.iter().map(|&i| bytes[i]).collect::<Vec<u8>>(), shape, dev),
+        (_, _) if dtype == DType::U8 => Tensor::from_vec(
+            indices.iter().map(|&i| bytes[i]).collect::<Vec<u8>>(),
+            shape,
+            dev,
+        ),
         (_, n) => {
             let v: Vec<i64> = indices
                 .iter()
@@ -118,7 +131,11 @@ fn collect_tensors(value: &Value, prefix: &str, out: &mut Vec<(String, TensorRef
                     Value::Int(i) => i.to_string(),
                     _ => continue,
                 };
-                let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+                let name = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 collect_tensors(v, &name, out);
             }
         }
@@ -133,7 +150,10 @@ fn state_dict(root: &Value) -> Result<Vec<(String, TensorRef)>, String> {
     let Value::Dict(entries) = root else {
         return Err("the checkpoint's top-level object is not a dict".into());
     };
-    let direct: Vec<_> = entries.iter().filter(|(_, v)| matches!(v, Value::Tensor(_))).collect();
+    let direct: Vec<_> = entries
+        .iter()
+        .filter(|(_, v)| matches!(v, Value::Tensor(_)))
+        .collect();
     if direct.is_empty() {
         for wrapper in ["state_dict", "model", "model_state_dict", "module", "net"] {
             if let Some((_, inner)) = entries.iter().find(|(k, _)| k.as_str() == Some(wrapper)) {
@@ -183,14 +203,19 @@ pub fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     }
     let mut storages: HashMap<String, &[u8]> = HashMap::new();
     for key in keys {
-        let key = key.as_str().ok_or("storage key is not a string")?.to_string();
+        let key = key
+            .as_str()
+            .ok_or("storage key is not a string")?
+            .to_string();
         let Some(&stype) = types.get(key.as_str()) else {
-            return Err(format!("storage {key} is not used by any tensor; cannot know its element size"));
+            return Err(format!(
+                "storage {key} is not used by any tensor; cannot know its element size"
+            ));
         };
         let (_, size) = storage_dtype(stype)?;
-        let header = data
-            .get(pos..pos + 8)
-            .ok_or_else(|| format!("file truncated at the header of storage {key} (offset {pos})"))?;
+        let header = data.get(pos..pos + 8).ok_or_else(|| {
+            format!("file truncated at the header of storage {key} (offset {pos})")
+        })?;
         let numel = i64::from_le_bytes(header.try_into().unwrap());
         pos += 8;
         let len = usize::try_from(numel)
@@ -208,9 +233,9 @@ pub fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     }
     refs.iter()
         .map(|(name, t)| {
-            let bytes = storages
-                .get(&t.storage_key)
-                .ok_or_else(|| format!("{name}: storage {} missing from the file", t.storage_key))?;
+            let bytes = storages.get(&t.storage_key).ok_or_else(|| {
+                format!("{name}: storage {} missing from the file", t.storage_key)
+            })?;
             Ok((name.clone(), materialize(t, bytes, name)?))
         })
         .collect()
@@ -218,8 +243,8 @@ pub fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
 
 /// The zip format: `ARCHIVE/data.pkl` plus one entry `ARCHIVE/data/KEY` per storage.
 pub fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(|e| format!("invalid zip archive: {e}"))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data))
+        .map_err(|e| format!("invalid zip archive: {e}"))?;
     let pkl_name = archive
         .file_names()
         .find(|n| n.ends_with("data.pkl"))
@@ -227,9 +252,12 @@ pub fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
         .ok_or("zip checkpoint without data.pkl")?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let mut read_entry = |name: &str| -> Result<Vec<u8>, String> {
-        let mut f = archive.by_name(name).map_err(|e| format!("zip entry {name}: {e}"))?;
+        let mut f = archive
+            .by_name(name)
+            .map_err(|e| format!("zip entry {name}: {e}"))?;
         let mut buf = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut buf).map_err(|e| format!("zip entry {name}: {e}"))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| format!("zip entry {name}: {e}"))?;
         Ok(buf)
     };
     if let Ok(order) = read_entry(&format!("{prefix}byteorder")) {

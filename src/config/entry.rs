@@ -24,14 +24,14 @@ pub trait ConfigEntry {
 pub trait ConfigValue: Sized {
     /// The type's name as shown in errors.
     fn type_name() -> String;
-    fn parse(node: &Node) -> Result<Self, ()>;
+    fn parse(node: &Node) -> Option<Self>;
     fn inline(&self) -> String;
 }
 
-fn scalar(node: &Node) -> Result<(&str, bool), ()> {
+fn scalar(node: &Node) -> Option<(&str, bool)> {
     match &node.kind {
-        NodeKind::Scalar(s, quoted) => Ok((s.as_str(), *quoted)),
-        _ => Err(()),
+        NodeKind::Scalar(s, quoted) => Some((s.as_str(), *quoted)),
+        _ => None,
     }
 }
 
@@ -39,10 +39,10 @@ impl ConfigValue for f64 {
     fn type_name() -> String {
         "a number".into()
     }
-    fn parse(node: &Node) -> Result<Self, ()> {
+    fn parse(node: &Node) -> Option<Self> {
         match scalar(node)? {
-            (s, false) => s.trim().parse::<f64>().map_err(|_| ()),
-            _ => Err(()),
+            (s, false) => s.trim().parse::<f64>().ok(),
+            _ => None,
         }
     }
     fn inline(&self) -> String {
@@ -55,10 +55,10 @@ impl ConfigValue for i64 {
     fn type_name() -> String {
         "an integer".into()
     }
-    fn parse(node: &Node) -> Result<Self, ()> {
+    fn parse(node: &Node) -> Option<Self> {
         match scalar(node)? {
-            (s, false) => s.trim().parse::<i64>().map_err(|_| ()),
-            _ => Err(()),
+            (s, false) => s.trim().parse::<i64>().ok(),
+            _ => None,
         }
     }
     fn inline(&self) -> String {
@@ -70,10 +70,10 @@ impl ConfigValue for usize {
     fn type_name() -> String {
         "a non-negative integer".into()
     }
-    fn parse(node: &Node) -> Result<Self, ()> {
+    fn parse(node: &Node) -> Option<Self> {
         match scalar(node)? {
-            (s, false) => s.trim().parse::<usize>().map_err(|_| ()),
-            _ => Err(()),
+            (s, false) => s.trim().parse::<usize>().ok(),
+            _ => None,
         }
     }
     fn inline(&self) -> String {
@@ -85,11 +85,11 @@ impl ConfigValue for bool {
     fn type_name() -> String {
         "a boolean (true/false)".into()
     }
-    fn parse(node: &Node) -> Result<Self, ()> {
+    fn parse(node: &Node) -> Option<Self> {
         match scalar(node)? {
-            ("true" | "True" | "TRUE", false) => Ok(true),
-            ("false" | "False" | "FALSE", false) => Ok(false),
-            _ => Err(()),
+            ("true" | "True" | "TRUE", false) => Some(true),
+            ("false" | "False" | "FALSE", false) => Some(false),
+            _ => None,
         }
     }
     fn inline(&self) -> String {
@@ -101,9 +101,9 @@ impl ConfigValue for String {
     fn type_name() -> String {
         "a string".into()
     }
-    fn parse(node: &Node) -> Result<Self, ()> {
+    fn parse(node: &Node) -> Option<Self> {
         if node.is_null() {
-            return Ok(String::new());
+            return Some(String::new());
         }
         scalar(node).map(|(s, _)| s.to_string())
     }
@@ -117,10 +117,10 @@ impl<T: ConfigValue> ConfigValue for Vec<T> {
     fn type_name() -> String {
         format!("a list of {}", T::type_name().trim_start_matches("a "))
     }
-    fn parse(node: &Node) -> Result<Self, ()> {
+    fn parse(node: &Node) -> Option<Self> {
         match &node.kind {
             NodeKind::Seq(items) => items.iter().map(T::parse).collect(),
-            _ => Err(()),
+            _ => None,
         }
     }
     fn inline(&self) -> String {
@@ -133,7 +133,7 @@ macro_rules! leaf_entry {
     ($($t:ty),*) => {$(
         impl ConfigEntry for $t {
             fn merge(&mut self, path: &str, node: &Node) -> Result<(), ConfigError> {
-                *self = <$t as ConfigValue>::parse(node).map_err(|_| ConfigError::Type {
+                *self = <$t as ConfigValue>::parse(node).ok_or_else(|| ConfigError::Type {
                     key: path.to_string(),
                     origin: node.origin.clone(),
                     expected: <$t as ConfigValue>::type_name(),

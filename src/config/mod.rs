@@ -74,7 +74,11 @@ impl Config {
         self.merge_file_chain(path.as_ref(), &mut Vec::new())
     }
 
-    fn merge_file_chain(&mut self, path: &Path, chain: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
+    fn merge_file_chain(
+        &mut self,
+        path: &Path,
+        chain: &mut Vec<PathBuf>,
+    ) -> Result<(), ConfigError> {
         let canonical = std::fs::canonicalize(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -134,7 +138,9 @@ impl Config {
     /// and are checked against the key's type.
     pub fn merge_from_list<S: AsRef<str>>(&mut self, opts: &[S]) -> Result<(), ConfigError> {
         if opts.len() % 2 == 1 {
-            return Err(ConfigError::OddOverrides(opts[opts.len() - 1].as_ref().to_string()));
+            return Err(ConfigError::OddOverrides(
+                opts[opts.len() - 1].as_ref().to_string(),
+            ));
         }
         for pair in opts.chunks(2) {
             let (key, value) = (pair[0].as_ref(), pair[1].as_ref());
@@ -206,8 +212,14 @@ impl Config {
             .into_iter()
             .map(|cand| {
                 let cand_last = cand.rsplit('.').next().unwrap_or(&cand).to_string();
-                let score = 3 * edit_distance(last, &cand_last) + edit_distance(&upper, &cand);
-                (score, edit_distance(last, &cand_last), cand)
+                // A truncated name (WIDTH for WIDTH_MULT) is as close as a one-letter typo.
+                let last_d = if last.len() >= 3 && cand_last.starts_with(last) {
+                    1
+                } else {
+                    edit_distance(last, &cand_last)
+                };
+                let score = 3 * last_d + edit_distance(&upper, &cand);
+                (score, last_d, cand)
             })
             .filter(|(_, last_d, _)| *last_d <= last.len().max(3) / 2)
             .min()
@@ -234,8 +246,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut cfg = Config::default();
-        cfg.merge_from_list(&["MODEL.MOBILENET.OUT_FEATURES", "[res4,res5]", "SOLVER.BASE_LR", "1e-3"])
-            .unwrap();
+        cfg.merge_from_list(&[
+            "MODEL.MOBILENET.OUT_FEATURES",
+            "[res4,res5]",
+            "SOLVER.BASE_LR",
+            "1e-3",
+        ])
+        .unwrap();
         let mut back = Config::default();
         back.merge_from_str(&cfg.to_yaml(), "dump").unwrap();
         assert_eq!(cfg, back);
@@ -261,13 +278,26 @@ mod tests {
     #[test]
     fn override_types() {
         let mut cfg = Config::default();
-        cfg.merge_from_list(&["MODEL.DEVICE", "cuda:0", "SEED", "7", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "false"])
-            .unwrap();
+        cfg.merge_from_list(&[
+            "MODEL.DEVICE",
+            "cuda:0",
+            "SEED",
+            "7",
+            "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+            "false",
+        ])
+        .unwrap();
         assert_eq!(cfg.model.device, "cuda:0");
         assert_eq!(cfg.seed, 7);
         assert!(!cfg.dataloader.filter_empty_annotations);
-        let err = cfg.merge_from_list(&["SEED", "abc"]).unwrap_err().to_string();
-        assert!(err.contains("SEED expects an integer, found `abc`"), "{err}");
+        let err = cfg
+            .merge_from_list(&["SEED", "abc"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SEED expects an integer, found `abc`"),
+            "{err}"
+        );
         let err = cfg.merge_from_list(&["SEED"]).unwrap_err().to_string();
         assert!(err.contains("`SEED` has no value"), "{err}");
     }

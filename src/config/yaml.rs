@@ -140,13 +140,11 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.push_value(node);
             }
-            Event::Alias(_) => {
-                if self.error.is_none() {
-                    self.error = Some(ConfigError::Yaml {
-                        origin,
-                        message: "YAML anchors and aliases are not supported in configs".into(),
-                    });
-                }
+            Event::Alias(_) if self.error.is_none() => {
+                self.error = Some(ConfigError::Yaml {
+                    origin,
+                    message: "YAML anchors and aliases are not supported in configs".into(),
+                });
             }
             _ => {}
         }
@@ -175,15 +173,9 @@ pub fn parse(text: &str, source: &str) -> Result<Node, ConfigError> {
     if let Some(err) = builder.error {
         return Err(err);
     }
-    Ok(builder.root.unwrap_or_else(|| {
-        Node::map(
-            Vec::new(),
-            Origin {
-                source,
-                line: 1,
-            },
-        )
-    }))
+    Ok(builder
+        .root
+        .unwrap_or_else(|| Node::map(Vec::new(), Origin { source, line: 1 })))
 }
 
 #[cfg(test)]
@@ -210,7 +202,10 @@ mod tests {
     #[test]
     fn duplicate_keys_are_errors() {
         let err = parse("A: 1\nA: 2\n", "f.yaml").unwrap_err().to_string();
-        assert!(err.contains("duplicate key `A`") && err.contains("f.yaml:2"), "{err}");
+        assert!(
+            err.contains("duplicate key `A`") && err.contains("f.yaml:2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ impl Activation {
             "ReLU6" | "relu6" => Ok(Self::ReLU6),
             "Mish" | "mish" => Ok(Self::Mish),
             "Identity" | "none" | "" => Ok(Self::Identity),
-            other => Err(format!("unknown activation `{other}`; expected one of ReLU, ReLU6, Mish, Identity")),
+            other => Err(format!(
+                "unknown activation `{other}`; expected one of ReLU, ReLU6, Mish, Identity"
+            )),
         }
     }
 
@@ -49,7 +51,10 @@ mod tests {
         for (x, y) in xs.iter().zip(y) {
             let x = *x as f64;
             let expect = x * (1.0 + x.exp()).ln().tanh();
-            assert!((y as f64 - expect).abs() < 1e-5, "mish({x}) = {y}, want {expect}");
+            assert!(
+                (y as f64 - expect).abs() < 1e-5,
+                "mish({x}) = {y}, want {expect}"
+            );
         }
     }
 

@@ -119,7 +119,9 @@ impl BatchNorm2d {
 /// Writes `value` into the storage behind `buffer`, which every holder shares.
 fn set_in_place(buffer: &Tensor, value: &Tensor) -> Result<()> {
     if !buffer.is_variable() {
-        candle_core::bail!("BatchNorm2d running statistics must be variables of the parameter store");
+        candle_core::bail!(
+            "BatchNorm2d running statistics must be variables of the parameter store"
+        );
     }
     Var::from_tensor(buffer)?.set(&value.to_dtype(buffer.dtype())?)
 }

@@ -75,14 +75,19 @@ impl Conv2d {
         frozen: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
-        if in_channels % cfg.groups != 0 || out_channels % cfg.groups != 0 {
+        if !in_channels.is_multiple_of(cfg.groups) || !out_channels.is_multiple_of(cfg.groups) {
             candle_core::bail!(
                 "conv {}: channels {in_channels}->{out_channels} not divisible by groups {}",
                 vb.prefix(),
                 cfg.groups
             );
         }
-        let shape = (out_channels, in_channels / cfg.groups, cfg.kernel, cfg.kernel);
+        let shape = (
+            out_channels,
+            in_channels / cfg.groups,
+            cfg.kernel,
+            cfg.kernel,
+        );
         let mut weight = vb.get_with_hints(shape, "weight", kaiming_fan_out())?;
         let mut bias = if bias {
             Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?)

@@ -20,8 +20,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
     let (kind, index) = match name.split_once(':') {
         Some((k, i)) => (
             k,
-            i.parse::<usize>()
-                .map_err(|_| candle_core::Error::Msg(format!("MODEL.DEVICE: bad device index in `{name}`")))?,
+            i.parse::<usize>().map_err(|_| {
+                candle_core::Error::Msg(format!("MODEL.DEVICE: bad device index in `{name}`"))
+            })?,
         ),
         None => (name, 0),
     };
@@ -88,7 +89,11 @@ pub fn build_model(cfg: &Config, seed: u64) -> Result<(Model, Option<LoadReport>
     let arch = builder(cfg, vb)?;
     let channels = cfg.model.pixel_mean.len();
     let to_t = |v: &[f64]| -> Result<Tensor> {
-        Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), (1, channels, 1, 1), &device)
+        Tensor::from_vec(
+            v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            (1, channels, 1, 1),
+            &device,
+        )
     };
     let model = Model {
         arch,

@@ -26,7 +26,9 @@ pub struct ParamStore {
 
 /// Buffers that are state, not parameters: never optimised, never counted as parameters.
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }
 
 impl ParamStore {
@@ -38,18 +40,31 @@ impl ParamStore {
     }
 
     /// A `VarBuilder` that creates (or returns) variables in this store.
-    pub fn var_builder(self: &std::sync::Arc<Self>, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    pub fn var_builder(
+        self: &std::sync::Arc<Self>,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(SharedStore(self.clone())), dtype, device.clone())
     }
 
     /// Every variable, in creation order.
     pub fn vars(&self) -> Vec<(String, Var)> {
         let inner = self.inner.lock().expect("param store poisoned");
-        inner.order.iter().map(|n| (n.clone(), inner.vars[n].clone())).collect()
+        inner
+            .order
+            .iter()
+            .map(|n| (n.clone(), inner.vars[n].clone()))
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<Var> {
-        self.inner.lock().expect("param store poisoned").vars.get(name).cloned()
+        self.inner
+            .lock()
+            .expect("param store poisoned")
+            .vars
+            .get(name)
+            .cloned()
     }
 
     /// Number of scalar parameters (buffers excluded), as PyTorch's `numel` sum counts them.
@@ -75,7 +90,11 @@ impl ParamStore {
                 let d = Uniform::new(lo, up).map_err(candle_core::Error::wrap)?;
                 (0..n).map(|_| d.sample(&mut *rng) as f32).collect()
             }
-            Init::Kaiming { dist, fan, non_linearity } => {
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
                 let receptive: usize = dims.iter().skip(2).product();
                 let fan = match fan {
                     FanInOut::FanIn => dims.get(1).copied().unwrap_or(1) * receptive,
@@ -95,7 +114,9 @@ impl ParamStore {
                 }
             }
         };
-        Tensor::from_vec(data, shape.clone(), &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)
+        Tensor::from_vec(data, shape.clone(), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)
     }
 }
 
@@ -105,7 +126,11 @@ impl candle_nn::var_builder::SimpleBackend for SharedStore {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         if let Some(var) = self.0.get(name) {
             if var.shape() != &s {
-                candle_core::bail!("parameter {name} exists with shape {:?}, asked for {:?}", var.shape(), s);
+                candle_core::bail!(
+                    "parameter {name} exists with shape {:?}, asked for {:?}",
+                    var.shape(),
+                    s
+                );
             }
             return Ok(var.as_tensor().clone());
         }

@@ -42,7 +42,12 @@ impl<T: ?Sized> Registry<T> {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.entries.read().expect("registry poisoned").keys().cloned().collect()
+        self.entries
+            .read()
+            .expect("registry poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -57,6 +62,9 @@ mod tests {
         reg.register("b", Arc::new(|| 2));
         assert_eq!(reg.get("b").unwrap()(), 2);
         let err = reg.get("c").err().unwrap().to_string();
-        assert!(err.contains("no widget named `c`") && err.contains("a, b"), "{err}");
+        assert!(
+            err.contains("no widget named `c`") && err.contains("a, b"),
+            "{err}"
+        );
     }
 }

@@ -1,3 +1,4 @@
 //! Small helpers shared by every part of the crate.
 
 pub mod fs;
+pub mod logging;

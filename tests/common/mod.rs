@@ -9,7 +9,11 @@ pub fn shared(test: &str) -> Option<PathBuf> {
     match std::env::var_os("CANDLETRON_SHARED") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
-            assert!(dir.is_dir(), "CANDLETRON_SHARED={} is not a folder", dir.display());
+            assert!(
+                dir.is_dir(),
+                "CANDLETRON_SHARED={} is not a folder",
+                dir.display()
+            );
             Some(dir)
         }
         _ => {
@@ -24,7 +28,11 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> (f32, f
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
     (diff, scale)
 }

@@ -28,7 +28,13 @@ const SETTINGS: [(usize, usize, usize, usize); 7] = [
 ];
 
 /// Output names and the `features` index they are taken after.
-pub const OUTPUTS: [(&str, usize); 5] = [("res2", 3), ("res3", 6), ("res4", 13), ("res5", 17), ("last", 18)];
+pub const OUTPUTS: [(&str, usize); 5] = [
+    ("res2", 3),
+    ("res3", 6),
+    ("res4", 13),
+    ("res5", 17),
+    ("last", 18),
+];
 
 /// torchvision's `_make_divisible`: round to the nearest multiple of `divisor`, never
 /// going more than 10% below `v`.
@@ -58,7 +64,8 @@ impl MobileNetV2Config {
         Ok(Self {
             width_mult: m.width_mult,
             norm: NormKind::from_name(&m.norm).map_err(|e| err("MODEL.MOBILENET.NORM", e))?,
-            activation: Activation::from_name(&m.activation).map_err(|e| err("MODEL.MOBILENET.ACTIVATION", e))?,
+            activation: Activation::from_name(&m.activation)
+                .map_err(|e| err("MODEL.MOBILENET.ACTIVATION", e))?,
             out_features: m.out_features.clone(),
             freeze_at: cfg.model.backbone.freeze_at,
             in_channels,
@@ -91,12 +98,30 @@ impl InvertedResidual {
         let mut idx = 0;
         if expand_ratio != 1 {
             let v = vb.pp(idx);
-            convs.push(Conv2d::new(inp, hidden, Conv2dConfig::same(1, 1), false, Some((cfg.norm, v.pp(1))), cfg.activation, frozen, v.pp(0))?);
+            convs.push(Conv2d::new(
+                inp,
+                hidden,
+                Conv2dConfig::same(1, 1),
+                false,
+                Some((cfg.norm, v.pp(1))),
+                cfg.activation,
+                frozen,
+                v.pp(0),
+            )?);
             idx += 1;
         }
         let v = vb.pp(idx);
         let dw = Conv2dConfig::same(3, stride).with_groups(hidden);
-        convs.push(Conv2d::new(hidden, hidden, dw, false, Some((cfg.norm, v.pp(1))), cfg.activation, frozen, v.pp(0))?);
+        convs.push(Conv2d::new(
+            hidden,
+            hidden,
+            dw,
+            false,
+            Some((cfg.norm, v.pp(1))),
+            cfg.activation,
+            frozen,
+            v.pp(0),
+        )?);
         // The projection is a bare conv at `conv.{idx+1}` followed by its BN at `conv.{idx+2}`.
         let project_norm = Some((cfg.norm, vb.pp(idx + 2)));
         convs.push(Conv2d::new(
@@ -154,7 +179,10 @@ pub struct MobileNetV2 {
 impl MobileNetV2 {
     pub fn new(cfg: &MobileNetV2Config, vb: VarBuilder) -> Result<Self> {
         if cfg.width_mult <= 0.0 || !cfg.width_mult.is_finite() {
-            candle_core::bail!("MODEL.MOBILENET.WIDTH_MULT must be positive, got {}", cfg.width_mult);
+            candle_core::bail!(
+                "MODEL.MOBILENET.WIDTH_MULT must be positive, got {}",
+                cfg.width_mult
+            );
         }
         let mut outputs = Vec::new();
         for name in &cfg.out_features {
@@ -249,7 +277,9 @@ impl MobileNetV2 {
             })
             .collect();
         let prefix = fvb.prefix();
-        let frozen_prefixes = (0..cfg.freeze_at).map(|i| format!("{prefix}.{i}.")).collect();
+        let frozen_prefixes = (0..cfg.freeze_at)
+            .map(|i| format!("{prefix}.{i}."))
+            .collect();
         Ok(Self {
             features,
             outputs,

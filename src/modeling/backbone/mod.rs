@@ -28,7 +28,8 @@ pub trait Backbone: Send + Sync {
 }
 
 /// `build(cfg, vb, input_shape)`, as Detectron2's backbone builders.
-pub type BackboneBuilder = dyn Fn(&Config, VarBuilder, ShapeSpec) -> Result<Box<dyn Backbone>> + Send + Sync;
+pub type BackboneBuilder =
+    dyn Fn(&Config, VarBuilder, ShapeSpec) -> Result<Box<dyn Backbone>> + Send + Sync;
 
 pub static BACKBONE_REGISTRY: LazyLock<Registry<BackboneBuilder>> = LazyLock::new(|| {
     let registry = Registry::new("backbone");

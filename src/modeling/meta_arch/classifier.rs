@@ -19,12 +19,25 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn new(backbone: Box<dyn Backbone>, feature: &str, num_classes: usize, dropout: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        backbone: Box<dyn Backbone>,
+        feature: &str,
+        num_classes: usize,
+        dropout: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let Some(spec) = backbone.output_shape().get(feature).copied() else {
             candle_core::bail!("Classifier: the backbone has no output `{feature}`");
         };
         let vb = vb.pp("classifier").pp(1);
-        let weight = vb.get_with_hints((num_classes, spec.channels), "weight", Init::Randn { mean: 0.0, stdev: 0.01 })?;
+        let weight = vb.get_with_hints(
+            (num_classes, spec.channels),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
+        )?;
         let bias = vb.get_with_hints(num_classes, "bias", Init::Const(0.0))?;
         Ok(Self {
             backbone,
@@ -39,7 +52,13 @@ impl Classifier {
         let mut cfg = cfg.clone();
         cfg.model.mobilenet.out_features = vec!["last".to_string()];
         let backbone = build_backbone(&cfg, vb.clone())?;
-        Self::new(backbone, "last", cfg.model.classifier.num_classes, cfg.model.classifier.dropout, vb)
+        Self::new(
+            backbone,
+            "last",
+            cfg.model.classifier.num_classes,
+            cfg.model.classifier.dropout,
+            vb,
+        )
     }
 
     pub fn logits(&self, images: &Tensor, train: bool) -> Result<Tensor> {

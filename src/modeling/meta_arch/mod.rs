@@ -50,8 +50,11 @@ pub type MetaArchBuilder = dyn Fn(&Config, VarBuilder) -> Result<Box<dyn MetaArc
 
 pub static META_ARCH_REGISTRY: LazyLock<Registry<MetaArchBuilder>> = LazyLock::new(|| {
     let registry: Registry<MetaArchBuilder> = Registry::new("meta-architecture");
-    registry.register("Classifier", Arc::new(|cfg: &Config, vb: VarBuilder| {
-        Ok(Box::new(Classifier::from_config(cfg, vb)?) as Box<dyn MetaArch>)
-    }));
+    registry.register(
+        "Classifier",
+        Arc::new(|cfg: &Config, vb: VarBuilder| {
+            Ok(Box::new(Classifier::from_config(cfg, vb)?) as Box<dyn MetaArch>)
+        }),
+    );
     registry
 });

@@ -1,0 +1,8 @@
+//! Data: dataset metadata and the transforms that turn images into model inputs.
+
+pub mod transforms;
+
+/// ImageNet-1k class names in torchvision's order (index = class id).
+pub fn imagenet_classes() -> Vec<&'static str> {
+    include_str!("imagenet_classes.txt").lines().collect()
+}

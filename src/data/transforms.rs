@@ -1,0 +1,128 @@
+//! Image transforms.
+
+use candle_core::{Device, Result, Tensor};
+use image::RgbImage;
+
+/// Fixed-point precision of PIL's resampling weights.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output pixel: first input index and integer weights, as PIL's `precompute_coeffs`
+/// computes them for the bilinear (triangle) filter, widened by the scale when
+/// downscaling (antialiasing).
+fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the triangle filter's support is 1
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) / filterscale).abs();
+                    if t < 1.0 {
+                        1.0 - t
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f64 = w.iter().sum();
+            let k = w
+                .iter()
+                .map(|v| {
+                    let v = if total != 0.0 { v / total } else { 0.0 };
+                    let f = v * (1i64 << PRECISION_BITS) as f64;
+                    (if f < 0.0 { f - 0.5 } else { f + 0.5 }) as i64
+                })
+                .collect();
+            (xmin, k)
+        })
+        .collect()
+}
+
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes like PIL's `Image.resize(size, BILINEAR)`, which torchvision's `Resize` uses on
+/// PIL images: a horizontal then a vertical pass, each rounded to 8 bits. Matching it
+/// bit for bit is what makes our inputs equal PyTorch's reference inputs.
+pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let src = img.as_raw();
+    let round = 1i64 << (PRECISION_BITS - 1);
+    let mut horiz = vec![0u8; out_w * h * 3];
+    if out_w == w {
+        horiz.copy_from_slice(src);
+    } else {
+        let coeffs = pil_coeffs(w, out_w);
+        for y in 0..h {
+            for (x, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let acc: i64 = k
+                        .iter()
+                        .enumerate()
+                        .map(|(i, kk)| src[(y * w + xmin + i) * 3 + c] as i64 * kk)
+                        .sum();
+                    horiz[(y * out_w + x) * 3 + c] = clip8(acc + round);
+                }
+            }
+        }
+    }
+    if out_h == h {
+        return RgbImage::from_raw(out_w as u32, h as u32, horiz).expect("buffer size matches");
+    }
+    let mut out = vec![0u8; out_w * out_h * 3];
+    for (y, (ymin, k)) in pil_coeffs(h, out_h).iter().enumerate() {
+        for x in 0..out_w {
+            for c in 0..3 {
+                let acc: i64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(i, kk)| horiz[((ymin + i) * out_w + x) * 3 + c] as i64 * kk)
+                    .sum();
+                out[(y * out_w + x) * 3 + c] = clip8(acc + round);
+            }
+        }
+    }
+    RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("buffer size matches")
+}
+
+/// torchvision's `Resize(short)` then `CenterCrop(crop)` on a PIL image: the short side
+/// goes to `short` (the long side to `int(short * long / short_side)`), resampled as
+/// [`resize_bilinear`]; the crop offsets are `round((size - crop) / 2)`.
+pub fn resize_short_center_crop(
+    img: &RgbImage,
+    short: usize,
+    crop: usize,
+) -> std::result::Result<RgbImage, String> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err("image is empty".into());
+    }
+    let (nw, nh) = if w <= h {
+        (short, (short as f64 * h as f64 / w as f64) as usize)
+    } else {
+        ((short as f64 * w as f64 / h as f64) as usize, short)
+    };
+    if nw < crop || nh < crop {
+        return Err(format!(
+            "crop {crop} is larger than the resized image {nw}x{nh}"
+        ));
+    }
+    let resized = resize_bilinear(img, nw, nh);
+    let left = ((nw - crop) as f64 / 2.0).round() as u32;
+    let top = ((nh - crop) as f64 / 2.0).round() as u32;
+    Ok(image::imageops::crop_imm(&resized, left, top, crop as u32, crop as u32).to_image())
+}
+
+/// An RGB image as a (3, H, W) f32 tensor in 0..255 (normalisation is the model's job).
+pub fn image_to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let hwc = Tensor::from_vec(img.as_raw().clone(), (h, w, 3), &Device::Cpu)?;
+    hwc.permute((2, 0, 1))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_device(device)
+}

@@ -1,0 +1,5 @@
+//! Running jobs: setup shared by every tool (and, later, the trainer).
+
+pub mod defaults;
+
+pub use defaults::default_setup;
