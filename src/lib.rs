@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod evaluation;
 pub mod layers;
 pub mod modeling;
 pub mod utils;

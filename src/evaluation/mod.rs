@@ -1,0 +1,8 @@
+//! Evaluation: the official WIDER FACE protocol, COCO-style box AP, and the
+//! `DatasetEvaluator` interface training calls on a schedule.
+
+pub mod matfile;
+pub mod predictions;
+pub mod widerface;
+
+pub use widerface::{GroundTruth, WiderResult};
