@@ -1,5 +1,6 @@
 //! Data: dataset metadata and the transforms that turn images into model inputs.
 
+pub mod datasets;
 pub mod transforms;
 
 /// ImageNet-1k class names in torchvision's order (index = class id).

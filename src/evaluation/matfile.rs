@@ -27,16 +27,31 @@ const MX_CHAR: u8 = 4;
 #[derive(Debug, Clone, PartialEq)]
 pub enum MatValue {
     /// Any numeric class, as f64, column-major.
-    Numeric { dims: Vec<usize>, data: Vec<f64> },
-    Char { dims: Vec<usize>, text: String },
-    Cell { dims: Vec<usize>, items: Vec<MatValue> },
-    Struct { dims: Vec<usize>, fields: Vec<(String, Vec<MatValue>)> },
+    Numeric {
+        dims: Vec<usize>,
+        data: Vec<f64>,
+    },
+    Char {
+        dims: Vec<usize>,
+        text: String,
+    },
+    Cell {
+        dims: Vec<usize>,
+        items: Vec<MatValue>,
+    },
+    Struct {
+        dims: Vec<usize>,
+        fields: Vec<(String, Vec<MatValue>)>,
+    },
 }
 
 impl MatValue {
     pub fn dims(&self) -> &[usize] {
         match self {
-            Self::Numeric { dims, .. } | Self::Char { dims, .. } | Self::Cell { dims, .. } | Self::Struct { dims, .. } => dims,
+            Self::Numeric { dims, .. }
+            | Self::Char { dims, .. }
+            | Self::Cell { dims, .. }
+            | Self::Struct { dims, .. } => dims,
         }
     }
 
@@ -62,9 +77,14 @@ impl MatValue {
         let r = dims.first().copied().unwrap_or(0);
         let c: usize = dims.iter().skip(1).product();
         if data.len() != r * c {
-            return Err(format!("numeric array of dims {dims:?} holds {} values", data.len()));
+            return Err(format!(
+                "numeric array of dims {dims:?} holds {} values",
+                data.len()
+            ));
         }
-        Ok((0..r).map(|i| (0..c).map(|j| data[j * r + i]).collect()).collect())
+        Ok((0..r)
+            .map(|i| (0..c).map(|j| data[j * r + i]).collect())
+            .collect())
     }
 
     /// All values of a numeric array, column-major.
@@ -92,9 +112,17 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("truncated: needed {n} bytes at offset {} of {}", self.pos, self.data.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "truncated: needed {n} bytes at offset {} of {}",
+                    self.pos,
+                    self.data.len()
+                )
+            })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -114,7 +142,10 @@ impl<'a> Cursor<'a> {
         if first >> 16 != 0 {
             let (ty, n) = (first & 0xffff, (first >> 16) as usize);
             if n > 4 {
-                return Err(format!("small data element of {n} bytes at offset {}", self.pos - 4));
+                return Err(format!(
+                    "small data element of {n} bytes at offset {}",
+                    self.pos - 4
+                ));
             }
             let payload = self.take(4)?;
             return Ok((ty, &payload[..n]));
@@ -134,7 +165,9 @@ impl<'a> Cursor<'a> {
 fn numbers(ty: u32, b: &[u8]) -> Result<Vec<f64>, String> {
     macro_rules! conv {
         ($t:ty, $n:expr) => {
-            b.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+            b.chunks_exact($n)
+                .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect()
         };
     }
     Ok(match ty {
@@ -159,17 +192,32 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
     }
     if payload.is_empty() {
         // An empty cell element is stored as a zero-length matrix.
-        return Ok((String::new(), MatValue::Numeric { dims: vec![0, 0], data: vec![] }));
+        return Ok((
+            String::new(),
+            MatValue::Numeric {
+                dims: vec![0, 0],
+                data: vec![],
+            },
+        ));
     }
-    let mut c = Cursor { data: payload, pos: 0 };
+    let mut c = Cursor {
+        data: payload,
+        pos: 0,
+    };
     let (_, flags) = c.element()?;
     if flags.len() < 8 {
         return Err("array flags too short".into());
     }
     let class = flags[0];
     let (_, dims_b) = c.element()?;
-    let dims: Vec<usize> = numbers(MI_INT32, dims_b)?.into_iter().map(|d| d.max(0.0) as usize).collect();
-    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("array dimensions overflow")?;
+    let dims: Vec<usize> = numbers(MI_INT32, dims_b)?
+        .into_iter()
+        .map(|d| d.max(0.0) as usize)
+        .collect();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or("array dimensions overflow")?;
     let (_, name_b) = c.element()?;
     let name = String::from_utf8_lossy(name_b).into_owned();
     let value = match class {
@@ -186,16 +234,23 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
         }
         MX_STRUCT => {
             let (_, len_b) = c.element()?;
-            let len = *numbers(MI_INT32, len_b)?.first().ok_or("struct without field name length")? as usize;
+            let len = *numbers(MI_INT32, len_b)?
+                .first()
+                .ok_or("struct without field name length")? as usize;
             let (_, names_b) = c.element()?;
             if len == 0 {
                 return Err("struct field name length 0".into());
             }
             let names: Vec<String> = names_b
                 .chunks(len)
-                .map(|ch| String::from_utf8_lossy(ch).trim_end_matches('\0').to_string())
+                .map(|ch| {
+                    String::from_utf8_lossy(ch)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
                 .collect();
-            let mut fields: Vec<(String, Vec<MatValue>)> = names.into_iter().map(|n| (n, Vec::new())).collect();
+            let mut fields: Vec<(String, Vec<MatValue>)> =
+                names.into_iter().map(|n| (n, Vec::new())).collect();
             for _ in 0..count {
                 for f in fields.iter_mut() {
                     let (ty, p) = c.element()?;
@@ -217,7 +272,10 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
                     String::from_utf8_lossy(p).into_owned()
                 } else {
                     // Column-major: for a 1xN name the order is already right.
-                    codes.iter().map(|&v| char::from_u32(v as u32).unwrap_or('\u{fffd}')).collect()
+                    codes
+                        .iter()
+                        .map(|&v| char::from_u32(v as u32).unwrap_or('\u{fffd}'))
+                        .collect()
                 }
             };
             MatValue::Char { dims, text }
@@ -230,7 +288,10 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
                 numbers(ty, p)?
             };
             if data.len() != count {
-                return Err(format!("numeric array `{name}` of dims {dims:?} holds {} values", data.len()));
+                return Err(format!(
+                    "numeric array `{name}` of dims {dims:?} holds {} values",
+                    data.len()
+                ));
             }
             MatValue::Numeric { dims, data }
         }
@@ -248,10 +309,14 @@ pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, String> {
         return Err(if &bytes[126..128] == b"MI" {
             "big-endian MAT-files are not supported".into()
         } else {
-            "not a MATLAB 5 MAT-file (bad endian indicator); v7.3 (HDF5) files are not supported".into()
+            "not a MATLAB 5 MAT-file (bad endian indicator); v7.3 (HDF5) files are not supported"
+                .into()
         });
     }
-    let mut c = Cursor { data: bytes, pos: 128 };
+    let mut c = Cursor {
+        data: bytes,
+        pos: 128,
+    };
     let mut vars = Vec::new();
     while !c.done() {
         let at = c.pos;
@@ -263,7 +328,9 @@ pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, String> {
                     .read_to_end(&mut raw)
                     .map_err(|e| format!("at offset {at}: corrupt compressed element: {e}"))?;
                 let mut inner = Cursor { data: &raw, pos: 0 };
-                let (ty, p) = inner.element().map_err(|e| format!("at offset {at}: {e}"))?;
+                let (ty, p) = inner
+                    .element()
+                    .map_err(|e| format!("at offset {at}: {e}"))?;
                 if ty != MI_MATRIX {
                     continue;
                 }

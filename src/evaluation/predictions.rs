@@ -10,18 +10,30 @@ use super::widerface::GroundTruth;
 /// Parses one prediction file; errors name the file and line.
 pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, String> {
     let at = |line: usize, msg: String| format!("{}:{line}: {msg}", path.display());
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    lines.next().ok_or_else(|| at(1, "empty file (expected the image name)".into()))?;
-    let (ln, count) = lines.next().ok_or_else(|| at(2, "missing the detection count".into()))?;
-    let count: usize = count
-        .trim()
-        .parse()
-        .map_err(|_| at(ln + 1, format!("expected the detection count, found `{}`", count.trim())))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    lines
+        .next()
+        .ok_or_else(|| at(1, "empty file (expected the image name)".into()))?;
+    let (ln, count) = lines
+        .next()
+        .ok_or_else(|| at(2, "missing the detection count".into()))?;
+    let count: usize = count.trim().parse().map_err(|_| {
+        at(
+            ln + 1,
+            format!("expected the detection count, found `{}`", count.trim()),
+        )
+    })?;
     let mut dets = Vec::with_capacity(count);
     for (ln, line) in lines {
         let vals: Vec<&str> = line.split_whitespace().collect();
         if vals.len() != 5 {
-            return Err(at(ln + 1, format!("expected `x y w h score`, found `{}`", line.trim())));
+            return Err(at(
+                ln + 1,
+                format!("expected `x y w h score`, found `{}`", line.trim()),
+            ));
         }
         let mut d = [0f64; 5];
         for (slot, v) in d.iter_mut().zip(&vals) {
@@ -34,7 +46,10 @@ pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, S
         dets.push(d);
     }
     if dets.len() != count {
-        return Err(at(2, format!("the file says {count} detections but has {}", dets.len())));
+        return Err(at(
+            2,
+            format!("the file says {count} detections but has {}", dets.len()),
+        ));
     }
     Ok(dets)
 }
@@ -47,7 +62,10 @@ pub fn read_predictions(
     gt: &GroundTruth,
 ) -> Result<(HashMap<(String, String), Vec<[f64; 5]>>, Vec<String>), String> {
     if !dir.is_dir() {
-        return Err(format!("prediction folder {} does not exist", dir.display()));
+        return Err(format!(
+            "prediction folder {} does not exist",
+            dir.display()
+        ));
     }
     let mut out = HashMap::with_capacity(gt.images.len());
     let mut missing = Vec::new();
@@ -55,9 +73,14 @@ pub fn read_predictions(
         let path = dir.join(&img.event).join(format!("{}.txt", img.name));
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                out.insert((img.event.clone(), img.name.clone()), parse_prediction_file(&text, &path)?);
+                out.insert(
+                    (img.event.clone(), img.name.clone()),
+                    parse_prediction_file(&text, &path)?,
+                );
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(format!("{}/{}", img.event, img.name)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(format!("{}/{}", img.event, img.name))
+            }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
     }
@@ -65,12 +88,24 @@ pub fn read_predictions(
 }
 
 /// Writes one image's detections (sorted by score, descending) in the submission layout.
-pub fn write_prediction_file(dir: &Path, event: &str, name: &str, dets: &[[f64; 5]]) -> std::io::Result<()> {
+pub fn write_prediction_file(
+    dir: &Path,
+    event: &str,
+    name: &str,
+    dets: &[[f64; 5]],
+) -> std::io::Result<()> {
     let mut sorted = dets.to_vec();
     sorted.sort_by(|a, b| b[4].total_cmp(&a[4]));
     let mut text = format!("{name}\n{}\n", sorted.len());
     for d in &sorted {
-        let _ = writeln!(text, "{:.1} {:.1} {:.1} {:.1} {:.6}", d[0], d[1], d[2], d[3], d[4]);
+        let _ = writeln!(
+            text,
+            "{:.1} {:.1} {:.1} {:.1} {:.6}",
+            d[0], d[1], d[2], d[3], d[4]
+        );
     }
-    crate::utils::fs::write_atomic(&dir.join(event).join(format!("{name}.txt")), text.as_bytes())
+    crate::utils::fs::write_atomic(
+        &dir.join(event).join(format!("{name}.txt")),
+        text.as_bytes(),
+    )
 }

@@ -17,10 +17,28 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::matfile::{read_mat_file, MatValue};
+use crate::data::datasets::widerface::{FaceAnnotation, WiderRecord};
 
 pub const SETTINGS: [&str; 3] = ["easy", "medium", "hard"];
 const THRESH_NUM: usize = 1000;
 const IOU_THRESH: f64 = 0.5;
+
+/// Which settings (easy, medium, hard) count a face, for annotation files that have no
+/// official keep lists. The official lists come from how hard faces were for a reference
+/// detector; this rule approximates them from size (box height) and attributes:
+/// - hard: every valid face (`invalid == 0`, w, h > 0) at least 10 px high;
+/// - medium: hard faces at least 20 px high without heavy blur or heavy occlusion;
+/// - easy: medium faces at least 50 px high, unoccluded, in a typical pose.
+///
+/// A detection on a face outside a setting's list is ignored in that setting, as with
+/// the official lists.
+pub fn keep_settings(f: &FaceAnnotation) -> [bool; 3] {
+    let h = f.bbox[3];
+    let hard = f.is_valid() && h >= 10.0;
+    let medium = hard && h >= 20.0 && f.blur < 2 && f.occlusion < 2;
+    let easy = medium && h >= 50.0 && f.occlusion == 0 && f.pose == 0;
+    [easy, medium, hard]
+}
 
 /// One image's faces (x, y, w, h) and, per setting, the 0-based indices that count.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,10 +55,16 @@ pub struct GroundTruth {
 }
 
 fn cell_at<'a>(v: &'a MatValue, i: usize, what: &str) -> Result<&'a MatValue, String> {
-    v.as_cell()?.get(i).ok_or_else(|| format!("{what}: no entry {i}"))
+    v.as_cell()?
+        .get(i)
+        .ok_or_else(|| format!("{what}: no entry {i}"))
 }
 
-fn var<'a>(vars: &'a [(String, MatValue)], name: &str, file: &Path) -> Result<&'a MatValue, String> {
+fn var<'a>(
+    vars: &'a [(String, MatValue)],
+    name: &str,
+    file: &Path,
+) -> Result<&'a MatValue, String> {
     vars.iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v)
@@ -66,22 +90,33 @@ impl GroundTruth {
         let mut images = Vec::new();
         for (ei, event) in events.iter().enumerate() {
             let event = event.as_text().map_err(ctx)?.to_string();
-            let names = cell_at(files, ei, "file_list").map_err(ctx)?.as_cell().map_err(ctx)?;
+            let names = cell_at(files, ei, "file_list")
+                .map_err(ctx)?
+                .as_cell()
+                .map_err(ctx)?;
             let event_boxes = cell_at(boxes, ei, "face_bbx_list").map_err(ctx)?;
             for (ii, name) in names.iter().enumerate() {
-                let rows = cell_at(event_boxes, ii, "face_bbx_list").map_err(ctx)?.rows().map_err(ctx)?;
+                let rows = cell_at(event_boxes, ii, "face_bbx_list")
+                    .map_err(ctx)?
+                    .rows()
+                    .map_err(ctx)?;
                 let boxes: Vec<[f64; 4]> = rows
                     .iter()
                     .map(|r| match r.as_slice() {
                         [x, y, w, h, ..] => Ok([*x, *y, *w, *h]),
-                        _ => Err(format!("{event}/{}: face box with {} columns", name.as_text().unwrap_or("?"), r.len())),
+                        _ => Err(format!(
+                            "{event}/{}: face box with {} columns",
+                            name.as_text().unwrap_or("?"),
+                            r.len()
+                        )),
                     })
                     .collect::<Result<_, _>>()
                     .map_err(ctx)?;
                 let mut keep: [Vec<usize>; 3] = Default::default();
                 for (s, (path, gt_list)) in keeps.iter().enumerate() {
                     let e = |e: String| format!("{}: {e}", path.display());
-                    let ids = cell_at(cell_at(gt_list, ei, "gt_list").map_err(e)?, ii, "gt_list").map_err(e)?;
+                    let ids = cell_at(cell_at(gt_list, ei, "gt_list").map_err(e)?, ii, "gt_list")
+                        .map_err(e)?;
                     keep[s] = ids
                         .values()
                         .map_err(e)?
@@ -89,7 +124,11 @@ impl GroundTruth {
                         .map(|&v| {
                             let i = v as usize;
                             if i == 0 || i > boxes.len() {
-                                Err(format!("{}: keep index {v} outside 1..={} for {event}", path.display(), boxes.len()))
+                                Err(format!(
+                                    "{}: keep index {v} outside 1..={} for {event}",
+                                    path.display(),
+                                    boxes.len()
+                                ))
                             } else {
                                 Ok(i - 1)
                             }
@@ -105,6 +144,36 @@ impl GroundTruth {
             }
         }
         Ok(Self { images })
+    }
+
+    /// Ground truth from an annotation file in the `*_bbx_gt.txt` format (e.g. the
+    /// synthetic set), with keep lists from [`keep_settings`].
+    pub fn from_bbx_txt(path: &Path) -> Result<Self, String> {
+        let records = crate::data::datasets::widerface::read_bbx_gt(path)?;
+        Ok(Self::from_records(&records))
+    }
+
+    pub fn from_records(records: &[WiderRecord]) -> Self {
+        let images = records
+            .iter()
+            .map(|r| {
+                let mut keep: [Vec<usize>; 3] = Default::default();
+                for (i, f) in r.faces.iter().enumerate() {
+                    for (s, k) in keep_settings(f).iter().enumerate() {
+                        if *k {
+                            keep[s].push(i);
+                        }
+                    }
+                }
+                GtImage {
+                    event: r.event().to_string(),
+                    name: r.stem().to_string(),
+                    boxes: r.faces.iter().map(|f| f.bbox).collect(),
+                    keep,
+                }
+            })
+            .collect();
+        Self { images }
     }
 
     pub fn num_faces(&self, setting: usize) -> usize {
@@ -180,7 +249,10 @@ pub fn voc_ap(recall: &[f64], precision: &[f64]) -> f64 {
 
 /// Evaluates `predictions` (per image, `x y w h score`, any order) against `gt`;
 /// images without an entry have no detections.
-pub fn evaluate(gt: &GroundTruth, predictions: &HashMap<(String, String), Vec<[f64; 5]>>) -> WiderResult {
+pub fn evaluate(
+    gt: &GroundTruth,
+    predictions: &HashMap<(String, String), Vec<[f64; 5]>>,
+) -> WiderResult {
     let mut warnings = Vec::new();
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for img in &gt.images {
@@ -223,7 +295,11 @@ pub fn evaluate(gt: &GroundTruth, predictions: &HashMap<(String, String), Vec<[f
         let mut dets: Vec<[f64; 5]> = dets.clone();
         // Stable: equal scores keep the file's order, as the official code reads them.
         dets.sort_by(|a, b| b[4].total_cmp(&a[4]));
-        let gts: Vec<[f64; 4]> = img.boxes.iter().map(|b| [b[0], b[1], b[0] + b[2], b[1] + b[3]]).collect();
+        let gts: Vec<[f64; 4]> = img
+            .boxes
+            .iter()
+            .map(|b| [b[0], b[1], b[0] + b[2], b[1] + b[3]])
+            .collect();
         // Best face per detection; the first wins ties, as numpy's argmax.
         let best: Vec<(f64, usize)> = dets
             .iter()
@@ -283,8 +359,20 @@ pub fn evaluate(gt: &GroundTruth, predictions: &HashMap<(String, String), Vec<[f
         }
     }
     let curves = [0, 1, 2].map(|s| {
-        let precision: Vec<f64> = pr[s].iter().map(|p| if p[0] > 0.0 { p[1] / p[0] } else { 0.0 }).collect();
-        let recall: Vec<f64> = pr[s].iter().map(|p| if faces[s] > 0 { p[1] / faces[s] as f64 } else { 0.0 }).collect();
+        let precision: Vec<f64> = pr[s]
+            .iter()
+            .map(|p| if p[0] > 0.0 { p[1] / p[0] } else { 0.0 })
+            .collect();
+        let recall: Vec<f64> = pr[s]
+            .iter()
+            .map(|p| {
+                if faces[s] > 0 {
+                    p[1] / faces[s] as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         Curve {
             ap: voc_ap(&recall, &precision),
             precision,

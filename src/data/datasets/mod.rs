@@ -1,0 +1,3 @@
+//! Dataset formats.
+
+pub mod widerface;

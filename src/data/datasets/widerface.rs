@@ -1,0 +1,244 @@
+//! The official WIDER FACE annotation file, `wider_face_{train,val}_bbx_gt.txt`:
+//!
+//! ```text
+//! 0--Parade/0_Parade_marchingband_1_849.jpg
+//! 1
+//! 449 330 122 149 0 0 0 0 0 0
+//! ```
+//!
+//! An image path, the number of faces, then one line per face with
+//! `x1 y1 w h blur expression illumination invalid occlusion pose`. An image with no
+//! face is followed by a single all-zero line that is not a face.
+
+use std::path::Path;
+
+/// One face with its attributes as the file gives them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceAnnotation {
+    /// x, y, w, h in pixels.
+    pub bbox: [f64; 4],
+    /// 0 clear, 1 normal, 2 heavy.
+    pub blur: u8,
+    /// 0 typical, 1 exaggerated.
+    pub expression: u8,
+    /// 0 normal, 1 extreme.
+    pub illumination: u8,
+    /// 0 valid, 1 invalid.
+    pub invalid: u8,
+    /// 0 none, 1 partial, 2 heavy.
+    pub occlusion: u8,
+    /// 0 typical, 1 atypical.
+    pub pose: u8,
+}
+
+impl FaceAnnotation {
+    /// Whether training and evaluation should use this face at all.
+    pub fn is_valid(&self) -> bool {
+        self.invalid == 0 && self.bbox[2] > 0.0 && self.bbox[3] > 0.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WiderRecord {
+    /// Relative to the `images/` folder, e.g. `0--Parade/0_Parade_marchingband_1_849.jpg`.
+    pub file_name: String,
+    pub faces: Vec<FaceAnnotation>,
+}
+
+impl WiderRecord {
+    /// The event folder (`0--Parade`).
+    pub fn event(&self) -> &str {
+        self.file_name.split('/').next().unwrap_or("")
+    }
+
+    /// The image name without folder and extension, as submission files use it.
+    pub fn stem(&self) -> &str {
+        let base = self.file_name.rsplit('/').next().unwrap_or(&self.file_name);
+        base.rsplit_once('.').map(|(s, _)| s).unwrap_or(base)
+    }
+}
+
+/// Parses the annotation text; errors give the line number and the text found.
+pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, String> {
+    let err = |line: usize, msg: String| format!("{}:{line}: {msg}", source.display());
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let name = lines[i].trim();
+        if name.is_empty() {
+            i += 1;
+            continue;
+        }
+        if !name.contains('.') || name.split_whitespace().count() != 1 {
+            return Err(err(
+                i + 1,
+                format!("expected an image path, found `{name}`"),
+            ));
+        }
+        let count_line = lines
+            .get(i + 1)
+            .ok_or_else(|| err(i + 2, "missing the face count".into()))?;
+        let count: usize = count_line.trim().parse().map_err(|_| {
+            err(
+                i + 2,
+                format!("expected the face count, found `{}`", count_line.trim()),
+            )
+        })?;
+        // A 0-face image still has one (all-zero) line.
+        let rows = count.max(1);
+        let mut faces = Vec::with_capacity(count);
+        for r in 0..rows {
+            let ln = i + 2 + r;
+            let line = lines.get(ln).ok_or_else(|| {
+                err(
+                    ln + 1,
+                    format!("file ends inside `{name}`: expected {rows} face line(s)"),
+                )
+            })?;
+            let vals: Vec<f64> = line
+                .split_whitespace()
+                .map(|v| v.parse::<f64>().ok().filter(|x| x.is_finite()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    err(
+                        ln + 1,
+                        format!("expected 10 numbers, found `{}`", line.trim()),
+                    )
+                })?;
+            if vals.len() != 10 {
+                return Err(err(
+                    ln + 1,
+                    format!(
+                        "expected 10 numbers, found {} in `{}`",
+                        vals.len(),
+                        line.trim()
+                    ),
+                ));
+            }
+            if count == 0 {
+                continue;
+            }
+            let attr = |k: usize, max: f64, what: &str| -> Result<u8, String> {
+                let v = vals[k];
+                if v < 0.0 || v > max || v.fract() != 0.0 {
+                    Err(err(
+                        ln + 1,
+                        format!("{what} must be an integer in 0..={max}, found {v}"),
+                    ))
+                } else {
+                    Ok(v as u8)
+                }
+            };
+            faces.push(FaceAnnotation {
+                bbox: [vals[0], vals[1], vals[2], vals[3]],
+                blur: attr(4, 2.0, "blur")?,
+                expression: attr(5, 1.0, "expression")?,
+                illumination: attr(6, 1.0, "illumination")?,
+                invalid: attr(7, 1.0, "invalid")?,
+                occlusion: attr(8, 2.0, "occlusion")?,
+                pose: attr(9, 1.0, "pose")?,
+            });
+        }
+        records.push(WiderRecord {
+            file_name: name.to_string(),
+            faces,
+        });
+        i += 2 + rows;
+    }
+    Ok(records)
+}
+
+pub fn read_bbx_gt(path: &Path) -> Result<Vec<WiderRecord>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read annotation file {}: {e}", path.display()))?;
+    parse_bbx_gt(&text, path)
+}
+
+/// Writes records in the official format (0-face images get their all-zero line).
+pub fn format_bbx_gt(records: &[WiderRecord]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for r in records {
+        let _ = writeln!(out, "{}\n{}", r.file_name, r.faces.len());
+        if r.faces.is_empty() {
+            out.push_str("0 0 0 0 0 0 0 0 0 0 \n");
+        }
+        for f in &r.faces {
+            let b = f.bbox;
+            let _ = writeln!(
+                out,
+                "{} {} {} {} {} {} {} {} {} {} ",
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                f.blur,
+                f.expression,
+                f.illumination,
+                f.invalid,
+                f.occlusion,
+                f.pose
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str =
+        "0--Parade/0_Parade_marchingband_1_849.jpg\n1\n449 330 122 149 0 0 0 0 0 0 \n\
+        0--Parade/empty.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n\
+        1--Handshaking/x.jpg\n2\n10 20 30 40 2 1 1 0 1 1\n5 5 0 9 0 0 0 1 2 0\n";
+
+    #[test]
+    fn parses_columns_in_the_official_order() {
+        let recs = parse_bbx_gt(SAMPLE, Path::new("gt.txt")).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert!(
+            recs[1].faces.is_empty(),
+            "the zero line of a 0-face image is not a face"
+        );
+        let f = recs[2].faces[0];
+        assert_eq!(f.bbox, [10.0, 20.0, 30.0, 40.0]);
+        assert_eq!(
+            (
+                f.blur,
+                f.expression,
+                f.illumination,
+                f.invalid,
+                f.occlusion,
+                f.pose
+            ),
+            (2, 1, 1, 0, 1, 1)
+        );
+        let g = recs[2].faces[1];
+        assert_eq!((g.invalid, g.occlusion), (1, 2));
+        assert!(!g.is_valid());
+        assert_eq!(recs[2].event(), "1--Handshaking");
+        assert_eq!(recs[0].stem(), "0_Parade_marchingband_1_849");
+        assert_eq!(
+            parse_bbx_gt(&format_bbx_gt(&recs), Path::new("x")).unwrap(),
+            recs
+        );
+    }
+
+    #[test]
+    fn malformed_lines_name_line_and_text() {
+        let bad = "a/b.jpg\n1\n1 2 3 4 0 0 0 0 0\n";
+        let e = parse_bbx_gt(bad, Path::new("gt.txt")).unwrap_err();
+        assert!(
+            e.contains("gt.txt:3") && e.contains("1 2 3 4 0 0 0 0 0"),
+            "{e}"
+        );
+        let e = parse_bbx_gt("a/b.jpg\nx\n", Path::new("gt.txt")).unwrap_err();
+        assert!(e.contains("gt.txt:2") && e.contains("`x`"), "{e}");
+        let e = parse_bbx_gt("a/b.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", Path::new("gt.txt")).unwrap_err();
+        assert!(e.contains("gt.txt:4") && e.contains("file ends"), "{e}");
+        let e = parse_bbx_gt("a/b.jpg\n1\n1 2 3 4 7 0 0 0 0 0\n", Path::new("gt.txt")).unwrap_err();
+        assert!(e.contains("blur"), "{e}");
+    }
+}
