@@ -283,8 +283,8 @@ pub fn evaluate(
     let mut faces = [0usize; 3];
     let mut recall = Vec::new();
     for img in &gt.images {
-        for s in 0..3 {
-            faces[s] += img.keep[s].len();
+        for (count, keep) in faces.iter_mut().zip(&img.keep) {
+            *count += keep.len();
         }
         let Some(dets) = predictions.get(&(img.event.clone(), img.name.clone())) else {
             continue;
@@ -316,9 +316,9 @@ pub fn evaluate(
             })
             .collect();
         let scores: Vec<f64> = dets.iter().map(|d| normalize(d[4])).collect();
-        for s in 0..3 {
+        for (keep, pr_s) in img.keep.iter().zip(pr.iter_mut()) {
             let mut kept = vec![false; gts.len()];
-            for &k in &img.keep[s] {
+            for &k in keep {
                 kept[k] = true;
             }
             // recall state per face: 0 untouched, 1 recalled, -1 matched while not kept.
@@ -346,7 +346,7 @@ pub fn evaluate(
             }
             // Thresholds decrease with t, so the last index above threshold only moves forward.
             let mut above = 0usize;
-            for (t, acc) in pr[s].iter_mut().enumerate() {
+            for (t, acc) in pr_s.iter_mut().enumerate() {
                 let thresh = 1.0 - (t + 1) as f64 / THRESH_NUM as f64;
                 while above < scores.len() && scores[above] >= thresh {
                     above += 1;
