@@ -5,4 +5,9 @@ pub mod matfile;
 pub mod predictions;
 pub mod widerface;
 
+pub use evaluator::{
+    CocoEvaluator, DatasetEvaluator, Detection, ImageDetections, WiderFaceEvaluator,
+};
 pub use widerface::{GroundTruth, WiderResult};
+pub mod coco;
+pub mod evaluator;
