@@ -27,7 +27,7 @@ impl Activation {
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::ReLU => x.relu(),
-            Self::ReLU6 => x.clamp(0f32, 6f32),
+            Self::ReLU6 => super::fused::relu6(x),
             Self::Mish => {
                 // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), stable for large |x|.
                 let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;

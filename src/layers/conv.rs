@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 
+use super::depthwise::{depthwise_conv2d, DwParams};
 use super::{Activation, Norm, NormKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +37,25 @@ impl Conv2dConfig {
     }
 }
 
-/// The convolution primitive every layer uses.
+/// The convolution primitive every layer uses: depthwise convolutions go to the
+/// dedicated op, pointwise (1x1, stride 1) ones to one batched matmul without im2col,
+/// the rest to Candle's conv2d.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
+    let (out_c, in_per_group, kh, kw) = weight.dims4()?;
+    if cfg.groups > 1 && in_per_group == 1 && out_c == cfg.groups && kh == kw {
+        let p = DwParams {
+            stride: cfg.stride,
+            padding: cfg.padding,
+            dilation: cfg.dilation,
+        };
+        return depthwise_conv2d(x, weight, p);
+    }
+    if kh == 1 && kw == 1 && cfg.stride == 1 && cfg.padding == 0 && cfg.groups == 1 {
+        let (n, c, h, w) = x.dims4()?;
+        let x = x.contiguous()?.reshape((n, c, h * w))?;
+        let y = weight.reshape((out_c, c))?.broadcast_left(n)?.matmul(&x)?;
+        return y.reshape((n, out_c, h, w));
+    }
     x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
 }
 
@@ -115,12 +133,45 @@ impl Conv2d {
         })
     }
 
+    /// A copy for inference with the norm folded into the weights and bias
+    /// (`w * scale`, `b * scale + shift`), so eval runs one conv and the activation.
+    /// The copy holds detached tensors: fuse again after the weights change.
+    pub fn fused(&self) -> Result<Self> {
+        let Some(norm) = &self.norm else {
+            return Ok(self.clone());
+        };
+        let (scale, shift) = norm.eval_affine()?;
+        let weight = self
+            .weight
+            .detach()
+            .broadcast_mul(&scale.detach().reshape(((), 1, 1, 1))?)?;
+        let bias = match &self.bias {
+            Some(b) => ((b.detach() * &scale.detach())? + shift.detach())?,
+            None => shift.detach(),
+        };
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+            cfg: self.cfg,
+            norm: None,
+            activation: self.activation,
+            out_channels: self.out_channels,
+        })
+    }
+
     pub fn out_channels(&self) -> usize {
         self.out_channels
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = conv2d(x, &self.weight, &self.cfg)?;
+        // The fused inference copy: bias and activation in one pass. That kernel has no
+        // gradient, so it is never used on trainable tensors.
+        if let (false, Some(b), None) = (train, &self.bias, &self.norm) {
+            if !b.is_variable() && !self.weight.is_variable() {
+                return super::fused::bias_act(&y, b, self.activation);
+            }
+        }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
         }

@@ -9,3 +9,5 @@ pub use activation::Activation;
 pub use batch_norm::{BatchNorm2d, FrozenBatchNorm2d, Norm, NormKind};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use shape_spec::ShapeSpec;
+pub mod depthwise;
+pub mod fused;

@@ -2,4 +2,5 @@
 
 pub mod fs;
 pub mod logging;
+pub mod threads;
 pub mod visualizer;

@@ -140,6 +140,17 @@ impl InvertedResidual {
         })
     }
 
+    fn fused(&self) -> Result<Self> {
+        Ok(Self {
+            convs: self
+                .convs
+                .iter()
+                .map(Conv2d::fused)
+                .collect::<Result<_>>()?,
+            use_residual: self.use_residual,
+        })
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for conv in &self.convs {
@@ -160,6 +171,13 @@ enum Feature {
 }
 
 impl Feature {
+    fn fused(&self) -> Result<Self> {
+        Ok(match self {
+            Self::Conv(c) => Self::Conv(c.fused()?),
+            Self::Block(b) => Self::Block(b.fused()?),
+        })
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Self::Conv(c) => c.forward_t(x, train),
@@ -317,6 +335,19 @@ impl Backbone for MobileNetV2 {
 
     fn size_divisibility(&self) -> usize {
         32
+    }
+
+    fn fused(&self) -> Result<Box<dyn Backbone>> {
+        Ok(Box::new(Self {
+            features: self
+                .features
+                .iter()
+                .map(Feature::fused)
+                .collect::<Result<_>>()?,
+            outputs: self.outputs.clone(),
+            shapes: self.shapes.clone(),
+            frozen_prefixes: self.frozen_prefixes.clone(),
+        }))
     }
 
     fn frozen_prefixes(&self) -> Vec<String> {

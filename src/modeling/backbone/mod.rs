@@ -21,6 +21,8 @@ pub trait Backbone: Send + Sync {
     fn size_divisibility(&self) -> usize {
         0
     }
+    /// An inference-only copy with norms folded into convolutions (see `Conv2d::fused`).
+    fn fused(&self) -> Result<Box<dyn Backbone>>;
     /// Parameter-name prefixes that are frozen: no gradient, not given to the optimizer.
     fn frozen_prefixes(&self) -> Vec<String> {
         Vec::new()

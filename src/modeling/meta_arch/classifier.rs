@@ -95,4 +95,13 @@ impl MetaArch for Classifier {
     fn size_divisibility(&self) -> usize {
         self.backbone.size_divisibility()
     }
+
+    fn fused(&self) -> Result<Box<dyn MetaArch>> {
+        Ok(Box::new(Self {
+            backbone: self.backbone.fused()?,
+            feature: self.feature.clone(),
+            dropout: self.dropout,
+            linear: self.linear.clone(),
+        }))
+    }
 }

@@ -42,8 +42,11 @@ pub trait MetaArch: Send + Sync {
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs>;
     /// Parameter-name prefixes that receive no gradient and are kept out of the optimizer.
     fn frozen_prefixes(&self) -> Vec<String>;
-    /// Channel count the model expects, with the stride-1 input spec.
+    /// Inputs are padded to a multiple of this.
     fn size_divisibility(&self) -> usize;
+    /// An inference-only copy with norms folded into convolutions; fuse again after
+    /// the weights change.
+    fn fused(&self) -> Result<Box<dyn MetaArch>>;
 }
 
 pub type MetaArchBuilder = dyn Fn(&Config, VarBuilder) -> Result<Box<dyn MetaArch>> + Send + Sync;

@@ -1,0 +1,29 @@
+//! Thread-pool defaults that are fast on small machines.
+//!
+//! Candle parallelises matmuls with rayon-style threads, sized from `RAYON_NUM_THREADS`
+//! (re-read, and without it /proc/cpuinfo re-parsed, on every call), and element-wise
+//! ops on its own spinning pool sized from `CANDLE_NUM_THREADS`. With both pools busy on
+//! 2 vCPUs, runs were bimodal (up to 5x slower) from the two pools spinning against each
+//! other. Defaults set here, before any tensor work, unless the user set them:
+//! `RAYON_NUM_THREADS` = available cores, `CANDLE_NUM_THREADS` = 1 (element-wise work
+//! is memory-bound; our heavy kernels run on rayon).
+
+/// Call first thing in `main`, while the process is single-threaded. Returns the number
+/// of compute threads in use.
+pub fn configure() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    num_threads()
+}
+
+/// The rayon thread count in effect.
+pub fn num_threads() -> usize {
+    rayon::current_num_threads()
+}

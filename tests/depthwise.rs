@@ -1,0 +1,257 @@
+//! The depthwise op against Candle's grouped conv2d, and its gradients against finite
+//! differences in f64.
+
+use candle_core::{DType, Device, Tensor};
+use candletron::layers::depthwise::{depthwise_conv2d, depthwise_conv2d_portable, DwParams};
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Every geometry the models use (3x3, stride 1/2, "same" padding, dilation 1/2), plus
+/// odd sizes, no padding and over-padding.
+fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
+    let mut v = Vec::new();
+    for &(n, c, h, w) in &[
+        (1, 1, 5, 5),
+        (2, 3, 7, 9),
+        (1, 16, 8, 8),
+        (3, 24, 15, 13),
+        (1, 32, 2, 3),
+        (2, 8, 1, 6),
+    ] {
+        for stride in [1, 2] {
+            for dilation in [1, 2] {
+                for padding in [0, dilation, 2] {
+                    let p = DwParams {
+                        stride,
+                        padding,
+                        dilation,
+                    };
+                    let span = dilation * 2 + 1;
+                    if h + 2 * padding >= span && w + 2 * padding >= span {
+                        v.push(((n, c, h, w), p));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn forward_equals_grouped_conv2d() {
+    let dev = Device::Cpu;
+    for ((n, c, h, w), p) in cases() {
+        let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (c, 1, 3, 3), &dev).unwrap();
+        let want = x.conv2d(&k, p.padding, p.stride, p.dilation, c).unwrap();
+        let got = depthwise_conv2d(&x, &k, p).unwrap();
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= 1e-4,
+            "{:?} {p:?}: custom op differs by {d}",
+            (n, c, h, w)
+        );
+        let d = max_diff(&depthwise_conv2d_portable(&x, &k, p).unwrap(), &want);
+        assert!(
+            d <= 1e-4,
+            "{:?} {p:?}: portable path differs by {d}",
+            (n, c, h, w)
+        );
+    }
+    // Non-contiguous input (a transposed view) is handled.
+    let x = Tensor::randn(0f32, 1.0, (1, 4, 9, 7), &dev)
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap();
+    let k = Tensor::randn(0f32, 1.0, (4, 1, 3, 3), &dev).unwrap();
+    let p = DwParams {
+        stride: 1,
+        padding: 1,
+        dilation: 1,
+    };
+    let d = max_diff(
+        &depthwise_conv2d(&x, &k, p).unwrap(),
+        &x.contiguous().unwrap().conv2d(&k, 1, 1, 1, 4).unwrap(),
+    );
+    assert!(d <= 1e-4);
+}
+
+/// d(sum(out * r))/d(input), d/d(weight) by central differences.
+fn numeric_grads(
+    x: &[f64],
+    xs: (usize, usize, usize, usize),
+    w: &[f64],
+    c: usize,
+    r: &Tensor,
+    p: DwParams,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let dev = Device::Cpu;
+    let loss = |xv: &[f64], wv: &[f64]| -> f64 {
+        let x = Tensor::from_slice(xv, xs, &dev).unwrap();
+        let w = Tensor::from_slice(wv, (c, 1, 3, 3), &dev).unwrap();
+        (depthwise_conv2d(&x, &w, p).unwrap() * r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let mut gx = vec![0.0; x.len()];
+    for i in 0..x.len() {
+        let (mut a, mut b) = (x.to_vec(), x.to_vec());
+        a[i] += eps;
+        b[i] -= eps;
+        gx[i] = (loss(&a, w) - loss(&b, w)) / (2.0 * eps);
+    }
+    let mut gw = vec![0.0; w.len()];
+    for i in 0..w.len() {
+        let (mut a, mut b) = (w.to_vec(), w.to_vec());
+        a[i] += eps;
+        b[i] -= eps;
+        gw[i] = (loss(x, &a) - loss(x, &b)) / (2.0 * eps);
+    }
+    (gx, gw)
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    let dev = Device::Cpu;
+    for &(shape, p) in &[
+        (
+            (2, 3, 6, 5),
+            DwParams {
+                stride: 1,
+                padding: 1,
+                dilation: 1,
+            },
+        ),
+        (
+            (1, 2, 7, 8),
+            DwParams {
+                stride: 2,
+                padding: 1,
+                dilation: 1,
+            },
+        ),
+        (
+            (2, 2, 7, 7),
+            DwParams {
+                stride: 1,
+                padding: 2,
+                dilation: 2,
+            },
+        ),
+        (
+            (1, 3, 9, 6),
+            DwParams {
+                stride: 2,
+                padding: 2,
+                dilation: 2,
+            },
+        ),
+        (
+            (1, 2, 6, 7),
+            DwParams {
+                stride: 2,
+                padding: 0,
+                dilation: 1,
+            },
+        ),
+    ] {
+        let (n, c, h, w) = shape;
+        let x = Tensor::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap();
+        let k = Tensor::randn(0f64, 1.0, (c, 1, 3, 3), &dev).unwrap();
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let kv = candle_core::Var::from_tensor(&k).unwrap();
+        let out = depthwise_conv2d(xv.as_tensor(), kv.as_tensor(), p).unwrap();
+        let r = Tensor::randn(0f64, 1.0, out.dims(), &dev).unwrap();
+        let grads = (out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx: Vec<f64> = grads
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let gw: Vec<f64> = grads
+            .get(kv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (nx, nw) = numeric_grads(
+            &x.flatten_all().unwrap().to_vec1().unwrap(),
+            shape,
+            &k.flatten_all().unwrap().to_vec1().unwrap(),
+            c,
+            &r,
+            p,
+            1e-6,
+        );
+        for (a, b) in gx.iter().zip(&nx).chain(gw.iter().zip(&nw)) {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "{shape:?} {p:?}: analytic {a} vs numeric {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_equal_the_portable_path() {
+    let dev = Device::Cpu;
+    for &(shape, p) in &[
+        (
+            (2, 16, 14, 14),
+            DwParams {
+                stride: 1,
+                padding: 1,
+                dilation: 1,
+            },
+        ),
+        (
+            (2, 24, 15, 15),
+            DwParams {
+                stride: 2,
+                padding: 1,
+                dilation: 1,
+            },
+        ),
+    ] {
+        let x = candle_core::Var::randn(0f32, 1.0, shape, &dev).unwrap();
+        let k = candle_core::Var::randn(0f32, 1.0, (shape.1, 1, 3, 3), &dev).unwrap();
+        let a = depthwise_conv2d(x.as_tensor(), k.as_tensor(), p).unwrap();
+        let b = depthwise_conv2d_portable(x.as_tensor(), k.as_tensor(), p).unwrap();
+        let r = Tensor::randn(0f32, 1.0, a.dims(), &dev).unwrap();
+        let ga = (a * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            max_diff(
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap()
+            ) <= 1e-4
+        );
+        assert!(
+            max_diff(
+                ga.get(k.as_tensor()).unwrap(),
+                gb.get(k.as_tensor()).unwrap()
+            ) <= 1e-3
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Speed of the backbone, of inference and of a training step, like Detectron2's
+//! `tools/benchmark.py`: warm-up, then the median over timed iterations.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use candle_nn::{Optimizer, ParamsAdamW, SGD};
+use clap::{Parser, ValueEnum};
+
+use candletron::config::Config;
+use candletron::modeling::backbone::build_backbone;
+use candletron::modeling::build_model;
+use candletron::modeling::meta_arch::{Batch, Targets};
+use candletron::modeling::params::ParamStore;
+
+/// One optimizer update from a gradient store.
+type OptimizerStep = dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Task {
+    /// Backbone forward (eval, norms folded) on random images.
+    Backbone,
+    /// Whole-model forward (eval, norms folded) on random images.
+    Inference,
+    /// One training step: forward, losses, backward, optimizer step.
+    Train,
+}
+
+#[derive(Parser)]
+#[command(about = "Time the backbone, inference or a training step (median ms/iter after warm-up)")]
+struct Args {
+    /// Config file (defaults in code otherwise).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    task: Task,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Square input size.
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Timed iterations (default 30, 5 for train).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Untimed iterations first (default 5, 2 for train).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Config overrides `KEY VALUE ...`, after `--`.
+    #[arg(last = true)]
+    opts: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let threads = candletron::utils::threads::configure();
+    candletron::utils::logging::init();
+    let args = Args::parse();
+    let mut cfg = Config::default();
+    if let Some(file) = &args.config {
+        cfg.merge_from_file(file)?;
+    }
+    cfg.merge_from_list(&args.opts)?;
+    if args.batch == 0 || args.size == 0 {
+        bail!("--batch and --size must be positive");
+    }
+    let train = args.task == Task::Train;
+    let iters = args.iters.unwrap_or(if train { 5 } else { 30 }).max(1);
+    let warmup = args.warmup.unwrap_or(if train { 2 } else { 5 });
+    let (model, _) = build_model(&cfg, 0)?;
+    let device = model.device.clone();
+    let images = Tensor::randn(0f32, 1.0, (args.batch, 3, args.size, args.size), &device)?;
+
+    let mut step: Box<dyn FnMut() -> Result<()>> = match args.task {
+        Task::Backbone => {
+            let store = std::sync::Arc::new(ParamStore::new(0));
+            let backbone =
+                build_backbone(&cfg, store.var_builder(candle_core::DType::F32, &device))?
+                    .fused()?;
+            Box::new(move || {
+                for t in backbone.forward_t(&images, false)?.values() {
+                    // Force the computation to finish on asynchronous devices.
+                    t.sum_all()?.to_scalar::<f32>()?;
+                }
+                Ok(())
+            })
+        }
+        Task::Inference => {
+            let arch = model.arch.fused()?;
+            let batch = Batch {
+                images,
+                targets: None,
+            };
+            Box::new(move || {
+                let out = arch.forward(&batch, false)?;
+                if let Some(l) = out.logits {
+                    l.sum_all()?.to_scalar::<f32>()?;
+                }
+                Ok(())
+            })
+        }
+        Task::Train => {
+            let classes = cfg.model.classifier.num_classes as u32;
+            let labels: Vec<u32> = (0..args.batch as u32).map(|i| i * 7 % classes).collect();
+            let labels = Tensor::new(labels.as_slice(), &device)?;
+            let batch = Batch {
+                images,
+                targets: Some(Targets::Labels(labels)),
+            };
+            let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
+            let mut opt: Box<OptimizerStep> = match cfg.solver.optimizer.as_str() {
+                "AdamW" => {
+                    let mut o = candle_nn::AdamW::new(
+                        vars,
+                        ParamsAdamW {
+                            lr: cfg.solver.base_lr,
+                            weight_decay: cfg.solver.weight_decay,
+                            ..Default::default()
+                        },
+                    )?;
+                    Box::new(move |g| Ok(o.step(g)?))
+                }
+                _ => {
+                    let mut o = SGD::new(vars, cfg.solver.base_lr)?;
+                    Box::new(move |g| Ok(o.step(g)?))
+                }
+            };
+            let arch = model.arch;
+            Box::new(move || {
+                let out = arch.forward(&batch, true)?;
+                let total =
+                    out.losses
+                        .values()
+                        .try_fold(None::<Tensor>, |acc, l| -> Result<_> {
+                            Ok(Some(match acc {
+                                None => l.clone(),
+                                Some(a) => (a + l)?,
+                            }))
+                        })?;
+                let Some(total) = total else {
+                    bail!("the model returned no losses in training")
+                };
+                let grads = total.backward()?;
+                opt(&grads)
+            })
+        }
+    };
+
+    for _ in 0..warmup {
+        step()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let per_s = args.batch as f64 / (median / 1000.0);
+    let task = match args.task {
+        Task::Backbone => "backbone",
+        Task::Inference => "inference",
+        Task::Train => "train",
+    };
+    println!(
+        "{task}: {} batch {} at {}x{}, {threads} threads: median {median:.2} ms/iter ({:.2}..{:.2}), {per_s:.1} images/s over {iters} iters",
+        cfg.model.meta_architecture, args.batch, args.size, args.size, times[0], times[times.len() - 1]
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"task": task, "batch": args.batch, "size": args.size, "median_ms": median, "images_per_s": per_s, "threads": threads})
+        );
+    }
+    Ok(())
+}
