@@ -10,12 +10,20 @@ use std::time::Instant;
 fn main() {
     candletron::utils::threads::configure();
     let mut cfg = Config::default();
-    cfg.merge_from_list(&std::env::args().skip(1).collect::<Vec<_>>()).unwrap();
+    cfg.merge_from_list(&std::env::args().skip(1).collect::<Vec<_>>())
+        .unwrap();
     let (model, _) = build_model(&cfg, 0).unwrap();
     let images = Tensor::randn(0f32, 1.0, (8, 3, 224, 224), &Device::Cpu).unwrap();
     let labels = Tensor::new(&[1u32, 2, 3, 4, 5, 6, 7, 8], &Device::Cpu).unwrap();
-    let batch = Batch { images, targets: Some(Targets::Labels(labels)) };
-    let mut opt = SGD::new(model.trainable_vars().into_iter().map(|(_, v)| v).collect(), 0.01).unwrap();
+    let batch = Batch {
+        images,
+        targets: Some(Targets::Labels(labels)),
+    };
+    let mut opt = SGD::new(
+        model.trainable_vars().into_iter().map(|(_, v)| v).collect(),
+        0.01,
+    )
+    .unwrap();
     for i in 0..4 {
         let t = Instant::now();
         let out = model.arch.forward(&batch, true).unwrap();

@@ -11,3 +11,4 @@ pub use conv::{Conv2d, Conv2dConfig};
 pub use shape_spec::ShapeSpec;
 pub mod depthwise;
 pub mod fused;
+pub mod upsample;
