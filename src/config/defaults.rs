@@ -85,6 +85,16 @@ config_group! {
         /// Classification preprocessing: resize the short side, then center-crop.
         resize_short: usize = 256,
         crop_size: usize = 224,
+        /// Training pipeline: `ssd` (RetinaFace/SSD-style random square crop, photometric
+        /// distortion, flip, resize to `TRAIN_SIZE`) or `resize_shortest_edge`
+        /// (Detectron2's ResizeShortestEdge + RandomFlip).
+        augmentation: String = s("resize_shortest_edge"),
+        /// Side of the square training image for the `ssd` pipeline.
+        train_size: usize = 640,
+        /// Crop side as a fraction of the image's short side, for the `ssd` pipeline.
+        crop_scales: Vec<f64> = vec![0.3, 0.45, 0.6, 0.8, 1.0],
+        /// SSD's photometric distortion (brightness, contrast, saturation, hue).
+        photometric: bool = true,
     }
 }
 
@@ -92,14 +102,46 @@ config_group! {
     pub struct DatasetsConfig {
         train: Vec<String> = vec![],
         test: Vec<String> = vec![],
-        /// Folder that holds real datasets; `CANDLETRON_DATASETS` overrides it when set.
+        /// Folder that holds real datasets and the synthetic cache; `CANDLETRON_DATASETS`
+        /// overrides it when set.
         root: String = s("datasets"),
+        face_filter: FaceFilterConfig = FaceFilterConfig::default(),
+        synthetic: SyntheticConfig = SyntheticConfig::default(),
+    }
+}
+
+config_group! {
+    /// Which annotated faces training uses. Faces that fail are kept in the records,
+    /// flagged as ignored: anchors on them are neither positive nor negative.
+    pub struct FaceFilterConfig {
+        /// Faces whose width or height (pixels, original image) is below this are ignored.
+        min_size: f64 = 0.0,
+        /// Ignore faces marked `invalid` in the WIDER annotation.
+        ignore_invalid: bool = true,
+    }
+}
+
+config_group! {
+    /// The generated face dataset that the default config trains on.
+    pub struct SyntheticConfig {
+        seed: usize = 0,
+        num_train: usize = 2000,
+        num_val: usize = 300,
+        /// Image width; heights vary with a random aspect ratio.
+        image_size: usize = 640,
+        max_faces: usize = 60,
+        min_face_size: f64 = 6.0,
+        max_face_size: f64 = 400.0,
     }
 }
 
 config_group! {
     pub struct DataLoaderConfig {
+        /// Worker threads that decode and augment; 0 loads on the calling thread.
         num_workers: usize = 2,
+        /// Batches prepared ahead of the training loop.
+        prefetch: usize = 4,
+        /// Drop training images without any (non-ignored) box.
         filter_empty_annotations: bool = true,
     }
 }

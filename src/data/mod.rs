@@ -1,6 +1,12 @@
 //! Data: dataset metadata and the transforms that turn images into model inputs.
 
+pub mod augmentation;
+pub mod catalog;
 pub mod datasets;
+pub mod loader;
+pub mod mapper;
+pub mod rng;
+pub mod statistics;
 pub mod transforms;
 
 /// ImageNet-1k class names in torchvision's order (index = class id).

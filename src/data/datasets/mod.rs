@@ -1,3 +1,5 @@
-//! Dataset formats.
+//! Dataset formats and the synthetic face generator.
 
+pub mod coco;
+pub mod synthetic;
 pub mod widerface;

@@ -12,6 +12,9 @@
 
 use std::path::Path;
 
+use crate::config::Config;
+use crate::data::catalog::{DataError, DatasetRecord, ObjectAnnotation};
+
 /// One face with its attributes as the file gives them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaceAnnotation {
@@ -153,6 +156,85 @@ pub fn read_bbx_gt(path: &Path) -> Result<Vec<WiderRecord>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read annotation file {}: {e}", path.display()))?;
     parse_bbx_gt(&text, path)
+}
+
+/// Which faces training ignores (see `DATASETS.FACE_FILTER`). Degenerate boxes (w or
+/// h <= 0) are always ignored: there is nothing to regress to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceFilter {
+    pub min_size: f64,
+    pub ignore_invalid: bool,
+}
+
+impl Default for FaceFilter {
+    fn default() -> Self {
+        Self {
+            min_size: 0.0,
+            ignore_invalid: true,
+        }
+    }
+}
+
+impl FaceFilter {
+    pub fn from_config(cfg: &Config) -> Self {
+        let f = &cfg.datasets.face_filter;
+        Self {
+            min_size: f.min_size,
+            ignore_invalid: f.ignore_invalid,
+        }
+    }
+
+    pub fn ignores(&self, f: &FaceAnnotation) -> bool {
+        let [_, _, w, h] = f.bbox;
+        w <= 0.0 || h <= 0.0 || (self.ignore_invalid && f.invalid != 0) || w.min(h) < self.min_size
+    }
+}
+
+/// Converts parsed WIDER records into catalog records (XYXY boxes, class 0, ignore flags).
+pub fn to_dataset_records(
+    records: &[WiderRecord],
+    image_root: &Path,
+    filter: &FaceFilter,
+) -> Vec<DatasetRecord> {
+    records
+        .iter()
+        .map(|r| DatasetRecord {
+            file_name: image_root.join(&r.file_name),
+            image_id: format!("{}/{}", r.event(), r.stem()),
+            width: 0,
+            height: 0,
+            annotations: r
+                .faces
+                .iter()
+                .map(|f| {
+                    let [x, y, w, h] = f.bbox;
+                    ObjectAnnotation {
+                        bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
+                        category_id: 0,
+                        ignore: filter.ignores(f),
+                        face: Some(*f),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Reads `*_bbx_gt.txt`; a missing or malformed file is an error naming it. Images are
+/// not opened here: a missing image is the loader's business (skipped and reported).
+pub fn load_records(
+    txt: &Path,
+    image_root: &Path,
+    filter: &FaceFilter,
+) -> Result<Vec<DatasetRecord>, DataError> {
+    if !txt.is_file() {
+        return Err(DataError::new(format!(
+            "WIDER FACE annotation file not found: {}",
+            txt.display()
+        )));
+    }
+    let recs = read_bbx_gt(txt).map_err(DataError::new)?;
+    Ok(to_dataset_records(&recs, image_root, filter))
 }
 
 /// Writes records in the official format (0-face images get their all-zero line).

@@ -1,0 +1,221 @@
+//! Dataset catalog: names in `DATASETS.TRAIN` / `DATASETS.TEST` mapped to loaders that
+//! return records in one common form, as Detectron2's `DatasetCatalog` does.
+//!
+//! Built-in names resolve paths under `DATASETS.ROOT` (or `CANDLETRON_DATASETS`):
+//! - `widerface_{train,val}`: `widerface/WIDER_{split}/images/` and
+//!   `widerface/wider_face_split/wider_face_{split}_bbx_gt.txt`;
+//! - `synthetic_faces_{train,val}`: generated on first use under `synthetic_faces/`;
+//! - `coco_2017_{train,val}`: `coco/{split}2017/` and `coco/annotations/instances_{split}2017.json`.
+//!
+//! Other datasets are registered from code with [`register_widerface`] or
+//! [`register_coco_instances`] before the model or loader is built.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use super::datasets::{coco, synthetic, widerface};
+use crate::config::Config;
+use crate::modeling::registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DataError(pub String);
+
+impl DataError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// One annotated object; boxes are absolute pixel XYXY in the original image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectAnnotation {
+    pub bbox: [f32; 4],
+    /// Contiguous class index in `0..thing_classes.len()`.
+    pub category_id: usize,
+    /// Kept for evaluation and statistics, but neither positive nor negative in training
+    /// (crowd regions, invalid or too-small faces).
+    pub ignore: bool,
+    /// The WIDER FACE attributes, for face datasets.
+    pub face: Option<widerface::FaceAnnotation>,
+}
+
+/// One image and its annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetRecord {
+    pub file_name: PathBuf,
+    /// WIDER: `EVENT/STEM` (the submission layout's path); COCO: the numeric image id.
+    pub image_id: String,
+    /// 0 where the annotation file does not say (WIDER); the loader reads the image.
+    pub width: u32,
+    pub height: u32,
+    pub annotations: Vec<ObjectAnnotation>,
+}
+
+impl DatasetRecord {
+    pub fn num_trainable(&self) -> usize {
+        self.annotations.iter().filter(|a| !a.ignore).count()
+    }
+}
+
+/// How a dataset is evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvaluatorType {
+    /// The WIDER FACE protocol; `gt` is a folder of official `.mat` files or a `*_bbx_gt.txt`.
+    WiderFace { gt: PathBuf },
+    /// COCO-style box AP against the dataset's own records.
+    Coco,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetMetadata {
+    pub thing_classes: Vec<String>,
+    pub evaluator_type: EvaluatorType,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub records: Vec<DatasetRecord>,
+    pub metadata: DatasetMetadata,
+}
+
+pub type DatasetBuilder = dyn Fn(&Config) -> Result<Dataset, DataError> + Send + Sync;
+
+static DATASET_CATALOG: LazyLock<Registry<DatasetBuilder>> = LazyLock::new(|| {
+    let reg: Registry<DatasetBuilder> = Registry::new("dataset");
+    for split in ["train", "val"] {
+        reg.register(
+            &format!("widerface_{split}"),
+            Arc::new(move |cfg: &Config| {
+                let root = dataset_root(cfg).join("widerface");
+                let name = format!("widerface_{split}");
+                load_widerface(
+                    &name,
+                    &root.join(format!("wider_face_split/wider_face_{split}_bbx_gt.txt")),
+                    &root.join(format!("WIDER_{split}/images")),
+                    cfg,
+                )
+            }),
+        );
+        reg.register(
+            &format!("synthetic_faces_{split}"),
+            Arc::new(move |cfg: &Config| {
+                let dir = synthetic::ensure_generated(cfg)?;
+                let name = format!("synthetic_faces_{split}");
+                load_widerface(
+                    &name,
+                    &dir.join(format!("wider_face_split/wider_face_{split}_bbx_gt.txt")),
+                    &dir.join(format!("WIDER_{split}/images")),
+                    cfg,
+                )
+            }),
+        );
+        reg.register(
+            &format!("coco_2017_{split}"),
+            Arc::new(move |cfg: &Config| {
+                let root = dataset_root(cfg).join("coco");
+                let name = format!("coco_2017_{split}");
+                load_coco(
+                    &name,
+                    &root.join(format!("annotations/instances_{split}2017.json")),
+                    &root.join(format!("{split}2017")),
+                )
+            }),
+        );
+    }
+    reg
+});
+
+fn load_widerface(
+    name: &str,
+    txt: &Path,
+    image_root: &Path,
+    cfg: &Config,
+) -> Result<Dataset, DataError> {
+    let filter = widerface::FaceFilter::from_config(cfg);
+    let records = widerface::load_records(txt, image_root, &filter)?;
+    Ok(Dataset {
+        name: name.to_string(),
+        records,
+        metadata: DatasetMetadata {
+            thing_classes: vec!["face".to_string()],
+            evaluator_type: EvaluatorType::WiderFace {
+                gt: txt.to_path_buf(),
+            },
+        },
+    })
+}
+
+fn load_coco(name: &str, json: &Path, image_root: &Path) -> Result<Dataset, DataError> {
+    let (records, thing_classes) = coco::load_coco_json(json, image_root)?;
+    Ok(Dataset {
+        name: name.to_string(),
+        records,
+        metadata: DatasetMetadata {
+            thing_classes,
+            evaluator_type: EvaluatorType::Coco,
+        },
+    })
+}
+
+/// Registers a dataset in the WIDER FACE layout (an annotation text file and its image folder).
+pub fn register_widerface(name: &str, txt: PathBuf, image_root: PathBuf) {
+    let n = name.to_string();
+    DATASET_CATALOG.register(
+        name,
+        Arc::new(move |cfg: &Config| load_widerface(&n, &txt, &image_root, cfg)),
+    );
+}
+
+/// Registers a COCO instances JSON file and its image folder, like Detectron2's
+/// `register_coco_instances`.
+pub fn register_coco_instances(name: &str, json: PathBuf, image_root: PathBuf) {
+    let n = name.to_string();
+    DATASET_CATALOG.register(
+        name,
+        Arc::new(move |_: &Config| load_coco(&n, &json, &image_root)),
+    );
+}
+
+pub fn registered_datasets() -> Vec<String> {
+    DATASET_CATALOG.names()
+}
+
+/// Loads a registered dataset by name.
+pub fn get_dataset(name: &str, cfg: &Config) -> Result<Dataset, DataError> {
+    let builder = DATASET_CATALOG
+        .get(name)
+        .map_err(|e| DataError::new(e.to_string()))?;
+    builder(cfg)
+}
+
+/// Loads and concatenates several datasets; they must share their classes.
+pub fn get_datasets(names: &[String], cfg: &Config) -> Result<Dataset, DataError> {
+    let mut out: Option<Dataset> = None;
+    for name in names {
+        let d = get_dataset(name, cfg)?;
+        match &mut out {
+            None => out = Some(d),
+            Some(o) => {
+                if o.metadata.thing_classes != d.metadata.thing_classes {
+                    return Err(DataError::new(format!(
+                        "datasets `{}` and `{name}` have different classes ({:?} vs {:?})",
+                        o.name, o.metadata.thing_classes, d.metadata.thing_classes
+                    )));
+                }
+                o.name = format!("{}+{name}", o.name);
+                o.records.extend(d.records);
+            }
+        }
+    }
+    out.ok_or_else(|| DataError::new("no dataset named (DATASETS.TRAIN / DATASETS.TEST is empty)"))
+}
+
+/// `CANDLETRON_DATASETS` when set, else `DATASETS.ROOT`.
+pub fn dataset_root(cfg: &Config) -> PathBuf {
+    match std::env::var_os("CANDLETRON_DATASETS") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(cfg.datasets.root.clone()),
+    }
+}

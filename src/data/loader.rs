@@ -1,0 +1,356 @@
+//! A batched loader with worker threads and bounded prefetch.
+//!
+//! The order of samples and every sample's augmentation are fixed by the seed alone:
+//! the consumer hands out jobs (batch number, record indices, per-sample seeds) and
+//! re-orders finished batches, so any number of workers gives the same batches.
+//! A missing or corrupt image is reported once, counted, and replaced (training: by a
+//! record drawn from the sample's own seed; evaluation: dropped from its batch), so a bad
+//! file never stops a run. An annotation problem does stop it, earlier, in the catalog.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::augmentation::Instances;
+use super::catalog::{DataError, DatasetRecord};
+use super::mapper::{DatasetMapper, Sample};
+use super::rng::{mix_seed, SampleRng};
+
+/// Replacement attempts for a training sample whose image cannot be read.
+const MAX_REPLACEMENTS: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    pub num_workers: usize,
+    /// Batches in flight ahead of the consumer (at least 1).
+    pub prefetch: usize,
+    pub seed: u64,
+    /// Training: an endless stream of reshuffled epochs. Evaluation: each record once, in order.
+    pub train: bool,
+    /// Batches are padded to a multiple of this (the backbone's size divisibility).
+    pub size_divisibility: usize,
+    /// Padding value per channel (the pixel mean).
+    pub pad_value: [f32; 3],
+}
+
+/// Model input for one batch: images in 0..255 RGB, NCHW, padded bottom/right.
+#[derive(Debug)]
+pub struct ImageBatch {
+    pub images: Tensor,
+    /// (height, width) of each image before padding.
+    pub image_sizes: Vec<(usize, usize)>,
+    pub samples: Vec<SampleInfo>,
+}
+
+/// What stays of a sample once its pixels are in the batch tensor.
+#[derive(Debug, Clone)]
+pub struct SampleInfo {
+    pub image_id: String,
+    pub file_name: PathBuf,
+    pub original_size: (u32, u32),
+    pub scale: (f32, f32),
+    pub instances: Instances,
+}
+
+struct Job {
+    number: usize,
+    /// (record index, sample seed) for each slot of the batch.
+    slots: Vec<(usize, u64)>,
+}
+
+type JobResult = (usize, Result<ImageBatch, DataError>);
+
+struct Shared {
+    records: Arc<Vec<DatasetRecord>>,
+    mapper: DatasetMapper,
+    opts: LoaderOptions,
+    /// File -> error for every image that could not be read.
+    failures: Mutex<BTreeMap<PathBuf, String>>,
+}
+
+pub struct DataLoader {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+    results: Receiver<JobResult>,
+    workers: Vec<JoinHandle<()>>,
+    pending: HashMap<usize, Result<ImageBatch, DataError>>,
+    next_job: usize,
+    next_out: usize,
+    /// Training stream position (samples handed out so far) and the current epoch's order.
+    position: usize,
+    order: Vec<usize>,
+    epoch: usize,
+}
+
+impl DataLoader {
+    pub fn new(
+        records: Arc<Vec<DatasetRecord>>,
+        mapper: DatasetMapper,
+        opts: LoaderOptions,
+    ) -> Result<Self, DataError> {
+        if records.is_empty() {
+            return Err(DataError::new("the dataset has no images"));
+        }
+        if opts.batch_size == 0 {
+            return Err(DataError::new("batch size must be at least 1"));
+        }
+        let shared = Arc::new(Shared {
+            records,
+            mapper,
+            opts,
+            failures: Mutex::new(BTreeMap::new()),
+        });
+        let (job_tx, job_rx) = channel::<Job>();
+        let (res_tx, res_rx) = channel::<JobResult>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let workers = (0..shared.opts.num_workers)
+            .map(|i| {
+                let (shared, job_rx, res_tx) = (shared.clone(), job_rx.clone(), res_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("loader-{i}"))
+                    .spawn(move || loop {
+                        let job = match job_rx.lock().map(|rx| rx.recv()) {
+                            Ok(Ok(job)) => job,
+                            _ => return,
+                        };
+                        let out = shared.run(&job);
+                        if res_tx.send((job.number, out)).is_err() {
+                            return;
+                        }
+                    })
+                    .map_err(|e| DataError::new(format!("cannot start a loader thread: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut loader = Self {
+            shared,
+            jobs: Some(job_tx),
+            results: res_rx,
+            workers,
+            pending: HashMap::new(),
+            next_job: 0,
+            next_out: 0,
+            position: 0,
+            order: Vec::new(),
+            epoch: 0,
+        };
+        if loader.shared.opts.num_workers > 0 {
+            for _ in 0..loader.shared.opts.prefetch.max(1) {
+                loader.dispatch();
+            }
+        }
+        Ok(loader)
+    }
+
+    /// Batches in one pass over the data (evaluation), or per epoch (training, rounded down).
+    pub fn batches_per_epoch(&self) -> usize {
+        let n = self.shared.records.len();
+        let b = self.shared.opts.batch_size;
+        if self.shared.opts.train {
+            (n / b).max(1)
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Images that could not be read so far, with the reason.
+    pub fn failures(&self) -> Vec<(PathBuf, String)> {
+        self.shared
+            .failures
+            .lock()
+            .map(|f| f.iter().map(|(p, e)| (p.clone(), e.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn next_slots(&mut self) -> Option<Vec<(usize, u64)>> {
+        let opts = &self.shared.opts;
+        let n = self.shared.records.len();
+        if !opts.train {
+            let start = self.next_job * opts.batch_size;
+            if start >= n {
+                return None;
+            }
+            let end = (start + opts.batch_size).min(n);
+            return Some((start..end).map(|i| (i, 0)).collect());
+        }
+        let mut slots = Vec::with_capacity(opts.batch_size);
+        for _ in 0..opts.batch_size {
+            let k = self.position % n;
+            if k == 0 {
+                // A fresh permutation per epoch, from (seed, epoch) only.
+                let mut rng =
+                    rand::rngs::StdRng::seed_from_u64(mix_seed(opts.seed, self.epoch as u64));
+                self.order = (0..n).collect();
+                self.order.shuffle(&mut rng);
+                self.epoch += 1;
+            }
+            slots.push((
+                self.order[k],
+                mix_seed(opts.seed ^ 0x5eed, self.position as u64),
+            ));
+            self.position += 1;
+        }
+        Some(slots)
+    }
+
+    fn dispatch(&mut self) -> Option<Job> {
+        let slots = self.next_slots()?;
+        let job = Job {
+            number: self.next_job,
+            slots,
+        };
+        self.next_job += 1;
+        match &self.jobs {
+            Some(tx) if !self.workers.is_empty() => {
+                let _ = tx.send(job);
+                None
+            }
+            _ => Some(job),
+        }
+    }
+}
+
+impl Iterator for DataLoader {
+    type Item = Result<ImageBatch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.workers.is_empty() {
+            let job = self.dispatch()?;
+            self.next_out += 1;
+            return Some(self.shared.run(&job));
+        }
+        // Keep `prefetch` jobs in flight.
+        self.dispatch();
+        if self.next_out >= self.next_job && !self.pending.contains_key(&self.next_out) {
+            return None;
+        }
+        while !self.pending.contains_key(&self.next_out) {
+            match self.results.recv() {
+                Ok((k, r)) => {
+                    self.pending.insert(k, r);
+                }
+                Err(_) => return Some(Err(DataError::new("a loader thread stopped unexpectedly"))),
+            }
+        }
+        let out = self.pending.remove(&self.next_out);
+        self.next_out += 1;
+        out
+    }
+}
+
+impl Drop for DataLoader {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Shared {
+    fn note_failure(&self, rec: &DatasetRecord, e: &DataError) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !f.contains_key(&rec.file_name) {
+            tracing::warn!("skipping an image: {e}");
+            f.insert(rec.file_name.clone(), e.to_string());
+        }
+    }
+
+    fn load(&self, index: usize, seed: u64) -> Result<Option<Sample>, DataError> {
+        let n = self.records.len();
+        let mut idx = index;
+        for attempt in 0..=MAX_REPLACEMENTS {
+            let rec = &self.records[idx];
+            let mut rng = SampleRng::new(seed.wrapping_add(attempt as u64));
+            match self.mapper.map(rec, &mut rng) {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) => {
+                    self.note_failure(rec, &e);
+                    if !self.opts.train {
+                        return Ok(None);
+                    }
+                    idx = (mix_seed(seed, attempt as u64 + 1) % n as u64) as usize;
+                }
+            }
+        }
+        Err(DataError::new(format!(
+            "{} images in a row could not be read (last: {}); see the warnings above",
+            MAX_REPLACEMENTS + 1,
+            self.records[idx].file_name.display()
+        )))
+    }
+
+    fn run(&self, job: &Job) -> Result<ImageBatch, DataError> {
+        let mut samples = Vec::with_capacity(job.slots.len());
+        for &(i, seed) in &job.slots {
+            if let Some(s) = self.load(i, seed)? {
+                samples.push(s);
+            }
+        }
+        collate(samples, self.opts.size_divisibility, self.opts.pad_value)
+    }
+}
+
+/// Stacks samples into one padded NCHW tensor (height and width rounded up to
+/// `size_divisibility`), keeping each sample's size and boxes.
+pub fn collate(
+    samples: Vec<Sample>,
+    size_divisibility: usize,
+    pad_value: [f32; 3],
+) -> Result<ImageBatch, DataError> {
+    let div = size_divisibility.max(1);
+    let max_h = samples
+        .iter()
+        .map(|s| s.image.height() as usize)
+        .max()
+        .unwrap_or(div);
+    let max_w = samples
+        .iter()
+        .map(|s| s.image.width() as usize)
+        .max()
+        .unwrap_or(div);
+    let (hp, wp) = (max_h.div_ceil(div) * div, max_w.div_ceil(div) * div);
+    let n = samples.len();
+    let plane = hp * wp;
+    let mut data = vec![0f32; n * 3 * plane];
+    for (i, s) in samples.iter().enumerate() {
+        for c in 0..3 {
+            data[(i * 3 + c) * plane..(i * 3 + c + 1) * plane].fill(pad_value[c]);
+        }
+        let (w, h) = (s.image.width() as usize, s.image.height() as usize);
+        let raw = s.image.as_raw();
+        for y in 0..h {
+            for x in 0..w {
+                let p = (y * w + x) * 3;
+                for c in 0..3 {
+                    data[(i * 3 + c) * plane + y * wp + x] = raw[p + c] as f32;
+                }
+            }
+        }
+    }
+    let images = Tensor::from_vec(data, (n, 3, hp, wp), &Device::Cpu)
+        .map_err(|e| DataError::new(format!("cannot build the batch tensor: {e}")))?;
+    Ok(ImageBatch {
+        images,
+        image_sizes: samples
+            .iter()
+            .map(|s| (s.image.height() as usize, s.image.width() as usize))
+            .collect(),
+        samples: samples
+            .into_iter()
+            .map(|s| SampleInfo {
+                image_id: s.image_id,
+                file_name: s.file_name,
+                original_size: s.original_size,
+                scale: s.scale,
+                instances: s.instances,
+            })
+            .collect(),
+    })
+}
