@@ -10,6 +10,7 @@ use candle_nn::{Optimizer, ParamsAdamW, SGD};
 use clap::{Parser, ValueEnum};
 
 use candletron::config::Config;
+use candletron::data::build::build_detection_train_loader;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
 use candletron::modeling::meta_arch::{Batch, Targets};
@@ -26,6 +27,9 @@ enum Task {
     Inference,
     /// One training step: forward, losses, backward, optimizer step.
     Train,
+    /// The training data loader (read, augment, batch) of `DATASETS.TRAIN`; `--size` sets
+    /// `INPUT.TRAIN_SIZE` and `--batch` `SOLVER.IMS_PER_BATCH`.
+    Data,
 }
 
 #[derive(Parser)]
@@ -67,6 +71,9 @@ fn main() -> Result<()> {
     if args.batch == 0 || args.size == 0 {
         bail!("--batch and --size must be positive");
     }
+    if args.task == Task::Data {
+        return bench_data(cfg, &args, threads);
+    }
     let train = args.task == Task::Train;
     let iters = args.iters.unwrap_or(if train { 5 } else { 30 }).max(1);
     let warmup = args.warmup.unwrap_or(if train { 2 } else { 5 });
@@ -88,6 +95,7 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
+        Task::Data => unreachable!("handled above"),
         Task::Inference => {
             let arch = model.arch.fused()?;
             let batch = Batch {
@@ -165,6 +173,7 @@ fn main() -> Result<()> {
         Task::Backbone => "backbone",
         Task::Inference => "inference",
         Task::Train => "train",
+        Task::Data => "data",
     };
     println!(
         "{task}: {} batch {} at {}x{}, {threads} threads: median {median:.2} ms/iter ({:.2}..{:.2}), {per_s:.1} images/s over {iters} iters",
@@ -174,6 +183,45 @@ fn main() -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"task": task, "batch": args.batch, "size": args.size, "median_ms": median, "images_per_s": per_s, "threads": threads})
+        );
+    }
+    Ok(())
+}
+
+/// Loader throughput: batches taken from the training loader as a training loop would.
+fn bench_data(mut cfg: Config, args: &Args, threads: usize) -> Result<()> {
+    cfg.input.train_size = args.size;
+    cfg.solver.ims_per_batch = args.batch;
+    let iters = args.iters.unwrap_or(30).max(1);
+    let warmup = args.warmup.unwrap_or(cfg.dataloader.prefetch);
+    let (mut loader, _) = build_detection_train_loader(&cfg, 32, 0)?;
+    for _ in 0..warmup {
+        loader.next().transpose()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        loader.next().transpose()?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    // The mean, not the median: with prefetch most waits are near zero and the cost
+    // shows up in the occasional long one.
+    let mean = times.iter().sum::<f64>() / iters as f64;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let per_s = args.batch as f64 / (mean / 1000.0);
+    println!(
+        "data: {} ({}) batch {} at {}, {} workers: {mean:.2} ms/batch (mean; median {median:.2}), {per_s:.1} images/s over {iters} batches",
+        cfg.datasets.train.join(","),
+        cfg.input.augmentation,
+        args.batch,
+        args.size,
+        cfg.dataloader.num_workers
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"task": "data", "batch": args.batch, "size": args.size, "median_ms": median, "mean_ms": mean, "images_per_s": per_s, "threads": threads, "workers": cfg.dataloader.num_workers})
         );
     }
     Ok(())

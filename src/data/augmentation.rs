@@ -199,7 +199,12 @@ pub fn photometric_distort(img: &mut RgbImage, rng: &mut SampleRng) {
                 s = (s * k).clamp(0.0, 1.0);
             }
             if let Some(d) = hue {
-                hh = (hh + d).rem_euclid(360.0);
+                hh += d;
+                if hh < 0.0 {
+                    hh += 360.0;
+                } else if hh >= 360.0 {
+                    hh -= 360.0;
+                }
             }
             c = hsv_to_rgb(hh, s, v);
         }
@@ -208,7 +213,7 @@ pub fn photometric_distort(img: &mut RgbImage, rng: &mut SampleRng) {
                 c = c.map(|v| (v * a).clamp(0.0, 255.0));
             }
         }
-        *p = image::Rgb(c.map(|v| v.round().clamp(0.0, 255.0) as u8));
+        *p = image::Rgb(c.map(|v| (v.clamp(0.0, 255.0) + 0.5) as u8));
     }
 }
 
@@ -220,7 +225,8 @@ fn rgb_to_hsv(c: [f32; 3]) -> (f32, f32, f32) {
     let h = if d == 0.0 {
         0.0
     } else if max == r {
-        60.0 * ((g - b) / d).rem_euclid(6.0)
+        let t = (g - b) / d;
+        60.0 * if t < 0.0 { t + 6.0 } else { t }
     } else if max == g {
         60.0 * ((b - r) / d + 2.0)
     } else {
@@ -233,7 +239,7 @@ fn rgb_to_hsv(c: [f32; 3]) -> (f32, f32, f32) {
 fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
     let c = v * s;
     let hp = h / 60.0;
-    let x = c * (1.0 - (hp.rem_euclid(2.0) - 1.0).abs());
+    let x = c * (1.0 - ((hp - 2.0 * (hp * 0.5).floor()) - 1.0).abs());
     let (r, g, b) = match hp as u32 {
         0 => (c, x, 0.0),
         1 => (x, c, 0.0),

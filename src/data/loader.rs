@@ -323,14 +323,15 @@ pub fn collate(
         for c in 0..3 {
             data[(i * 3 + c) * plane..(i * 3 + c + 1) * plane].fill(pad_value[c]);
         }
-        let (w, h) = (s.image.width() as usize, s.image.height() as usize);
-        let raw = s.image.as_raw();
-        for y in 0..h {
-            for x in 0..w {
-                let p = (y * w + x) * 3;
-                for c in 0..3 {
-                    data[(i * 3 + c) * plane + y * wp + x] = raw[p + c] as f32;
-                }
+        let w = s.image.width() as usize;
+        let (r, rest) = data[i * 3 * plane..(i + 1) * 3 * plane].split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (y, row) in s.image.as_raw().chunks_exact(w * 3).enumerate() {
+            let o = y * wp;
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                r[o + x] = px[0] as f32;
+                g[o + x] = px[1] as f32;
+                b[o + x] = px[2] as f32;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Data: dataset metadata and the transforms that turn images into model inputs.
 
 pub mod augmentation;
+pub mod build;
 pub mod catalog;
 pub mod datasets;
 pub mod loader;

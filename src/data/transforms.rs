@@ -42,7 +42,7 @@ fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
         .collect()
 }
 
-fn clip8(acc: i64) -> u8 {
+fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -52,21 +52,33 @@ fn clip8(acc: i64) -> u8 {
 pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let src = img.as_raw();
-    let round = 1i64 << (PRECISION_BITS - 1);
+    // Weights are non-negative and sum to 2^22, so with 8-bit pixels every accumulator
+    // fits in i32, as in PIL.
+    let round = 1i32 << (PRECISION_BITS - 1);
+    let coeffs32 = |n_in, n_out| -> Vec<(usize, Vec<i32>)> {
+        pil_coeffs(n_in, n_out)
+            .into_iter()
+            .map(|(m, k)| (m, k.into_iter().map(|v| v as i32).collect()))
+            .collect()
+    };
     let mut horiz = vec![0u8; out_w * h * 3];
     if out_w == w {
         horiz.copy_from_slice(src);
     } else {
-        let coeffs = pil_coeffs(w, out_w);
-        for y in 0..h {
-            for (x, (xmin, k)) in coeffs.iter().enumerate() {
+        let coeffs = coeffs32(w, out_w);
+        for (row, orow) in src
+            .chunks_exact(w * 3)
+            .zip(horiz.chunks_exact_mut(out_w * 3))
+        {
+            for ((xmin, k), o) in coeffs.iter().zip(orow.chunks_exact_mut(3)) {
+                let mut acc = [round; 3];
+                for (px, &kk) in row[xmin * 3..].chunks_exact(3).zip(k) {
+                    acc[0] += px[0] as i32 * kk;
+                    acc[1] += px[1] as i32 * kk;
+                    acc[2] += px[2] as i32 * kk;
+                }
                 for c in 0..3 {
-                    let acc: i64 = k
-                        .iter()
-                        .enumerate()
-                        .map(|(i, kk)| src[(y * w + xmin + i) * 3 + c] as i64 * kk)
-                        .sum();
-                    horiz[(y * out_w + x) * 3 + c] = clip8(acc + round);
+                    o[c] = clip8(acc[c]);
                 }
             }
         }
@@ -74,17 +86,19 @@ pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
     if out_h == h {
         return RgbImage::from_raw(out_w as u32, h as u32, horiz).expect("buffer size matches");
     }
-    let mut out = vec![0u8; out_w * out_h * 3];
-    for (y, (ymin, k)) in pil_coeffs(h, out_h).iter().enumerate() {
-        for x in 0..out_w {
-            for c in 0..3 {
-                let acc: i64 = k
-                    .iter()
-                    .enumerate()
-                    .map(|(i, kk)| horiz[((ymin + i) * out_w + x) * 3 + c] as i64 * kk)
-                    .sum();
-                out[(y * out_w + x) * 3 + c] = clip8(acc + round);
+    let stride = out_w * 3;
+    let mut out = vec![0u8; stride * out_h];
+    let mut acc = vec![0i32; stride];
+    for ((ymin, k), orow) in coeffs32(h, out_h).iter().zip(out.chunks_exact_mut(stride)) {
+        acc.fill(round);
+        for (i, &kk) in k.iter().enumerate() {
+            let row = &horiz[(ymin + i) * stride..(ymin + i + 1) * stride];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * kk;
             }
+        }
+        for (o, &a) in orow.iter_mut().zip(&acc) {
+            *o = clip8(a);
         }
     }
     RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("buffer size matches")

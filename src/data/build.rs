@@ -1,0 +1,70 @@
+//! Loaders built from the config, as Detectron2's `build_detection_{train,test}_loader`.
+
+use std::sync::Arc;
+
+use super::catalog::{get_dataset, get_datasets, DataError, Dataset, DatasetMetadata};
+use super::loader::{DataLoader, LoaderOptions};
+use super::mapper::DatasetMapper;
+use crate::config::Config;
+
+fn pad_value(cfg: &Config) -> [f32; 3] {
+    [0, 1, 2].map(|k| cfg.model.pixel_mean.get(k).copied().unwrap_or(0.0) as f32)
+}
+
+/// The endless, shuffled, augmented stream over `DATASETS.TRAIN` in batches of
+/// `SOLVER.IMS_PER_BATCH`. Images without any trainable box are dropped first when
+/// `DATALOADER.FILTER_EMPTY_ANNOTATIONS` is set.
+pub fn build_detection_train_loader(
+    cfg: &Config,
+    size_divisibility: usize,
+    seed: u64,
+) -> Result<(DataLoader, DatasetMetadata), DataError> {
+    let mut dataset = get_datasets(&cfg.datasets.train, cfg)?;
+    if cfg.dataloader.filter_empty_annotations {
+        let before = dataset.records.len();
+        dataset.records.retain(|r| r.num_trainable() > 0);
+        let dropped = before - dataset.records.len();
+        if dropped > 0 {
+            tracing::info!("removed {dropped} of {before} training images without trainable boxes");
+        }
+    }
+    let mapper = DatasetMapper::from_config(cfg, true)?;
+    let loader = DataLoader::new(
+        Arc::new(dataset.records),
+        mapper,
+        LoaderOptions {
+            batch_size: cfg.solver.ims_per_batch,
+            num_workers: cfg.dataloader.num_workers,
+            prefetch: cfg.dataloader.prefetch,
+            seed,
+            train: true,
+            size_divisibility,
+            pad_value: pad_value(cfg),
+        },
+    )?;
+    Ok((loader, dataset.metadata))
+}
+
+/// One pass over the test dataset `name`, in order, one image per batch, unaugmented.
+pub fn build_detection_test_loader(
+    cfg: &Config,
+    name: &str,
+    size_divisibility: usize,
+) -> Result<(DataLoader, Dataset), DataError> {
+    let dataset = get_dataset(name, cfg)?;
+    let mapper = DatasetMapper::from_config(cfg, false)?;
+    let loader = DataLoader::new(
+        Arc::new(dataset.records.clone()),
+        mapper,
+        LoaderOptions {
+            batch_size: 1,
+            num_workers: cfg.dataloader.num_workers,
+            prefetch: cfg.dataloader.prefetch,
+            seed: 0,
+            train: false,
+            size_divisibility,
+            pad_value: pad_value(cfg),
+        },
+    )?;
+    Ok((loader, dataset))
+}
