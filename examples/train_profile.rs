@@ -18,6 +18,7 @@ fn main() {
     let batch = Batch {
         images,
         targets: Some(Targets::Labels(labels)),
+        image_sizes: Vec::new(),
     };
     let mut opt = SGD::new(
         model.trainable_vars().into_iter().map(|(_, v)| v).collect(),

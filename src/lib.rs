@@ -11,4 +11,6 @@ pub mod engine;
 pub mod evaluation;
 pub mod layers;
 pub mod modeling;
+pub mod solver;
+pub mod structures;
 pub mod utils;

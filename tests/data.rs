@@ -44,6 +44,7 @@ fn loader_opts(workers: usize, train: bool) -> LoaderOptions {
         train,
         size_divisibility: 32,
         pad_value: [123.675, 116.28, 103.53],
+        start: 0,
     }
 }
 

@@ -82,6 +82,7 @@ fn features_and_logits_match_pytorch() {
             &Batch {
                 images: input.clone(),
                 targets: None,
+                image_sizes: Vec::new(),
             },
             false,
         )

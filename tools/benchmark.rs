@@ -101,6 +101,7 @@ fn main() -> Result<()> {
             let batch = Batch {
                 images,
                 targets: None,
+                image_sizes: Vec::new(),
             };
             Box::new(move || {
                 let out = arch.forward(&batch, false)?;
@@ -117,6 +118,7 @@ fn main() -> Result<()> {
             let batch = Batch {
                 images,
                 targets: Some(Targets::Labels(labels)),
+                image_sizes: Vec::new(),
             };
             let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
             let mut opt: Box<OptimizerStep> = match cfg.solver.optimizer.as_str() {
@@ -194,7 +196,7 @@ fn bench_data(mut cfg: Config, args: &Args, threads: usize) -> Result<()> {
     cfg.solver.ims_per_batch = args.batch;
     let iters = args.iters.unwrap_or(30).max(1);
     let warmup = args.warmup.unwrap_or(cfg.dataloader.prefetch);
-    let (mut loader, _) = build_detection_train_loader(&cfg, 32, 0)?;
+    let (mut loader, _) = build_detection_train_loader(&cfg, 32, 0, 0)?;
     for _ in 0..warmup {
         loader.next().transpose()?;
     }

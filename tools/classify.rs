@@ -87,6 +87,7 @@ fn main() -> Result<()> {
             &Batch {
                 images: x.clone(),
                 targets: None,
+                image_sizes: Vec::new(),
             },
             false,
         )?;

@@ -155,6 +155,7 @@ fn main() -> Result<()> {
                 &Batch {
                     images: x,
                     targets: None,
+                    image_sizes: Vec::new(),
                 },
                 false,
             )?;

@@ -126,12 +126,26 @@ pub fn load_state_dict(
     let mut report = LoadReport::default();
     let given: HashMap<&str, &Tensor> = tensors
         .iter()
-        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked") && !k.starts_with("optimizer."))
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let vars = store.vars();
+    let mut used: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (name, var) in &vars {
-        match given.get(name.as_str()) {
+        // Exact name first; otherwise the longest checkpoint key that is a dotted suffix of
+        // the model's name, as Detectron2 aligns an ImageNet backbone checkpoint
+        // (`features.0.0.weight`) with a detector (`backbone.bottom_up.features.0.0.weight`).
+        let key = if given.contains_key(name.as_str()) {
+            Some(name.as_str())
+        } else {
+            name.match_indices('.')
+                .map(|(i, _)| &name[i + 1..])
+                .find(|k| given.contains_key(k))
+        };
+        if let Some(k) = key {
+            used.insert(k);
+        }
+        match key.and_then(|k| given.get(k)) {
             None => report.missing.push(name.clone()),
             Some(t) if t.dims() != var.dims() => {
                 report
@@ -144,11 +158,12 @@ pub fn load_state_dict(
             }
         }
     }
-    let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
     report.unexpected = tensors
         .iter()
         .map(|(k, _)| k.as_str())
-        .filter(|k| !known.contains(k) && !k.ends_with("num_batches_tracked"))
+        .filter(|k| {
+            !used.contains(k) && !k.ends_with("num_batches_tracked") && !k.starts_with("optimizer.")
+        })
         .map(str::to_string)
         .collect();
     Ok(report)

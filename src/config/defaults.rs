@@ -42,6 +42,67 @@ config_group! {
         backbone: BackboneConfig = BackboneConfig::default(),
         mobilenet: MobileNetConfig = MobileNetConfig::default(),
         classifier: ClassifierConfig = ClassifierConfig::default(),
+        fpn: FpnConfig = FpnConfig::default(),
+        anchor_generator: AnchorGeneratorConfig = AnchorGeneratorConfig::default(),
+        ssdlite: SsdLiteConfig = SsdLiteConfig::default(),
+    }
+}
+
+config_group! {
+    /// Detectron2's FPN: lateral 1x1 + output 3x3 convs on `IN_FEATURES`, top-down sum.
+    pub struct FpnConfig {
+        in_features: Vec<String> = strings(&["res3", "res4", "res5"]),
+        out_channels: usize = 64,
+        /// `""` (convs with bias), `BN` or `FrozenBN`.
+        norm: String = s(""),
+        /// `none`, `LastLevelMaxPool` (p6 by subsampling) or `P6P7` (two stride-2 convs on res5).
+        top_block: String = s("none"),
+        /// Output convs as depthwise 3x3 + pointwise 1x1, for light models.
+        depthwise: bool = false,
+    }
+}
+
+config_group! {
+    pub struct AnchorGeneratorConfig {
+        /// Anchor sizes (pixels) per level; one list for all levels is repeated.
+        sizes: Vec<Vec<f64>> = vec![vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]],
+        /// Aspect ratios (h / w) per level; one list for all levels is repeated.
+        aspect_ratios: Vec<Vec<f64>> = vec![vec![1.0]],
+        /// Anchor centres at `(i + OFFSET) * stride`.
+        offset: f64 = 0.5,
+    }
+}
+
+config_group! {
+    /// The SSDLite detector: depthwise-separable heads on FPN levels.
+    pub struct SsdLiteConfig {
+        num_classes: usize = 1,
+        in_features: Vec<String> = strings(&["p3", "p4", "p5"]),
+        /// Depthwise-separable blocks before each predictor.
+        num_convs: usize = 1,
+        /// One head for all levels (needs equal channels) or one per level.
+        share_heads: bool = true,
+        /// `BN`, `FrozenBN` or `""` in the head's blocks.
+        norm: String = s("BN"),
+        /// Anchors with IoU below the first threshold are background, at or above the
+        /// last foreground, in between ignored.
+        iou_thresholds: Vec<f64> = vec![0.35, 0.35],
+        /// Each ground truth also gets its best anchors (Detectron2's low-quality matches).
+        allow_low_quality_matches: bool = true,
+        /// `ce` (softmax cross-entropy with hard negative mining) or `focal` (sigmoid).
+        cls_loss: String = s("ce"),
+        /// Negatives kept per positive by hard negative mining.
+        neg_pos_ratio: f64 = 3.0,
+        focal_alpha: f64 = 0.25,
+        focal_gamma: f64 = 2.0,
+        /// `smooth_l1` on encoded deltas or `giou` on decoded boxes.
+        box_loss: String = s("smooth_l1"),
+        smooth_l1_beta: f64 = 0.1,
+        box_loss_weight: f64 = 2.0,
+        bbox_reg_weights: Vec<f64> = vec![10.0, 10.0, 5.0, 5.0],
+        score_thresh_test: f64 = 0.05,
+        topk_candidates_test: usize = 1000,
+        nms_thresh_test: f64 = 0.4,
     }
 }
 
@@ -49,6 +110,8 @@ config_group! {
     pub struct BackboneConfig {
         /// Name in the backbone registry.
         name: String = s("build_mobilenet_v2_backbone"),
+        /// The network a wrapping backbone (`build_fpn_backbone`) builds under `bottom_up`.
+        bottom_up: String = s("build_mobilenet_v2_backbone"),
         /// Number of leading `features` modules to freeze (0 trains everything).
         freeze_at: usize = 0,
     }
@@ -167,6 +230,12 @@ config_group! {
         /// `linear` or `constant`.
         warmup_method: String = s("linear"),
         checkpoint_period: usize = 5000,
+        /// Iterations between `metrics.json` lines and console progress lines.
+        log_period: usize = 20,
+        /// Learning-rate multiplier of biases.
+        bias_lr_factor: f64 = 1.0,
+        /// AdamW betas.
+        betas: Vec<f64> = vec![0.9, 0.999],
         clip_gradients: ClipGradientsConfig = ClipGradientsConfig::default(),
     }
 }
@@ -184,5 +253,9 @@ config_group! {
         /// Evaluate every N iterations during training; 0 only at the end.
         eval_period: usize = 0,
         detections_per_image: usize = 100,
+        /// Validation images drawn with their detections into `OUTPUT_DIR/vis/`.
+        vis_num: usize = 8,
+        /// Score above which drawn detections are shown.
+        vis_threshold: f64 = 0.5,
     }
 }

@@ -18,6 +18,7 @@ pub fn build_detection_train_loader(
     cfg: &Config,
     size_divisibility: usize,
     seed: u64,
+    start_iter: usize,
 ) -> Result<(DataLoader, DatasetMetadata), DataError> {
     let mut dataset = get_datasets(&cfg.datasets.train, cfg)?;
     if cfg.dataloader.filter_empty_annotations {
@@ -40,6 +41,7 @@ pub fn build_detection_train_loader(
             train: true,
             size_divisibility,
             pad_value: pad_value(cfg),
+            start: start_iter * cfg.solver.ims_per_batch,
         },
     )?;
     Ok((loader, dataset.metadata))
@@ -64,6 +66,7 @@ pub fn build_detection_test_loader(
             train: false,
             size_divisibility,
             pad_value: pad_value(cfg),
+            start: 0,
         },
     )?;
     Ok((loader, dataset))

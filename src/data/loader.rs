@@ -38,6 +38,9 @@ pub struct LoaderOptions {
     pub size_divisibility: usize,
     /// Padding value per channel (the pixel mean).
     pub pad_value: [f32; 3],
+    /// Training: samples of the stream already consumed (a resumed run starts at
+    /// `iteration * batch_size` and sees exactly the batches it would have seen).
+    pub start: usize,
 }
 
 /// Model input for one batch: images in 0..255 RGB, NCHW, padded bottom/right.
@@ -86,7 +89,7 @@ pub struct DataLoader {
     /// Training stream position (samples handed out so far) and the current epoch's order.
     position: usize,
     order: Vec<usize>,
-    epoch: usize,
+    order_epoch: Option<usize>,
 }
 
 impl DataLoader {
@@ -138,8 +141,11 @@ impl DataLoader {
             next_out: 0,
             position: 0,
             order: Vec::new(),
-            epoch: 0,
+            order_epoch: None,
         };
+        if loader.shared.opts.train {
+            loader.position = loader.shared.opts.start;
+        }
         if loader.shared.opts.num_workers > 0 {
             for _ in 0..loader.shared.opts.prefetch.max(1) {
                 loader.dispatch();
@@ -181,14 +187,13 @@ impl DataLoader {
         }
         let mut slots = Vec::with_capacity(opts.batch_size);
         for _ in 0..opts.batch_size {
-            let k = self.position % n;
-            if k == 0 {
+            let (epoch, k) = (self.position / n, self.position % n);
+            if self.order_epoch != Some(epoch) {
                 // A fresh permutation per epoch, from (seed, epoch) only.
-                let mut rng =
-                    rand::rngs::StdRng::seed_from_u64(mix_seed(opts.seed, self.epoch as u64));
+                let mut rng = rand::rngs::StdRng::seed_from_u64(mix_seed(opts.seed, epoch as u64));
                 self.order = (0..n).collect();
                 self.order.shuffle(&mut rng);
-                self.epoch += 1;
+                self.order_epoch = Some(epoch);
             }
             slots.push((
                 self.order[k],

@@ -3,3 +3,5 @@
 pub mod defaults;
 
 pub use defaults::default_setup;
+pub mod checkpointer;
+pub mod trainer;

@@ -11,3 +11,4 @@ pub use evaluator::{
 pub use widerface::{GroundTruth, WiderResult};
 pub mod coco;
 pub mod evaluator;
+pub mod inference;

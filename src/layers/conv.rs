@@ -133,6 +133,37 @@ impl Conv2d {
         })
     }
 
+    /// A plain conv (no norm, no activation) with explicit initialisers, for predictor
+    /// layers that want small weights and a prior-probability bias.
+    pub fn with_init(
+        in_channels: usize,
+        out_channels: usize,
+        cfg: Conv2dConfig,
+        weight_init: Init,
+        bias_init: Option<Init>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let shape = (
+            out_channels,
+            in_channels / cfg.groups,
+            cfg.kernel,
+            cfg.kernel,
+        );
+        let weight = vb.get_with_hints(shape, "weight", weight_init)?;
+        let bias = match bias_init {
+            Some(init) => Some(vb.get_with_hints(out_channels, "bias", init)?),
+            None => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            cfg,
+            norm: None,
+            activation: Activation::Identity,
+            out_channels,
+        })
+    }
+
     /// A copy for inference with the norm folded into the weights and bias
     /// (`w * scale`, `b * scale + shift`), so eval runs one conv and the activation.
     /// The copy holds detached tensors: fuse again after the weights change.
@@ -164,6 +195,25 @@ impl Conv2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // A frozen norm is a fixed affine: fold it into the (possibly trainable) weights
+        // on the fly. Same result as conv-then-affine, but the autograd graph keeps one
+        // activation-sized tensor less per layer, which is what bounds detector training
+        // memory on CPU.
+        if let Some(Norm::Frozen(f)) = &self.norm {
+            let (scale, shift) = f.eval_affine()?;
+            let w = self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+            let b = match &self.bias {
+                Some(b) => ((b * &scale)? + shift)?,
+                None => shift,
+            };
+            let y = conv2d(x, &w, &self.cfg)?;
+            if !train && !w.is_variable() && !b.is_variable() {
+                return super::fused::bias_act(&y, &b, self.activation);
+            }
+            return self
+                .activation
+                .apply(&y.broadcast_add(&b.reshape((1, (), 1, 1))?)?);
+        }
         let mut y = conv2d(x, &self.weight, &self.cfg)?;
         // The fused inference copy: bias and activation in one pass. That kernel has no
         // gradient, so it is never used on trainable tensors.

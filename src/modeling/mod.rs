@@ -1,7 +1,11 @@
 //! Models: backbones and meta-architectures behind registries, their parameters, and
 //! `build_model`, which turns a config into a ready model.
 
+pub mod anchor_generator;
 pub mod backbone;
+pub mod box_regression;
+pub mod heads;
+pub mod matcher;
 pub mod meta_arch;
 pub mod params;
 pub mod registry;

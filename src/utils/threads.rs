@@ -31,20 +31,26 @@ pub fn num_threads() -> usize {
 
 /// Every tensor op allocates its output, and glibc serves blocks above 128 KiB with
 /// `mmap` and unmaps them on free: each op then page-faults and zeroes fresh pages. A
-/// profile of a MobileNetV2 training step showed ~30% of the time there. Raising the
-/// mmap and trim thresholds keeps freed tensor buffers in the heap for reuse.
-/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` set by the user win.
+/// profile of a MobileNetV2 training step showed ~30% of the time there. glibc caps the
+/// mmap threshold at 32 MiB (a larger value is refused), and detection batches have
+/// bigger activations, so mmap is switched off instead (`M_MMAP_MAX = 0`) with a single
+/// arena (other threads' arenas would need mmap for big blocks) and heap
+/// trimming switched off (-1): freed tensor buffers stay in the heap for reuse.
+/// `MALLOC_MMAP_MAX_`, `MALLOC_ARENA_MAX`, `MALLOC_TRIM_THRESHOLD_` set by the user win.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        const LIMIT: libc::c_int = 1 << 30;
+        let unset = |k: &str| std::env::var_os(k).is_none();
         // SAFETY: mallopt only adjusts allocator parameters; called before threads start.
         unsafe {
-            if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, LIMIT);
+            if unset("MALLOC_MMAP_MAX_") && unset("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_MAX, 0);
             }
-            if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
-                libc::mallopt(libc::M_TRIM_THRESHOLD, LIMIT);
+            if unset("MALLOC_ARENA_MAX") {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
+            }
+            if unset("MALLOC_TRIM_THRESHOLD_") {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Backbones: image in, named multi-scale feature maps out, described by `output_shape()`.
 
+pub mod fpn;
 pub mod mobilenet_v2;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use super::registry::Registry;
 use crate::config::Config;
 use crate::layers::ShapeSpec;
 
+pub use fpn::Fpn;
 pub use mobilenet_v2::MobileNetV2;
 
 pub trait Backbone: Send + Sync {
@@ -36,6 +38,7 @@ pub type BackboneBuilder =
 pub static BACKBONE_REGISTRY: LazyLock<Registry<BackboneBuilder>> = LazyLock::new(|| {
     let registry = Registry::new("backbone");
     mobilenet_v2::register(&registry);
+    fpn::register(&registry);
     registry
 });
 

@@ -1,6 +1,7 @@
 //! Meta-architectures: a whole model (backbone + heads + losses) behind one interface.
 
 pub mod classifier;
+pub mod ssdlite;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -12,6 +13,9 @@ use super::registry::Registry;
 use crate::config::Config;
 
 pub use classifier::Classifier;
+pub use ssdlite::SsdLite;
+
+use crate::data::augmentation::Instances;
 
 /// Named losses; the total is their sum.
 pub type LossMap = BTreeMap<String, Tensor>;
@@ -21,6 +25,8 @@ pub type LossMap = BTreeMap<String, Tensor>;
 pub enum Targets {
     /// One class index per image (u32), for classifiers.
     Labels(Tensor),
+    /// Boxes (in the batch's input pixels), classes and ignore flags per image, for detectors.
+    Instances(Vec<Instances>),
 }
 
 /// A batch of images, already normalised (`(x - PIXEL_MEAN) / PIXEL_STD`), NCHW.
@@ -28,6 +34,37 @@ pub enum Targets {
 pub struct Batch {
     pub images: Tensor,
     pub targets: Option<Targets>,
+    /// (height, width) of each image before padding; empty means the whole tensor.
+    pub image_sizes: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    pub fn new(images: Tensor, targets: Option<Targets>) -> Self {
+        Self {
+            images,
+            targets,
+            image_sizes: Vec::new(),
+        }
+    }
+
+    /// Image `i`'s unpadded (height, width).
+    pub fn image_size(&self, i: usize) -> Result<(usize, usize)> {
+        match self.image_sizes.get(i) {
+            Some(&s) => Ok(s),
+            None => {
+                let (_, _, h, w) = self.images.dims4()?;
+                Ok((h, w))
+            }
+        }
+    }
+}
+
+/// One image's detections in the batch's input pixels (XYXY), best first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceDetections {
+    pub boxes: Vec<[f32; 4]>,
+    pub scores: Vec<f32>,
+    pub classes: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -36,6 +73,8 @@ pub struct Outputs {
     pub losses: LossMap,
     /// Class scores (N, classes) before softmax, for classifiers.
     pub logits: Option<Tensor>,
+    /// Per image, in inference, for detectors.
+    pub detections: Option<Vec<InstanceDetections>>,
 }
 
 pub trait MetaArch: Send + Sync {
@@ -57,6 +96,12 @@ pub static META_ARCH_REGISTRY: LazyLock<Registry<MetaArchBuilder>> = LazyLock::n
         "Classifier",
         Arc::new(|cfg: &Config, vb: VarBuilder| {
             Ok(Box::new(Classifier::from_config(cfg, vb)?) as Box<dyn MetaArch>)
+        }),
+    );
+    registry.register(
+        "SSDLite",
+        Arc::new(|cfg: &Config, vb: VarBuilder| {
+            Ok(Box::new(SsdLite::from_config(cfg, vb)?) as Box<dyn MetaArch>)
         }),
     );
     registry

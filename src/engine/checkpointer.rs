@@ -1,0 +1,126 @@
+//! Training checkpoints: one safetensors file holding the model (parameters and norm
+//! buffers under their own names), the optimizer state (`optimizer.*`) and, in the
+//! header metadata, the iteration and seed. Files are written to a temporary name and
+//! renamed, then `last_checkpoint` (also atomic) points at the newest one, so a crash at
+//! any moment leaves the previous checkpoint usable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Tensor};
+
+use crate::modeling::Model;
+use crate::solver::Optimizer;
+use crate::utils::fs::write_atomic;
+
+pub struct Checkpointer {
+    pub dir: PathBuf,
+}
+
+/// What a checkpoint restores besides the weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointMeta {
+    /// The last completed iteration (training resumes at `iteration + 1`).
+    pub iteration: usize,
+    pub seed: u64,
+}
+
+impl Checkpointer {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Writes `{name}.safetensors` and points `last_checkpoint` at it.
+    pub fn save(
+        &self,
+        name: &str,
+        model: &Model,
+        optimizer: Option<&Optimizer>,
+        meta: &CheckpointMeta,
+    ) -> Result<PathBuf> {
+        let mut tensors: Vec<(String, Tensor)> = model
+            .params
+            .vars()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_tensor().to_device(&Device::Cpu)?)))
+            .collect::<candle_core::Result<_>>()?;
+        if let Some(o) = optimizer {
+            for (n, t) in o.state_tensors()? {
+                tensors.push((n, t.to_device(&Device::Cpu)?));
+            }
+        }
+        let metadata: HashMap<String, String> = [
+            ("iteration".to_string(), meta.iteration.to_string()),
+            ("seed".to_string(), meta.seed.to_string()),
+            ("format".to_string(), "candletron-checkpoint-1".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let map: std::collections::BTreeMap<&str, &Tensor> =
+            tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let bytes = safetensors::serialize(map, Some(metadata))
+            .map_err(|e| anyhow!("cannot serialise the checkpoint: {e}"))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let file = format!("{name}.safetensors");
+        let path = self.dir.join(&file);
+        write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        let pointer = self.dir.join("last_checkpoint");
+        write_atomic(&pointer, file.as_bytes())
+            .with_context(|| format!("cannot write {}", pointer.display()))?;
+        Ok(path)
+    }
+
+    /// The file `last_checkpoint` names, if any.
+    pub fn last_checkpoint(&self) -> Option<PathBuf> {
+        let name = std::fs::read_to_string(self.dir.join("last_checkpoint")).ok()?;
+        let p = self.dir.join(name.trim());
+        p.is_file().then_some(p)
+    }
+
+    /// Loads weights and optimizer state from a checkpoint written by [`Self::save`].
+    pub fn load(
+        path: &Path,
+        model: &Model,
+        optimizer: Option<&mut Optimizer>,
+    ) -> Result<CheckpointMeta> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow!("{} is not a safetensors checkpoint: {e}", path.display()))?;
+        let md = header.metadata().clone().unwrap_or_default();
+        let get = |k: &str| -> Result<u64> {
+            md.get(k)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} has no `{k}` in its metadata: not a training checkpoint",
+                        path.display()
+                    )
+                })?
+                .parse::<u64>()
+                .map_err(|e| anyhow!("{}: bad `{k}`: {e}", path.display()))
+        };
+        let meta = CheckpointMeta {
+            iteration: get("iteration")? as usize,
+            seed: get("seed")?,
+        };
+        let tensors = crate::checkpoint::read_checkpoint_bytes(&bytes)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let report = crate::checkpoint::load_state_dict(&model.params, &tensors)?;
+        if !report.missing.is_empty() || !report.mismatched.is_empty() {
+            anyhow::bail!(
+                "checkpoint {} does not fit this model:\n{report}",
+                path.display()
+            );
+        }
+        if let Some(o) = optimizer {
+            let map: HashMap<String, Tensor> = tensors
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("optimizer."))
+                .collect();
+            o.load_state(&map)?;
+        }
+        Ok(meta)
+    }
+}

@@ -1,0 +1,165 @@
+//! Runs a detector over the test datasets and evaluates it (Detectron2's
+//! `inference_on_dataset`): WIDER FACE protocol for face datasets, COCO-style AP
+//! otherwise; writes predictions, PR curves and a few drawn images.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::coco::CocoGt;
+use super::evaluator::{
+    CocoEvaluator, DatasetEvaluator, Detection, ImageDetections, WiderFaceEvaluator,
+};
+use super::widerface::GroundTruth;
+use crate::config::Config;
+use crate::data::build::build_detection_test_loader;
+use crate::data::catalog::{Dataset, EvaluatorType};
+use crate::modeling::meta_arch::Batch;
+use crate::modeling::Model;
+use crate::utils::visualizer::{draw_detections, PALETTE};
+
+fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEvaluator>> {
+    Ok(match &dataset.metadata.evaluator_type {
+        EvaluatorType::WiderFace { gt } => {
+            let gt = if gt.is_dir() {
+                GroundTruth::from_mat_dir(gt)
+            } else {
+                GroundTruth::from_bbx_txt(gt)
+            }
+            .map_err(|e| anyhow!(e))?;
+            Box::new(WiderFaceEvaluator::new(gt, Some(out_dir.to_path_buf())))
+        }
+        EvaluatorType::Coco => {
+            let mut gts = Vec::new();
+            for r in &dataset.records {
+                let image_id: u64 = r.image_id.parse().map_err(|_| {
+                    anyhow!(
+                        "COCO evaluation needs numeric image ids, got `{}`",
+                        r.image_id
+                    )
+                })?;
+                for a in &r.annotations {
+                    let [x1, y1, x2, y2] = a.bbox.map(|v| v as f64);
+                    gts.push(CocoGt {
+                        image_id,
+                        category_id: a.category_id as u64,
+                        bbox: [x1, y1, x2 - x1, y2 - y1],
+                        area: (x2 - x1) * (y2 - y1),
+                        iscrowd: a.ignore,
+                    });
+                }
+            }
+            Box::new(CocoEvaluator::new(gts))
+        }
+    })
+}
+
+/// Evaluates `model` on every dataset of `DATASETS.TEST`; results go under
+/// `out_dir/{dataset}/` (predictions, `pr_curves.png`, `vis/`). Metrics of several
+/// datasets are prefixed with the dataset name.
+pub fn inference_on_datasets(
+    cfg: &Config,
+    model: &Model,
+    out_dir: &Path,
+) -> Result<BTreeMap<String, f64>> {
+    let arch = model.arch.fused()?;
+    let mut all = BTreeMap::new();
+    for name in &cfg.datasets.test {
+        let (loader, dataset) = build_detection_test_loader(cfg, name, arch.size_divisibility())?;
+        let dir = out_dir.join(name);
+        let vis_dir = dir.join("vis");
+        std::fs::create_dir_all(&vis_dir)
+            .with_context(|| format!("cannot create {}", vis_dir.display()))?;
+        let mut evaluator = evaluator_for(&dataset, &dir)?;
+        evaluator.reset();
+        let start = Instant::now();
+        let mut images = 0usize;
+        let mut drawn = 0usize;
+        let wider = matches!(
+            dataset.metadata.evaluator_type,
+            EvaluatorType::WiderFace { .. }
+        );
+        let failures = {
+            let mut loader = loader;
+            for batch in loader.by_ref() {
+                let batch = batch?;
+                if batch.samples.is_empty() {
+                    continue;
+                }
+                let input = Batch {
+                    images: model.normalize(&batch.images)?,
+                    targets: None,
+                    image_sizes: batch.image_sizes.clone(),
+                };
+                let out = arch.forward(&input, false)?;
+                let dets = out.detections.ok_or_else(|| {
+                    anyhow!("{} returned no detections", cfg.model.meta_architecture)
+                })?;
+                let mut outputs = Vec::new();
+                for (s, d) in batch.samples.iter().zip(dets) {
+                    let (sx, sy) = (s.scale.0 as f64, s.scale.1 as f64);
+                    let detections: Vec<Detection> = d
+                        .boxes
+                        .iter()
+                        .zip(&d.scores)
+                        .zip(&d.classes)
+                        .map(|((b, &score), &class)| {
+                            let [x1, y1, x2, y2] = b.map(|v| v as f64);
+                            Detection {
+                                bbox: [x1 / sx, y1 / sy, (x2 - x1) / sx, (y2 - y1) / sy],
+                                score: score as f64,
+                                class: class as u64,
+                            }
+                        })
+                        .collect();
+                    if drawn < cfg.test.vis_num {
+                        if let Ok(img) = image::open(&s.file_name) {
+                            let mut img = img.to_rgb8();
+                            let boxes: Vec<[f64; 5]> = detections
+                                .iter()
+                                .map(|d| [d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.score])
+                                .collect();
+                            draw_detections(&mut img, &boxes, cfg.test.vis_threshold, PALETTE[2]);
+                            let p = vis_dir.join(format!("{}.png", s.image_id.replace('/', "_")));
+                            img.save(&p)
+                                .map_err(|e| anyhow!("cannot write {}: {e}", p.display()))?;
+                            drawn += 1;
+                        }
+                    }
+                    outputs.push(ImageDetections {
+                        file_name: if wider {
+                            format!("{}.jpg", s.image_id)
+                        } else {
+                            s.file_name.display().to_string()
+                        },
+                        image_id: s.image_id.parse().unwrap_or(0),
+                        detections,
+                    });
+                }
+                images += outputs.len();
+                evaluator.process(&outputs);
+            }
+            loader.failures()
+        };
+        for (p, e) in &failures {
+            tracing::warn!("evaluation skipped {}: {e}", p.display());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        tracing::info!(
+            "{name}: inference on {images} images in {secs:.1} s ({:.1} ms/image)",
+            1000.0 * secs / images.max(1) as f64
+        );
+        let metrics = evaluator.evaluate().map_err(|e| anyhow!(e))?;
+        let prefix = if cfg.datasets.test.len() > 1 {
+            format!("{name}/")
+        } else {
+            String::new()
+        };
+        for (k, v) in metrics {
+            all.insert(format!("{prefix}{k}"), v);
+        }
+    }
+    Ok(all)
+}

@@ -1,0 +1,336 @@
+//! Feature Pyramid Network with Detectron2's semantics and parameter names
+//! (`fpn_lateral{stage}`, `fpn_output{stage}`, `top_block.p6/p7`, the wrapped backbone
+//! under `bottom_up`), built from the bottom-up backbone's `output_shape()`.
+//!
+//! Top-down: each lateral 1x1 output is summed with the 2x nearest upsampling of the level
+//! above, then smoothed by the output 3x3 conv (or a depthwise 3x3 + pointwise 1x1 for
+//! light models). Inputs are padded to the size divisibility, so sizes halve exactly.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{build_backbone, register_builder, Backbone, BackboneBuilder};
+use crate::config::Config;
+use crate::layers::upsample::upsample_nearest_2x;
+use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+use crate::modeling::registry::Registry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopBlockKind {
+    None,
+    /// p6 = p5 subsampled by 2 (Detectron2's `LastLevelMaxPool`).
+    LastLevelMaxPool,
+    /// p6 = conv3x3/2(res5), p7 = conv3x3/2(relu(p6)) (RetinaNet's `LastLevelP6P7`).
+    P6P7,
+}
+
+impl TopBlockKind {
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "none" | "" => Ok(Self::None),
+            "LastLevelMaxPool" => Ok(Self::LastLevelMaxPool),
+            "P6P7" | "LastLevelP6P7" => Ok(Self::P6P7),
+            o => Err(format!(
+                "MODEL.FPN.TOP_BLOCK: unknown `{o}`; expected none, LastLevelMaxPool or P6P7"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum OutputConv {
+    Plain(Conv2d),
+    Separable(Conv2d, Conv2d),
+}
+
+impl OutputConv {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::Plain(c) => c.forward_t(x, train),
+            Self::Separable(dw, pw) => pw.forward_t(&dw.forward_t(x, train)?, train),
+        }
+    }
+
+    fn fused(&self) -> Result<Self> {
+        Ok(match self {
+            Self::Plain(c) => Self::Plain(c.fused()?),
+            Self::Separable(d, p) => Self::Separable(d.fused()?, p.fused()?),
+        })
+    }
+}
+
+pub struct Fpn {
+    bottom_up: Box<dyn Backbone>,
+    in_features: Vec<String>,
+    lateral: Vec<Conv2d>,
+    output: Vec<OutputConv>,
+    top_block: TopBlockKind,
+    p6p7: Option<(Conv2d, Conv2d)>,
+    shapes: BTreeMap<String, ShapeSpec>,
+    /// Output names, finest first.
+    names: Vec<String>,
+}
+
+fn stage(stride: usize) -> usize {
+    stride.trailing_zeros() as usize
+}
+
+impl Fpn {
+    /// `vb` is the FPN's own prefix (`backbone`); the bottom-up network lives under
+    /// `backbone.bottom_up`.
+    pub fn new(
+        bottom_up: Box<dyn Backbone>,
+        in_features: &[String],
+        out_channels: usize,
+        norm: Option<NormKind>,
+        top_block: TopBlockKind,
+        depthwise: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let shapes_in = bottom_up.output_shape();
+        let mut specs = Vec::new();
+        for f in in_features {
+            let Some(s) = shapes_in.get(f) else {
+                candle_core::bail!(
+                    "MODEL.FPN.IN_FEATURES: the backbone has no output `{f}` (it has {:?})",
+                    shapes_in.keys().collect::<Vec<_>>()
+                );
+            };
+            specs.push(*s);
+        }
+        if specs.windows(2).any(|w| w[1].stride != 2 * w[0].stride) {
+            candle_core::bail!("MODEL.FPN.IN_FEATURES must be consecutive levels (strides doubling), got {specs:?}");
+        }
+        let use_bias = norm.is_none();
+        let mk = |cin, cout, c: Conv2dConfig, name: String| -> Result<Conv2d> {
+            let v = vb.pp(name);
+            Conv2d::new(
+                cin,
+                cout,
+                c,
+                use_bias,
+                norm.map(|k| (k, v.pp("norm"))),
+                Activation::Identity,
+                false,
+                v,
+            )
+        };
+        let mut lateral = Vec::new();
+        let mut output = Vec::new();
+        let mut shapes = BTreeMap::new();
+        let mut names = Vec::new();
+        for s in &specs {
+            let st = stage(s.stride);
+            lateral.push(mk(
+                s.channels,
+                out_channels,
+                Conv2dConfig::same(1, 1),
+                format!("fpn_lateral{st}"),
+            )?);
+            output.push(if depthwise {
+                let v = vb.pp(format!("fpn_output{st}"));
+                let dw = Conv2d::new(
+                    out_channels,
+                    out_channels,
+                    Conv2dConfig::same(3, 1).with_groups(out_channels),
+                    use_bias,
+                    norm.map(|k| (k, v.pp("depthwise").pp("norm"))),
+                    Activation::ReLU,
+                    false,
+                    v.pp("depthwise"),
+                )?;
+                let pw = mk(
+                    out_channels,
+                    out_channels,
+                    Conv2dConfig::same(1, 1),
+                    format!("fpn_output{st}.pointwise"),
+                )?;
+                OutputConv::Separable(dw, pw)
+            } else {
+                OutputConv::Plain(mk(
+                    out_channels,
+                    out_channels,
+                    Conv2dConfig::same(3, 1),
+                    format!("fpn_output{st}"),
+                )?)
+            });
+            let name = format!("p{st}");
+            shapes.insert(
+                name.clone(),
+                ShapeSpec {
+                    channels: out_channels,
+                    stride: s.stride,
+                },
+            );
+            names.push(name);
+        }
+        let last_stride = specs.last().map(|s| s.stride).unwrap_or(1);
+        let mut p6p7 = None;
+        match top_block {
+            TopBlockKind::None => {}
+            TopBlockKind::LastLevelMaxPool => {
+                let st = stage(last_stride * 2);
+                shapes.insert(
+                    format!("p{st}"),
+                    ShapeSpec {
+                        channels: out_channels,
+                        stride: last_stride * 2,
+                    },
+                );
+                names.push(format!("p{st}"));
+            }
+            TopBlockKind::P6P7 => {
+                let cin = specs.last().map(|s| s.channels).unwrap_or(out_channels);
+                let tb = vb.pp("top_block");
+                let act = Activation::Identity;
+                let p6 = Conv2d::new(
+                    cin,
+                    out_channels,
+                    Conv2dConfig::same(3, 2),
+                    true,
+                    None,
+                    act,
+                    false,
+                    tb.pp("p6"),
+                )?;
+                let p7 = Conv2d::new(
+                    out_channels,
+                    out_channels,
+                    Conv2dConfig::same(3, 2),
+                    true,
+                    None,
+                    act,
+                    false,
+                    tb.pp("p7"),
+                )?;
+                p6p7 = Some((p6, p7));
+                for k in [2, 4] {
+                    let st = stage(last_stride * k);
+                    shapes.insert(
+                        format!("p{st}"),
+                        ShapeSpec {
+                            channels: out_channels,
+                            stride: last_stride * k,
+                        },
+                    );
+                    names.push(format!("p{st}"));
+                }
+            }
+        }
+        Ok(Self {
+            bottom_up,
+            in_features: in_features.to_vec(),
+            lateral,
+            output,
+            top_block,
+            p6p7,
+            shapes,
+            names,
+        })
+    }
+
+    pub fn from_config(cfg: &Config, vb: VarBuilder, input: ShapeSpec) -> Result<Self> {
+        let f = &cfg.model.fpn;
+        let mut inner = cfg.clone();
+        // The bottom-up backbone is the one MODEL.BACKBONE.BOTTOM_UP names.
+        inner.model.backbone.name = cfg.model.backbone.bottom_up.clone();
+        let _ = input;
+        let bottom_up = build_backbone(&inner, vb.pp("bottom_up"))?;
+        let norm = match f.norm.as_str() {
+            "" => None,
+            n => Some(
+                NormKind::from_name(n)
+                    .map_err(|e| candle_core::Error::Msg(format!("MODEL.FPN.NORM: {e}")))?,
+            ),
+        };
+        let top = TopBlockKind::from_name(&f.top_block).map_err(candle_core::Error::Msg)?;
+        Self::new(
+            bottom_up,
+            &f.in_features,
+            f.out_channels,
+            norm,
+            top,
+            f.depthwise,
+            vb,
+        )
+    }
+}
+
+impl Backbone for Fpn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<BTreeMap<String, Tensor>> {
+        let feats = self.bottom_up.forward_t(x, train)?;
+        let n = self.in_features.len();
+        let mut outs: Vec<Tensor> = Vec::with_capacity(n);
+        let mut prev: Option<Tensor> = None;
+        for i in (0..n).rev() {
+            let lat = self.lateral[i].forward_t(&feats[&self.in_features[i]], train)?;
+            let merged = match prev {
+                None => lat,
+                Some(p) => (lat + upsample_nearest_2x(&p)?)?,
+            };
+            outs.push(self.output[i].forward_t(&merged, train)?);
+            prev = Some(merged);
+        }
+        outs.reverse();
+        match (self.top_block, &self.p6p7) {
+            (TopBlockKind::LastLevelMaxPool, _) => {
+                let last = outs.last().expect("at least one level").clone();
+                outs.push(last.max_pool2d_with_stride(1, 2)?);
+            }
+            (TopBlockKind::P6P7, Some((p6, p7))) => {
+                let src = &feats[&self.in_features[n - 1]];
+                let y6 = p6.forward_t(src, train)?;
+                let y7 = p7.forward_t(&y6.relu()?, train)?;
+                outs.push(y6);
+                outs.push(y7);
+            }
+            _ => {}
+        }
+        Ok(self.names.iter().cloned().zip(outs).collect())
+    }
+
+    fn output_shape(&self) -> BTreeMap<String, ShapeSpec> {
+        self.shapes.clone()
+    }
+
+    fn size_divisibility(&self) -> usize {
+        let coarsest = self.shapes.values().map(|s| s.stride).max().unwrap_or(1);
+        coarsest.max(self.bottom_up.size_divisibility())
+    }
+
+    fn fused(&self) -> Result<Box<dyn Backbone>> {
+        Ok(Box::new(Self {
+            bottom_up: self.bottom_up.fused()?,
+            in_features: self.in_features.clone(),
+            lateral: self
+                .lateral
+                .iter()
+                .map(Conv2d::fused)
+                .collect::<Result<_>>()?,
+            output: self
+                .output
+                .iter()
+                .map(OutputConv::fused)
+                .collect::<Result<_>>()?,
+            top_block: self.top_block,
+            p6p7: match &self.p6p7 {
+                Some((a, b)) => Some((a.fused()?, b.fused()?)),
+                None => None,
+            },
+            shapes: self.shapes.clone(),
+            names: self.names.clone(),
+        }))
+    }
+
+    fn frozen_prefixes(&self) -> Vec<String> {
+        self.bottom_up.frozen_prefixes()
+    }
+}
+
+pub(crate) fn register(registry: &Registry<BackboneBuilder>) {
+    register_builder(registry, "build_fpn_backbone", |cfg, vb, input| {
+        Ok(Box::new(Fpn::from_config(cfg, vb, input)?))
+    });
+}

@@ -1,0 +1,101 @@
+//! Detectron2's `Box2BoxTransform`: boxes as deltas (dx, dy, dw, dh) from a reference
+//! box, scaled by weights (10, 10, 5, 5 by default, RetinaFace's variances 0.1/0.2).
+
+use candle_core::{Result, Tensor, D};
+
+use crate::structures::boxes::Box4;
+
+/// exp() input cap: boxes at most 1000/16 times their anchor.
+pub const SCALE_CLAMP: f32 = 4.135_166_6; // ln(1000 / 16)
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Box2BoxTransform {
+    pub weights: [f32; 4],
+}
+
+impl Box2BoxTransform {
+    pub fn new(weights: [f32; 4]) -> Self {
+        Self { weights }
+    }
+
+    pub fn get_deltas(&self, src: &Box4, target: &Box4) -> [f32; 4] {
+        let [wx, wy, ww, wh] = self.weights;
+        let (sw, sh) = (src[2] - src[0], src[3] - src[1]);
+        let (sx, sy) = (src[0] + 0.5 * sw, src[1] + 0.5 * sh);
+        let (tw, th) = (target[2] - target[0], target[3] - target[1]);
+        let (tx, ty) = (target[0] + 0.5 * tw, target[1] + 0.5 * th);
+        [
+            wx * (tx - sx) / sw,
+            wy * (ty - sy) / sh,
+            ww * (tw / sw).ln(),
+            wh * (th / sh).ln(),
+        ]
+    }
+
+    pub fn apply_deltas(&self, d: &[f32; 4], src: &Box4) -> Box4 {
+        let [wx, wy, ww, wh] = self.weights;
+        let (sw, sh) = (src[2] - src[0], src[3] - src[1]);
+        let (sx, sy) = (src[0] + 0.5 * sw, src[1] + 0.5 * sh);
+        let cx = d[0] / wx * sw + sx;
+        let cy = d[1] / wy * sh + sy;
+        let w = (d[2] / ww).min(SCALE_CLAMP).exp() * sw;
+        let h = (d[3] / wh).min(SCALE_CLAMP).exp() * sh;
+        [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
+    }
+
+    /// The differentiable version for (P, 4) deltas and anchors, for box losses on
+    /// decoded boxes (GIoU).
+    pub fn apply_deltas_tensor(&self, deltas: &Tensor, anchors: &Tensor) -> Result<Tensor> {
+        let [wx, wy, ww, wh] = self.weights.map(|v| v as f64);
+        let col = |t: &Tensor, i: usize| t.narrow(D::Minus1, i, 1);
+        let sw = (col(anchors, 2)? - col(anchors, 0)?)?;
+        let sh = (col(anchors, 3)? - col(anchors, 1)?)?;
+        let sx = (col(anchors, 0)? + (&sw * 0.5)?)?;
+        let sy = (col(anchors, 1)? + (&sh * 0.5)?)?;
+        let cx = ((col(deltas, 0)? / wx)?.mul(&sw)? + sx)?;
+        let cy = ((col(deltas, 1)? / wy)?.mul(&sh)? + sy)?;
+        let w = (col(deltas, 2)? / ww)?
+            .clamp(-1e4f32, SCALE_CLAMP)?
+            .exp()?
+            .mul(&sw)?;
+        let h = (col(deltas, 3)? / wh)?
+            .clamp(-1e4f32, SCALE_CLAMP)?
+            .exp()?
+            .mul(&sh)?;
+        Tensor::cat(
+            &[
+                (&cx - (&w * 0.5)?)?,
+                (&cy - (&h * 0.5)?)?,
+                (&cx + (&w * 0.5)?)?,
+                (&cy + (&h * 0.5)?)?,
+            ],
+            D::Minus1,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let t = Box2BoxTransform::new([10.0, 10.0, 5.0, 5.0]);
+        let anchor = [10.0, 20.0, 42.0, 52.0];
+        for target in [[12.0, 18.0, 40.0, 60.0], [0.0, 0.0, 5.0, 300.0], anchor] {
+            let d = t.get_deltas(&anchor, &target);
+            let back = t.apply_deltas(&d, &anchor);
+            for k in 0..4 {
+                assert!((back[k] - target[k]).abs() < 1e-3, "{target:?} -> {back:?}");
+            }
+        }
+        // By hand: same size, centre moved by a quarter width -> dx = 10 * 0.25.
+        let d = t.get_deltas(&[0.0, 0.0, 8.0, 8.0], &[2.0, 0.0, 10.0, 8.0]);
+        assert_eq!(d, [2.5, 0.0, 0.0, 0.0]);
+        let dt = Tensor::new(&[[2.5f32, 0.0, 0.0, 0.0]], &Device::Cpu).unwrap();
+        let at = Tensor::new(&[[0.0f32, 0.0, 8.0, 8.0]], &Device::Cpu).unwrap();
+        let b: Vec<Vec<f32>> = t.apply_deltas_tensor(&dt, &at).unwrap().to_vec2().unwrap();
+        assert_eq!(b[0], [2.0, 0.0, 10.0, 8.0]);
+    }
+}

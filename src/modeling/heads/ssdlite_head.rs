@@ -1,0 +1,210 @@
+//! SSDLite's prediction head: per level, a classification and a box branch, each a few
+//! depthwise-separable blocks (3x3 depthwise + BN + ReLU6, 1x1 pointwise + BN + ReLU6)
+//! then a predictor (3x3 depthwise + BN + ReLU6, 1x1 conv with bias), as torchvision's
+//! `SSDLiteHead`. One head can serve every level (Detectron2 RetinaNet style) when the
+//! levels have equal channels.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+
+fn separable(
+    c: usize,
+    out: usize,
+    norm: Option<NormKind>,
+    vb: &VarBuilder,
+) -> Result<(Conv2d, Conv2d)> {
+    let dvb = vb.pp("depthwise");
+    let dw = Conv2d::new(
+        c,
+        c,
+        Conv2dConfig::same(3, 1).with_groups(c),
+        norm.is_none(),
+        norm.map(|k| (k, dvb.pp("norm"))),
+        Activation::ReLU6,
+        false,
+        dvb.clone(),
+    )?;
+    let pvb = vb.pp("pointwise");
+    let pw = Conv2d::new(
+        c,
+        out,
+        Conv2dConfig::same(1, 1),
+        norm.is_none(),
+        norm.map(|k| (k, pvb.pp("norm"))),
+        Activation::ReLU6,
+        false,
+        pvb.clone(),
+    )?;
+    Ok((dw, pw))
+}
+
+#[derive(Debug, Clone)]
+struct Branch {
+    blocks: Vec<(Conv2d, Conv2d)>,
+    pred_dw: Conv2d,
+    pred: Conv2d,
+}
+
+impl Branch {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        c: usize,
+        num_convs: usize,
+        out: usize,
+        norm: Option<NormKind>,
+        bias_init: f64,
+        vb: VarBuilder,
+        name: &str,
+    ) -> Result<Self> {
+        let blocks = (0..num_convs)
+            .map(|i| separable(c, c, norm, &vb.pp(format!("{name}_subnet")).pp(i)))
+            .collect::<Result<_>>()?;
+        let pvb = vb.pp(format!("{name}_pred"));
+        let dvb = pvb.pp("depthwise");
+        let pred_dw = Conv2d::new(
+            c,
+            c,
+            Conv2dConfig::same(3, 1).with_groups(c),
+            norm.is_none(),
+            norm.map(|k| (k, dvb.pp("norm"))),
+            Activation::ReLU6,
+            false,
+            dvb.clone(),
+        )?;
+        let pred = Conv2d::with_init(
+            c,
+            out,
+            Conv2dConfig::same(1, 1),
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.01,
+            },
+            Some(Init::Const(bias_init)),
+            pvb.pp("pointwise"),
+        )?;
+        Ok(Self {
+            blocks,
+            pred_dw,
+            pred,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (dw, pw) in &self.blocks {
+            x = pw.forward_t(&dw.forward_t(&x, train)?, train)?;
+        }
+        self.pred
+            .forward_t(&self.pred_dw.forward_t(&x, train)?, train)
+    }
+
+    fn fused(&self) -> Result<Self> {
+        Ok(Self {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(a, b)| Ok((a.fused()?, b.fused()?)))
+                .collect::<Result<_>>()?,
+            pred_dw: self.pred_dw.fused()?,
+            pred: self.pred.fused()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SsdLiteHead {
+    /// One (cls, box) pair for all levels, or one per level.
+    branches: Vec<(Branch, Branch)>,
+    num_anchors: Vec<usize>,
+    /// Class scores per anchor (K for sigmoid losses, K + 1 with background for softmax).
+    num_scores: usize,
+}
+
+impl SsdLiteHead {
+    /// `cls_bias`: initial bias of every score output (the prior-probability trick of
+    /// sigmoid heads; 0 for softmax heads, where a shared constant would cancel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inputs: &[ShapeSpec],
+        num_anchors: &[usize],
+        num_scores: usize,
+        cls_bias: f64,
+        num_convs: usize,
+        norm: Option<NormKind>,
+        share: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if share
+            && (inputs.windows(2).any(|w| w[0].channels != w[1].channels)
+                || num_anchors.windows(2).any(|w| w[0] != w[1]))
+        {
+            candle_core::bail!(
+                "MODEL.SSDLITE.SHARE_HEADS needs the same channels and anchors on every level"
+            );
+        }
+        let make = |spec: &ShapeSpec, a: usize, vb: VarBuilder| -> Result<(Branch, Branch)> {
+            let cls = Branch::new(
+                spec.channels,
+                num_convs,
+                a * num_scores,
+                norm,
+                cls_bias,
+                vb.clone(),
+                "cls",
+            )?;
+            let bx = Branch::new(spec.channels, num_convs, a * 4, norm, 0.0, vb, "bbox")?;
+            Ok((cls, bx))
+        };
+        let branches = if share {
+            vec![make(&inputs[0], num_anchors[0], vb)?]
+        } else {
+            inputs
+                .iter()
+                .zip(num_anchors)
+                .enumerate()
+                .map(|(i, (s, &a))| make(s, a, vb.pp(i)))
+                .collect::<Result<_>>()?
+        };
+        let head = Self {
+            branches,
+            num_anchors: num_anchors.to_vec(),
+            num_scores,
+        };
+        Ok(head)
+    }
+
+    /// Per level features in, (N, R, num_scores) scores and (N, R, 4) deltas out, with
+    /// R = sum of H * W * A over levels in (level, y, x, anchor) order.
+    pub fn forward_t(&self, features: &[Tensor], train: bool) -> Result<(Tensor, Tensor)> {
+        let mut scores = Vec::new();
+        let mut deltas = Vec::new();
+        for (i, f) in features.iter().enumerate() {
+            let (cls, bx) = &self.branches[if self.branches.len() == 1 { 0 } else { i }];
+            let n = f.dim(0)?;
+            let flat = |t: Tensor, k: usize| -> Result<Tensor> {
+                t.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, (), k))
+            };
+            scores.push(flat(cls.forward_t(f, train)?, self.num_scores)?);
+            deltas.push(flat(bx.forward_t(f, train)?, 4)?);
+        }
+        Ok((Tensor::cat(&scores, 1)?, Tensor::cat(&deltas, 1)?))
+    }
+
+    pub fn fused(&self) -> Result<Self> {
+        Ok(Self {
+            branches: self
+                .branches
+                .iter()
+                .map(|(a, b)| Ok((a.fused()?, b.fused()?)))
+                .collect::<Result<_>>()?,
+            num_anchors: self.num_anchors.clone(),
+            num_scores: self.num_scores,
+        })
+    }
+
+    pub fn num_scores(&self) -> usize {
+        self.num_scores
+    }
+}

@@ -1,0 +1,105 @@
+//! Detectron2's `Matcher`: assigns each anchor (or proposal) the ground truth of highest
+//! IoU and a label from IoU thresholds; low-quality matches give every ground truth its
+//! best anchors even below the foreground threshold.
+
+/// Label of an anchor after matching.
+pub const BACKGROUND: i8 = 0;
+pub const IGNORE: i8 = -1;
+pub const FOREGROUND: i8 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher {
+    /// IoU < thresholds[0]: background; >= thresholds[last]: foreground; between: ignored.
+    pub thresholds: Vec<f32>,
+    pub allow_low_quality_matches: bool,
+}
+
+impl Matcher {
+    pub fn new(thresholds: &[f64], allow_low_quality_matches: bool) -> Result<Self, String> {
+        if thresholds.is_empty() || thresholds.windows(2).any(|w| w[0] > w[1]) {
+            return Err(format!(
+                "IoU thresholds must be a non-empty increasing list, got {thresholds:?}"
+            ));
+        }
+        Ok(Self {
+            thresholds: thresholds.iter().map(|&t| t as f32).collect(),
+            allow_low_quality_matches,
+        })
+    }
+
+    /// `iou` is (gt, anchors) row-major. Returns per anchor the matched gt index and its
+    /// label. With no ground truth every anchor is background.
+    pub fn match_iou(
+        &self,
+        iou: &[f32],
+        num_gt: usize,
+        num_anchors: usize,
+    ) -> (Vec<usize>, Vec<i8>) {
+        let mut matched = vec![0usize; num_anchors];
+        let mut labels = vec![BACKGROUND; num_anchors];
+        if num_gt == 0 {
+            return (matched, labels);
+        }
+        let lo = self.thresholds[0];
+        let hi = *self.thresholds.last().unwrap();
+        for a in 0..num_anchors {
+            let (mut best, mut best_g) = (f32::NEG_INFINITY, 0);
+            for g in 0..num_gt {
+                let v = iou[g * num_anchors + a];
+                if v > best {
+                    best = v;
+                    best_g = g;
+                }
+            }
+            matched[a] = best_g;
+            labels[a] = if best >= hi {
+                FOREGROUND
+            } else if best < lo {
+                BACKGROUND
+            } else {
+                IGNORE
+            };
+        }
+        if self.allow_low_quality_matches {
+            for g in 0..num_gt {
+                let row = &iou[g * num_anchors..(g + 1) * num_anchors];
+                let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if best <= 0.0 {
+                    continue;
+                }
+                // Every anchor tied at the best IoU, as Detectron2 does.
+                for (a, &v) in row.iter().enumerate() {
+                    if v == best {
+                        labels[a] = FOREGROUND;
+                        matched[a] = g;
+                    }
+                }
+            }
+        }
+        (matched, labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_low_quality_and_no_gt() {
+        let m = Matcher::new(&[0.4, 0.5], false).unwrap();
+        // 2 gt x 4 anchors.
+        let iou = [0.1, 0.45, 0.6, 0.0, 0.2, 0.3, 0.7, 0.05];
+        let (matched, labels) = m.match_iou(&iou, 2, 4);
+        assert_eq!(labels, vec![BACKGROUND, IGNORE, FOREGROUND, BACKGROUND]);
+        assert_eq!(matched[2], 1);
+        // Gt 0's best anchor (1, IoU 0.45) is only "ignore" by thresholds; low-quality
+        // matching makes it foreground for gt 0.
+        let lq = Matcher::new(&[0.4, 0.5], true).unwrap();
+        let (matched, labels) = lq.match_iou(&[0.1, 0.45, 0.2, 0.0, 0.2, 0.3, 0.7, 0.05], 2, 4);
+        assert_eq!(labels, vec![BACKGROUND, FOREGROUND, FOREGROUND, BACKGROUND]);
+        assert_eq!((matched[1], matched[2]), (0, 1));
+        let (_, labels) = lq.match_iou(&[], 0, 3);
+        assert_eq!(labels, vec![BACKGROUND; 3]);
+        assert!(Matcher::new(&[0.5, 0.4], true).is_err());
+    }
+}

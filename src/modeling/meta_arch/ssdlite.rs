@@ -1,0 +1,570 @@
+//! SSDLite: a one-stage detector of depthwise-separable heads on (FPN) feature levels,
+//! with anchors, IoU matching, the (10, 10, 5, 5) box coder, softmax cross-entropy with
+//! 3:1 hard negative mining or sigmoid focal loss, smooth-L1 or GIoU box loss, and
+//! inference by score threshold, per-level top-k, per-class NMS and a per-image cap.
+//!
+//! Matching and mining run on the host on detached values; the losses themselves are
+//! built from the head's tensors by `index_select`/`gather`, so gradients flow only
+//! through the selected anchors.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::{Batch, InstanceDetections, LossMap, MetaArch, Outputs, Targets};
+use crate::config::Config;
+use crate::data::augmentation::Instances;
+use crate::layers::NormKind;
+use crate::modeling::anchor_generator::AnchorGenerator;
+use crate::modeling::backbone::{build_backbone, Backbone};
+use crate::modeling::box_regression::Box2BoxTransform;
+use crate::modeling::heads::SsdLiteHead;
+use crate::modeling::matcher::{Matcher, BACKGROUND, FOREGROUND, IGNORE};
+use crate::structures::boxes::{batched_nms, clip, pairwise_iou, Box4};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClsLoss {
+    /// Softmax over K classes + background, 3:1 hard negative mining (SSD, RetinaFace).
+    CrossEntropy,
+    /// Sigmoid focal loss over K classes (RetinaNet).
+    Focal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoxLoss {
+    SmoothL1,
+    GIoU,
+}
+
+/// Loss and inference settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsdLiteParams {
+    pub num_classes: usize,
+    pub cls_loss: ClsLoss,
+    pub neg_pos_ratio: f32,
+    pub focal_alpha: f32,
+    pub focal_gamma: f32,
+    pub box_loss: BoxLoss,
+    pub smooth_l1_beta: f32,
+    pub box_loss_weight: f32,
+    pub score_thresh: f32,
+    pub topk_candidates: usize,
+    pub nms_thresh: f32,
+    pub detections_per_image: usize,
+}
+
+pub struct SsdLite {
+    backbone: Box<dyn Backbone>,
+    in_features: Vec<String>,
+    head: SsdLiteHead,
+    anchors: AnchorGenerator,
+    matcher: Matcher,
+    coder: Box2BoxTransform,
+    params: SsdLiteParams,
+}
+
+/// Focal-loss prior: initial foreground probability of every anchor.
+const PRIOR_PROB: f64 = 0.01;
+
+impl SsdLite {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        backbone: Box<dyn Backbone>,
+        in_features: Vec<String>,
+        head: SsdLiteHead,
+        anchors: AnchorGenerator,
+        matcher: Matcher,
+        coder: Box2BoxTransform,
+        params: SsdLiteParams,
+    ) -> Self {
+        Self {
+            backbone,
+            in_features,
+            head,
+            anchors,
+            matcher,
+            coder,
+            params,
+        }
+    }
+
+    pub fn from_config(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let c = &cfg.model.ssdlite;
+        let msg = |e: String| candle_core::Error::Msg(e);
+        let backbone = build_backbone(cfg, vb.pp("backbone"))?;
+        let shapes = backbone.output_shape();
+        let mut specs = Vec::new();
+        for f in &c.in_features {
+            match shapes.get(f) {
+                Some(s) => specs.push(*s),
+                None => candle_core::bail!(
+                    "MODEL.SSDLITE.IN_FEATURES: the backbone has no output `{f}` (it has {:?})",
+                    shapes.keys().collect::<Vec<_>>()
+                ),
+            }
+        }
+        let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
+        let anchors = AnchorGenerator::from_config(cfg, &strides).map_err(msg)?;
+        let cls_loss = match c.cls_loss.as_str() {
+            "ce" => ClsLoss::CrossEntropy,
+            "focal" => ClsLoss::Focal,
+            o => candle_core::bail!("MODEL.SSDLITE.CLS_LOSS: unknown `{o}`; expected ce or focal"),
+        };
+        let box_loss = match c.box_loss.as_str() {
+            "smooth_l1" => BoxLoss::SmoothL1,
+            "giou" => BoxLoss::GIoU,
+            o => candle_core::bail!(
+                "MODEL.SSDLITE.BOX_LOSS: unknown `{o}`; expected smooth_l1 or giou"
+            ),
+        };
+        if c.num_classes == 0 {
+            candle_core::bail!("MODEL.SSDLITE.NUM_CLASSES must be at least 1");
+        }
+        let (num_scores, bias) = match cls_loss {
+            ClsLoss::CrossEntropy => (c.num_classes + 1, 0.0),
+            ClsLoss::Focal => (c.num_classes, -((1.0 - PRIOR_PROB) / PRIOR_PROB).ln()),
+        };
+        let norm = match c.norm.as_str() {
+            "" => None,
+            n => Some(NormKind::from_name(n).map_err(|e| msg(format!("MODEL.SSDLITE.NORM: {e}")))?),
+        };
+        let head = SsdLiteHead::new(
+            &specs,
+            &anchors.num_cell_anchors(),
+            num_scores,
+            bias,
+            c.num_convs,
+            norm,
+            c.share_heads,
+            vb.pp("head"),
+        )?;
+        let matcher = Matcher::new(&c.iou_thresholds, c.allow_low_quality_matches)
+            .map_err(|e| msg(format!("MODEL.SSDLITE.IOU_THRESHOLDS: {e}")))?;
+        let w = &c.bbox_reg_weights;
+        if w.len() != 4 {
+            candle_core::bail!("MODEL.SSDLITE.BBOX_REG_WEIGHTS needs 4 values, got {w:?}");
+        }
+        let coder = Box2BoxTransform::new([w[0] as f32, w[1] as f32, w[2] as f32, w[3] as f32]);
+        let params = SsdLiteParams {
+            num_classes: c.num_classes,
+            cls_loss,
+            neg_pos_ratio: c.neg_pos_ratio as f32,
+            focal_alpha: c.focal_alpha as f32,
+            focal_gamma: c.focal_gamma as f32,
+            box_loss,
+            smooth_l1_beta: c.smooth_l1_beta as f32,
+            box_loss_weight: c.box_loss_weight as f32,
+            score_thresh: c.score_thresh_test as f32,
+            topk_candidates: c.topk_candidates_test,
+            nms_thresh: c.nms_thresh_test as f32,
+            detections_per_image: cfg.test.detections_per_image,
+        };
+        Ok(Self::new(
+            backbone,
+            c.in_features.clone(),
+            head,
+            anchors,
+            matcher,
+            coder,
+            params,
+        ))
+    }
+
+    /// Head outputs, anchors, and the number of anchors per level.
+    fn run(&self, images: &Tensor, train: bool) -> Result<(Tensor, Tensor, Vec<Box4>, Vec<usize>)> {
+        let feats = self.backbone.forward_t(images, train)?;
+        let levels: Vec<Tensor> = self.in_features.iter().map(|f| feats[f].clone()).collect();
+        let sizes: Vec<(usize, usize)> = levels
+            .iter()
+            .map(|t| Ok((t.dim(2)?, t.dim(3)?)))
+            .collect::<Result<_>>()?;
+        let per_level: Vec<usize> = sizes
+            .iter()
+            .zip(self.anchors.num_cell_anchors())
+            .map(|(&(h, w), a)| h * w * a)
+            .collect();
+        let (scores, deltas) = self.head.forward_t(&levels, train)?;
+        Ok((scores, deltas, self.anchors.grid_anchors(&sizes), per_level))
+    }
+
+    /// Per anchor: -1 ignore, K background, else the class; and the matched box.
+    fn label_anchors(&self, anchors: &[Box4], inst: &Instances) -> (Vec<i64>, Vec<Box4>) {
+        let k = self.params.num_classes as i64;
+        let train_idx: Vec<usize> = (0..inst.len()).filter(|&i| !inst.ignore[i]).collect();
+        let gt: Vec<Box4> = train_idx.iter().map(|&i| inst.boxes[i]).collect();
+        let iou = pairwise_iou(&gt, anchors);
+        let (matched, flags) = self.matcher.match_iou(&iou, gt.len(), anchors.len());
+        let mut labels = vec![k; anchors.len()];
+        let mut boxes = vec![[0f32; 4]; anchors.len()];
+        for a in 0..anchors.len() {
+            match flags[a] {
+                FOREGROUND => {
+                    labels[a] = inst.classes[train_idx[matched[a]]] as i64;
+                    boxes[a] = gt[matched[a]];
+                }
+                IGNORE => labels[a] = -1,
+                _ => {}
+            }
+        }
+        // Background anchors over an ignored region (crowd, invalid face) are not negatives.
+        let ignored: Vec<Box4> = (0..inst.len())
+            .filter(|&i| inst.ignore[i])
+            .map(|i| inst.boxes[i])
+            .collect();
+        if !ignored.is_empty() {
+            let lo = self.matcher.thresholds[0];
+            let iou = pairwise_iou(&ignored, anchors);
+            for (a, label) in labels.iter_mut().enumerate() {
+                if *label == k && (0..ignored.len()).any(|g| iou[g * anchors.len() + a] >= lo) {
+                    *label = -1;
+                }
+            }
+        }
+        let _ = BACKGROUND;
+        (labels, boxes)
+    }
+
+    fn losses(
+        &self,
+        scores: &Tensor,
+        deltas: &Tensor,
+        anchors: &[Box4],
+        targets: &[Instances],
+    ) -> Result<LossMap> {
+        let (n, r, c) = scores.dims3()?;
+        if targets.len() != n {
+            candle_core::bail!("SSDLite: {} images but {} targets", n, targets.len());
+        }
+        let dev = scores.device().clone();
+        let k = self.params.num_classes as i64;
+        let mut pos_idx: Vec<u32> = Vec::new();
+        let mut pos_cls: Vec<i64> = Vec::new();
+        let mut pos_deltas: Vec<f32> = Vec::new();
+        let mut pos_anchors: Vec<f32> = Vec::new();
+        let mut pos_boxes: Vec<f32> = Vec::new();
+        let mut labels_all: Vec<Vec<i64>> = Vec::with_capacity(n);
+        for (i, inst) in targets.iter().enumerate() {
+            let (labels, boxes) = self.label_anchors(anchors, inst);
+            for (a, &l) in labels.iter().enumerate() {
+                if l >= 0 && l < k {
+                    pos_idx.push((i * r + a) as u32);
+                    pos_cls.push(l);
+                    pos_deltas.extend(self.coder.get_deltas(&anchors[a], &boxes[a]));
+                    pos_anchors.extend(anchors[a]);
+                    pos_boxes.extend(boxes[a]);
+                }
+            }
+            labels_all.push(labels);
+        }
+        let num_pos = pos_idx.len();
+        let norm = num_pos.max(1) as f64;
+        let flat_scores = scores.reshape((n * r, c))?;
+        let loss_cls = match self.params.cls_loss {
+            ClsLoss::CrossEntropy => {
+                let log_p = candle_nn::ops::log_softmax(&flat_scores, D::Minus1)?;
+                // Mining on the detached background loss: the hardest negatives per image.
+                let bg_loss: Vec<f32> = log_p.narrow(1, c - 1, 1)?.squeeze(1)?.neg()?.to_vec1()?;
+                let mut sel: Vec<u32> = pos_idx.clone();
+                let mut sel_cls: Vec<u32> = pos_cls.iter().map(|&l| l as u32).collect();
+                for (i, labels) in labels_all.iter().enumerate() {
+                    let npos = labels.iter().filter(|&&l| l >= 0 && l < k).count();
+                    let mut negs: Vec<usize> = (0..r).filter(|&a| labels[a] == k).collect();
+                    let keep =
+                        ((self.params.neg_pos_ratio * npos.max(1) as f32) as usize).min(negs.len());
+                    negs.sort_by(|&x, &y| bg_loss[i * r + y].total_cmp(&bg_loss[i * r + x]));
+                    for &a in &negs[..keep] {
+                        sel.push((i * r + a) as u32);
+                        sel_cls.push(k as u32);
+                    }
+                }
+                if sel.is_empty() {
+                    (flat_scores.sum_all()? * 0.0)?
+                } else {
+                    let idx = Tensor::new(sel.as_slice(), &dev)?;
+                    let cls = Tensor::new(sel_cls.as_slice(), &dev)?.unsqueeze(1)?;
+                    let picked = log_p.index_select(&idx, 0)?.gather(&cls, 1)?;
+                    (picked.sum_all()?.neg()? / norm)?
+                }
+            }
+            ClsLoss::Focal => {
+                let mut valid: Vec<u32> = Vec::new();
+                let mut onehot: Vec<f32> = Vec::new();
+                for (i, labels) in labels_all.iter().enumerate() {
+                    for (a, &l) in labels.iter().enumerate() {
+                        if l < 0 {
+                            continue;
+                        }
+                        valid.push((i * r + a) as u32);
+                        for j in 0..c as i64 {
+                            onehot.push((j == l) as u8 as f32);
+                        }
+                    }
+                }
+                if valid.is_empty() {
+                    (flat_scores.sum_all()? * 0.0)?
+                } else {
+                    let idx = Tensor::new(valid.as_slice(), &dev)?;
+                    let x = flat_scores.index_select(&idx, 0)?;
+                    let t = Tensor::from_vec(onehot, (valid.len(), c), &dev)?;
+                    (sigmoid_focal_loss(&x, &t, self.params.focal_alpha, self.params.focal_gamma)?
+                        .sum_all()?
+                        / norm)?
+                }
+            }
+        };
+        let loss_box = if num_pos == 0 {
+            (deltas.sum_all()? * 0.0)?
+        } else {
+            let idx = Tensor::new(pos_idx.as_slice(), &dev)?;
+            let pred = deltas.reshape((n * r, 4))?.index_select(&idx, 0)?;
+            let l = match self.params.box_loss {
+                BoxLoss::SmoothL1 => {
+                    let t = Tensor::from_vec(pos_deltas, (num_pos, 4), &dev)?;
+                    smooth_l1(&(pred - t)?, self.params.smooth_l1_beta)?.sum_all()?
+                }
+                BoxLoss::GIoU => {
+                    let a = Tensor::from_vec(pos_anchors, (num_pos, 4), &dev)?;
+                    let g = Tensor::from_vec(pos_boxes, (num_pos, 4), &dev)?;
+                    giou_loss(&self.coder.apply_deltas_tensor(&pred, &a)?, &g)?.sum_all()?
+                }
+            };
+            ((l / norm)? * self.params.box_loss_weight as f64)?
+        };
+        let mut out = BTreeMap::new();
+        out.insert("loss_cls".to_string(), loss_cls);
+        out.insert("loss_box_reg".to_string(), loss_box);
+        Ok(out)
+    }
+
+    fn inference(
+        &self,
+        scores: &Tensor,
+        deltas: &Tensor,
+        anchors: &[Box4],
+        per_level: &[usize],
+        batch: &Batch,
+    ) -> Result<Vec<InstanceDetections>> {
+        let (n, r, c) = scores.dims3()?;
+        let probs = match self.params.cls_loss {
+            ClsLoss::CrossEntropy => candle_nn::ops::softmax_last_dim(scores)?,
+            ClsLoss::Focal => candle_nn::ops::sigmoid(scores)?,
+        };
+        let probs: Vec<f32> = probs
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let deltas: Vec<f32> = deltas
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let k = self.params.num_classes;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let (h, w) = batch.image_size(i)?;
+            let mut boxes = Vec::new();
+            let mut sc = Vec::new();
+            let mut cls = Vec::new();
+            let mut start = 0;
+            for &len in per_level {
+                // (score, anchor, class) over this level above the threshold, best first.
+                let mut cand: Vec<(f32, usize, usize)> = Vec::new();
+                for a in start..start + len {
+                    let row = &probs[(i * r + a) * c..(i * r + a) * c + k];
+                    for (j, &p) in row.iter().enumerate() {
+                        if p > self.params.score_thresh {
+                            cand.push((p, a, j));
+                        }
+                    }
+                }
+                cand.sort_by(|x, y| y.0.total_cmp(&x.0));
+                cand.truncate(self.params.topk_candidates);
+                for (p, a, j) in cand {
+                    let d = &deltas[(i * r + a) * 4..(i * r + a) * 4 + 4];
+                    let mut b = self
+                        .coder
+                        .apply_deltas(&[d[0], d[1], d[2], d[3]], &anchors[a]);
+                    clip(&mut b, w as f32, h as f32);
+                    if b[2] - b[0] > 0.0 && b[3] - b[1] > 0.0 {
+                        boxes.push(b);
+                        sc.push(p);
+                        cls.push(j);
+                    }
+                }
+                start += len;
+            }
+            let mut keep = batched_nms(&boxes, &sc, &cls, self.params.nms_thresh);
+            keep.truncate(self.params.detections_per_image);
+            out.push(InstanceDetections {
+                boxes: keep.iter().map(|&j| boxes[j]).collect(),
+                scores: keep.iter().map(|&j| sc[j]).collect(),
+                classes: keep.iter().map(|&j| cls[j]).collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// 0.5 d^2 / beta below beta, |d| - beta / 2 above: written with `minimum` so it is
+/// differentiable with stock ops.
+pub fn smooth_l1(diff: &Tensor, beta: f32) -> Result<Tensor> {
+    let d = diff.abs()?;
+    if beta <= 0.0 {
+        return Ok(d);
+    }
+    let m = d.minimum(beta)?;
+    (m.sqr()? * (0.5 / beta as f64))? + (d - m)?
+}
+
+/// Sigmoid focal loss per element (Lin et al.), with logits `x` and 0/1 targets `t`.
+pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: f32, gamma: f32) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(x)?;
+    // Stable BCE with logits: max(x, 0) - x t + log(1 + exp(-|x|)).
+    let ce = ((x.relu()? - (x * t)?)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+    let one_minus_t = (t.neg()? + 1.0)?;
+    let p_t = ((&p * t)? + ((p.neg()? + 1.0)? * &one_minus_t)?)?;
+    let modulator = (p_t.neg()? + 1.0)?.powf(gamma as f64)?;
+    let loss = (ce * modulator)?;
+    if alpha >= 0.0 {
+        let a_t = ((t * alpha as f64)? + (one_minus_t * (1.0 - alpha as f64))?)?;
+        loss * a_t
+    } else {
+        Ok(loss)
+    }
+}
+
+/// 1 - GIoU of (P, 4) XYXY boxes.
+pub fn giou_loss(pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
+    let col = |t: &Tensor, i: usize| t.narrow(D::Minus1, i, 1);
+    let (px1, py1, px2, py2) = (col(pred, 0)?, col(pred, 1)?, col(pred, 2)?, col(pred, 3)?);
+    let (gx1, gy1, gx2, gy2) = (col(gt, 0)?, col(gt, 1)?, col(gt, 2)?, col(gt, 3)?);
+    let area_p = ((&px2 - &px1)? * (&py2 - &py1)?)?;
+    let area_g = ((&gx2 - &gx1)? * (&gy2 - &gy1)?)?;
+    let iw = (px2.minimum(&gx2)? - px1.maximum(&gx1)?)?.relu()?;
+    let ih = (py2.minimum(&gy2)? - py1.maximum(&gy1)?)?.relu()?;
+    let inter = (iw * ih)?;
+    let union = ((area_p + area_g)? - &inter)?;
+    let iou = (&inter / (&union + 1e-7)?)?;
+    let cw = (px2.maximum(&gx2)? - px1.minimum(&gx1)?)?;
+    let ch = (py2.maximum(&gy2)? - py1.minimum(&gy1)?)?;
+    let enclosing = ((cw * ch)? + 1e-7)?;
+    let giou = (iou - ((&enclosing - &union)? / &enclosing)?)?;
+    (giou.neg()? + 1.0)?.squeeze(D::Minus1)
+}
+
+impl MetaArch for SsdLite {
+    fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
+        let (scores, deltas, anchors, per_level) = self.run(&batch.images, train)?;
+        let mut out = Outputs::default();
+        if train {
+            let Some(Targets::Instances(t)) = &batch.targets else {
+                candle_core::bail!("SSDLite: training needs box targets (Targets::Instances)");
+            };
+            out.losses = self.losses(&scores, &deltas, &anchors, t)?;
+        } else {
+            out.detections = Some(self.inference(&scores, &deltas, &anchors, &per_level, batch)?);
+        }
+        Ok(out)
+    }
+
+    fn frozen_prefixes(&self) -> Vec<String> {
+        self.backbone.frozen_prefixes()
+    }
+
+    fn size_divisibility(&self) -> usize {
+        self.backbone.size_divisibility()
+    }
+
+    fn fused(&self) -> Result<Box<dyn MetaArch>> {
+        Ok(Box::new(Self {
+            backbone: self.backbone.fused()?,
+            in_features: self.in_features.clone(),
+            head: self.head.fused()?,
+            anchors: self.anchors.clone(),
+            matcher: self.matcher.clone(),
+            coder: self.coder,
+            params: self.params.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn smooth_l1_and_focal_by_hand() {
+        let d = t(&[0.05, -0.3, 0.0, 2.0], (1, 4));
+        let v: Vec<f32> = smooth_l1(&d, 0.1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want = [0.5 * 0.05 * 0.05 / 0.1, 0.3 - 0.05, 0.0, 2.0 - 0.05];
+        for (a, b) in v.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{v:?}");
+        }
+        // x = 0: p = 0.5, ce = ln 2, (1 - p_t)^2 = 0.25; alpha 0.25 for t = 1, 0.75 for t = 0.
+        let x = t(&[0.0, 0.0], (1, 2));
+        let tt = t(&[1.0, 0.0], (1, 2));
+        let v: Vec<f32> = sigmoid_focal_loss(&x, &tt, 0.25, 2.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let ln2 = std::f32::consts::LN_2;
+        assert!((v[0] - 0.25 * 0.25 * ln2).abs() < 1e-6);
+        assert!((v[1] - 0.75 * 0.25 * ln2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn giou_by_hand_and_gradient_by_finite_differences() {
+        // Disjoint unit squares 1 apart: IoU 0, enclosing 3, union 2 -> GIoU = -1/3.
+        let p = t(&[0.0, 0.0, 1.0, 1.0], (1, 4));
+        let g = t(&[2.0, 0.0, 3.0, 1.0], (1, 4));
+        let l: Vec<f32> = giou_loss(&p, &g).unwrap().to_vec1().unwrap();
+        assert!((l[0] - (1.0 + 1.0 / 3.0)).abs() < 1e-5, "{l:?}");
+        // Overlapping boxes: the analytic gradient equals central differences (f64).
+        let dev = Device::Cpu;
+        let base = [0.2f64, 0.1, 1.7, 1.3];
+        let gt = Tensor::new(&[[0.5f64, 0.4, 2.0, 1.9]], &dev).unwrap();
+        let v = Var::new(&[base], &dev).unwrap();
+        let loss = giou_loss(v.as_tensor(), &gt).unwrap().sum_all().unwrap();
+        let grad: Vec<f64> = loss
+            .backward()
+            .unwrap()
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for k in 0..4 {
+            let f = |e: f64| {
+                let mut b = base;
+                b[k] += e;
+                giou_loss(&Tensor::new(&[b], &dev).unwrap(), &gt)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let num = (f(1e-6) - f(-1e-6)) / 2e-6;
+            assert!(
+                (num - grad[k]).abs() < 1e-6,
+                "coordinate {k}: {num} vs {}",
+                grad[k]
+            );
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! XYXY boxes in continuous pixel coordinates (Detectron2's convention: no +1).
+
+pub type Box4 = [f32; 4];
+
+pub fn area(b: &Box4) -> f32 {
+    (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0)
+}
+
+pub fn iou(a: &Box4, b: &Box4) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// IoU of every `a` with every `b`, row-major `(a.len(), b.len())`.
+pub fn pairwise_iou(a: &[Box4], b: &[Box4]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(a.len() * b.len());
+    for x in a {
+        for y in b {
+            out.push(iou(x, y));
+        }
+    }
+    out
+}
+
+pub fn clip(b: &mut Box4, width: f32, height: f32) {
+    b[0] = b[0].clamp(0.0, width);
+    b[1] = b[1].clamp(0.0, height);
+    b[2] = b[2].clamp(0.0, width);
+    b[3] = b[3].clamp(0.0, height);
+}
+
+/// Greedy non-maximum suppression: indices kept, by decreasing score (ties keep the
+/// lower index first, as torchvision's stable sort does).
+pub fn nms(boxes: &[Box4], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]).then(i.cmp(&j)));
+    let mut suppressed = vec![false; boxes.len()];
+    let mut keep = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
+        if suppressed[i] {
+            continue;
+        }
+        keep.push(i);
+        for &j in &order[k + 1..] {
+            if !suppressed[j] && iou(&boxes[i], &boxes[j]) > iou_threshold {
+                suppressed[j] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// NMS within each class only (torchvision's `batched_nms`), kept indices by score.
+pub fn batched_nms(
+    boxes: &[Box4],
+    scores: &[f32],
+    classes: &[usize],
+    iou_threshold: f32,
+) -> Vec<usize> {
+    let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, &c) in classes.iter().enumerate() {
+        by_class.entry(c).or_default().push(i);
+    }
+    let mut keep = Vec::new();
+    for idx in by_class.values() {
+        let b: Vec<Box4> = idx.iter().map(|&i| boxes[i]).collect();
+        let s: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
+        keep.extend(nms(&b, &s, iou_threshold).into_iter().map(|k| idx[k]));
+    }
+    keep.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]).then(i.cmp(&j)));
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_by_hand() {
+        let a = [0.0, 0.0, 10.0, 10.0];
+        let b = [5.0, 0.0, 15.0, 10.0];
+        assert!((iou(&a, &b) - 50.0 / 150.0).abs() < 1e-6);
+        assert_eq!(iou(&a, &[20.0, 20.0, 30.0, 30.0]), 0.0);
+        assert_eq!(iou(&a, &a), 1.0);
+    }
+
+    #[test]
+    fn nms_keeps_best_of_overlapping_and_classes_separately() {
+        let boxes = [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 0.0, 11.0, 10.0], // IoU 9/11 with the first
+            [20.0, 20.0, 30.0, 30.0],
+            [0.0, 0.0, 10.0, 10.0],
+        ];
+        let scores = [0.9, 0.95, 0.5, 0.3];
+        assert_eq!(nms(&boxes, &scores, 0.5), vec![1, 2]);
+        assert_eq!(nms(&boxes, &scores, 0.85), vec![1, 0, 2]);
+        // The last box is another class: it survives.
+        assert_eq!(
+            batched_nms(&boxes, &scores, &[0, 0, 0, 1], 0.5),
+            vec![1, 2, 3]
+        );
+    }
+}

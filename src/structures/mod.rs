@@ -1,0 +1,3 @@
+//! Box geometry shared by anchors, matching, losses and inference.
+
+pub mod boxes;
