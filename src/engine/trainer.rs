@@ -208,7 +208,7 @@ pub struct PeriodicCheckpointer {
 impl Hook for PeriodicCheckpointer {
     fn after_step(&mut self, ctx: &TrainContext) -> Result<()> {
         let next = ctx.iter + 1;
-        if self.period > 0 && next % self.period == 0 && next < ctx.max_iter {
+        if self.period > 0 && next.is_multiple_of(self.period) && next < ctx.max_iter {
             let meta = CheckpointMeta {
                 iteration: ctx.iter,
                 seed: ctx.seed,
@@ -247,7 +247,7 @@ pub struct EvalHook<F: FnMut(&Model) -> Result<BTreeMap<String, f64>>> {
 impl<F: FnMut(&Model) -> Result<BTreeMap<String, f64>>> Hook for EvalHook<F> {
     fn after_step(&mut self, ctx: &TrainContext) -> Result<()> {
         let next = ctx.iter + 1;
-        if self.period > 0 && next % self.period == 0 && next < ctx.max_iter {
+        if self.period > 0 && next.is_multiple_of(self.period) && next < ctx.max_iter {
             let m = (self.eval)(ctx.model)?;
             tracing::info!("evaluation at iteration {}: {m:?}", ctx.iter);
             let mut obj = serde_json::Map::new();
@@ -308,7 +308,8 @@ impl Hook for MetricsPrinter {
         let m = ctx.metrics;
         self.times.push(m.time);
         let next = ctx.iter + 1;
-        if next % self.period != 0 && next != ctx.max_iter && ctx.iter != self.start_iter {
+        if !next.is_multiple_of(self.period) && next != ctx.max_iter && ctx.iter != self.start_iter
+        {
             return Ok(());
         }
         let mut obj = serde_json::Map::new();

@@ -1,0 +1,178 @@
+//! FPN and SSDLite built from configs: shapes, names, fusion, inference limits, frozen
+//! stages and pretrained-backbone loading.
+
+mod common;
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candletron::config::Config;
+use candletron::data::augmentation::Instances;
+use candletron::modeling::backbone::build_backbone;
+use candletron::modeling::build_model;
+use candletron::modeling::meta_arch::{Batch, Targets};
+use candletron::modeling::params::ParamStore;
+
+fn fpn_cfg(top: &str, depthwise: bool) -> Config {
+    let mut cfg = Config::default();
+    cfg.merge_from_file(std::path::Path::new("configs/Base-SSDLite-MNV2-FPN.yaml"))
+        .unwrap();
+    cfg.model.mobilenet.width_mult = 0.35;
+    cfg.model.fpn.out_channels = 24;
+    cfg.model.fpn.top_block = top.to_string();
+    cfg.model.fpn.depthwise = depthwise;
+    cfg
+}
+
+#[test]
+fn fpn_shapes_names_and_fused_forward() {
+    for (top, levels) in [("none", 3), ("LastLevelMaxPool", 4), ("P6P7", 5)] {
+        for depthwise in [false, true] {
+            let cfg = fpn_cfg(top, depthwise);
+            let store = Arc::new(ParamStore::new(3));
+            let fpn = build_backbone(
+                &cfg,
+                store.var_builder(DType::F32, &Device::Cpu).pp("backbone"),
+            )
+            .unwrap();
+            let shapes = fpn.output_shape();
+            assert_eq!(shapes.len(), levels, "{top}");
+            assert_eq!(shapes["p3"].stride, 8);
+            assert_eq!(shapes["p5"].stride, 32);
+            assert!(shapes.values().all(|s| s.channels == 24));
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 128, 96), &Device::Cpu).unwrap();
+            let out = fpn.forward_t(&x, false).unwrap();
+            for (name, s) in &shapes {
+                // Levels coarser than the input's divisibility round up, as PyTorch's
+                // strided ops do.
+                assert_eq!(
+                    out[name].dims(),
+                    &[2, 24, 128usize.div_ceil(s.stride), 96usize.div_ceil(s.stride)],
+                    "{top} {name}"
+                );
+            }
+            // Norms folded into the convs give the same features.
+            let fused = fpn.fused().unwrap().forward_t(&x, false).unwrap();
+            for name in shapes.keys() {
+                let (d, scale) = common::max_abs_diff(&fused[name], &out[name]);
+                assert!(d <= 1e-4 * scale.max(1.0), "{top} {name}: {d}");
+            }
+            let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
+            assert!(names.contains(&"backbone.bottom_up.features.0.0.weight".to_string()));
+            assert!(names.contains(&"backbone.fpn_lateral3.weight".to_string()));
+            assert!(names.contains(&"backbone.fpn_lateral5.norm.running_var".to_string()));
+            let out_conv = if depthwise {
+                "backbone.fpn_output4.pointwise.weight"
+            } else {
+                "backbone.fpn_output4.weight"
+            };
+            assert!(names.contains(&out_conv.to_string()), "{names:?}");
+            if top == "P6P7" {
+                assert!(names.contains(&"backbone.top_block.p7.bias".to_string()));
+            }
+        }
+    }
+    let mut bad = fpn_cfg("none", false);
+    bad.model.fpn.in_features = vec!["res3".into(), "res5".into()];
+    let store = Arc::new(ParamStore::new(3));
+    let e = build_backbone(&bad, store.var_builder(DType::F32, &Device::Cpu))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("consecutive"), "{e}");
+}
+
+fn ssdlite_cfg() -> Config {
+    let mut cfg = fpn_cfg("none", true);
+    cfg.model.fpn.out_channels = 16;
+    cfg.test.detections_per_image = 7;
+    cfg.model.ssdlite.score_thresh_test = 0.0;
+    cfg
+}
+
+#[test]
+fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
+    for (cls, boxl) in [("ce", "smooth_l1"), ("focal", "giou")] {
+        let mut cfg = ssdlite_cfg();
+        cfg.model.ssdlite.cls_loss = cls.into();
+        cfg.model.ssdlite.box_loss = boxl.into();
+        let (model, _) = build_model(&cfg, 0).unwrap();
+        let images = Tensor::rand(0f32, 255.0, (2, 3, 96, 128), &Device::Cpu).unwrap();
+        let batch = Batch {
+            images: model.normalize(&images).unwrap(),
+            targets: None,
+            image_sizes: vec![(90, 120), (96, 100)],
+        };
+        let out = model.arch.fused().unwrap().forward(&batch, false).unwrap();
+        let dets = out.detections.unwrap();
+        assert_eq!(dets.len(), 2);
+        for (d, &(h, w)) in dets.iter().zip(&batch.image_sizes) {
+            assert!(
+                !d.boxes.is_empty() && d.boxes.len() <= 7,
+                "{}",
+                d.boxes.len()
+            );
+            assert!(d.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
+            for b in &d.boxes {
+                assert!(
+                    b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w as f32 && b[3] <= h as f32,
+                    "{b:?}"
+                );
+            }
+        }
+        let targets = vec![
+            Instances {
+                boxes: vec![[10.0, 10.0, 40.0, 50.0]],
+                classes: vec![0],
+                ignore: vec![false],
+            },
+            Instances::default(),
+        ];
+        let batch = Batch {
+            targets: Some(Targets::Instances(targets)),
+            ..batch
+        };
+        let out = model.arch.forward(&batch, true).unwrap();
+        let keys: Vec<&String> = out.losses.keys().collect();
+        assert_eq!(keys, ["loss_box_reg", "loss_cls"]);
+        for (k, l) in &out.losses {
+            let v = l.to_scalar::<f32>().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{cls}/{boxl} {k} = {v}");
+        }
+    }
+}
+
+#[test]
+fn imagenet_weights_load_into_the_detector_backbone_by_suffix() {
+    let Some(shared) = common::shared("imagenet_weights_load_into_the_detector_backbone_by_suffix")
+    else {
+        return;
+    };
+    let mut cfg = ssdlite_cfg();
+    cfg.model.mobilenet.width_mult = 1.0;
+    cfg.model.mobilenet.norm = "FrozenBN".into();
+    cfg.model.backbone.freeze_at = 2;
+    cfg.model.weights = shared
+        .join("pretrained/mobilenet_v2-b0353104.pth")
+        .display()
+        .to_string();
+    let (model, report) = build_model(&cfg, 0).unwrap();
+    let report = report.unwrap();
+    // features.0..17 (everything the FPN uses) come from the checkpoint; features.18 and
+    // the classifier are unused; FPN and head stay initialised.
+    assert!(report.mismatched.is_empty(), "{report}");
+    assert!(
+        report.missing.iter().all(|n| !n.contains("bottom_up")),
+        "{report}"
+    );
+    assert_eq!(report.unexpected.len(), 7, "{report}");
+    let trainable: Vec<String> = model.trainable_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(!trainable
+        .iter()
+        .any(|n| n.starts_with("backbone.bottom_up.features.0.")
+            || n.starts_with("backbone.bottom_up.features.1.")));
+    assert!(trainable
+        .iter()
+        .any(|n| n.starts_with("backbone.bottom_up.features.2.")));
+    assert!(trainable.iter().any(|n| n.starts_with("head.")));
+}
