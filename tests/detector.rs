@@ -47,7 +47,12 @@ fn fpn_shapes_names_and_fused_forward() {
                 // strided ops do.
                 assert_eq!(
                     out[name].dims(),
-                    &[2, 24, 128usize.div_ceil(s.stride), 96usize.div_ceil(s.stride)],
+                    &[
+                        2,
+                        24,
+                        128usize.div_ceil(s.stride),
+                        96usize.div_ceil(s.stride)
+                    ],
                     "{top} {name}"
                 );
             }
