@@ -10,6 +10,7 @@ use candle_nn::{Optimizer, ParamsAdamW, SGD};
 use clap::{Parser, ValueEnum};
 
 use candletron::config::Config;
+use candletron::data::augmentation::Instances;
 use candletron::data::build::build_detection_train_loader;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
@@ -112,12 +113,30 @@ fn main() -> Result<()> {
             })
         }
         Task::Train => {
-            let classes = cfg.model.classifier.num_classes as u32;
-            let labels: Vec<u32> = (0..args.batch as u32).map(|i| i * 7 % classes).collect();
-            let labels = Tensor::new(labels.as_slice(), &device)?;
+            let targets = if cfg.model.meta_architecture == "Classifier" {
+                let classes = cfg.model.classifier.num_classes as u32;
+                let labels: Vec<u32> = (0..args.batch as u32).map(|i| i * 7 % classes).collect();
+                Targets::Labels(Tensor::new(labels.as_slice(), &device)?)
+            } else {
+                // Detectors: a fixed spread of boxes from 1/16 to 1/2 of the image per image.
+                let s = args.size as f32;
+                let boxes: Vec<[f32; 4]> = (1..=5)
+                    .map(|k| {
+                        let side = s * (k as f32) / 10.0;
+                        let o = s * 0.05 * k as f32;
+                        [o, o, (o + side).min(s), (o + side).min(s)]
+                    })
+                    .collect();
+                let inst = Instances {
+                    classes: vec![0; boxes.len()],
+                    ignore: vec![false; boxes.len()],
+                    boxes,
+                };
+                Targets::Instances(vec![inst; args.batch])
+            };
             let batch = Batch {
                 images,
-                targets: Some(Targets::Labels(labels)),
+                targets: Some(targets),
                 image_sizes: Vec::new(),
             };
             let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
