@@ -97,8 +97,15 @@ fn ssdlite_cfg() -> Config {
 
 #[test]
 fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
-    for (cls, boxl) in [("ce", "smooth_l1"), ("focal", "giou")] {
+    // Faces are the one-class case; three classes check the multi-class paths.
+    for (cls, boxl, k) in [
+        ("ce", "smooth_l1", 1),
+        ("focal", "giou", 1),
+        ("ce", "giou", 3),
+        ("focal", "smooth_l1", 3),
+    ] {
         let mut cfg = ssdlite_cfg();
+        cfg.model.ssdlite.num_classes = k;
         cfg.model.ssdlite.cls_loss = cls.into();
         cfg.model.ssdlite.box_loss = boxl.into();
         let (model, _) = build_model(&cfg, 0).unwrap();
@@ -118,6 +125,7 @@ fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
                 d.boxes.len()
             );
             assert!(d.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
+            assert!(d.classes.iter().all(|&c| c < k));
             for b in &d.boxes {
                 assert!(
                     b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w as f32 && b[3] <= h as f32,
@@ -127,9 +135,9 @@ fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
         }
         let targets = vec![
             Instances {
-                boxes: vec![[10.0, 10.0, 40.0, 50.0]],
-                classes: vec![0],
-                ignore: vec![false],
+                boxes: vec![[10.0, 10.0, 40.0, 50.0], [50.0, 20.0, 90.0, 60.0]],
+                classes: vec![0, k - 1],
+                ignore: vec![false, false],
             },
             Instances::default(),
         ];

@@ -64,11 +64,7 @@ fn main() -> Result<()> {
     let threads = candletron::utils::threads::configure();
     candletron::utils::logging::init();
     let args = Args::parse();
-    let mut cfg = Config::default();
-    if let Some(file) = &args.config {
-        cfg.merge_from_file(file)?;
-    }
-    cfg.merge_from_list(&args.opts)?;
+    let cfg = Config::from_args(args.config.as_deref(), &args.opts)?;
     if args.batch == 0 || args.size == 0 {
         bail!("--batch and --size must be positive");
     }

@@ -44,11 +44,7 @@ struct Args {
 fn main() -> Result<()> {
     candletron::utils::logging::init();
     let args = Args::parse();
-    let mut cfg = Config::default();
-    if let Some(file) = &args.config_file {
-        cfg.merge_from_file(file)?;
-    }
-    cfg.merge_from_list(&args.opts)?;
+    let mut cfg = Config::from_args(args.config_file.as_deref(), &args.opts)?;
     if let Some(w) = &args.weights {
         cfg.model.weights = w.display().to_string();
     }

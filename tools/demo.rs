@@ -93,11 +93,7 @@ fn prediction_file(pred: &Path, image: &Path) -> Option<PathBuf> {
 fn main() -> Result<()> {
     candletron::utils::logging::init();
     let args = Args::parse();
-    let mut cfg = Config::default();
-    if let Some(file) = &args.config {
-        cfg.merge_from_file(file)?;
-    }
-    cfg.merge_from_list(&args.opts)?;
+    let mut cfg = Config::from_args(args.config.as_deref(), &args.opts)?;
     if let Some(w) = &args.weights {
         cfg.model.weights = w.display().to_string();
     }

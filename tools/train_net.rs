@@ -70,9 +70,7 @@ fn main() -> Result<()> {
     let threads = candletron::utils::threads::configure();
     candletron::utils::logging::init();
     let args = Args::parse();
-    let mut cfg = Config::default();
-    cfg.merge_from_file(&args.config_file)?;
-    cfg.merge_from_list(&args.opts)?;
+    let cfg = Config::from_args(Some(&args.config_file), &args.opts)?;
     let seed = default_setup(&cfg)?;
     tracing::info!("{threads} compute threads");
     let (model, report) = build_model(&cfg, seed)?;

@@ -69,11 +69,7 @@ fn print_stats(stats: &DatasetStats, json: bool) {
 fn main() -> Result<()> {
     candletron::utils::logging::init();
     let args = Args::parse();
-    let mut cfg = Config::default();
-    if let Some(file) = &args.config {
-        cfg.merge_from_file(file)?;
-    }
-    cfg.merge_from_list(&args.opts)?;
+    let cfg = Config::from_args(args.config.as_deref(), &args.opts)?;
 
     if let Some(txt) = &args.widerface_txt {
         let records = widerface::load_records(txt, Path::new(""), &FaceFilter::from_config(&cfg))?;

@@ -63,6 +63,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 impl Config {
     /// Defaults, then `path` (with its `_BASE_` chain).
+    /// What every tool does: defaults, then the optional config file, then `KEY VALUE`
+    /// overrides from the command line.
+    pub fn from_args<S: AsRef<str>>(
+        file: Option<&Path>,
+        opts: &[S],
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some(f) = file {
+            cfg.merge_from_file(f)?;
+        }
+        cfg.merge_from_list(opts)?;
+        Ok(cfg)
+    }
+
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
         cfg.merge_from_file(path)?;

@@ -9,14 +9,10 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
 
-fn separable(
-    c: usize,
-    out: usize,
-    norm: Option<NormKind>,
-    vb: &VarBuilder,
-) -> Result<(Conv2d, Conv2d)> {
+/// 3x3 depthwise conv + norm + ReLU6 under `vb.depthwise`.
+fn depthwise(c: usize, norm: Option<NormKind>, vb: &VarBuilder) -> Result<Conv2d> {
     let dvb = vb.pp("depthwise");
-    let dw = Conv2d::new(
+    Conv2d::new(
         c,
         c,
         Conv2dConfig::same(3, 1).with_groups(c),
@@ -25,7 +21,16 @@ fn separable(
         Activation::ReLU6,
         false,
         dvb.clone(),
-    )?;
+    )
+}
+
+fn separable(
+    c: usize,
+    out: usize,
+    norm: Option<NormKind>,
+    vb: &VarBuilder,
+) -> Result<(Conv2d, Conv2d)> {
+    let dw = depthwise(c, norm, vb)?;
     let pvb = vb.pp("pointwise");
     let pw = Conv2d::new(
         c,
@@ -62,17 +67,7 @@ impl Branch {
             .map(|i| separable(c, c, norm, &vb.pp(format!("{name}_subnet")).pp(i)))
             .collect::<Result<_>>()?;
         let pvb = vb.pp(format!("{name}_pred"));
-        let dvb = pvb.pp("depthwise");
-        let pred_dw = Conv2d::new(
-            c,
-            c,
-            Conv2dConfig::same(3, 1).with_groups(c),
-            norm.is_none(),
-            norm.map(|k| (k, dvb.pp("norm"))),
-            Activation::ReLU6,
-            false,
-            dvb.clone(),
-        )?;
+        let pred_dw = depthwise(c, norm, &pvb)?;
         let pred = Conv2d::with_init(
             c,
             out,
