@@ -177,3 +177,79 @@ fn a_diverging_run_stops_naming_the_iteration_and_loss() {
     assert!(err.contains("iteration") && err.contains("loss `"), "{err}");
     assert!(err.contains("last good checkpoint"), "{err}");
 }
+
+#[test]
+fn a_multi_class_coco_dataset_trains_and_gets_coco_ap() {
+    // A COCO instances file over generated images: faces split into two classes by size,
+    // with category ids that are not contiguous (3 and 7), one crowd box.
+    let root = common::tmp_dir("e2e-coco");
+    let data = root.join("data");
+    let synth = root.join("synth");
+    // Generate a few images through the synthetic dataset, then describe them as COCO.
+    let o = train_net(
+        &root.join("gen"),
+        &synth,
+        &["SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]"],
+    );
+    ok(&o);
+    let dir = std::fs::read_dir(synth.join("synthetic_faces"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("SPEC").is_file())
+        .unwrap();
+    let gt =
+        std::fs::read_to_string(dir.join("wider_face_split/wider_face_train_bbx_gt.txt")).unwrap();
+    let recs = candletron::data::datasets::widerface::parse_bbx_gt(&gt, Path::new("gt")).unwrap();
+    let img_dir = data.join("coco/val2017");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    std::fs::create_dir_all(data.join("coco/annotations")).unwrap();
+    let mut images = Vec::new();
+    let mut anns = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let src = dir.join("WIDER_train/images").join(&r.file_name);
+        let name = format!("{i:03}.jpg");
+        std::fs::copy(&src, img_dir.join(&name)).unwrap();
+        let (w, h) = image::image_dimensions(&src).unwrap();
+        images.push(serde_json::json!({"id": i + 1, "file_name": name, "width": w, "height": h}));
+        for (k, f) in r.faces.iter().enumerate() {
+            let [x, y, bw, bh] = f.bbox;
+            anns.push(serde_json::json!({
+                "id": anns.len() + 1, "image_id": i + 1, "bbox": [x, y, bw, bh],
+                "category_id": if bh >= 20.0 { 7 } else { 3 }, "area": bw * bh,
+                "iscrowd": (i == 0 && k == 0) as u8
+            }));
+        }
+    }
+    let json = serde_json::json!({
+        "images": images, "annotations": anns,
+        "categories": [{"id": 3, "name": "small"}, {"id": 7, "name": "large"}]
+    });
+    std::fs::write(
+        data.join("coco/annotations/instances_val2017.json"),
+        json.to_string(),
+    )
+    .unwrap();
+
+    let out = root.join("out");
+    let o = train_net(
+        &out,
+        &data,
+        &[
+            "SOLVER.MAX_ITER",
+            "4",
+            "DATASETS.TRAIN",
+            "[coco_2017_val]",
+            "DATASETS.TEST",
+            "[coco_2017_val]",
+            "MODEL.SSDLITE.NUM_CLASSES",
+            "2",
+        ],
+    );
+    ok(&o);
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval_results.json")).unwrap())
+            .unwrap();
+    for k in ["AP", "AP50", "AP75", "APs", "APm", "APl"] {
+        assert!(res.get(k).is_some(), "{k} missing in {res}");
+    }
+}
