@@ -203,16 +203,7 @@ mod tests {
                 .apply(&x.broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap())
                 .unwrap();
             let got = bias_act(&x, &b, a).unwrap();
-            let d: f32 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = crate::layers::max_abs_diff(&got, &want);
             assert!(d < 1e-5, "{a:?}: {d}");
         }
     }

@@ -12,3 +12,11 @@ pub use shape_spec::ShapeSpec;
 pub mod depthwise;
 pub mod fused;
 pub mod upsample;
+
+/// Largest absolute element-wise difference, for the layer unit tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}

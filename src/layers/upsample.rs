@@ -26,16 +26,7 @@ mod tests {
         let x = Var::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu).unwrap();
         let ours = upsample_nearest_2x(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().upsample_nearest2d(8, 10).unwrap();
-        let d: f32 = (&ours - &theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::layers::max_abs_diff(&ours, &theirs);
         assert_eq!(d, 0.0);
         // d/dx sum(up(x) * r) = the sum of r over each 2x2 block.
         let r = Tensor::randn(0f32, 1.0, (2, 3, 8, 10), &Device::Cpu).unwrap();
@@ -48,16 +39,7 @@ mod tests {
             .unwrap()
             .sum(3)
             .unwrap();
-        let d: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::layers::max_abs_diff(got, &want);
         assert!(d < 1e-5, "{d}");
     }
 }
