@@ -72,6 +72,23 @@ impl Checkpointer {
         Ok(path)
     }
 
+    /// The periodic/interrupt checkpoint after iteration `iteration`: `model_{iteration:07}`.
+    pub fn save_iteration(
+        &self,
+        iteration: usize,
+        seed: u64,
+        model: &Model,
+        optimizer: &Optimizer,
+    ) -> Result<PathBuf> {
+        let meta = CheckpointMeta { iteration, seed };
+        self.save(
+            &format!("model_{iteration:07}"),
+            model,
+            Some(optimizer),
+            &meta,
+        )
+    }
+
     /// The file `last_checkpoint` names, if any.
     pub fn last_checkpoint(&self) -> Option<PathBuf> {
         let name = std::fs::read_to_string(self.dir.join("last_checkpoint")).ok()?;

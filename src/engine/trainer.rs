@@ -164,15 +164,11 @@ impl<'a> Trainer<'a> {
                 h.after_step(&ctx)?;
             }
             if interrupted() {
-                let meta = CheckpointMeta {
-                    iteration: iter,
-                    seed: self.seed,
-                };
-                let path = self.checkpointer.save(
-                    &format!("model_{iter:07}"),
+                let path = self.checkpointer.save_iteration(
+                    iter,
+                    self.seed,
                     self.model,
-                    Some(&self.optimizer),
-                    &meta,
+                    &self.optimizer,
                 )?;
                 tracing::warn!(
                     "interrupted: wrote {}; continue with --resume",
@@ -209,16 +205,8 @@ impl Hook for PeriodicCheckpointer {
     fn after_step(&mut self, ctx: &TrainContext) -> Result<()> {
         let next = ctx.iter + 1;
         if self.period > 0 && next.is_multiple_of(self.period) && next < ctx.max_iter {
-            let meta = CheckpointMeta {
-                iteration: ctx.iter,
-                seed: ctx.seed,
-            };
-            self.checkpointer.save(
-                &format!("model_{:07}", ctx.iter),
-                ctx.model,
-                Some(ctx.optimizer),
-                &meta,
-            )?;
+            self.checkpointer
+                .save_iteration(ctx.iter, ctx.seed, ctx.model, ctx.optimizer)?;
         }
         Ok(())
     }

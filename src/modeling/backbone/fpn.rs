@@ -231,12 +231,11 @@ impl Fpn {
         })
     }
 
-    pub fn from_config(cfg: &Config, vb: VarBuilder, input: ShapeSpec) -> Result<Self> {
+    pub fn from_config(cfg: &Config, vb: VarBuilder, _input: ShapeSpec) -> Result<Self> {
         let f = &cfg.model.fpn;
         let mut inner = cfg.clone();
         // The bottom-up backbone is the one MODEL.BACKBONE.BOTTOM_UP names.
         inner.model.backbone.name = cfg.model.backbone.bottom_up.clone();
-        let _ = input;
         let bottom_up = build_backbone(&inner, vb.pp("bottom_up"))?;
         let norm = match f.norm.as_str() {
             "" => None,

@@ -20,7 +20,7 @@ use crate::modeling::anchor_generator::AnchorGenerator;
 use crate::modeling::backbone::{build_backbone, Backbone};
 use crate::modeling::box_regression::Box2BoxTransform;
 use crate::modeling::heads::SsdLiteHead;
-use crate::modeling::matcher::{Matcher, BACKGROUND, FOREGROUND, IGNORE};
+use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
 use crate::structures::boxes::{batched_nms, clip, pairwise_iou, Box4};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,6 @@ impl SsdLite {
                 }
             }
         }
-        let _ = BACKGROUND;
         (labels, boxes)
     }
 
