@@ -189,3 +189,201 @@ fn imagenet_weights_load_into_the_detector_backbone_by_suffix() {
         .any(|n| n.starts_with("backbone.bottom_up.features.2.")));
     assert!(trainable.iter().any(|n| n.starts_with("head.")));
 }
+
+fn rcnn_cfg() -> Config {
+    let mut cfg = Config::default();
+    cfg.merge_from_file(std::path::Path::new("configs/Base-RCNN-MNV2-FPN.yaml"))
+        .unwrap();
+    cfg.model.mobilenet.width_mult = 0.35;
+    cfg.model.mobilenet.norm = "BN".into();
+    cfg.model.backbone.freeze_at = 0;
+    cfg.model.fpn.out_channels = 16;
+    cfg.model.roi_box_head.fc_dim = 32;
+    cfg.model.anchor_generator.sizes =
+        vec![vec![16.0], vec![32.0], vec![64.0], vec![128.0], vec![256.0]];
+    cfg.model.rpn.post_nms_topk_test = 50;
+    cfg.model.roi_heads.score_thresh_test = 0.0;
+    cfg.test.detections_per_image = 9;
+    cfg
+}
+
+fn rcnn_targets(k: usize) -> Vec<Instances> {
+    vec![
+        Instances {
+            boxes: vec![
+                [10.0, 10.0, 40.0, 50.0],
+                [50.0, 20.0, 90.0, 60.0],
+                [60.0, 60.0, 70.0, 70.0],
+            ],
+            classes: vec![0, k - 1, 0],
+            ignore: vec![false, false, true],
+        },
+        // No ground truth: every anchor and proposal is background.
+        Instances::default(),
+    ]
+}
+
+#[test]
+fn faster_rcnn_names_losses_gradients_and_inference_limits() {
+    for (k, agnostic, boxl) in [
+        (1, false, "smooth_l1"),
+        (3, false, "giou"),
+        (3, true, "smooth_l1"),
+    ] {
+        let mut cfg = rcnn_cfg();
+        cfg.model.roi_heads.num_classes = k;
+        cfg.model.roi_box_head.cls_agnostic_bbox_reg = agnostic;
+        cfg.model.roi_box_head.bbox_reg_loss_type = boxl.into();
+        cfg.model.rpn.bbox_reg_loss_type = boxl.into();
+        let (model, _) = build_model(&cfg, 0).unwrap();
+        // Detectron2's parameter names and the class-specific predictor's shapes.
+        let shapes: std::collections::BTreeMap<String, Vec<usize>> = model
+            .params
+            .vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.dims().to_vec()))
+            .collect();
+        assert_eq!(
+            shapes["proposal_generator.rpn_head.conv.weight"],
+            [16, 16, 3, 3]
+        );
+        assert_eq!(
+            shapes["proposal_generator.rpn_head.objectness_logits.weight"],
+            [3, 16, 1, 1]
+        );
+        assert_eq!(
+            shapes["proposal_generator.rpn_head.anchor_deltas.weight"],
+            [12, 16, 1, 1]
+        );
+        assert_eq!(shapes["roi_heads.box_head.fc1.weight"], [32, 16 * 49]);
+        assert_eq!(
+            shapes["roi_heads.box_predictor.cls_score.weight"],
+            [k + 1, 32]
+        );
+        let boxes = if agnostic { 4 } else { 4 * k };
+        assert_eq!(
+            shapes["roi_heads.box_predictor.bbox_pred.weight"],
+            [boxes, 32]
+        );
+
+        let images = Tensor::rand(0f32, 255.0, (2, 3, 96, 128), &Device::Cpu).unwrap();
+        let batch = Batch {
+            images: model.normalize(&images).unwrap(),
+            targets: Some(Targets::Instances(rcnn_targets(k))),
+            image_sizes: vec![(90, 120), (96, 100)],
+        };
+        let out = model.arch.forward(&batch, true).unwrap();
+        let keys: Vec<&String> = out.losses.keys().collect();
+        assert_eq!(
+            keys,
+            ["loss_box_reg", "loss_cls", "loss_rpn_cls", "loss_rpn_loc"]
+        );
+        let mut total = None::<Tensor>;
+        for (name, l) in &out.losses {
+            let v = l.to_scalar::<f32>().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{k} {boxl} {name} = {v}");
+            total = Some(match total {
+                None => l.clone(),
+                Some(t) => (t + l).unwrap(),
+            });
+        }
+        // Gradients reach both heads and, through ROIAlign, the pyramid.
+        let grads = total.unwrap().backward().unwrap();
+        for name in [
+            "proposal_generator.rpn_head.conv.weight",
+            "roi_heads.box_head.fc1.weight",
+            "roi_heads.box_predictor.bbox_pred.weight",
+            "backbone.fpn_output3.weight",
+            "backbone.fpn_lateral2.weight",
+        ] {
+            let var = model.params.get(name).unwrap();
+            let g = grads.get(var.as_tensor()).unwrap();
+            let n = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0 && n.is_finite(), "{name}: {n}");
+        }
+        // Same sample for the same batch: repeatable losses.
+        let again = model.arch.forward(&batch, true).unwrap();
+        for (name, l) in &out.losses {
+            assert_eq!(
+                l.to_scalar::<f32>().unwrap(),
+                again.losses[name].to_scalar::<f32>().unwrap(),
+                "{name}"
+            );
+        }
+
+        let batch = Batch {
+            targets: None,
+            ..batch
+        };
+        let plain = model
+            .arch
+            .forward(&batch, false)
+            .unwrap()
+            .detections
+            .unwrap();
+        let fused = model
+            .arch
+            .fused()
+            .unwrap()
+            .forward(&batch, false)
+            .unwrap()
+            .detections
+            .unwrap();
+        assert_eq!(plain.len(), 2);
+        for ((d, f), &(h, w)) in plain.iter().zip(&fused).zip(&batch.image_sizes) {
+            assert!(
+                !d.boxes.is_empty() && d.boxes.len() <= 9,
+                "{}",
+                d.boxes.len()
+            );
+            assert!(d.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
+            assert!(d.classes.iter().all(|&c| c < k));
+            for b in &d.boxes {
+                assert!(
+                    b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w as f32 && b[3] <= h as f32,
+                    "{b:?}"
+                );
+            }
+            // Norms folded into convs: same detections up to rounding.
+            assert_eq!(d.boxes.len(), f.boxes.len());
+            for (a, b) in d.scores.iter().zip(&f.scores) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn faster_rcnn_config_errors_name_the_key() {
+    let mut cfg = rcnn_cfg();
+    cfg.model.rpn.in_features = vec!["p9".into()];
+    let e = build_model(&cfg, 0).err().unwrap().to_string();
+    assert!(
+        e.contains("MODEL.RPN.IN_FEATURES") && e.contains("p9"),
+        "{e}"
+    );
+    let mut cfg = rcnn_cfg();
+    cfg.model.anchor_generator.sizes = vec![
+        vec![16.0],
+        vec![32.0, 48.0],
+        vec![64.0],
+        vec![128.0],
+        vec![256.0],
+    ];
+    let e = build_model(&cfg, 0).err().unwrap().to_string();
+    assert!(e.contains("same number of anchors"), "{e}");
+    let mut cfg = rcnn_cfg();
+    cfg.model.roi_box_head.pooler_type = "ROIPool".into();
+    let e = build_model(&cfg, 0).err().unwrap().to_string();
+    assert!(e.contains("MODEL.ROI_BOX_HEAD.POOLER_TYPE"), "{e}");
+    let mut cfg = rcnn_cfg();
+    cfg.model.roi_heads.in_features = vec!["p2".into(), "p4".into()];
+    let e = build_model(&cfg, 0).err().unwrap().to_string();
+    assert!(e.contains("consecutive"), "{e}");
+}

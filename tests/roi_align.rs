@@ -117,13 +117,14 @@ fn linear_map_by_hand() {
     assert!(out.iter().all(|&v| v == 0.0), "{out:?}");
 }
 
-fn random_case(
-    seed: u64,
-) -> (
+/// Features, their (N, C, H, W), and ROIs.
+type Case = (
     Vec<f64>,
     (usize, usize, usize, usize),
     Vec<(usize, [f32; 4])>,
-) {
+);
+
+fn random_case(seed: u64) -> Case {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (n, c, h, w) = (2, 3, 9, 13);
     let x: Vec<f64> = (0..n * c * h * w)

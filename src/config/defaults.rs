@@ -45,6 +45,75 @@ config_group! {
         fpn: FpnConfig = FpnConfig::default(),
         anchor_generator: AnchorGeneratorConfig = AnchorGeneratorConfig::default(),
         ssdlite: SsdLiteConfig = SsdLiteConfig::default(),
+        rpn: RpnConfig = RpnConfig::default(),
+        roi_heads: RoiHeadsConfig = RoiHeadsConfig::default(),
+        roi_box_head: RoiBoxHeadConfig = RoiBoxHeadConfig::default(),
+    }
+}
+
+config_group! {
+    /// Faster R-CNN's region proposal network (Detectron2's `MODEL.RPN`); its anchors
+    /// come from `MODEL.ANCHOR_GENERATOR` and need the same count on every level.
+    pub struct RpnConfig {
+        in_features: Vec<String> = strings(&["p2", "p3", "p4", "p5", "p6"]),
+        /// Anchors below the first IoU are negatives, at or above the last positives.
+        iou_thresholds: Vec<f64> = vec![0.3, 0.7],
+        /// Anchors sampled per image for the losses, and the positive share at most.
+        batch_size_per_image: usize = 256,
+        positive_fraction: f64 = 0.5,
+        bbox_reg_weights: Vec<f64> = vec![1.0, 1.0, 1.0, 1.0],
+        /// `smooth_l1` (0 beta is L1) or `giou`.
+        bbox_reg_loss_type: String = s("smooth_l1"),
+        smooth_l1_beta: f64 = 0.0,
+        loss_weight: f64 = 1.0,
+        /// Proposals kept per level before NMS, and per image after it.
+        pre_nms_topk_train: usize = 2000,
+        pre_nms_topk_test: usize = 1000,
+        post_nms_topk_train: usize = 1000,
+        post_nms_topk_test: usize = 1000,
+        nms_thresh: f64 = 0.7,
+        /// Proposals with a side below this (input pixels) are dropped.
+        min_box_size: f64 = 0.0,
+    }
+}
+
+config_group! {
+    /// Faster R-CNN's second stage (Detectron2's `MODEL.ROI_HEADS`).
+    pub struct RoiHeadsConfig {
+        num_classes: usize = 80,
+        in_features: Vec<String> = strings(&["p2", "p3", "p4", "p5"]),
+        /// Proposals at or above the IoU are foreground, below background.
+        iou_thresholds: Vec<f64> = vec![0.5],
+        /// Proposals sampled per image for the losses, and the foreground share at most.
+        batch_size_per_image: usize = 512,
+        positive_fraction: f64 = 0.25,
+        /// Ground-truth boxes join the proposals in training.
+        proposal_append_gt: bool = true,
+        score_thresh_test: f64 = 0.05,
+        nms_thresh_test: f64 = 0.5,
+    }
+}
+
+config_group! {
+    /// The box head on pooled ROI features (Detectron2's `MODEL.ROI_BOX_HEAD`).
+    pub struct RoiBoxHeadConfig {
+        num_conv: usize = 0,
+        conv_dim: usize = 256,
+        /// `""`, `BN` or `FrozenBN` after each conv.
+        norm: String = s(""),
+        num_fc: usize = 2,
+        fc_dim: usize = 1024,
+        pooler_resolution: usize = 7,
+        /// Samples per bin side; 0 adapts to the box size.
+        pooler_sampling_ratio: usize = 0,
+        /// `ROIAlignV2` (half-pixel aligned) or `ROIAlign`.
+        pooler_type: String = s("ROIAlignV2"),
+        bbox_reg_weights: Vec<f64> = vec![10.0, 10.0, 5.0, 5.0],
+        /// `smooth_l1` (0 beta is L1) or `giou`.
+        bbox_reg_loss_type: String = s("smooth_l1"),
+        smooth_l1_beta: f64 = 0.0,
+        /// One box per proposal instead of one per class.
+        cls_agnostic_bbox_reg: bool = false,
     }
 }
 

@@ -11,6 +11,7 @@ pub use conv::{Conv2d, Conv2dConfig};
 pub use shape_spec::ShapeSpec;
 pub mod depthwise;
 pub mod fused;
+pub mod losses;
 pub mod roi_align;
 pub mod upsample;
 

@@ -1,9 +1,30 @@
 //! Detectron2's `Box2BoxTransform`: boxes as deltas (dx, dy, dw, dh) from a reference
 //! box, scaled by weights (10, 10, 5, 5 by default, RetinaFace's variances 0.1/0.2).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Device, Result, Tensor, D};
 
+use crate::layers::losses::{giou_loss, smooth_l1};
 use crate::structures::boxes::Box4;
+
+/// How predicted deltas are compared with their targets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BoxLoss {
+    /// Smooth-L1 with this beta on encoded deltas (beta 0 is L1).
+    SmoothL1(f32),
+    /// 1 - GIoU of the decoded box with the target box.
+    GIoU,
+}
+
+impl BoxLoss {
+    /// `key` names the config entry in errors.
+    pub fn from_config(key: &str, name: &str, smooth_l1_beta: f64) -> Result<Self> {
+        match name {
+            "smooth_l1" => Ok(Self::SmoothL1(smooth_l1_beta as f32)),
+            "giou" => Ok(Self::GIoU),
+            o => candle_core::bail!("{key}: unknown `{o}`; expected smooth_l1 or giou"),
+        }
+    }
+}
 
 /// exp() input cap: boxes at most 1000/16 times their anchor.
 pub const SCALE_CLAMP: f32 = 4.135_166_6; // ln(1000 / 16)
@@ -71,6 +92,37 @@ impl Box2BoxTransform {
             ],
             D::Minus1,
         )
+    }
+}
+
+/// Summed box loss of predicted `deltas` (P, 4) from `src` boxes towards `targets`
+/// (host values, one per row), as Detectron2's `_dense_box_regression_loss`.
+pub fn box_reg_loss(
+    coder: &Box2BoxTransform,
+    kind: BoxLoss,
+    deltas: &Tensor,
+    src: &[Box4],
+    targets: &[Box4],
+) -> Result<Tensor> {
+    let p = src.len();
+    let dev = deltas.device();
+    let host = |v: Vec<f32>, dev: &Device| {
+        Tensor::from_vec(v, (p, 4), dev).and_then(|t| t.to_dtype(deltas.dtype()))
+    };
+    match kind {
+        BoxLoss::SmoothL1(beta) => {
+            let t: Vec<f32> = src
+                .iter()
+                .zip(targets)
+                .flat_map(|(s, t)| coder.get_deltas(s, t))
+                .collect();
+            smooth_l1(&(deltas - host(t, dev)?)?, beta)?.sum_all()
+        }
+        BoxLoss::GIoU => {
+            let a = host(src.iter().flatten().copied().collect(), dev)?;
+            let g = host(targets.iter().flatten().copied().collect(), dev)?;
+            giou_loss(&coder.apply_deltas_tensor(deltas, &a)?, &g)?.sum_all()
+        }
     }
 }
 

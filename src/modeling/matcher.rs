@@ -2,6 +2,8 @@
 //! IoU and a label from IoU thresholds; low-quality matches give every ground truth its
 //! best anchors even below the foreground threshold.
 
+use crate::structures::boxes::{pairwise_iou, Box4};
+
 /// Label of an anchor after matching.
 pub const BACKGROUND: i8 = 0;
 pub const IGNORE: i8 = -1;
@@ -78,6 +80,42 @@ impl Matcher {
         }
         (matched, labels)
     }
+
+    /// Matches `anchors` to the boxes not flagged in `ignore`. Returned indices point
+    /// into `boxes`. Anchors that would be background but overlap an ignored box (crowd,
+    /// invalid face) by at least the lowest threshold are ignored instead: they are
+    /// neither positives nor negatives.
+    pub fn match_boxes(
+        &self,
+        anchors: &[Box4],
+        boxes: &[Box4],
+        ignore: &[bool],
+    ) -> (Vec<usize>, Vec<i8>) {
+        let kept: Vec<usize> = (0..boxes.len()).filter(|&i| !ignore[i]).collect();
+        let gt: Vec<Box4> = kept.iter().map(|&i| boxes[i]).collect();
+        let iou = pairwise_iou(&gt, anchors);
+        let (mut matched, mut labels) = self.match_iou(&iou, gt.len(), anchors.len());
+        for m in matched.iter_mut() {
+            if let Some(&i) = kept.get(*m) {
+                *m = i;
+            }
+        }
+        let ignored: Vec<Box4> = (0..boxes.len())
+            .filter(|&i| ignore[i])
+            .map(|i| boxes[i])
+            .collect();
+        if !ignored.is_empty() {
+            let iou = pairwise_iou(&ignored, anchors);
+            for (a, label) in labels.iter_mut().enumerate() {
+                if *label == BACKGROUND
+                    && (0..ignored.len()).any(|g| iou[g * anchors.len() + a] >= self.thresholds[0])
+                {
+                    *label = IGNORE;
+                }
+            }
+        }
+        (matched, labels)
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +139,26 @@ mod tests {
         let (_, labels) = lq.match_iou(&[], 0, 3);
         assert_eq!(labels, vec![BACKGROUND; 3]);
         assert!(Matcher::new(&[0.5, 0.4], true).is_err());
+    }
+
+    #[test]
+    fn ignored_boxes_turn_background_into_ignore() {
+        let m = Matcher::new(&[0.3, 0.7], true).unwrap();
+        let anchors = [
+            [0.0, 0.0, 10.0, 10.0],
+            [20.0, 0.0, 30.0, 10.0],
+            [50.0, 50.0, 60.0, 60.0],
+        ];
+        // Box 0 ignored (on anchor 0), box 1 kept (on anchor 1).
+        let boxes = [[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]];
+        let (matched, labels) = m.match_boxes(&anchors, &boxes, &[true, false]);
+        assert_eq!(labels, vec![IGNORE, FOREGROUND, BACKGROUND]);
+        assert_eq!(matched[1], 1, "indices point into the full box list");
+        // Everything ignored: no positives, the overlapped anchors ignored.
+        let (_, labels) = m.match_boxes(&anchors, &boxes, &[true, true]);
+        assert_eq!(labels, vec![IGNORE, IGNORE, BACKGROUND]);
+        // No boxes at all: all background.
+        let (_, labels) = m.match_boxes(&anchors, &[], &[]);
+        assert_eq!(labels, vec![BACKGROUND; 3]);
     }
 }

@@ -8,7 +8,11 @@ pub mod heads;
 pub mod matcher;
 pub mod meta_arch;
 pub mod params;
+pub mod poolers;
+pub mod proposal_generator;
 pub mod registry;
+pub mod roi_heads;
+pub mod sampling;
 
 use std::sync::Arc;
 

@@ -73,6 +73,19 @@ pub struct Fpn {
     names: Vec<String>,
 }
 
+/// `x[:, :, ::2, ::2]` (Detectron2's `max_pool2d(kernel 1, stride 2)`), from a reshape
+/// and slices: Candle cannot differentiate a max-pool whose kernel differs from its stride.
+pub fn subsample_2x(x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    x.pad_with_zeros(2, 0, 2 * ho - h)?
+        .pad_with_zeros(3, 0, 2 * wo - w)?
+        .reshape((n, c, ho, 2, wo, 2))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((n, c, ho, wo))
+}
+
 fn stage(stride: usize) -> usize {
     stride.trailing_zeros() as usize
 }
@@ -276,7 +289,7 @@ impl Backbone for Fpn {
         match (self.top_block, &self.p6p7) {
             (TopBlockKind::LastLevelMaxPool, _) => {
                 let last = outs.last().expect("at least one level").clone();
-                outs.push(last.max_pool2d_with_stride(1, 2)?);
+                outs.push(subsample_2x(&last)?);
             }
             (TopBlockKind::P6P7, Some((p6, p7))) => {
                 let src = &feats[&self.in_features[n - 1]];
@@ -332,4 +345,41 @@ pub(crate) fn register(registry: &Registry<BackboneBuilder>) {
     register_builder(registry, "build_fpn_backbone", |cfg, vb, input| {
         Ok(Box::new(Fpn::from_config(cfg, vb, input)?))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn subsample_matches_strided_pool_and_has_gradient() {
+        for (h, w) in [(6, 4), (5, 7), (1, 1)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap();
+            let want = x.max_pool2d_with_stride(1, 2).unwrap();
+            let got = subsample_2x(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(crate::layers::max_abs_diff(&got, &want), 0.0);
+        }
+        // The gradient is 1 on the kept pixels, 0 elsewhere.
+        let v = Var::new(
+            &[[[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let g = subsample_2x(v.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g: Vec<f32> = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]);
+    }
 }

@@ -1,6 +1,7 @@
 //! Meta-architectures: a whole model (backbone + heads + losses) behind one interface.
 
 pub mod classifier;
+pub mod rcnn;
 pub mod ssdlite;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use super::registry::Registry;
 use crate::config::Config;
 
 pub use classifier::Classifier;
+pub use rcnn::GeneralizedRcnn;
 pub use ssdlite::SsdLite;
 
 use crate::data::augmentation::Instances;
@@ -96,6 +98,12 @@ pub static META_ARCH_REGISTRY: LazyLock<Registry<MetaArchBuilder>> = LazyLock::n
         "Classifier",
         Arc::new(|cfg: &Config, vb: VarBuilder| {
             Ok(Box::new(Classifier::from_config(cfg, vb)?) as Box<dyn MetaArch>)
+        }),
+    );
+    registry.register(
+        "GeneralizedRCNN",
+        Arc::new(|cfg: &Config, vb: VarBuilder| {
+            Ok(Box::new(GeneralizedRcnn::from_config(cfg, vb)?) as Box<dyn MetaArch>)
         }),
     );
     registry.register(

@@ -15,13 +15,15 @@ use candle_nn::VarBuilder;
 use super::{Batch, InstanceDetections, LossMap, MetaArch, Outputs, Targets};
 use crate::config::Config;
 use crate::data::augmentation::Instances;
+use crate::layers::losses::sigmoid_focal_loss;
 use crate::layers::NormKind;
 use crate::modeling::anchor_generator::AnchorGenerator;
 use crate::modeling::backbone::{build_backbone, Backbone};
-use crate::modeling::box_regression::Box2BoxTransform;
+pub use crate::modeling::box_regression::BoxLoss;
+use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform};
 use crate::modeling::heads::SsdLiteHead;
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
-use crate::structures::boxes::{batched_nms, clip, pairwise_iou, Box4};
+use crate::structures::boxes::{batched_nms, clip, Box4};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClsLoss {
@@ -29,12 +31,6 @@ pub enum ClsLoss {
     CrossEntropy,
     /// Sigmoid focal loss over K classes (RetinaNet).
     Focal,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BoxLoss {
-    SmoothL1,
-    GIoU,
 }
 
 /// Loss and inference settings.
@@ -46,7 +42,6 @@ pub struct SsdLiteParams {
     pub focal_alpha: f32,
     pub focal_gamma: f32,
     pub box_loss: BoxLoss,
-    pub smooth_l1_beta: f32,
     pub box_loss_weight: f32,
     pub score_thresh: f32,
     pub topk_candidates: usize,
@@ -111,13 +106,8 @@ impl SsdLite {
             "focal" => ClsLoss::Focal,
             o => candle_core::bail!("MODEL.SSDLITE.CLS_LOSS: unknown `{o}`; expected ce or focal"),
         };
-        let box_loss = match c.box_loss.as_str() {
-            "smooth_l1" => BoxLoss::SmoothL1,
-            "giou" => BoxLoss::GIoU,
-            o => candle_core::bail!(
-                "MODEL.SSDLITE.BOX_LOSS: unknown `{o}`; expected smooth_l1 or giou"
-            ),
-        };
+        let box_loss =
+            BoxLoss::from_config("MODEL.SSDLITE.BOX_LOSS", &c.box_loss, c.smooth_l1_beta)?;
         if c.num_classes == 0 {
             candle_core::bail!("MODEL.SSDLITE.NUM_CLASSES must be at least 1");
         }
@@ -153,7 +143,6 @@ impl SsdLite {
             focal_alpha: c.focal_alpha as f32,
             focal_gamma: c.focal_gamma as f32,
             box_loss,
-            smooth_l1_beta: c.smooth_l1_beta as f32,
             box_loss_weight: c.box_loss_weight as f32,
             score_thresh: c.score_thresh_test as f32,
             topk_candidates: c.topk_candidates_test,
@@ -191,34 +180,17 @@ impl SsdLite {
     /// Per anchor: -1 ignore, K background, else the class; and the matched box.
     fn label_anchors(&self, anchors: &[Box4], inst: &Instances) -> (Vec<i64>, Vec<Box4>) {
         let k = self.params.num_classes as i64;
-        let train_idx: Vec<usize> = (0..inst.len()).filter(|&i| !inst.ignore[i]).collect();
-        let gt: Vec<Box4> = train_idx.iter().map(|&i| inst.boxes[i]).collect();
-        let iou = pairwise_iou(&gt, anchors);
-        let (matched, flags) = self.matcher.match_iou(&iou, gt.len(), anchors.len());
+        let (matched, flags) = self.matcher.match_boxes(anchors, &inst.boxes, &inst.ignore);
         let mut labels = vec![k; anchors.len()];
         let mut boxes = vec![[0f32; 4]; anchors.len()];
         for a in 0..anchors.len() {
             match flags[a] {
                 FOREGROUND => {
-                    labels[a] = inst.classes[train_idx[matched[a]]] as i64;
-                    boxes[a] = gt[matched[a]];
+                    labels[a] = inst.classes[matched[a]] as i64;
+                    boxes[a] = inst.boxes[matched[a]];
                 }
                 IGNORE => labels[a] = -1,
                 _ => {}
-            }
-        }
-        // Background anchors over an ignored region (crowd, invalid face) are not negatives.
-        let ignored: Vec<Box4> = (0..inst.len())
-            .filter(|&i| inst.ignore[i])
-            .map(|i| inst.boxes[i])
-            .collect();
-        if !ignored.is_empty() {
-            let lo = self.matcher.thresholds[0];
-            let iou = pairwise_iou(&ignored, anchors);
-            for (a, label) in labels.iter_mut().enumerate() {
-                if *label == k && (0..ignored.len()).any(|g| iou[g * anchors.len() + a] >= lo) {
-                    *label = -1;
-                }
             }
         }
         (labels, boxes)
@@ -239,9 +211,8 @@ impl SsdLite {
         let k = self.params.num_classes as i64;
         let mut pos_idx: Vec<u32> = Vec::new();
         let mut pos_cls: Vec<i64> = Vec::new();
-        let mut pos_deltas: Vec<f32> = Vec::new();
-        let mut pos_anchors: Vec<f32> = Vec::new();
-        let mut pos_boxes: Vec<f32> = Vec::new();
+        let mut pos_anchors: Vec<Box4> = Vec::new();
+        let mut pos_boxes: Vec<Box4> = Vec::new();
         let mut labels_all: Vec<Vec<i64>> = Vec::with_capacity(n);
         for (i, inst) in targets.iter().enumerate() {
             let (labels, boxes) = self.label_anchors(anchors, inst);
@@ -249,9 +220,8 @@ impl SsdLite {
                 if l >= 0 && l < k {
                     pos_idx.push((i * r + a) as u32);
                     pos_cls.push(l);
-                    pos_deltas.extend(self.coder.get_deltas(&anchors[a], &boxes[a]));
-                    pos_anchors.extend(anchors[a]);
-                    pos_boxes.extend(boxes[a]);
+                    pos_anchors.push(anchors[a]);
+                    pos_boxes.push(boxes[a]);
                 }
             }
             labels_all.push(labels);
@@ -317,17 +287,13 @@ impl SsdLite {
         } else {
             let idx = Tensor::new(pos_idx.as_slice(), &dev)?;
             let pred = deltas.reshape((n * r, 4))?.index_select(&idx, 0)?;
-            let l = match self.params.box_loss {
-                BoxLoss::SmoothL1 => {
-                    let t = Tensor::from_vec(pos_deltas, (num_pos, 4), &dev)?;
-                    smooth_l1(&(pred - t)?, self.params.smooth_l1_beta)?.sum_all()?
-                }
-                BoxLoss::GIoU => {
-                    let a = Tensor::from_vec(pos_anchors, (num_pos, 4), &dev)?;
-                    let g = Tensor::from_vec(pos_boxes, (num_pos, 4), &dev)?;
-                    giou_loss(&self.coder.apply_deltas_tensor(&pred, &a)?, &g)?.sum_all()?
-                }
-            };
+            let l = box_reg_loss(
+                &self.coder,
+                self.params.box_loss,
+                &pred,
+                &pos_anchors,
+                &pos_boxes,
+            )?;
             ((l / norm)? * self.params.box_loss_weight as f64)?
         };
         let mut out = BTreeMap::new();
@@ -406,53 +372,6 @@ impl SsdLite {
     }
 }
 
-/// 0.5 d^2 / beta below beta, |d| - beta / 2 above: written with `minimum` so it is
-/// differentiable with stock ops.
-pub fn smooth_l1(diff: &Tensor, beta: f32) -> Result<Tensor> {
-    let d = diff.abs()?;
-    if beta <= 0.0 {
-        return Ok(d);
-    }
-    let m = d.minimum(beta)?;
-    (m.sqr()? * (0.5 / beta as f64))? + (d - m)?
-}
-
-/// Sigmoid focal loss per element (Lin et al.), with logits `x` and 0/1 targets `t`.
-pub fn sigmoid_focal_loss(x: &Tensor, t: &Tensor, alpha: f32, gamma: f32) -> Result<Tensor> {
-    let p = candle_nn::ops::sigmoid(x)?;
-    // Stable BCE with logits: max(x, 0) - x t + log(1 + exp(-|x|)).
-    let ce = ((x.relu()? - (x * t)?)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
-    let one_minus_t = (t.neg()? + 1.0)?;
-    let p_t = ((&p * t)? + ((p.neg()? + 1.0)? * &one_minus_t)?)?;
-    let modulator = (p_t.neg()? + 1.0)?.powf(gamma as f64)?;
-    let loss = (ce * modulator)?;
-    if alpha >= 0.0 {
-        let a_t = ((t * alpha as f64)? + (one_minus_t * (1.0 - alpha as f64))?)?;
-        loss * a_t
-    } else {
-        Ok(loss)
-    }
-}
-
-/// 1 - GIoU of (P, 4) XYXY boxes.
-pub fn giou_loss(pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
-    let col = |t: &Tensor, i: usize| t.narrow(D::Minus1, i, 1);
-    let (px1, py1, px2, py2) = (col(pred, 0)?, col(pred, 1)?, col(pred, 2)?, col(pred, 3)?);
-    let (gx1, gy1, gx2, gy2) = (col(gt, 0)?, col(gt, 1)?, col(gt, 2)?, col(gt, 3)?);
-    let area_p = ((&px2 - &px1)? * (&py2 - &py1)?)?;
-    let area_g = ((&gx2 - &gx1)? * (&gy2 - &gy1)?)?;
-    let iw = (px2.minimum(&gx2)? - px1.maximum(&gx1)?)?.relu()?;
-    let ih = (py2.minimum(&gy2)? - py1.maximum(&gy1)?)?.relu()?;
-    let inter = (iw * ih)?;
-    let union = ((area_p + area_g)? - &inter)?;
-    let iou = (&inter / (&union + 1e-7)?)?;
-    let cw = (px2.maximum(&gx2)? - px1.minimum(&gx1)?)?;
-    let ch = (py2.maximum(&gy2)? - py1.minimum(&gy1)?)?;
-    let enclosing = ((cw * ch)? + 1e-7)?;
-    let giou = (iou - ((&enclosing - &union)? / &enclosing)?)?;
-    (giou.neg()? + 1.0)?.squeeze(D::Minus1)
-}
-
 impl MetaArch for SsdLite {
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
         let (scores, deltas, anchors, per_level) = self.run(&batch.images, train)?;
@@ -486,84 +405,5 @@ impl MetaArch for SsdLite {
             coder: self.coder,
             params: self.params.clone(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Var;
-
-    fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
-        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
-    }
-
-    #[test]
-    fn smooth_l1_and_focal_by_hand() {
-        let d = t(&[0.05, -0.3, 0.0, 2.0], (1, 4));
-        let v: Vec<f32> = smooth_l1(&d, 0.1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let want = [0.5 * 0.05 * 0.05 / 0.1, 0.3 - 0.05, 0.0, 2.0 - 0.05];
-        for (a, b) in v.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{v:?}");
-        }
-        // x = 0: p = 0.5, ce = ln 2, (1 - p_t)^2 = 0.25; alpha 0.25 for t = 1, 0.75 for t = 0.
-        let x = t(&[0.0, 0.0], (1, 2));
-        let tt = t(&[1.0, 0.0], (1, 2));
-        let v: Vec<f32> = sigmoid_focal_loss(&x, &tt, 0.25, 2.0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let ln2 = std::f32::consts::LN_2;
-        assert!((v[0] - 0.25 * 0.25 * ln2).abs() < 1e-6);
-        assert!((v[1] - 0.75 * 0.25 * ln2).abs() < 1e-6);
-    }
-
-    #[test]
-    fn giou_by_hand_and_gradient_by_finite_differences() {
-        // Disjoint unit squares 1 apart: IoU 0, enclosing 3, union 2 -> GIoU = -1/3.
-        let p = t(&[0.0, 0.0, 1.0, 1.0], (1, 4));
-        let g = t(&[2.0, 0.0, 3.0, 1.0], (1, 4));
-        let l: Vec<f32> = giou_loss(&p, &g).unwrap().to_vec1().unwrap();
-        assert!((l[0] - (1.0 + 1.0 / 3.0)).abs() < 1e-5, "{l:?}");
-        // Overlapping boxes: the analytic gradient equals central differences (f64).
-        let dev = Device::Cpu;
-        let base = [0.2f64, 0.1, 1.7, 1.3];
-        let gt = Tensor::new(&[[0.5f64, 0.4, 2.0, 1.9]], &dev).unwrap();
-        let v = Var::new(&[base], &dev).unwrap();
-        let loss = giou_loss(v.as_tensor(), &gt).unwrap().sum_all().unwrap();
-        let grad: Vec<f64> = loss
-            .backward()
-            .unwrap()
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for k in 0..4 {
-            let f = |e: f64| {
-                let mut b = base;
-                b[k] += e;
-                giou_loss(&Tensor::new(&[b], &dev).unwrap(), &gt)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let num = (f(1e-6) - f(-1e-6)) / 2e-6;
-            assert!(
-                (num - grad[k]).abs() < 1e-6,
-                "coordinate {k}: {num} vs {}",
-                grad[k]
-            );
-        }
     }
 }

@@ -1,0 +1,130 @@
+//! Detectron2's `GeneralizedRCNN`: backbone -> proposal generator (RPN) -> ROI heads,
+//! whose losses are summed in one map. Selected by `META_ARCHITECTURE: GeneralizedRCNN`.
+//!
+//! The random sampling of anchors and proposals is seeded from the batch's boxes, so a
+//! batch always gets the same sample: runs repeat, and a resumed run continues exactly.
+
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::{Batch, MetaArch, Outputs, Targets};
+use crate::config::Config;
+use crate::data::augmentation::Instances;
+use crate::modeling::backbone::{build_backbone, Backbone};
+use crate::modeling::proposal_generator::Rpn;
+use crate::modeling::roi_heads::StandardRoiHeads;
+
+pub struct GeneralizedRcnn {
+    backbone: Box<dyn Backbone>,
+    proposal_generator: Rpn,
+    roi_heads: StandardRoiHeads,
+}
+
+impl GeneralizedRcnn {
+    pub fn new(
+        backbone: Box<dyn Backbone>,
+        proposal_generator: Rpn,
+        roi_heads: StandardRoiHeads,
+    ) -> Self {
+        Self {
+            backbone,
+            proposal_generator,
+            roi_heads,
+        }
+    }
+
+    pub fn from_config(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let backbone = build_backbone(cfg, vb.pp("backbone"))?;
+        let shapes = backbone.output_shape();
+        let rpn = Rpn::from_config(cfg, &shapes, vb.pp("proposal_generator"))?;
+        let roi_heads = StandardRoiHeads::from_config(cfg, &shapes, vb.pp("roi_heads"))?;
+        Ok(Self::new(backbone, rpn, roi_heads))
+    }
+
+    /// Proposals per image for `batch` (inference mode), for inspection and tests.
+    pub fn proposals(
+        &self,
+        batch: &Batch,
+    ) -> Result<Vec<crate::modeling::proposal_generator::Proposals>> {
+        let feats = self.backbone.forward_t(&batch.images, false)?;
+        let sizes = image_sizes(batch)?;
+        let mut rng = StdRng::seed_from_u64(0);
+        Ok(self
+            .proposal_generator
+            .forward(&feats, &sizes, None, &mut rng)?
+            .0)
+    }
+}
+
+fn image_sizes(batch: &Batch) -> Result<Vec<(usize, usize)>> {
+    (0..batch.images.dim(0)?)
+        .map(|i| batch.image_size(i))
+        .collect()
+}
+
+/// FNV-1a over the boxes' bits and the image sizes.
+fn batch_seed(targets: &[Instances], sizes: &[(usize, usize)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for (inst, &(y, x)) in targets.iter().zip(sizes) {
+        eat(y as u64);
+        eat(x as u64);
+        for b in &inst.boxes {
+            for v in b {
+                eat(v.to_bits() as u64);
+            }
+        }
+    }
+    h
+}
+
+impl MetaArch for GeneralizedRcnn {
+    fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
+        let targets = match (&batch.targets, train) {
+            (Some(Targets::Instances(t)), true) => Some(t.as_slice()),
+            (_, true) => {
+                candle_core::bail!(
+                    "GeneralizedRCNN: training needs box targets (Targets::Instances)"
+                )
+            }
+            (_, false) => None,
+        };
+        let sizes = image_sizes(batch)?;
+        let mut rng = StdRng::seed_from_u64(targets.map_or(0, |t| batch_seed(t, &sizes)));
+        let feats = self.backbone.forward_t(&batch.images, train)?;
+        let (proposals, mut losses) = self
+            .proposal_generator
+            .forward(&feats, &sizes, targets, &mut rng)?;
+        let boxes: Vec<_> = proposals.into_iter().map(|p| p.boxes).collect();
+        let (detections, roi_losses) = self
+            .roi_heads
+            .forward(&feats, &boxes, &sizes, targets, &mut rng)?;
+        losses.extend(roi_losses);
+        Ok(Outputs {
+            losses,
+            logits: None,
+            detections,
+        })
+    }
+
+    fn frozen_prefixes(&self) -> Vec<String> {
+        self.backbone.frozen_prefixes()
+    }
+
+    fn size_divisibility(&self) -> usize {
+        self.backbone.size_divisibility()
+    }
+
+    fn fused(&self) -> Result<Box<dyn MetaArch>> {
+        Ok(Box::new(Self {
+            backbone: self.backbone.fused()?,
+            proposal_generator: self.proposal_generator.clone(),
+            roi_heads: self.roi_heads.fused()?,
+        }))
+    }
+}

@@ -1,0 +1,404 @@
+//! Detectron2's region proposal network: anchors on every level scored for objectness
+//! and regressed by a shared head; trained on a balanced sample of anchors (256 per
+//! image, at most half positive) and turned into proposals by per-level top-k, NMS per
+//! level and a per-image cap (`find_top_rpn_proposals`).
+//!
+//! Proposals are host boxes: they carry no gradient into the second stage, as in
+//! Detectron2, where they are detached.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+
+use crate::config::Config;
+use crate::data::augmentation::Instances;
+use crate::layers::losses::binary_cross_entropy_with_logits;
+use crate::layers::ShapeSpec;
+use crate::modeling::anchor_generator::AnchorGenerator;
+use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform, BoxLoss};
+use crate::modeling::heads::RpnHead;
+use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
+use crate::modeling::meta_arch::LossMap;
+use crate::modeling::sampling::subsample_labels;
+use crate::structures::boxes::{batched_nms, clip, Box4};
+
+/// One image's proposals, best objectness first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proposals {
+    pub boxes: Vec<Box4>,
+    pub logits: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpnParams {
+    pub batch_size_per_image: usize,
+    pub positive_fraction: f64,
+    pub box_loss: BoxLoss,
+    pub loss_weight: f64,
+    /// (train, test) proposals per level before NMS.
+    pub pre_nms_topk: (usize, usize),
+    /// (train, test) proposals per image after NMS.
+    pub post_nms_topk: (usize, usize),
+    pub nms_thresh: f32,
+    pub min_box_size: f32,
+}
+
+#[derive(Clone)]
+pub struct Rpn {
+    in_features: Vec<String>,
+    head: RpnHead,
+    anchors: AnchorGenerator,
+    matcher: Matcher,
+    coder: Box2BoxTransform,
+    params: RpnParams,
+}
+
+impl Rpn {
+    pub fn new(
+        in_features: Vec<String>,
+        head: RpnHead,
+        anchors: AnchorGenerator,
+        matcher: Matcher,
+        coder: Box2BoxTransform,
+        params: RpnParams,
+    ) -> Self {
+        Self {
+            in_features,
+            head,
+            anchors,
+            matcher,
+            coder,
+            params,
+        }
+    }
+
+    pub fn from_config(
+        cfg: &Config,
+        shapes: &BTreeMap<String, ShapeSpec>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let c = &cfg.model.rpn;
+        let specs = select_features("MODEL.RPN.IN_FEATURES", &c.in_features, shapes)?;
+        let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
+        let anchors =
+            AnchorGenerator::from_config(cfg, &strides).map_err(candle_core::Error::Msg)?;
+        let head = RpnHead::new(&specs, &anchors.num_cell_anchors(), vb.pp("rpn_head"))?;
+        let matcher = Matcher::new(&c.iou_thresholds, true)
+            .map_err(|e| candle_core::Error::Msg(format!("MODEL.RPN.IOU_THRESHOLDS: {e}")))?;
+        let coder = Box2BoxTransform::new(reg_weights(
+            "MODEL.RPN.BBOX_REG_WEIGHTS",
+            &c.bbox_reg_weights,
+        )?);
+        if !(0.0..=1.0).contains(&c.positive_fraction) {
+            candle_core::bail!("MODEL.RPN.POSITIVE_FRACTION must be in [0, 1]");
+        }
+        let params = RpnParams {
+            batch_size_per_image: c.batch_size_per_image,
+            positive_fraction: c.positive_fraction,
+            box_loss: BoxLoss::from_config(
+                "MODEL.RPN.BBOX_REG_LOSS_TYPE",
+                &c.bbox_reg_loss_type,
+                c.smooth_l1_beta,
+            )?,
+            loss_weight: c.loss_weight,
+            pre_nms_topk: (c.pre_nms_topk_train, c.pre_nms_topk_test),
+            post_nms_topk: (c.post_nms_topk_train, c.post_nms_topk_test),
+            nms_thresh: c.nms_thresh as f32,
+            min_box_size: c.min_box_size as f32,
+        };
+        Ok(Self::new(
+            c.in_features.clone(),
+            head,
+            anchors,
+            matcher,
+            coder,
+            params,
+        ))
+    }
+
+    /// Proposals per image, and in training the RPN losses.
+    pub fn forward(
+        &self,
+        features: &BTreeMap<String, Tensor>,
+        image_sizes: &[(usize, usize)],
+        targets: Option<&[Instances]>,
+        rng: &mut StdRng,
+    ) -> Result<(Vec<Proposals>, LossMap)> {
+        let levels: Vec<Tensor> = self
+            .in_features
+            .iter()
+            .map(|f| features[f].clone())
+            .collect();
+        let sizes: Vec<(usize, usize)> = levels
+            .iter()
+            .map(|t| Ok((t.dim(2)?, t.dim(3)?)))
+            .collect::<Result<_>>()?;
+        let a = self.head.num_anchors();
+        let per_level: Vec<usize> = sizes.iter().map(|&(h, w)| h * w * a).collect();
+        let anchors = self.anchors.grid_anchors(&sizes);
+        let (logits, deltas) = self.head.forward(&levels)?;
+        let train = targets.is_some();
+        let host = |t: &Tensor| -> Result<Vec<f32>> {
+            t.detach()
+                .to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()
+        };
+        let proposals = self.find_top_proposals(
+            &host(&logits)?,
+            &host(&deltas)?,
+            &anchors,
+            &per_level,
+            image_sizes,
+            train,
+        );
+        let losses = match targets {
+            Some(t) => self.losses(&logits, &deltas, &anchors, t, rng)?,
+            None => LossMap::new(),
+        };
+        Ok((proposals, losses))
+    }
+
+    /// Per image: the best `pre_nms_topk` anchors of each level by objectness, decoded,
+    /// clipped, without tiny boxes, NMS within each level, then the best
+    /// `post_nms_topk` over all levels.
+    fn find_top_proposals(
+        &self,
+        logits: &[f32],
+        deltas: &[f32],
+        anchors: &[Box4],
+        per_level: &[usize],
+        image_sizes: &[(usize, usize)],
+        train: bool,
+    ) -> Vec<Proposals> {
+        let (pre, post) = if train {
+            (self.params.pre_nms_topk.0, self.params.post_nms_topk.0)
+        } else {
+            (self.params.pre_nms_topk.1, self.params.post_nms_topk.1)
+        };
+        let r = anchors.len();
+        image_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(h, w))| {
+                let mut boxes = Vec::new();
+                let mut scores = Vec::new();
+                let mut level_ids = Vec::new();
+                let mut start = 0;
+                for (l, &len) in per_level.iter().enumerate() {
+                    let mut idx: Vec<usize> = (start..start + len)
+                        .filter(|&a| logits[i * r + a].is_finite())
+                        .collect();
+                    let by_score =
+                        |x: &usize, y: &usize| logits[i * r + *y].total_cmp(&logits[i * r + *x]);
+                    if idx.len() > pre {
+                        idx.select_nth_unstable_by(pre, by_score);
+                        idx.truncate(pre);
+                    }
+                    for a in idx {
+                        let d = &deltas[(i * r + a) * 4..(i * r + a) * 4 + 4];
+                        let mut b = self
+                            .coder
+                            .apply_deltas(&[d[0], d[1], d[2], d[3]], &anchors[a]);
+                        if !b.iter().all(|v| v.is_finite()) {
+                            continue;
+                        }
+                        clip(&mut b, w as f32, h as f32);
+                        let m = self.params.min_box_size;
+                        if b[2] - b[0] > m && b[3] - b[1] > m {
+                            boxes.push(b);
+                            scores.push(logits[i * r + a]);
+                            level_ids.push(l);
+                        }
+                    }
+                    start += len;
+                }
+                let mut keep = batched_nms(&boxes, &scores, &level_ids, self.params.nms_thresh);
+                keep.truncate(post);
+                Proposals {
+                    boxes: keep.iter().map(|&k| boxes[k]).collect(),
+                    logits: keep.iter().map(|&k| scores[k]).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Per anchor: 1 object, 0 background, -1 ignored; and the matched box.
+    pub fn label_anchors(&self, anchors: &[Box4], inst: &Instances) -> (Vec<i64>, Vec<Box4>) {
+        let (matched, flags) = self.matcher.match_boxes(anchors, &inst.boxes, &inst.ignore);
+        let labels = flags
+            .iter()
+            .map(|&f| match f {
+                FOREGROUND => 1,
+                IGNORE => -1,
+                _ => 0,
+            })
+            .collect();
+        let boxes = matched
+            .iter()
+            .map(|&m| inst.boxes.get(m).copied().unwrap_or_default())
+            .collect();
+        (labels, boxes)
+    }
+
+    fn losses(
+        &self,
+        logits: &Tensor,
+        deltas: &Tensor,
+        anchors: &[Box4],
+        targets: &[Instances],
+        rng: &mut StdRng,
+    ) -> Result<LossMap> {
+        let (n, r) = logits.dims2()?;
+        if targets.len() != n {
+            candle_core::bail!("RPN: {n} images but {} targets", targets.len());
+        }
+        let dev = logits.device();
+        let mut sampled: Vec<u32> = Vec::new();
+        let mut objectness: Vec<f32> = Vec::new();
+        let mut fg: Vec<u32> = Vec::new();
+        let mut fg_anchors: Vec<Box4> = Vec::new();
+        let mut fg_boxes: Vec<Box4> = Vec::new();
+        for (i, inst) in targets.iter().enumerate() {
+            let (labels, boxes) = self.label_anchors(anchors, inst);
+            let (pos, neg) = subsample_labels(
+                &labels,
+                self.params.batch_size_per_image,
+                self.params.positive_fraction,
+                0,
+                rng,
+            );
+            for &a in &pos {
+                sampled.push((i * r + a) as u32);
+                objectness.push(1.0);
+                fg.push((i * r + a) as u32);
+                fg_anchors.push(anchors[a]);
+                fg_boxes.push(boxes[a]);
+            }
+            for &a in &neg {
+                sampled.push((i * r + a) as u32);
+                objectness.push(0.0);
+            }
+        }
+        // Detectron2 normalises both terms by the sampling budget, not by what was found.
+        let norm = (self.params.batch_size_per_image * n).max(1) as f64;
+        let w = self.params.loss_weight;
+        let loss_cls = if sampled.is_empty() {
+            (logits.sum_all()? * 0.0)?
+        } else {
+            let m = sampled.len();
+            let x = logits
+                .flatten_all()?
+                .index_select(&Tensor::from_vec(sampled, m, dev)?, 0)?;
+            let t = Tensor::from_vec(objectness, m, dev)?.to_dtype(x.dtype())?;
+            (binary_cross_entropy_with_logits(&x, &t)?.sum_all()? * (w / norm))?
+        };
+        let loss_loc = if fg.is_empty() {
+            (deltas.sum_all()? * 0.0)?
+        } else {
+            let m = fg.len();
+            let pred = deltas
+                .reshape((n * r, 4))?
+                .index_select(&Tensor::from_vec(fg, m, dev)?, 0)?;
+            (box_reg_loss(
+                &self.coder,
+                self.params.box_loss,
+                &pred,
+                &fg_anchors,
+                &fg_boxes,
+            )? * (w / norm))?
+        };
+        let mut out = LossMap::new();
+        out.insert("loss_rpn_cls".into(), loss_cls);
+        out.insert("loss_rpn_loc".into(), loss_loc);
+        Ok(out)
+    }
+}
+
+/// The backbone outputs named by `key`, in order, with a clear error for a missing one.
+pub fn select_features(
+    key: &str,
+    names: &[String],
+    shapes: &BTreeMap<String, ShapeSpec>,
+) -> Result<Vec<ShapeSpec>> {
+    if names.is_empty() {
+        candle_core::bail!("{key} is empty");
+    }
+    names
+        .iter()
+        .map(|f| match shapes.get(f) {
+            Some(s) => Ok(*s),
+            None => candle_core::bail!(
+                "{key}: the backbone has no output `{f}` (it has {:?})",
+                shapes.keys().collect::<Vec<_>>()
+            ),
+        })
+        .collect()
+}
+
+/// Four box-coder weights from a config list.
+pub fn reg_weights(key: &str, w: &[f64]) -> Result<[f32; 4]> {
+    match w {
+        [a, b, c, d] => Ok([*a as f32, *b as f32, *c as f32, *d as f32]),
+        _ => candle_core::bail!("{key} needs 4 values, got {w:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modeling::params::ParamStore;
+    use std::sync::Arc;
+
+    fn rpn() -> Rpn {
+        let mut cfg = Config::default();
+        cfg.model.rpn.in_features = vec!["p3".into()];
+        cfg.model.anchor_generator.sizes = vec![vec![16.0]];
+        let shapes = [(
+            "p3".to_string(),
+            ShapeSpec {
+                channels: 4,
+                stride: 8,
+            },
+        )]
+        .into();
+        let store = Arc::new(ParamStore::new(0));
+        Rpn::from_config(&cfg, &shapes, store.var_builder(DType::F32, &Device::Cpu)).unwrap()
+    }
+
+    #[test]
+    fn anchor_labels_edge_cases_and_proposal_limits() {
+        let r = rpn();
+        let anchors = [
+            [0.0, 0.0, 16.0, 16.0],
+            [8.0, 0.0, 24.0, 16.0],
+            [40.0, 40.0, 56.0, 56.0],
+        ];
+        let (labels, _) = r.label_anchors(&anchors, &Instances::default());
+        assert_eq!(labels, vec![0, 0, 0]);
+        let inst = Instances {
+            boxes: vec![[0.0, 0.0, 16.0, 16.0], [40.0, 40.0, 56.0, 56.0]],
+            classes: vec![0, 0],
+            ignore: vec![false, true],
+        };
+        let (labels, boxes) = r.label_anchors(&anchors, &inst);
+        // Anchor 1 has IoU 1/3 with the box: between 0.3 and 0.7, ignored.
+        assert_eq!(labels, vec![1, -1, -1]);
+        assert_eq!(boxes[0], inst.boxes[0]);
+        // Proposals: the two overlapping anchors with the highest logits collapse into
+        // one by NMS; top-k and the image size bound the rest.
+        let logits = [2.0, 1.0, 0.5];
+        let deltas = [0f32; 12];
+        let p = r.find_top_proposals(&logits, &deltas, &anchors, &[3], &[(30, 30)], false);
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].boxes,
+            vec![[0.0, 0.0, 16.0, 16.0], [8.0, 0.0, 24.0, 16.0]]
+        );
+        // The third anchor lies outside the 30x30 image: clipped to nothing, dropped.
+        assert_eq!(p[0].logits, vec![2.0, 1.0]);
+    }
+}
