@@ -174,3 +174,34 @@ fn shipped_configs_load() {
     }
     assert!(n > 0);
 }
+
+#[test]
+fn every_shipped_config_loads_and_builds_its_model() {
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("configs")];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 9, "{files:?}");
+    for f in files {
+        let mut cfg = Config::default();
+        cfg.merge_from_file(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        if f.file_name().unwrap() == "data.yaml" {
+            continue;
+        }
+        // Built on CPU without the shared weights: the architecture is what is checked.
+        cfg.model.device = "cpu".into();
+        cfg.model.weights = String::new();
+        if let Err(e) = candletron::modeling::build_model(&cfg, 0) {
+            panic!("{}: {e}", f.display());
+        }
+    }
+}

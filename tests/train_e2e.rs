@@ -7,10 +7,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn train_net(out: &Path, data_root: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec![
-        "--config-file".into(),
-        "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml".into(),
-    ];
+    train_net_with(
+        "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+        out,
+        data_root,
+        extra,
+    )
+}
+
+/// `train_net` on a tiny network and dataset (6 + 3 images of 128 px).
+fn train_net_with(config: &str, out: &Path, data_root: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["--config-file".into(), config.into()];
     let base = [
         "OUTPUT_DIR",
         out.to_str().unwrap(),
@@ -104,18 +111,7 @@ fn loss_falls_resume_is_exact_and_evaluation_runs() {
         &data,
         &["SOLVER.MAX_ITER", "6", "--resume"],
     ));
-    let l_part = losses(&part);
-    assert_eq!(l_part.len(), 6);
-    for (a, b) in l_full.iter().zip(&l_part) {
-        assert_eq!(a.0, b.0);
-        assert!(
-            (a.1 - b.1).abs() <= 1e-5 * a.1.abs().max(1.0),
-            "iteration {}: uninterrupted {} vs resumed {}",
-            a.0,
-            a.1,
-            b.1
-        );
-    }
+    same_losses(&l_full, &losses(&part));
 
     // Evaluation outputs: the WIDER protocol's three APs, predictions, curves, pictures.
     let res: serde_json::Value =
@@ -150,6 +146,70 @@ fn loss_falls_resume_is_exact_and_evaluation_runs() {
             "[]",
         ],
     ));
+    let l = losses(&long);
+    let first: f64 = l[..4].iter().map(|x| x.1).sum::<f64>() / 4.0;
+    let last: f64 = l[l.len() - 4..].iter().map(|x| x.1).sum::<f64>() / 4.0;
+    assert!(last < 0.7 * first, "loss did not fall: {first} -> {last}");
+}
+
+/// Asserts that two runs logged the same iterations with the same total losses.
+fn same_losses(a: &[(u64, f64)], b: &[(u64, f64)]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (a, b) in a.iter().zip(b) {
+        assert_eq!(a.0, b.0);
+        assert!(
+            (a.1 - b.1).abs() <= 1e-5 * a.1.abs().max(1.0),
+            "iteration {}: uninterrupted {} vs resumed {}",
+            a.0,
+            a.1,
+            b.1
+        );
+    }
+}
+
+#[test]
+fn faster_rcnn_trains_resumes_exactly_and_evaluates() {
+    const CFG: &str = "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml";
+    let root = common::tmp_dir("e2e-rcnn");
+    let data = root.join("data");
+    let small = ["MODEL.ROI_BOX_HEAD.FC_DIM", "32"];
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = small.to_vec();
+        args.extend_from_slice(extra);
+        let o = train_net_with(CFG, out, &data, &args);
+        ok(&o);
+        o
+    };
+    let full = root.join("full");
+    run(&full, &["SOLVER.MAX_ITER", "4"]);
+    let part = root.join("part");
+    run(&part, &["SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]"]);
+    run(&part, &["SOLVER.MAX_ITER", "4", "--resume"]);
+    same_losses(&losses(&full), &losses(&part));
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("eval_results.json")).unwrap())
+            .unwrap();
+    for k in ["easy", "medium", "hard"] {
+        let ap = res[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ap), "{k}: {ap}");
+    }
+    // Loss falls on the six images without augmentation.
+    let long = root.join("long");
+    run(
+        &long,
+        &[
+            "SOLVER.MAX_ITER",
+            "100",
+            "INPUT.AUGMENTATION",
+            "resize_shortest_edge",
+            "INPUT.MIN_SIZE_TRAIN",
+            "[96]",
+            "INPUT.RANDOM_FLIP",
+            "none",
+            "DATASETS.TEST",
+            "[]",
+        ],
+    );
     let l = losses(&long);
     let first: f64 = l[..4].iter().map(|x| x.1).sum::<f64>() / 4.0;
     let last: f64 = l[l.len() - 4..].iter().map(|x| x.1).sum::<f64>() / 4.0;
