@@ -128,7 +128,10 @@ impl Optimizer {
             let g = g.detach();
             let g = if scale != 1.0 { (g * scale)? } else { g };
             let lr_p = lr * p.lr_factor;
-            let w = p.var.as_tensor();
+            // Detached too: `w * decay` would otherwise record the variable as an input,
+            // and the momentum buffer built from it would chain every step's buffer to
+            // the previous one (a leak of a few parameter-sized tensors per step).
+            let w = &p.var.as_tensor().detach();
             match self.kind {
                 Kind::Sgd { momentum, nesterov } => {
                     let g = if p.weight_decay != 0.0 {
@@ -150,7 +153,7 @@ impl Optimizer {
                     } else {
                         g
                     };
-                    p.var.set(&(w.detach() - (d * lr_p)?)?)?;
+                    p.var.set(&(w - (d * lr_p)?)?)?;
                 }
                 Kind::AdamW { beta1, beta2, eps } => {
                     let w = if p.weight_decay != 0.0 {
@@ -255,6 +258,9 @@ mod tests {
         // g = [0.594, 0.297]; buf = 0.9 * [0.6, 0.3] + g = [1.134, 0.567].
         let w2: Vec<f32> = v.to_vec1().unwrap();
         assert!((w2[0] - (0.94 - 0.1134)).abs() < 1e-6, "{w2:?}");
+        // State carries no autograd history: with weight decay it used to record the
+        // variable, chaining each step's buffer to the last (a leak per step).
+        assert!(o.state.iter().flatten().all(|t| !t.track_op()));
 
         let v = Var::new(&[0.0f32, 0.0], &Device::Cpu).unwrap();
         let p = Param {
