@@ -130,23 +130,28 @@ fn loss_falls_resume_is_exact_and_evaluation_runs() {
 
     // Loss falls: without augmentation, a longer run on the same six images fits them.
     let long = root.join("long");
-    ok(&train_net(
-        &long,
-        &data,
-        &[
-            "SOLVER.MAX_ITER",
-            "150",
-            "INPUT.AUGMENTATION",
-            "resize_shortest_edge",
-            "INPUT.MIN_SIZE_TRAIN",
-            "[96]",
-            "INPUT.RANDOM_FLIP",
-            "none",
-            "DATASETS.TEST",
-            "[]",
-        ],
-    ));
-    let l = losses(&long);
+    ok(&train_net(&long, &data, &fit_args("150")));
+    loss_fell(&losses(&long));
+}
+
+/// Overrides for fitting the six training images: no augmentation, no evaluation.
+fn fit_args(iters: &str) -> [&str; 10] {
+    [
+        "SOLVER.MAX_ITER",
+        iters,
+        "INPUT.AUGMENTATION",
+        "resize_shortest_edge",
+        "INPUT.MIN_SIZE_TRAIN",
+        "[96]",
+        "INPUT.RANDOM_FLIP",
+        "none",
+        "DATASETS.TEST",
+        "[]",
+    ]
+}
+
+/// The mean of the last four losses is below 0.7 x the mean of the first four.
+fn loss_fell(l: &[(u64, f64)]) {
     let first: f64 = l[..4].iter().map(|x| x.1).sum::<f64>() / 4.0;
     let last: f64 = l[l.len() - 4..].iter().map(|x| x.1).sum::<f64>() / 4.0;
     assert!(last < 0.7 * first, "loss did not fall: {first} -> {last}");
@@ -195,25 +200,8 @@ fn faster_rcnn_trains_resumes_exactly_and_evaluates() {
     }
     // Loss falls on the six images without augmentation.
     let long = root.join("long");
-    run(
-        &long,
-        &[
-            "SOLVER.MAX_ITER",
-            "100",
-            "INPUT.AUGMENTATION",
-            "resize_shortest_edge",
-            "INPUT.MIN_SIZE_TRAIN",
-            "[96]",
-            "INPUT.RANDOM_FLIP",
-            "none",
-            "DATASETS.TEST",
-            "[]",
-        ],
-    );
-    let l = losses(&long);
-    let first: f64 = l[..4].iter().map(|x| x.1).sum::<f64>() / 4.0;
-    let last: f64 = l[l.len() - 4..].iter().map(|x| x.1).sum::<f64>() / 4.0;
-    assert!(last < 0.7 * first, "loss did not fall: {first} -> {last}");
+    run(&long, &fit_args("100"));
+    loss_fell(&losses(&long));
 }
 
 #[test]

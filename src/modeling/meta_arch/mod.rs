@@ -69,6 +69,25 @@ pub struct InstanceDetections {
     pub classes: Vec<usize>,
 }
 
+impl InstanceDetections {
+    /// Per-class NMS over candidate boxes, then the best `cap`.
+    pub fn from_candidates(
+        boxes: &[[f32; 4]],
+        scores: &[f32],
+        classes: &[usize],
+        nms_thresh: f32,
+        cap: usize,
+    ) -> Self {
+        let mut keep = crate::structures::boxes::batched_nms(boxes, scores, classes, nms_thresh);
+        keep.truncate(cap);
+        Self {
+            boxes: keep.iter().map(|&j| boxes[j]).collect(),
+            scores: keep.iter().map(|&j| scores[j]).collect(),
+            classes: keep.iter().map(|&j| classes[j]).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
     /// Filled in training.

@@ -23,7 +23,7 @@ pub use crate::modeling::box_regression::BoxLoss;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform};
 use crate::modeling::heads::SsdLiteHead;
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
-use crate::structures::boxes::{batched_nms, clip, Box4};
+use crate::structures::boxes::{clip, Box4};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClsLoss {
@@ -360,13 +360,13 @@ impl SsdLite {
                 }
                 start += len;
             }
-            let mut keep = batched_nms(&boxes, &sc, &cls, self.params.nms_thresh);
-            keep.truncate(self.params.detections_per_image);
-            out.push(InstanceDetections {
-                boxes: keep.iter().map(|&j| boxes[j]).collect(),
-                scores: keep.iter().map(|&j| sc[j]).collect(),
-                classes: keep.iter().map(|&j| cls[j]).collect(),
-            });
+            out.push(InstanceDetections::from_candidates(
+                &boxes,
+                &sc,
+                &cls,
+                self.params.nms_thresh,
+                self.params.detections_per_image,
+            ));
         }
         Ok(out)
     }

@@ -9,7 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use super::box_head::Fc;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform, BoxLoss};
 use crate::modeling::meta_arch::{InstanceDetections, LossMap};
-use crate::structures::boxes::{batched_nms, clip, Box4};
+use crate::structures::boxes::{clip, Box4};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FastRcnnParams {
@@ -164,13 +164,13 @@ impl FastRcnnOutputLayers {
                 }
             }
             base += props.len();
-            let mut keep = batched_nms(&boxes, &sc, &cls, self.params.nms_thresh);
-            keep.truncate(self.params.detections_per_image);
-            out.push(InstanceDetections {
-                boxes: keep.iter().map(|&i| boxes[i]).collect(),
-                scores: keep.iter().map(|&i| sc[i]).collect(),
-                classes: keep.iter().map(|&i| cls[i]).collect(),
-            });
+            out.push(InstanceDetections::from_candidates(
+                &boxes,
+                &sc,
+                &cls,
+                self.params.nms_thresh,
+                self.params.detections_per_image,
+            ));
         }
         Ok(out)
     }
