@@ -10,7 +10,7 @@ use candletron::config::Config;
 use candletron::data::augmentation::Instances;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::{Batch, Targets};
+use candletron::modeling::meta_arch::{Batch, InstanceDetections, Targets};
 use candletron::modeling::params::ParamStore;
 
 fn fpn_cfg(top: &str, depthwise: bool) -> Config {
@@ -87,6 +87,23 @@ fn fpn_shapes_names_and_fused_forward() {
     assert!(e.contains("consecutive"), "{e}");
 }
 
+/// Some detections, at most `cap`, best first, known classes, inside the (h, w) image.
+fn check_detections(d: &InstanceDetections, (h, w): (usize, usize), cap: usize, k: usize) {
+    assert!(
+        !d.boxes.is_empty() && d.boxes.len() <= cap,
+        "{}",
+        d.boxes.len()
+    );
+    assert!(d.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
+    assert!(d.classes.iter().all(|&c| c < k));
+    for b in &d.boxes {
+        assert!(
+            b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w as f32 && b[3] <= h as f32,
+            "{b:?}"
+        );
+    }
+}
+
 fn ssdlite_cfg() -> Config {
     let mut cfg = fpn_cfg("none", true);
     cfg.model.fpn.out_channels = 16;
@@ -118,20 +135,8 @@ fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
         let out = model.arch.fused().unwrap().forward(&batch, false).unwrap();
         let dets = out.detections.unwrap();
         assert_eq!(dets.len(), 2);
-        for (d, &(h, w)) in dets.iter().zip(&batch.image_sizes) {
-            assert!(
-                !d.boxes.is_empty() && d.boxes.len() <= 7,
-                "{}",
-                d.boxes.len()
-            );
-            assert!(d.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
-            assert!(d.classes.iter().all(|&c| c < k));
-            for b in &d.boxes {
-                assert!(
-                    b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w as f32 && b[3] <= h as f32,
-                    "{b:?}"
-                );
-            }
+        for (d, &size) in dets.iter().zip(&batch.image_sizes) {
+            check_detections(d, size, 7, k);
         }
         let targets = vec![
             Instances {
@@ -336,20 +341,8 @@ fn faster_rcnn_names_losses_gradients_and_inference_limits() {
             .detections
             .unwrap();
         assert_eq!(plain.len(), 2);
-        for ((d, f), &(h, w)) in plain.iter().zip(&fused).zip(&batch.image_sizes) {
-            assert!(
-                !d.boxes.is_empty() && d.boxes.len() <= 9,
-                "{}",
-                d.boxes.len()
-            );
-            assert!(d.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
-            assert!(d.classes.iter().all(|&c| c < k));
-            for b in &d.boxes {
-                assert!(
-                    b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w as f32 && b[3] <= h as f32,
-                    "{b:?}"
-                );
-            }
+        for ((d, f), &size) in plain.iter().zip(&fused).zip(&batch.image_sizes) {
+            check_detections(d, size, 9, k);
             // Norms folded into convs: same detections up to rounding.
             assert_eq!(d.boxes.len(), f.boxes.len());
             for (a, b) in d.scores.iter().zip(&f.scores) {
