@@ -42,20 +42,6 @@ impl GeneralizedRcnn {
         let roi_heads = StandardRoiHeads::from_config(cfg, &shapes, vb.pp("roi_heads"))?;
         Ok(Self::new(backbone, rpn, roi_heads))
     }
-
-    /// Proposals per image for `batch` (inference mode), for inspection and tests.
-    pub fn proposals(
-        &self,
-        batch: &Batch,
-    ) -> Result<Vec<crate::modeling::proposal_generator::Proposals>> {
-        let feats = self.backbone.forward_t(&batch.images, false)?;
-        let sizes = image_sizes(batch)?;
-        let mut rng = StdRng::seed_from_u64(0);
-        Ok(self
-            .proposal_generator
-            .forward(&feats, &sizes, None, &mut rng)?
-            .0)
-    }
 }
 
 fn image_sizes(batch: &Batch) -> Result<Vec<(usize, usize)>> {
