@@ -95,6 +95,23 @@ impl BatchNorm2d {
                 x.dims()
             );
         }
+        if super::batch_norm_train::supported(x) {
+            let (y, stats) =
+                super::batch_norm_train::batch_norm_train(x, &self.t.weight, &self.t.bias, EPS)?;
+            let (dev, dt) = (x.device(), self.t.running_mean.dtype());
+            let mean = Tensor::from_vec(stats.mean, c, dev)?.to_dtype(dt)?;
+            let var = Tensor::from_vec(stats.var, c, dev)?.to_dtype(dt)?;
+            self.update_running(&mean, &var, count)?;
+            return Ok(y);
+        }
+        self.forward_train_composed(x)
+    }
+
+    /// Training BN from stock ops, for devices and dtypes the fused op does not cover
+    /// (and as its reference in tests).
+    pub fn forward_train_composed(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let count = n * h * w;
         let xt = x.transpose(0, 1)?.reshape((c, count))?;
         let mean = xt.mean(D::Minus1)?;
         let centered = xt.broadcast_sub(&mean.unsqueeze(1)?)?;

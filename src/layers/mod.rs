@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod batch_norm;
+pub mod batch_norm_train;
 pub mod conv;
 pub mod shape_spec;
 
