@@ -255,3 +255,130 @@ fn gradients_equal_the_portable_path() {
         );
     }
 }
+
+/// The CUDA kernels against the CPU op (itself checked above), with `--features cuda`
+/// on a machine with a GPU; elsewhere they say they are skipped.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+
+    fn gpu() -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipped: no CUDA device ({e})");
+                None
+            }
+        }
+    }
+
+    /// `cases()` plus MobileNetV2-sized planes, 5x5 kernels and a batch over the grid's
+    /// usual block count.
+    /// Input shape, geometry, kernel size.
+    type Case = ((usize, usize, usize, usize), DwParams, usize);
+
+    fn gpu_cases() -> Vec<Case> {
+        let mut v: Vec<_> = cases().into_iter().map(|(s, p)| (s, p, 3)).collect();
+        let p = |stride, padding, dilation| DwParams {
+            stride,
+            padding,
+            dilation,
+        };
+        v.extend([
+            ((2, 32, 56, 56), p(1, 1, 1), 3),
+            ((2, 96, 57, 57), p(2, 1, 1), 3),
+            ((8, 144, 28, 28), p(1, 1, 1), 3),
+            ((1, 960, 7, 7), p(1, 2, 2), 3),
+            ((3, 5, 11, 9), p(1, 2, 1), 5),
+            ((2, 4, 12, 13), p(2, 2, 1), 5),
+        ]);
+        v
+    }
+
+    fn grads(x: &Tensor, k: &Tensor, r: &Tensor, p: DwParams) -> (Tensor, Tensor, Tensor) {
+        let xv = candle_core::Var::from_tensor(x).unwrap();
+        let kv = candle_core::Var::from_tensor(k).unwrap();
+        let out = depthwise_conv2d(xv.as_tensor(), kv.as_tensor(), p).unwrap();
+        let g = (&out * r).unwrap().sum_all().unwrap().backward().unwrap();
+        (
+            out,
+            g.get(xv.as_tensor()).unwrap().clone(),
+            g.get(kv.as_tensor()).unwrap().clone(),
+        )
+    }
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let b = b
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let num = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let den = b.sqr().unwrap().sum_all().unwrap();
+        let (num, den) = (
+            num.to_scalar::<f64>().unwrap(),
+            den.to_scalar::<f64>().unwrap(),
+        );
+        (num / den.max(1e-300)).sqrt()
+    }
+
+    #[test]
+    fn kernels_equal_the_cpu_op() {
+        let Some(gpu) = gpu() else { return };
+        for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-13)] {
+            for ((n, c, h, w), p, ks) in gpu_cases() {
+                let x = Tensor::randn(0f64, 1.0, (n, c, h, w), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let k = Tensor::randn(0f64, 1.0, (c, 1, ks, ks), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let probe = depthwise_conv2d(&x, &k, p).unwrap();
+                let r = Tensor::randn(0f64, 1.0, probe.dims(), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let (o, gx, gk) = grads(&x, &k, &r, p);
+                let on = |t: &Tensor| t.to_device(&gpu).unwrap();
+                let (og, gxg, gkg) = grads(&on(&x), &on(&k), &on(&r), p);
+                assert!(og.device().is_cuda());
+                let case = format!("{dtype:?} {:?} {p:?} k{ks}", (n, c, h, w));
+                for (name, a, b) in [
+                    ("output", &og, &o),
+                    ("input grad", &gxg, &gx),
+                    ("weight grad", &gkg, &gk),
+                ] {
+                    let d = rel_diff(a, b);
+                    assert!(
+                        d <= tol,
+                        "{case}: {name} differs from the CPU op by {d:e} (relative)"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_equal_the_portable_path_on_the_gpu() {
+        let Some(gpu) = gpu() else { return };
+        let p = DwParams {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+        };
+        let x = Tensor::randn(0f32, 1.0, (4, 24, 33, 31), &gpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (24, 1, 3, 3), &gpu).unwrap();
+        let d = max_diff(
+            &depthwise_conv2d(&x, &k, p).unwrap(),
+            &depthwise_conv2d_portable(&x, &k, p).unwrap(),
+        );
+        assert!(d <= 1e-4, "custom op vs portable path on the GPU: {d}");
+    }
+}

@@ -5,8 +5,9 @@
 //! MobileNet's depthwise layers that made them ~78% of the forward time at 7% of the
 //! work. Here each (image, channel) plane is one task on rayon's pool, with the kernel
 //! taps as contiguous multiply-adds over output rows, in forward and in both backward
-//! passes. Other devices use [`depthwise_conv2d_portable`], built from shifted slices
-//! and stock ops that Candle differentiates.
+//! passes. On CUDA (feature `cuda`, f32/f64) the same op runs NVRTC-compiled kernels
+//! (`depthwise_cuda.rs`). Other devices and dtypes use [`depthwise_conv2d_portable`],
+//! built from shifted slices and stock ops that Candle differentiates.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -31,7 +32,7 @@ struct Dims {
 }
 
 impl DwParams {
-    fn out_size(&self, size: usize, k: usize) -> Result<usize> {
+    pub(crate) fn out_size(&self, size: usize, k: usize) -> Result<usize> {
         let span = self.dilation * (k - 1) + 1;
         if size + 2 * self.padding < span {
             candle_core::bail!("depthwise conv: input size {size} too small for kernel {k} (padding {}, dilation {})", self.padding, self.dilation);
@@ -274,6 +275,17 @@ impl CustomOp2 for Forward {
         for_float_types!(xs, fwd_impl, &self.0, xs, xl, ws, wl)
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::depthwise_cuda::forward(&self.0, xs, xl, ws, wl)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -343,6 +355,17 @@ impl CustomOp2 for InputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         for_float_types!(gs, input_grad_impl, self, gs, gl, ws, wl)
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::depthwise_cuda::input_grad(&self.0, (self.1, self.2), gs, gl, ws, wl)
+    }
 }
 
 /// Gradient w.r.t. the weight: per channel, summed over the batch.
@@ -400,15 +423,42 @@ impl CustomOp2 for WeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         for_float_types!(xs, weight_grad_impl, self, xs, xl, gs, gl)
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::depthwise_cuda::weight_grad(&self.0, self.1, xs, xl, gs, gl)
+    }
 }
 
-/// Depthwise convolution of `x` (N, C, H, W) with `w` (C, 1, K, K): the custom op on CPU,
-/// the portable path elsewhere.
+/// Depthwise convolution of `x` (N, C, H, W) with `w` (C, 1, K, K): the custom op on CPU
+/// and on CUDA (f32/f64), the portable path elsewhere. `CANDLETRON_DEPTHWISE=portable`
+/// forces the portable path everywhere, to compare the two.
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: DwParams) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if custom_op_for(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Forward(p))
     } else {
         depthwise_conv2d_portable(x, w, p)
+    }
+}
+
+fn custom_op_for(x: &Tensor) -> bool {
+    static FORCE_PORTABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *FORCE_PORTABLE.get_or_init(|| {
+        std::env::var("CANDLETRON_DEPTHWISE").is_ok_and(|v| v.eq_ignore_ascii_case("portable"))
+    }) {
+        return false;
+    }
+    match x.device() {
+        candle_core::Device::Cpu => true,
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => super::depthwise_cuda::supports(x.dtype()),
+        _ => false,
     }
 }
 

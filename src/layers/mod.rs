@@ -11,6 +11,8 @@ pub use batch_norm::{BatchNorm2d, FrozenBatchNorm2d, Norm, NormKind};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use shape_spec::ShapeSpec;
 pub mod depthwise;
+#[cfg(feature = "cuda")]
+mod depthwise_cuda;
 pub mod fused;
 pub mod losses;
 pub mod roi_align;

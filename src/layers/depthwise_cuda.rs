@@ -1,0 +1,378 @@
+//! CUDA kernels for the depthwise convolution op of [`super::depthwise`].
+//!
+//! Candle's grouped convolution on CUDA goes through cuDNN when it is enabled and through
+//! its im2col + matmul path otherwise; the portable path of stock ops launches K x K x 4
+//! kernels per layer and keeps K x K intermediate tensors for autograd. These three
+//! kernels do the convolution and both gradients in one pass each (the weight gradient in
+//! two, to stay deterministic without atomics). The source is compiled once per process
+//! with NVRTC, so the build needs no nvcc beyond what Candle's own kernels need.
+
+use super::depthwise::DwParams;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+use std::sync::OnceLock;
+
+const MODULE: &str = "candletron_depthwise";
+
+/// One thread per output (forward) or input (input gradient) element, so every element
+/// is written exactly once with no atomics; the weight gradient reduces each
+/// (image, channel, tap) in a block, then sums the images in a fixed order.
+const SOURCE: &str = r#"
+template <typename T>
+__device__ void dw_forward(const T* __restrict__ x, const T* __restrict__ wt, T* __restrict__ y,
+                           long long total, int c, int h, int w, int k, int ho, int wo,
+                           int s, int p, int d) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    int ox = (int)(i % wo);
+    long long t = i / wo;
+    int oy = (int)(t % ho);
+    long long plane = t / ho;
+    int ch = (int)(plane % c);
+    const T* xp = x + plane * h * w;
+    const T* wp = wt + (long long)ch * k * k;
+    int iy0 = oy * s - p, ix0 = ox * s - p;
+    T acc = 0;
+    for (int ky = 0; ky < k; ++ky) {
+      int iy = iy0 + ky * d;
+      if (iy < 0 || iy >= h) continue;
+      for (int kx = 0; kx < k; ++kx) {
+        int ix = ix0 + kx * d;
+        if (ix < 0 || ix >= w) continue;
+        acc += wp[ky * k + kx] * xp[(long long)iy * w + ix];
+      }
+    }
+    y[i] = acc;
+  }
+}
+
+template <typename T>
+__device__ void dw_input_grad(const T* __restrict__ g, const T* __restrict__ wt, T* __restrict__ gx,
+                              long long total, int c, int h, int w, int k, int ho, int wo,
+                              int s, int p, int d) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    int ix = (int)(i % w);
+    long long t = i / w;
+    int iy = (int)(t % h);
+    long long plane = t / h;
+    int ch = (int)(plane % c);
+    const T* gp = g + plane * ho * wo;
+    const T* wp = wt + (long long)ch * k * k;
+    T acc = 0;
+    for (int ky = 0; ky < k; ++ky) {
+      int ny = iy + p - ky * d;
+      if (ny < 0 || ny % s != 0) continue;
+      int oy = ny / s;
+      if (oy >= ho) continue;
+      for (int kx = 0; kx < k; ++kx) {
+        int nx = ix + p - kx * d;
+        if (nx < 0 || nx % s != 0) continue;
+        int ox = nx / s;
+        if (ox >= wo) continue;
+        acc += wp[ky * k + kx] * gp[(long long)oy * wo + ox];
+      }
+    }
+    gx[i] = acc;
+  }
+}
+
+// Block (channel * k * k + tap, image): one partial sum per image, written to
+// part[image][channel][tap]. Blocks are 256 threads.
+template <typename T>
+__device__ void dw_weight_grad_partial(const T* __restrict__ x, const T* __restrict__ g,
+                                       T* __restrict__ part, int c, int h, int w, int k,
+                                       int ho, int wo, int s, int p, int d) {
+  __shared__ T warp_sums[32];
+  int kk = k * k;
+  int ch = blockIdx.x / kk, tap = blockIdx.x % kk;
+  int ky = tap / k, kx = tap % k;
+  long long plane = (long long)blockIdx.y * c + ch;
+  const T* xp = x + plane * h * w;
+  const T* gp = g + plane * ho * wo;
+  T acc = 0;
+  int count = ho * wo;
+  for (int j = threadIdx.x; j < count; j += blockDim.x) {
+    int oy = j / wo, ox = j % wo;
+    int iy = oy * s - p + ky * d, ix = ox * s - p + kx * d;
+    if (iy >= 0 && iy < h && ix >= 0 && ix < w) acc += gp[j] * xp[(long long)iy * w + ix];
+  }
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    int warps = (blockDim.x + 31) >> 5;
+    acc = lane < warps ? warp_sums[lane] : (T)0;
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (lane == 0) part[(long long)blockIdx.y * c * kk + blockIdx.x] = acc;
+  }
+}
+
+template <typename T>
+__device__ void sum_images(const T* __restrict__ part, T* __restrict__ out, int n, int len) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= len) return;
+  T acc = 0;
+  for (int b = 0; b < n; ++b) acc += part[(long long)b * len + i];
+  out[i] = acc;
+}
+
+#define DW_KERNELS(T, SUF)                                                                         \
+  extern "C" __global__ void dw_forward_##SUF(const T* x, const T* wt, T* y, long long total,      \
+      int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {                          \
+    dw_forward<T>(x, wt, y, total, c, h, w, k, ho, wo, s, p, d);                                  \
+  }                                                                                                \
+  extern "C" __global__ void dw_input_grad_##SUF(const T* g, const T* wt, T* gx, long long total, \
+      int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {                          \
+    dw_input_grad<T>(g, wt, gx, total, c, h, w, k, ho, wo, s, p, d);                              \
+  }                                                                                                \
+  extern "C" __global__ void dw_weight_grad_partial_##SUF(const T* x, const T* g, T* part,        \
+      int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {                          \
+    dw_weight_grad_partial<T>(x, g, part, c, h, w, k, ho, wo, s, p, d);                           \
+  }                                                                                                \
+  extern "C" __global__ void dw_sum_images_##SUF(const T* part, T* out, int n, int len) {         \
+    sum_images<T>(part, out, n, len);                                                              \
+  }
+
+DW_KERNELS(float, f32)
+DW_KERNELS(double, f64)
+"#;
+
+const THREADS: u32 = 256;
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("{e:?}"))
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(format!("depthwise conv: NVRTC failed: {e}")))
+}
+
+fn blocks(total: usize) -> u32 {
+    total.div_ceil(THREADS as usize).min(1 << 20) as u32
+}
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F64 => Ok("f64"),
+        other => candle_core::bail!("depthwise conv CUDA kernels: {other:?} is not supported"),
+    }
+}
+
+/// Whether the kernels cover this dtype; callers fall back to the portable path if not.
+pub fn supports(dtype: DType) -> bool {
+    suffix(dtype).is_ok()
+}
+
+fn i32_of(v: usize) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| candle_core::Error::Msg(format!("depthwise conv: {v} overflows i32")))
+}
+
+/// The geometry as kernel arguments: c, h, w, k, ho, wo, stride, padding, dilation.
+struct Geometry([i32; 9]);
+
+impl Geometry {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: &DwParams,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        ho: usize,
+        wo: usize,
+    ) -> Result<Self> {
+        let mut g = [0i32; 9];
+        for (slot, v) in g
+            .iter_mut()
+            .zip([c, h, w, k, ho, wo, p.stride, p.padding, p.dilation])
+        {
+            *slot = i32_of(v)?;
+        }
+        Ok(Geometry(g))
+    }
+}
+
+fn view<'a, T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("depthwise conv kernels need contiguous inputs");
+    };
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// Launches an element-wise kernel (forward or input gradient): `a`, `b` in, `total` out.
+fn elementwise<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+    name: &str,
+    dev: &CudaDevice,
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    total: usize,
+    geo: &Geometry,
+) -> Result<CudaSlice<T>> {
+    let func = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
+    let (av, bv) = (view::<T>(a.0, a.1)?, view::<T>(b.0, b.1)?);
+    // SAFETY: every element is written by the kernel (one thread per element).
+    let out = unsafe { dev.alloc::<T>(total)? };
+    let total_i64 = total as i64;
+    let mut builder = func.builder();
+    builder.arg(&av);
+    builder.arg(&bv);
+    builder.arg(&out);
+    builder.arg(&total_i64);
+    for v in &geo.0 {
+        builder.arg(v);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(total), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the argument list matches the kernel's signature in SOURCE.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(out)
+}
+
+pub(super) fn forward(
+    p: &DwParams,
+    xs: &CudaStorage,
+    xl: &Layout,
+    ws: &CudaStorage,
+    wl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, c, h, w) = xl.shape().dims4()?;
+    let (_, _, k, _) = wl.shape().dims4()?;
+    let (ho, wo) = (p.out_size(h, k)?, p.out_size(w, k)?);
+    let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
+    let dev = xs.device();
+    let total = n * c * ho * wo;
+    let name = format!("dw_forward_{}", suffix(xs.dtype())?);
+    let storage = match xs.dtype() {
+        DType::F32 => CudaStorage::wrap_cuda_slice(
+            elementwise::<f32>(&name, dev, (xs, xl), (ws, wl), total, &geo)?,
+            dev.clone(),
+        ),
+        _ => CudaStorage::wrap_cuda_slice(
+            elementwise::<f64>(&name, dev, (xs, xl), (ws, wl), total, &geo)?,
+            dev.clone(),
+        ),
+    };
+    Ok((storage, Shape::from((n, c, ho, wo))))
+}
+
+pub(super) fn input_grad(
+    p: &DwParams,
+    (h, w): (usize, usize),
+    gs: &CudaStorage,
+    gl: &Layout,
+    ws: &CudaStorage,
+    wl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, c, ho, wo) = gl.shape().dims4()?;
+    let (_, _, k, _) = wl.shape().dims4()?;
+    let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
+    let dev = gs.device();
+    let total = n * c * h * w;
+    let name = format!("dw_input_grad_{}", suffix(gs.dtype())?);
+    let storage = match gs.dtype() {
+        DType::F32 => CudaStorage::wrap_cuda_slice(
+            elementwise::<f32>(&name, dev, (gs, gl), (ws, wl), total, &geo)?,
+            dev.clone(),
+        ),
+        _ => CudaStorage::wrap_cuda_slice(
+            elementwise::<f64>(&name, dev, (gs, gl), (ws, wl), total, &geo)?,
+            dev.clone(),
+        ),
+    };
+    Ok((storage, Shape::from((n, c, h, w))))
+}
+
+fn weight_grad_typed<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+    dev: &CudaDevice,
+    sfx: &str,
+    x: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+    n: usize,
+    geo: &Geometry,
+) -> Result<CudaSlice<T>> {
+    let [c, _, _, k, ..] = geo.0.map(|v| v as usize);
+    let len = c * k * k;
+    let (xv, gv) = (view::<T>(x.0, x.1)?, view::<T>(g.0, g.1)?);
+    // SAFETY: one block per (channel, tap, image) writes each partial once.
+    let part = unsafe { dev.alloc::<T>(n * len)? };
+    let func =
+        dev.get_or_load_custom_func(&format!("dw_weight_grad_partial_{sfx}"), MODULE, ptx()?)?;
+    let mut builder = func.builder();
+    builder.arg(&xv);
+    builder.arg(&gv);
+    builder.arg(&part);
+    for v in &geo.0 {
+        builder.arg(v);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (len as u32, n as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the argument list matches the kernel's signature in SOURCE.
+    unsafe { builder.launch(cfg) }.w()?;
+
+    // SAFETY: one thread per output element writes it.
+    let out = unsafe { dev.alloc::<T>(len)? };
+    let func = dev.get_or_load_custom_func(&format!("dw_sum_images_{sfx}"), MODULE, ptx()?)?;
+    let (n_i32, len_i32) = (i32_of(n)?, i32_of(len)?);
+    let mut builder = func.builder();
+    builder.arg(&part);
+    builder.arg(&out);
+    builder.arg(&n_i32);
+    builder.arg(&len_i32);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(len), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: as above.
+    unsafe { builder.launch(cfg) }.w()?;
+    Ok(out)
+}
+
+pub(super) fn weight_grad(
+    p: &DwParams,
+    k: usize,
+    xs: &CudaStorage,
+    xl: &Layout,
+    gs: &CudaStorage,
+    gl: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, c, h, w) = xl.shape().dims4()?;
+    let (_, _, ho, wo) = gl.shape().dims4()?;
+    if n > 65_535 {
+        candle_core::bail!("depthwise conv CUDA weight gradient: batch {n} exceeds 65535");
+    }
+    let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
+    let dev = xs.device();
+    let sfx = suffix(xs.dtype())?;
+    let storage = match xs.dtype() {
+        DType::F32 => CudaStorage::wrap_cuda_slice(
+            weight_grad_typed::<f32>(dev, sfx, (xs, xl), (gs, gl), n, &geo)?,
+            dev.clone(),
+        ),
+        _ => CudaStorage::wrap_cuda_slice(
+            weight_grad_typed::<f64>(dev, sfx, (xs, xl), (gs, gl), n, &geo)?,
+            dev.clone(),
+        ),
+    };
+    Ok((storage, Shape::from((c, 1, k, k))))
+}
