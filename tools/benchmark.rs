@@ -174,6 +174,11 @@ fn main() -> Result<()> {
         }
     };
 
+    // CUDA and Metal queue work asynchronously: a step counts until its kernels finish.
+    let mut step = move || -> Result<()> {
+        step()?;
+        Ok(device.synchronize()?)
+    };
     for _ in 0..warmup {
         step()?;
     }
