@@ -107,9 +107,12 @@ impl CustomOp2 for Relu6Grad {
         }
         let out = par_fill(x.len(), CHUNK, |i, o| {
             let at = i * CHUNK;
-            // `&` rather than `&&`: no branch, so the loop vectorises (5x faster).
-            for ((o, x), g) in o.iter_mut().zip(&x[at..]).zip(&g[at..]) {
-                o.write(if (*x > 0.0) & (*x < 6.0) { *g } else { 0.0 });
+            let (x, g) = (&x[at..at + o.len()], &g[at..at + o.len()]);
+            // A bit mask rather than a branch: LLVM kept `if` (and `&`) as a conditional
+            // load, a scalar loop that took 13% of a training step.
+            for ((o, x), g) in o.iter_mut().zip(x).zip(g) {
+                let keep = ((*x > 0.0) & (*x < 6.0)) as u32;
+                o.write(f32::from_bits(g.to_bits() & keep.wrapping_neg()));
             }
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
