@@ -1,0 +1,191 @@
+//! With `--features cuda` on a machine with a GPU: the same weights and batch give the
+//! same training-mode features, gradients and detector losses on CUDA as on the CPU
+//! (which the other tests check against PyTorch and finite differences). Elsewhere the
+//! tests say they are skipped.
+#![cfg(feature = "cuda")]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candletron::checkpoint::load_state_dict;
+use candletron::config::Config;
+use candletron::data::augmentation::Instances;
+use candletron::modeling::backbone::build_backbone;
+use candletron::modeling::build_model;
+use candletron::modeling::meta_arch::{Batch, Targets};
+use candletron::modeling::params::ParamStore;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn config(file: &str, extra: &[&str]) -> Config {
+    let mut opts = vec!["MODEL.WEIGHTS", ""];
+    opts.extend_from_slice(extra);
+    Config::from_args(Some(Path::new(file)), &opts).unwrap()
+}
+
+/// ||a - b|| / ||b||, computed on the CPU in f64.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let f = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    let (a, b) = (f(a), f(b));
+    let num = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
+    let den = b.sqr().unwrap().sum_all().unwrap();
+    (num.to_scalar::<f64>().unwrap() / den.to_scalar::<f64>().unwrap().max(1e-300)).sqrt()
+}
+
+fn copy_store(from: &ParamStore, to: &ParamStore) {
+    let tensors: Vec<(String, Tensor)> = from
+        .vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    let report = load_state_dict(to, &tensors).unwrap();
+    assert!(
+        report.missing.is_empty() && report.mismatched.is_empty(),
+        "{report}"
+    );
+}
+
+/// MobileNetV2 + FPN in training mode (batch-statistics BN, depthwise convs, upsampling):
+/// a fixed projection of every level, and the gradient of every parameter. Both devices
+/// run f32 against a CPU f64 reference: the gradients of convs that feed a BN cancel
+/// (~4e-3 relative between two f32 runs for the stem), so CUDA must be about as close to
+/// the reference as the CPU is, rather than equal to it.
+#[test]
+fn backbone_train_step_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cfg = config(
+        "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+        &[
+            "MODEL.MOBILENET.NORM",
+            "BN",
+            "MODEL.BACKBONE.FREEZE_AT",
+            "0",
+        ],
+    );
+    let images = Tensor::randn(0f32, 1.0, (2, 3, 160, 192), &Device::Cpu).unwrap();
+    let run = |dev: &Device, dt: DType, init: Option<&ParamStore>| {
+        let store = Arc::new(ParamStore::new(0));
+        let backbone = build_backbone(&cfg, store.var_builder(dt, dev)).unwrap();
+        if let Some(init) = init {
+            copy_store(init, &store);
+        }
+        let x = images.to_dtype(dt).unwrap().to_device(dev).unwrap();
+        let feats = backbone.forward_t(&x, true).unwrap();
+        let mut loss = Tensor::zeros((), dt, dev).unwrap();
+        let mut outs = Vec::new();
+        for (name, f) in &feats {
+            // A projection that differs per position, so every output value matters.
+            let r = Tensor::ones(f.dims(), dt, &Device::Cpu)
+                .unwrap()
+                .cumsum(3)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .to_device(dev)
+                .unwrap();
+            loss = (loss + (f * r).unwrap().sum_all().unwrap()).unwrap();
+            outs.push((name.clone(), f.clone()));
+        }
+        let grads = loss.backward().unwrap();
+        let g: Vec<(String, Tensor)> = store
+            .vars()
+            .into_iter()
+            .filter_map(|(k, v): (String, Var)| grads.get(v.as_tensor()).map(|g| (k, g.clone())))
+            .collect();
+        (store, outs, g)
+    };
+    let (init, ref_out, ref_grads) = run(&Device::Cpu, DType::F64, None);
+    let (_, cpu_out, cpu_grads) = run(&Device::Cpu, DType::F32, Some(&init));
+    let (_, gpu_out, gpu_grads) = run(&gpu, DType::F32, Some(&init));
+    assert_eq!(gpu_grads.len(), ref_grads.len());
+    assert_eq!(cpu_grads.len(), ref_grads.len());
+    assert!(ref_grads.len() > 100, "{} gradients", ref_grads.len());
+    let mut worst = Vec::new();
+    let pairs = ref_out.iter().zip(&cpu_out).zip(&gpu_out);
+    let grad_pairs = ref_grads.iter().zip(&cpu_grads).zip(&gpu_grads);
+    for (((name, r), (_, c)), (_, g)) in pairs.chain(grad_pairs) {
+        let (dc, dg) = (rel_diff(c, r), rel_diff(g, r));
+        // Rounding differs between devices; 1e-4 is far below any real error.
+        if dg > (3.0 * dc).max(1e-4) {
+            worst.push(format!("{name}: CUDA {dg:.2e} vs CPU {dc:.2e} from f64"));
+        }
+    }
+    assert!(worst.is_empty(), "{}", worst.join("\n"));
+}
+
+/// Whole detectors in training mode: the same losses on both devices. For Faster R-CNN
+/// only the RPN's (the ROI head samples proposals by rank, which rounding may reorder).
+#[test]
+fn detector_losses_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let s = 256f32;
+    let boxes: Vec<[f32; 4]> = (1..=5)
+        .map(|k| {
+            let side = s * k as f32 / 10.0;
+            let o = s * 0.05 * k as f32;
+            [o, o, (o + side).min(s), (o + side).min(s)]
+        })
+        .collect();
+    let inst = Instances {
+        classes: vec![0; boxes.len()],
+        ignore: vec![false; boxes.len()],
+        boxes,
+    };
+    let images = Tensor::randn(0f32, 1.0, (2, 3, 256, 256), &Device::Cpu).unwrap();
+    for (file, compared) in [
+        (
+            "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+            &["loss_cls", "loss_box_reg"][..],
+        ),
+        (
+            "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml",
+            &["loss_rpn_cls", "loss_rpn_loc"][..],
+        ),
+    ] {
+        let losses = |device: &str, init: Option<&ParamStore>| {
+            let cfg = config(file, &["MODEL.DEVICE", device]);
+            let (model, _) = build_model(&cfg, 0).unwrap();
+            if let Some(init) = init {
+                copy_store(init, &model.params);
+            }
+            let batch = Batch {
+                images: images.to_device(&model.device).unwrap(),
+                targets: Some(Targets::Instances(vec![inst.clone(); 2])),
+                image_sizes: Vec::new(),
+            };
+            let out = model.arch.forward(&batch, true).unwrap();
+            let values: Vec<(String, f32)> = out
+                .losses
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_scalar::<f32>().unwrap()))
+                .collect();
+            (model.params.clone(), values)
+        };
+        let (cpu_store, cpu) = losses("cpu", None);
+        let (_, cuda) = losses("cuda", Some(&cpu_store));
+        assert!(gpu.is_cuda());
+        for name in compared {
+            let get = |v: &[(String, f32)]| v.iter().find(|(k, _)| k == name).unwrap().1;
+            let (a, b) = (get(&cuda), get(&cpu));
+            assert!(
+                (a - b).abs() <= 1e-3 * b.abs().max(1e-3),
+                "{file} {name}: CUDA {a} vs CPU {b}"
+            );
+        }
+        eprintln!("{file}: CUDA {cuda:?}, CPU {cpu:?}");
+    }
+}
