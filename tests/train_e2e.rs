@@ -16,7 +16,7 @@ fn train_net(out: &Path, data_root: &Path, extra: &[&str]) -> Output {
 }
 
 /// `train_net` on a tiny network and dataset (6 + 3 images of 128 px).
-fn train_net_with(config: &str, out: &Path, data_root: &Path, extra: &[&str]) -> Output {
+fn train_net_command(config: &str, out: &Path, data_root: &Path, extra: &[&str]) -> Command {
     let mut args: Vec<String> = vec!["--config-file".into(), config.into()];
     let base = [
         "OUTPUT_DIR",
@@ -60,8 +60,13 @@ fn train_net_with(config: &str, out: &Path, data_root: &Path, extra: &[&str]) ->
     ];
     args.extend(base.iter().map(|s| s.to_string()));
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_train_net"))
-        .args(&args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train_net"));
+    cmd.args(&args);
+    cmd
+}
+
+fn train_net_with(config: &str, out: &Path, data_root: &Path, extra: &[&str]) -> Output {
+    train_net_command(config, out, data_root, extra)
         .output()
         .unwrap()
 }
@@ -300,4 +305,87 @@ fn a_multi_class_coco_dataset_trains_and_gets_coco_ap() {
     for k in ["AP", "AP50", "AP75", "APs", "APm", "APl"] {
         assert!(res.get(k).is_some(), "{k} missing in {res}");
     }
+}
+
+/// Ctrl-C (SIGINT) mid-run: the step in flight finishes, a checkpoint is written and named,
+/// the process exits cleanly, and `--resume` continues from the next iteration.
+#[test]
+fn ctrl_c_writes_a_checkpoint_that_resumes() {
+    let root = common::tmp_dir("e2e_sigint");
+    let (data, out) = (root.join("data"), root.join("run"));
+    let child = train_net_command(
+        "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+        &out,
+        &data,
+        &[
+            "SOLVER.MAX_ITER",
+            "100000",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100000",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait for two logged iterations (the dataset is generated first on a fresh root).
+    let started = std::time::Instant::now();
+    // Complete lines only: the file is being appended to.
+    let logged = || {
+        std::fs::read_to_string(out.join("metrics.json"))
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("total_loss") && l.ends_with('}'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while logged() < 2 {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "train_net logged no iterations in 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: sends a signal to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let o = child.wait_with_output().unwrap();
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stopped = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped at iteration "))
+        .unwrap_or_else(|| panic!("no stop message in:\n{stdout}"));
+    let iter: u64 = stopped.split(';').next().unwrap().parse().unwrap();
+    assert!(iter < 1000, "stopped only at iteration {iter}");
+    let last = std::fs::read_to_string(out.join("last_checkpoint")).unwrap();
+    assert!(
+        last.contains(&format!("model_{iter:07}")),
+        "last_checkpoint {last:?} is not iteration {iter}'s"
+    );
+    // Every iteration up to the stop is logged once; the resumed run takes the next two.
+    let before = losses(&out);
+    assert_eq!(
+        before.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..=iter).collect::<Vec<_>>()
+    );
+    let max = (iter + 3).to_string();
+    ok(&train_net(
+        &out,
+        &data,
+        &[
+            "SOLVER.MAX_ITER",
+            max.as_str(),
+            "DATASETS.TEST",
+            "[]",
+            "--resume",
+        ],
+    ));
+    assert_eq!(
+        losses(&out).iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..iter + 3).collect::<Vec<_>>()
+    );
 }
