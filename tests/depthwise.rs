@@ -1,6 +1,8 @@
 //! The depthwise op against Candle's grouped conv2d, and its gradients against finite
 //! differences in f64.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use candletron::layers::depthwise::{depthwise_conv2d, depthwise_conv2d_portable, DwParams};
 
@@ -263,13 +265,7 @@ mod cuda {
     use super::*;
 
     fn gpu() -> Option<Device> {
-        match Device::new_cuda(0) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("skipped: no CUDA device ({e})");
-                None
-            }
-        }
+        common::cuda_device()
     }
 
     /// `cases()` plus MobileNetV2-sized planes, 5x5 kernels and a batch over the grid's

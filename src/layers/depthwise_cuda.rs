@@ -245,6 +245,28 @@ fn elementwise<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
     Ok(out)
 }
 
+/// `elementwise` for the storage's dtype (f32 or f64), wrapped as a storage.
+fn elementwise_storage(
+    root: &str,
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    total: usize,
+    geo: &Geometry,
+) -> Result<CudaStorage> {
+    let dev = a.0.device();
+    let name = format!("{root}_{}", suffix(a.0.dtype())?);
+    Ok(match a.0.dtype() {
+        DType::F32 => CudaStorage::wrap_cuda_slice(
+            elementwise::<f32>(&name, dev, a, b, total, geo)?,
+            dev.clone(),
+        ),
+        _ => CudaStorage::wrap_cuda_slice(
+            elementwise::<f64>(&name, dev, a, b, total, geo)?,
+            dev.clone(),
+        ),
+    })
+}
+
 pub(super) fn forward(
     p: &DwParams,
     xs: &CudaStorage,
@@ -256,19 +278,8 @@ pub(super) fn forward(
     let (_, _, k, _) = wl.shape().dims4()?;
     let (ho, wo) = (p.out_size(h, k)?, p.out_size(w, k)?);
     let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
-    let dev = xs.device();
     let total = n * c * ho * wo;
-    let name = format!("dw_forward_{}", suffix(xs.dtype())?);
-    let storage = match xs.dtype() {
-        DType::F32 => CudaStorage::wrap_cuda_slice(
-            elementwise::<f32>(&name, dev, (xs, xl), (ws, wl), total, &geo)?,
-            dev.clone(),
-        ),
-        _ => CudaStorage::wrap_cuda_slice(
-            elementwise::<f64>(&name, dev, (xs, xl), (ws, wl), total, &geo)?,
-            dev.clone(),
-        ),
-    };
+    let storage = elementwise_storage("dw_forward", (xs, xl), (ws, wl), total, &geo)?;
     Ok((storage, Shape::from((n, c, ho, wo))))
 }
 
@@ -283,19 +294,8 @@ pub(super) fn input_grad(
     let (n, c, ho, wo) = gl.shape().dims4()?;
     let (_, _, k, _) = wl.shape().dims4()?;
     let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
-    let dev = gs.device();
     let total = n * c * h * w;
-    let name = format!("dw_input_grad_{}", suffix(gs.dtype())?);
-    let storage = match gs.dtype() {
-        DType::F32 => CudaStorage::wrap_cuda_slice(
-            elementwise::<f32>(&name, dev, (gs, gl), (ws, wl), total, &geo)?,
-            dev.clone(),
-        ),
-        _ => CudaStorage::wrap_cuda_slice(
-            elementwise::<f64>(&name, dev, (gs, gl), (ws, wl), total, &geo)?,
-            dev.clone(),
-        ),
-    };
+    let storage = elementwise_storage("dw_input_grad", (gs, gl), (ws, wl), total, &geo)?;
     Ok((storage, Shape::from((n, c, h, w))))
 }
 
