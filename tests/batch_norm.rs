@@ -1,6 +1,8 @@
 //! The fused training batch norm against the composed stock-op path and against finite
 //! differences in f64.
 
+mod common;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -8,18 +10,13 @@ use candletron::layers::batch_norm_train::batch_norm_train;
 use candletron::layers::BatchNorm2d;
 use candletron::modeling::params::ParamStore;
 
-fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
     assert_eq!(a.dims(), b.dims(), "{what}");
-    for (i, (x, y)) in to_vec(a).iter().zip(to_vec(b)).enumerate() {
+    for (i, (x, y)) in common::flat_f64(a)
+        .iter()
+        .zip(common::flat_f64(b))
+        .enumerate()
+    {
         assert!(
             (x - y).abs() <= tol * (1.0 + y.abs()),
             "{what}[{i}]: {x} vs {y}"
@@ -127,7 +124,7 @@ fn gradients_match_finite_differences_in_f64() {
     let (y, stats) =
         batch_norm_train(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
     // The statistics are the batch's (biased variance).
-    let xs = to_vec(
+    let xs = common::flat_f64(
         &x.transpose(0, 1)
             .unwrap()
             .flatten_from(1)
@@ -141,7 +138,7 @@ fn gradients_match_finite_differences_in_f64() {
     let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let eps = 1e-5;
     let numeric = |t: &Tensor, which: usize| -> Vec<f64> {
-        let base = to_vec(t);
+        let base = common::flat_f64(t);
         (0..base.len())
             .map(|i| {
                 let bump = |d: f64| {
@@ -162,7 +159,7 @@ fn gradients_match_finite_differences_in_f64() {
         .into_iter()
         .enumerate()
     {
-        let analytic = to_vec(g.get(v.as_tensor()).unwrap());
+        let analytic = common::flat_f64(g.get(v.as_tensor()).unwrap());
         for (i, (a, n)) in analytic
             .iter()
             .zip(numeric(v.as_tensor(), which))

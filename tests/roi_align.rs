@@ -1,6 +1,8 @@
 //! ROIAlign against a direct bilinear-sampling reference, a hand-computed case, its
 //! portable path, and finite differences of its backward (f64).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::layers::roi_align::{roi_align, roi_align_portable, RoiAlignParams};
 use rand::{Rng, SeedableRng};
@@ -78,15 +80,6 @@ fn params(out: usize, scale: f32, sr: usize, aligned: bool) -> RoiAlignParams {
     }
 }
 
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 #[test]
 fn linear_map_by_hand() {
     // f(y, x) = 2x + 3y + 1 is reproduced exactly by bilinear sampling, so each bin is
@@ -98,7 +91,7 @@ fn linear_map_by_hand() {
         .collect();
     let x = Tensor::from_vec(data, (1, 1, h, w), &Device::Cpu).unwrap();
     let p = params(2, 1.0, 2, true);
-    let out = flat(&roi_align(&x, &[(0, [2.0, 1.0, 6.0, 5.0])], &p).unwrap());
+    let out = common::flat_f64(&roi_align(&x, &[(0, [2.0, 1.0, 6.0, 5.0])], &p).unwrap());
     let f = |x: f64, y: f64| 2.0 * x + 3.0 * y + 1.0;
     // Bin centres: x0 = 1.5, y0 = 0.5, bins 2 wide -> centres 2.5/4.5 and 1.5/3.5.
     let want = [f(2.5, 1.5), f(4.5, 1.5), f(2.5, 3.5), f(4.5, 3.5)];
@@ -107,13 +100,13 @@ fn linear_map_by_hand() {
     }
     // Not aligned: no shift, so every centre moves by +0.5 in x and y.
     let p = params(2, 1.0, 2, false);
-    let out = flat(&roi_align(&x, &[(0, [2.0, 1.0, 6.0, 5.0])], &p).unwrap());
+    let out = common::flat_f64(&roi_align(&x, &[(0, [2.0, 1.0, 6.0, 5.0])], &p).unwrap());
     let want = [f(3.0, 2.0), f(5.0, 2.0), f(3.0, 4.0), f(5.0, 4.0)];
     for (a, b) in out.iter().zip(want) {
         assert!((a - b).abs() < 1e-5, "{out:?} vs {want:?}");
     }
     // A box entirely more than one pixel outside the map pools zeros.
-    let out = flat(&roi_align(&x, &[(0, [30.0, 30.0, 40.0, 40.0])], &p).unwrap());
+    let out = common::flat_f64(&roi_align(&x, &[(0, [30.0, 30.0, 40.0, 40.0])], &p).unwrap());
     assert!(out.iter().all(|&v| v == 0.0), "{out:?}");
 }
 
@@ -177,7 +170,11 @@ fn random_cases_match_reference_and_portable() {
                 );
                 let port = roi_align_portable(&t, &rois, &p).unwrap();
                 let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-                for ((a, b), r) in flat(&got).iter().zip(flat(&port)).zip(&want) {
+                for ((a, b), r) in common::flat_f64(&got)
+                    .iter()
+                    .zip(common::flat_f64(&port))
+                    .zip(&want)
+                {
                     assert!((a - r).abs() < tol, "seed {seed} {p:?}: {a} vs {r}");
                     assert!(
                         (b - r).abs() < tol,
@@ -209,14 +206,14 @@ fn backward_matches_finite_differences_and_portable() {
         .unwrap();
         (out * &proj).unwrap().sum_all().unwrap()
     };
-    let grad = flat(
+    let grad = common::flat_f64(
         loss(v.as_tensor(), false)
             .backward()
             .unwrap()
             .get(v.as_tensor())
             .unwrap(),
     );
-    let grad_portable = flat(
+    let grad_portable = common::flat_f64(
         loss(v.as_tensor(), true)
             .backward()
             .unwrap()

@@ -55,3 +55,13 @@ pub fn cuda_device() -> Option<candle_core::Device> {
         }
     }
 }
+
+/// Every value of `t`, flattened, as f64.
+pub fn flat_f64(t: &candle_core::Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
