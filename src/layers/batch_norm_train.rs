@@ -39,10 +39,7 @@ fn dims(l: &Layout) -> Result<Dims> {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("batch norm kernels need contiguous inputs");
-    };
-    Ok(&s.as_slice::<T>()?[start..end])
+    super::cpu_slice(s, l, "batch norm")
 }
 
 /// Sums of `f(i)` over a plane in f64, eight independent accumulators so the loop

@@ -88,10 +88,7 @@ impl DwParams {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("depthwise conv kernels need contiguous inputs");
-    };
-    Ok(&s.as_slice::<T>()?[start..end])
+    super::cpu_slice(s, l, "depthwise conv")
 }
 
 /// For each kernel tap along one axis: the valid output range and first input index.

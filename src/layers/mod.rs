@@ -18,6 +18,19 @@ pub mod losses;
 pub mod roi_align;
 pub mod upsample;
 
+/// The contiguous values of a CPU storage as a slice, for the custom ops' kernels; `op`
+/// names the op in the error.
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op} kernels need contiguous inputs");
+    };
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
 /// Largest absolute element-wise difference, for the layer unit tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

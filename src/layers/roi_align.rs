@@ -170,10 +170,7 @@ fn push_bilinear(
 }
 
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("roi_align kernels need contiguous inputs");
-    };
-    Ok(&s.as_slice::<T>()?[start..end])
+    super::cpu_slice(s, l, "roi_align")
 }
 
 struct Forward(Arc<RoiPlan>);
