@@ -23,7 +23,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Every geometry the models use (3x3, stride 1/2, "same" padding, dilation 1/2), plus
-/// odd sizes, no padding and over-padding.
+/// stride 3 (the generic column-phase split), odd sizes, no padding and over-padding.
 fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
     let mut v = Vec::new();
     for &(n, c, h, w) in &[
@@ -34,7 +34,7 @@ fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
         (1, 32, 2, 3),
         (2, 8, 1, 6),
     ] {
-        for stride in [1, 2] {
+        for stride in [1, 2, 3] {
             for dilation in [1, 2] {
                 for padding in [0, dilation, 2] {
                     let p = DwParams {

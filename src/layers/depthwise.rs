@@ -106,12 +106,82 @@ fn in_row(p: &DwParams, oy: usize, ky: usize, h: usize) -> Option<usize> {
 // The three kernels walk output rows outermost, so a row of the output (or of the
 // gradient) stays in L1 while the K x K taps update it.
 
+/// The input plane as rows that every tap reads contiguously. With stride 1 these are the
+/// input rows themselves; with stride s the plane is first split into s column phases
+/// (`x[:, r::s]`), so a strided tap becomes a contiguous run of one phase instead of a
+/// gather the compiler cannot vectorise.
+struct TapRows<'a, T> {
+    data: &'a [T],
+    h: usize,
+    /// Row length of one phase (the input width for stride 1).
+    pitch: usize,
+    stride: usize,
+}
+
+impl<'a, T: WithDType> TapRows<'a, T> {
+    /// `scratch` holds the phases for strides above 1 (resized as needed).
+    fn new(x: &'a [T], h: usize, w: usize, stride: usize, scratch: &'a mut Vec<T>) -> Self {
+        if stride == 1 {
+            return Self {
+                data: x,
+                h,
+                pitch: w,
+                stride,
+            };
+        }
+        let pitch = w.div_ceil(stride);
+        scratch.clear();
+        scratch.resize(stride * h * pitch, T::zero());
+        if stride == 2 {
+            // Both phases in one pass over pairs, which LLVM turns into vector shuffles.
+            let (even, odd) = scratch.split_at_mut(h * pitch);
+            for iy in 0..h {
+                let src = &x[iy * w..(iy + 1) * w];
+                let (e, o) = (
+                    &mut even[iy * pitch..][..pitch],
+                    &mut odd[iy * pitch..][..pitch],
+                );
+                let pairs = src.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    e[pitch - 1] = *last;
+                }
+                for ((e, o), pair) in e.iter_mut().zip(o.iter_mut()).zip(pairs) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+            }
+        } else {
+            for r in 0..stride {
+                for iy in 0..h {
+                    let src = &x[iy * w..(iy + 1) * w];
+                    let dst = &mut scratch[(r * h + iy) * pitch..][..pitch];
+                    for (d, v) in dst.iter_mut().zip(src.iter().skip(r).step_by(stride)) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+        Self {
+            data: scratch,
+            h,
+            pitch,
+            stride,
+        }
+    }
+
+    /// The run of input row `iy` that starts at input column `ix` and steps by the stride.
+    fn run(&self, iy: usize, ix: usize) -> &[T] {
+        let (r, j) = (ix % self.stride, ix / self.stride);
+        &self.data[(r * self.h + iy) * self.pitch..][j..self.pitch]
+    }
+}
+
 /// out[oy, ox] = sum_{ky,kx} w[ky,kx] * x[oy*s - p + ky*d, ox*s - p + kx*d]
 fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     p: &DwParams,
     d: &Dims,
     cols: &[(usize, usize, usize)],
-    x: &[T],
+    rows: &TapRows<T>,
     w: &[T],
     out: &mut [T],
 ) {
@@ -121,21 +191,14 @@ fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>
             let Some(iy) = in_row(p, oy, ky, d.h) else {
                 continue;
             };
-            let xrow = &x[iy * d.w..(iy + 1) * d.w];
             for (kx, &(ox0, ox1, ix0)) in cols.iter().enumerate() {
                 if ox0 == ox1 {
                     continue;
                 }
                 let wv = w[ky * d.k + kx];
                 let o = &mut orow[ox0..ox1];
-                if p.stride == 1 {
-                    for (o, xv) in o.iter_mut().zip(&xrow[ix0..]) {
-                        *o += wv * *xv;
-                    }
-                } else {
-                    for (i, o) in o.iter_mut().enumerate() {
-                        *o += wv * xrow[ix0 + i * p.stride];
-                    }
+                for (o, xv) in o.iter_mut().zip(rows.run(iy, ix0)) {
+                    *o += wv * *xv;
                 }
             }
         }
@@ -183,7 +246,7 @@ fn weight_grad_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output =
     p: &DwParams,
     d: &Dims,
     cols: &[(usize, usize, usize)],
-    x: &[T],
+    rows: &TapRows<T>,
     g: &[T],
     gw: &mut [T],
 ) {
@@ -193,26 +256,32 @@ fn weight_grad_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output =
             let Some(iy) = in_row(p, oy, ky, d.h) else {
                 continue;
             };
-            let xrow = &x[iy * d.w..(iy + 1) * d.w];
             for (kx, &(ox0, ox1, ix0)) in cols.iter().enumerate() {
-                if ox0 == ox1 {
-                    continue;
+                if ox0 < ox1 {
+                    gw[ky * d.k + kx] += dot(&grow[ox0..ox1], rows.run(iy, ix0));
                 }
-                let gs = &grow[ox0..ox1];
-                let mut acc = T::zero();
-                if p.stride == 1 {
-                    for (gv, xv) in gs.iter().zip(&xrow[ix0..]) {
-                        acc += *gv * *xv;
-                    }
-                } else {
-                    for (j, gv) in gs.iter().enumerate() {
-                        acc += *gv * xrow[ix0 + j * p.stride];
-                    }
-                }
-                gw[ky * d.k + kx] += acc;
             }
         }
     }
+}
+
+/// Σ a[i] * b[i] over `a.len()` elements with eight independent partial sums: a single
+/// running sum is a serial chain the compiler may not reorder into vector lanes.
+fn dot<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(a: &[T], b: &[T]) -> T {
+    let b = &b[..a.len()];
+    let mut acc = [T::zero(); 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .fold(T::zero(), |s, (x, y)| s + *x * *y);
+    for (ca, cb) in ac.zip(bc) {
+        for j in 0..8 {
+            acc[j] += ca[j] * cb[j];
+        }
+    }
+    acc.iter().fold(tail, |s, v| s + *v)
 }
 
 macro_rules! for_float_types {
@@ -240,16 +309,11 @@ fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     let mut out = vec![T::zero(); d.n * d.c * d.ho * d.wo];
     out.par_chunks_mut(d.ho * d.wo)
         .enumerate()
-        .for_each(|(plane, o)| {
+        .for_each_init(Vec::new, |scratch, (plane, o)| {
             let ch = plane % d.c;
-            forward_plane(
-                p,
-                &d,
-                &cols,
-                &x[plane * d.h * d.w..][..d.h * d.w],
-                &w[ch * d.k * d.k..][..d.k * d.k],
-                o,
-            );
+            let x = &x[plane * d.h * d.w..][..d.h * d.w];
+            let rows = TapRows::new(x, d.h, d.w, p.stride, scratch);
+            forward_plane(p, &d, &cols, &rows, &w[ch * d.k * d.k..][..d.k * d.k], o);
         });
     Ok((
         T::to_cpu_storage_owned(out),
@@ -390,19 +454,16 @@ fn weight_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = 
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
     let cols = taps(&op.0, k, w, wo);
     let mut gw = vec![T::zero(); c * k * k];
-    gw.par_chunks_mut(k * k).enumerate().for_each(|(ch, gwc)| {
-        for b in 0..n {
-            let plane = b * c + ch;
-            weight_grad_plane(
-                &op.0,
-                &d,
-                &cols,
-                &x[plane * h * w..][..h * w],
-                &g[plane * ho * wo..][..ho * wo],
-                gwc,
-            );
-        }
-    });
+    gw.par_chunks_mut(k * k)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (ch, gwc)| {
+            for b in 0..n {
+                let plane = b * c + ch;
+                let rows = TapRows::new(&x[plane * h * w..][..h * w], h, w, op.0.stride, scratch);
+                let g = &g[plane * ho * wo..][..ho * wo];
+                weight_grad_plane(&op.0, &d, &cols, &rows, g, gwc);
+            }
+        });
     Ok((T::to_cpu_storage_owned(gw), Shape::from((c, 1, k, k))))
 }
 
