@@ -7,7 +7,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 
-use super::depthwise::{depthwise_conv2d, DwParams};
+use super::depthwise::{depthwise_conv2d, DwParams, ForwardBiasAct};
+use super::pointwise::PointwiseBiasAct;
 use super::{Activation, Norm, NormKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,26 +38,69 @@ impl Conv2dConfig {
     }
 }
 
+/// The depthwise geometry (one filter per channel, square kernel), if `weight` has it.
+fn depthwise_params(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<DwParams>> {
+    let (out_c, in_per_group, kh, kw) = weight.dims4()?;
+    Ok(
+        (cfg.groups > 1 && in_per_group == 1 && out_c == cfg.groups && kh == kw).then_some(
+            DwParams {
+                stride: cfg.stride,
+                padding: cfg.padding,
+                dilation: cfg.dilation,
+            },
+        ),
+    )
+}
+
+/// 1x1, stride 1, unpadded and ungrouped: a matmul over pixels.
+fn is_pointwise(weight: &Tensor, cfg: &Conv2dConfig) -> Result<bool> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    Ok(kh == 1 && kw == 1 && cfg.stride == 1 && cfg.padding == 0 && cfg.groups == 1)
+}
+
 /// The convolution primitive every layer uses: depthwise convolutions go to the
 /// dedicated op, pointwise (1x1, stride 1) ones to one batched matmul without im2col,
 /// the rest to Candle's conv2d.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
-    let (out_c, in_per_group, kh, kw) = weight.dims4()?;
-    if cfg.groups > 1 && in_per_group == 1 && out_c == cfg.groups && kh == kw {
-        let p = DwParams {
-            stride: cfg.stride,
-            padding: cfg.padding,
-            dilation: cfg.dilation,
-        };
+    if let Some(p) = depthwise_params(weight, cfg)? {
         return depthwise_conv2d(x, weight, p);
     }
-    if kh == 1 && kw == 1 && cfg.stride == 1 && cfg.padding == 0 && cfg.groups == 1 {
+    if is_pointwise(weight, cfg)? {
         let (n, c, h, w) = x.dims4()?;
+        let out_c = weight.dim(0)?;
         let x = x.contiguous()?.reshape((n, c, h * w))?;
         let y = weight.reshape((out_c, c))?.broadcast_left(n)?.matmul(&x)?;
         return y.reshape((n, out_c, h, w));
     }
     x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
+}
+
+/// Inference only (no gradient): `activation(conv(x, weight) + bias)`. On CPU in f32
+/// the depthwise and pointwise cases run as one kernel that applies the bias and
+/// activation while each output block is still in cache; elsewhere it is [`conv2d`]
+/// then one bias-activation pass.
+pub fn conv2d_bias_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    cfg: &Conv2dConfig,
+    activation: Activation,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let (w, b) = (weight.contiguous()?, bias.contiguous()?);
+        if let Some(p) = depthwise_params(weight, cfg)? {
+            if super::depthwise::custom_op_for(x) {
+                return x
+                    .contiguous()?
+                    .apply_op3_no_bwd(&w, &b, &ForwardBiasAct(p, activation));
+            }
+        } else if is_pointwise(weight, cfg)? {
+            return x
+                .contiguous()?
+                .apply_op3_no_bwd(&w, &b, &PointwiseBiasAct(activation));
+        }
+    }
+    super::fused::bias_act(&conv2d(x, weight, cfg)?, bias, activation)
 }
 
 /// Kaiming-normal (fan_out, ReLU gain), torchvision's MobileNetV2 / ResNet conv init.
@@ -206,22 +250,22 @@ impl Conv2d {
                 Some(b) => ((b * &scale)? + shift)?,
                 None => shift,
             };
-            let y = conv2d(x, &w, &self.cfg)?;
             if !train && !w.is_variable() && !b.is_variable() {
-                return super::fused::bias_act(&y, &b, self.activation);
+                return conv2d_bias_act(x, &w, &b, &self.cfg, self.activation);
             }
+            let y = conv2d(x, &w, &self.cfg)?;
             return self
                 .activation
                 .apply(&y.broadcast_add(&b.reshape((1, (), 1, 1))?)?);
         }
-        let mut y = conv2d(x, &self.weight, &self.cfg)?;
-        // The fused inference copy: bias and activation in one pass. That kernel has no
+        // The fused inference copy: conv, bias and activation in one kernel. That has no
         // gradient, so it is never used on trainable tensors.
         if let (false, Some(b), None) = (train, &self.bias, &self.norm) {
             if !b.is_variable() && !self.weight.is_variable() {
-                return super::fused::bias_act(&y, b, self.activation);
+                return conv2d_bias_act(x, &self.weight, b, &self.cfg, self.activation);
             }
         }
+        let mut y = conv2d(x, &self.weight, &self.cfg)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
         }
@@ -235,5 +279,52 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused inference kernels against conv2d, then bias, then activation.
+    #[test]
+    fn conv2d_bias_act_equals_the_composed_path() {
+        let dev = Device::Cpu;
+        // (n, c_in, c_out, h, w, cfg): pointwise with a ragged last block, many output
+        // channels (narrow blocks) and tiny planes; depthwise stride 1 and 2, odd sizes.
+        let cases = [
+            (2, 8, 24, 13, 11, Conv2dConfig::same(1, 1)),
+            (1, 16, 1280, 7, 7, Conv2dConfig::same(1, 1)),
+            (3, 5, 7, 1, 3, Conv2dConfig::same(1, 1)),
+            (2, 12, 12, 9, 14, Conv2dConfig::same(3, 1).with_groups(12)),
+            (1, 6, 6, 11, 7, Conv2dConfig::same(3, 2).with_groups(6)),
+        ];
+        for (n, ci, co, h, w, cfg) in cases {
+            let x = Tensor::randn(0f32, 2.0, (n, ci, h, w), &dev).unwrap();
+            let k = Tensor::randn(
+                0f32,
+                0.5,
+                (co, ci / cfg.groups, cfg.kernel, cfg.kernel),
+                &dev,
+            )
+            .unwrap();
+            let b = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
+            for act in [
+                Activation::ReLU6,
+                Activation::Identity,
+                Activation::Mish,
+                Activation::ReLU,
+            ] {
+                let y = conv2d(&x, &k, &cfg).unwrap();
+                let want = act
+                    .apply(&y.broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap())
+                    .unwrap();
+                let got = conv2d_bias_act(&x, &k, &b, &cfg, act).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let d = super::super::max_abs_diff(&got, &want);
+                assert!(d < 1e-4, "{cfg:?} {act:?} ({n},{ci},{h},{w}): {d}");
+            }
+        }
     }
 }

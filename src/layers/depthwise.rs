@@ -176,7 +176,8 @@ impl<'a, T: WithDType> TapRows<'a, T> {
     }
 }
 
-/// out[oy, ox] = sum_{ky,kx} w[ky,kx] * x[oy*s - p + ky*d, ox*s - p + kx*d]
+/// out[oy, ox] = sum_{ky,kx} w[ky,kx] * x[oy*s - p + ky*d, ox*s - p + kx*d], then
+/// `epilogue` on each finished row while it is still in L1.
 fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     p: &DwParams,
     d: &Dims,
@@ -184,6 +185,7 @@ fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>
     rows: &TapRows<T>,
     w: &[T],
     out: &mut [T],
+    epilogue: impl Fn(&mut [T]),
 ) {
     for oy in 0..d.ho {
         let orow = &mut out[oy * d.wo..(oy + 1) * d.wo];
@@ -202,6 +204,7 @@ fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>
                 }
             }
         }
+        epilogue(orow);
     }
 }
 
@@ -296,6 +299,27 @@ macro_rules! for_float_types {
 
 struct Forward(DwParams);
 
+/// Every (image, channel) plane of the forward in parallel; `epilogue(channel, row)` runs
+/// on each finished output row.
+fn forward_planes<T, E>(p: &DwParams, d: &Dims, x: &[T], w: &[T], epilogue: E) -> Vec<T>
+where
+    T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>,
+    E: Fn(usize, &mut [T]) + Sync,
+{
+    let cols = taps(p, d.k, d.w, d.wo);
+    let mut out = vec![T::zero(); d.n * d.c * d.ho * d.wo];
+    out.par_chunks_mut(d.ho * d.wo)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (plane, o)| {
+            let ch = plane % d.c;
+            let x = &x[plane * d.h * d.w..][..d.h * d.w];
+            let rows = TapRows::new(x, d.h, d.w, p.stride, scratch);
+            let w = &w[ch * d.k * d.k..][..d.k * d.k];
+            forward_plane(p, d, &cols, &rows, w, o, |row: &mut [T]| epilogue(ch, row));
+        });
+    out
+}
+
 fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     p: &DwParams,
     xs: &CpuStorage,
@@ -305,20 +329,47 @@ fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
 ) -> Result<(CpuStorage, Shape)> {
     let d = p.dims(xl, wl)?;
     let (x, w) = (slice::<T>(xs, xl)?, slice::<T>(ws, wl)?);
-    let cols = taps(p, d.k, d.w, d.wo);
-    let mut out = vec![T::zero(); d.n * d.c * d.ho * d.wo];
-    out.par_chunks_mut(d.ho * d.wo)
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (plane, o)| {
-            let ch = plane % d.c;
-            let x = &x[plane * d.h * d.w..][..d.h * d.w];
-            let rows = TapRows::new(x, d.h, d.w, p.stride, scratch);
-            forward_plane(p, &d, &cols, &rows, &w[ch * d.k * d.k..][..d.k * d.k], o);
-        });
+    let out = forward_planes(p, &d, x, w, |_, _| {});
     Ok((
         T::to_cpu_storage_owned(out),
         Shape::from((d.n, d.c, d.ho, d.wo)),
     ))
+}
+
+/// The forward with `act(row + bias[channel])` applied to each output row as it
+/// completes: the inference path's depthwise layer (norm folded) in one pass over memory
+/// instead of two. CPU and f32 only, no gradient.
+pub(crate) struct ForwardBiasAct(pub DwParams, pub super::Activation);
+
+impl candle_core::CustomOp3 for ForwardBiasAct {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.0.dims(xl, wl)?;
+        let (x, w, b) = (
+            slice::<f32>(xs, xl)?,
+            slice::<f32>(ws, wl)?,
+            slice::<f32>(bs, bl)?,
+        );
+        if b.len() != d.c {
+            candle_core::bail!("depthwise conv: {} biases for {} channels", b.len(), d.c);
+        }
+        let act = self.1;
+        let out = forward_planes(&self.0, &d, x, w, |ch, row| {
+            super::fused::bias_act_in_place(act, row, b[ch])
+        });
+        Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.ho, d.wo))))
+    }
 }
 
 impl CustomOp2 for Forward {
@@ -505,7 +556,7 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: DwParams) -> Result<Tensor> {
     }
 }
 
-fn custom_op_for(x: &Tensor) -> bool {
+pub(crate) fn custom_op_for(x: &Tensor) -> bool {
     static FORCE_PORTABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *FORCE_PORTABLE.get_or_init(|| {
         std::env::var("CANDLETRON_DEPTHWISE").is_ok_and(|v| v.eq_ignore_ascii_case("portable"))

@@ -60,6 +60,21 @@ fn plane_bias_act(a: Activation, x: &[f32], bias: f32, o: &mut [std::mem::MaybeU
     }
 }
 
+/// `row = act(row + bias)` in place, for kernels that finish an output row in cache.
+pub(crate) fn bias_act_in_place(a: Activation, row: &mut [f32], bias: f32) {
+    fn run(row: &mut [f32], f: impl Fn(f32) -> f32) {
+        for v in row.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    match a {
+        Activation::ReLU => run(row, |v| (v + bias).max(0.0)),
+        Activation::ReLU6 => run(row, |v| (v + bias).clamp(0.0, 6.0)),
+        Activation::Mish => run(row, |v| mish(v + bias)),
+        Activation::Identity => run(row, |v| v + bias),
+    }
+}
+
 struct Relu6;
 
 impl CustomOp1 for Relu6 {

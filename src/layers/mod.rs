@@ -15,6 +15,7 @@ pub mod depthwise;
 mod depthwise_cuda;
 pub mod fused;
 pub mod losses;
+mod pointwise;
 pub mod roi_align;
 pub mod upsample;
 
