@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::layers::batch_norm_train::batch_norm_train;
-use candletron::layers::BatchNorm2d;
+use candletron::layers::{Activation, BatchNorm2d};
 use candletron::modeling::params::ParamStore;
 
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
@@ -42,15 +42,31 @@ fn input(shape: (usize, usize, usize, usize), dtype: DType) -> Tensor {
         .unwrap()
 }
 
-/// The fused op in f32 against the composed path in f64 (the f32 composed path is itself
+/// The activations the op fuses, applied with stock ops (clamp's and relu's gradients).
+const FUSED: [Activation; 3] = [Activation::Identity, Activation::ReLU, Activation::ReLU6];
+
+fn stock(a: Activation, y: &Tensor) -> Tensor {
+    match a {
+        Activation::Identity => y.clone(),
+        Activation::ReLU => y.relu().unwrap(),
+        Activation::ReLU6 => y.clamp(0.0, 6.0).unwrap(),
+        Activation::Mish => unreachable!("not fused"),
+    }
+}
+
+/// The fused op (with each activation it fuses) in f32 against the composed path in f64 (the f32 composed path is itself
 /// off by ~3e-4 on these offset activations, so it cannot be the reference; f32 inputs
 /// of mean/std ~100 carry ~1e-5 themselves), and the fused op
 /// in f64 against the same reference at f64 precision.
 #[test]
 fn fused_equals_composed_forward_backward_and_running_stats() {
-    for shape in [(4, 16, 9, 11), (2, 5, 1, 3), (8, 3, 17, 17)] {
+    for (shape, act) in [(4, 16, 9, 11), (2, 5, 1, 3), (8, 3, 17, 17)]
+        .into_iter()
+        .flat_map(|s| FUSED.map(|a| (s, a)))
+    {
         let x = input(shape, DType::F64);
-        let weight = Tensor::randn(1f64, 0.5, shape.1, &Device::Cpu).unwrap();
+        // Scales up to ~5: outputs cross both of ReLU6's bounds.
+        let weight = Tensor::randn(2.5f64, 1.5, shape.1, &Device::Cpu).unwrap();
         let run = |fused: bool, dtype: DType| {
             let store = Arc::new(ParamStore::new(3));
             let bn = BatchNorm2d::new(shape.1, store.var_builder(dtype, &Device::Cpu)).unwrap();
@@ -59,9 +75,9 @@ fn fused_equals_composed_forward_backward_and_running_stats() {
             w.set(&weight.to_dtype(dtype).unwrap()).unwrap();
             let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
             let y = if fused {
-                bn.forward_t(x.as_tensor(), true).unwrap()
+                bn.forward_act(x.as_tensor(), true, act).unwrap()
             } else {
-                bn.forward_train_composed(x.as_tensor()).unwrap()
+                stock(act, &bn.forward_train_composed(x.as_tensor()).unwrap())
             };
             let r = Tensor::ones(shape, dtype, &Device::Cpu)
                 .unwrap()
@@ -93,7 +109,7 @@ fn fused_equals_composed_forward_backward_and_running_stats() {
                 "running var",
             ];
             for ((a, b), name) in got.iter().zip(&reference).zip(names) {
-                assert_close(a, b, tol, &format!("{dtype:?} {shape:?} {name}"));
+                assert_close(a, b, tol, &format!("{dtype:?} {shape:?} {act:?} {name}"));
             }
         }
     }
@@ -101,14 +117,31 @@ fn fused_equals_composed_forward_backward_and_running_stats() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
+    for act in FUSED {
+        finite_differences(act);
+    }
+}
+
+fn finite_differences(act: Activation) {
     let dev = Device::Cpu;
     let shape = (3, 4, 3, 5);
-    let x = input(shape, DType::F64);
-    let w = Tensor::randn(1f64, 0.5, 4, &dev).unwrap();
+    let w = Tensor::randn(2.5f64, 1.5, 4, &dev).unwrap();
     let b = Tensor::randn(0f64, 0.5, 4, &dev).unwrap();
+    // An input whose normalised values stay 1e-3 clear of the activation's kinks, where a
+    // central difference would straddle one.
+    let x = loop {
+        let x = input(shape, DType::F64);
+        let (z, _) = batch_norm_train(&x, &w, &b, 1e-5, Activation::Identity).unwrap();
+        if common::flat_f64(&z)
+            .iter()
+            .all(|v| v.abs() > 1e-3 && (v - 6.0).abs() > 1e-3)
+        {
+            break x;
+        }
+    };
     let r = Tensor::randn(0f64, 1.0, shape, &dev).unwrap();
     let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> f64 {
-        let (y, _) = batch_norm_train(x, w, b, 1e-5).unwrap();
+        let (y, _) = batch_norm_train(x, w, b, 1e-5, act).unwrap();
         (y * &r)
             .unwrap()
             .sum_all()
@@ -122,7 +155,7 @@ fn gradients_match_finite_differences_in_f64() {
         Var::from_tensor(&b).unwrap(),
     );
     let (y, stats) =
-        batch_norm_train(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
+        batch_norm_train(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5, act).unwrap();
     // The statistics are the batch's (biased variance).
     let xs = common::flat_f64(
         &x.transpose(0, 1)
@@ -167,7 +200,7 @@ fn gradients_match_finite_differences_in_f64() {
         {
             assert!(
                 (a - n).abs() <= 1e-6 * (1.0 + n.abs()),
-                "{name}[{i}]: analytic {a} vs numeric {n}"
+                "{act:?} {name}[{i}]: analytic {a} vs numeric {n}"
             );
         }
     }

@@ -7,6 +7,7 @@
 //! (`weight`, `bias`, `running_mean`, `running_var`), so the same checkpoint loads into
 //! either.
 
+use super::Activation;
 use candle_core::{Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -84,8 +85,14 @@ impl BatchNorm2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, Activation::Identity)
+    }
+
+    /// `activation(bn(x))`; in training on CPU the activation runs inside the batch norm
+    /// op when it [`fuses`](super::batch_norm_train::fuses).
+    pub fn forward_act(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
         if !train {
-            return self.t.apply_affine(x);
+            return activation.apply(&self.t.apply_affine(x)?);
         }
         let (n, c, h, w) = x.dims4()?;
         let count = n * h * w;
@@ -95,16 +102,21 @@ impl BatchNorm2d {
                 x.dims()
             );
         }
-        if super::batch_norm_train::supported(x) {
-            let (y, stats) =
-                super::batch_norm_train::batch_norm_train(x, &self.t.weight, &self.t.bias, EPS)?;
+        if super::batch_norm_train::supported(x) && super::batch_norm_train::fuses(activation) {
+            let (y, stats) = super::batch_norm_train::batch_norm_train(
+                x,
+                &self.t.weight,
+                &self.t.bias,
+                EPS,
+                activation,
+            )?;
             let (dev, dt) = (x.device(), self.t.running_mean.dtype());
             let mean = Tensor::from_vec(stats.mean, c, dev)?.to_dtype(dt)?;
             let var = Tensor::from_vec(stats.var, c, dev)?.to_dtype(dt)?;
             self.update_running(&mean, &var, count)?;
             return Ok(y);
         }
-        self.forward_train_composed(x)
+        activation.apply(&self.forward_train_composed(x)?)
     }
 
     /// Training BN from stock ops, for devices and dtypes the fused op does not cover
@@ -187,9 +199,14 @@ impl Norm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, Activation::Identity)
+    }
+
+    /// `activation(norm(x))`, fused where the norm's op allows it.
+    pub fn forward_act(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
         match self {
-            Self::Batch(bn) => bn.forward_t(x, train),
-            Self::Frozen(bn) => bn.forward(x),
+            Self::Batch(bn) => bn.forward_act(x, train, activation),
+            Self::Frozen(bn) => activation.apply(&bn.forward(x)?),
         }
     }
 

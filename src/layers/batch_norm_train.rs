@@ -7,8 +7,9 @@
 //! and the backward two (per-channel sums, then the input gradient), with the statistics
 //! kept by the op between them. Other devices keep the composed path in `batch_norm.rs`.
 
+use super::Activation;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,7 @@ type Shared = Arc<Mutex<Option<BatchStats>>>;
 
 struct Forward {
     eps: f64,
+    clip: Option<Clip>,
     stats: Shared,
 }
 
@@ -42,8 +44,8 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     super::cpu_slice(s, l, "batch norm")
 }
 
-/// Sums of `f(i)` over a plane in f64, eight independent accumulators so the loop
-/// vectorises; returns the two sums `f` yields.
+/// Sums of `f(a[i], b[i])` over a plane in f64, eight independent accumulators so the
+/// loop vectorises; returns the two sums `f` yields.
 fn plane_sums<T: WithDType>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> (f64, f64)) -> (f64, f64) {
     let mut s = [[0f64; 8]; 2];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -63,49 +65,142 @@ fn plane_sums<T: WithDType>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> (f64, f64)
     (s[0].iter().sum(), s[1].iter().sum())
 }
 
-/// Per channel, over all planes of that channel: the two sums `f` yields.
+/// Per channel, over all planes of that channel: the two sums `f` yields over
+/// (`a`, `b`). With `mask = Some((y, clip))` the plane of `b` is first masked by the
+/// fused activation (into a per-thread plane buffer, in `T`, where the select
+/// vectorises).
 fn channel_sums<T: WithDType>(
     d: &Dims,
     a: &[T],
     b: &[T],
+    mask: Option<(&[T], Clip)>,
     f: impl Fn(usize, f64, f64) -> (f64, f64) + Sync,
 ) -> Vec<(f64, f64)> {
     (0..d.c)
         .into_par_iter()
-        .map(|ch| {
+        .map_init(Vec::new, |masked: &mut Vec<T>, ch| {
             (0..d.n).fold((0.0, 0.0), |acc, img| {
-                let o = (img * d.c + ch) * d.hw;
-                let s = plane_sums(&a[o..o + d.hw], &b[o..o + d.hw], |u, v| f(ch, u, v));
+                let at = (img * d.c + ch) * d.hw..(img * d.c + ch + 1) * d.hw;
+                let bp = match mask {
+                    None => &b[at.clone()],
+                    Some((y, clip)) => {
+                        let bounds = clip.bounds::<T>();
+                        masked.clear();
+                        masked.extend(
+                            b[at.clone()]
+                                .iter()
+                                .zip(&y[at.clone()])
+                                .map(|(&g, &yv)| pass(yv, g, bounds)),
+                        );
+                        &masked[..]
+                    }
+                };
+                let s = plane_sums(&a[at], bp, |u, v| f(ch, u, v));
                 (acc.0 + s.0, acc.1 + s.1)
             })
         })
         .collect()
 }
 
-/// out = x * scale[ch] + shift[ch] (+ y * ycoef[ch] when given), plane by plane.
+/// The output range of the activation fused into the op, `lo < y < hi` where the
+/// activation passes gradient. ReLU and ReLU6 qualify because that mask can be read back
+/// from the output alone, so the backward needs no extra saved tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Clip {
+    lo: f64,
+    hi: f64,
+}
+
+impl Clip {
+    fn of(activation: Activation) -> Result<Option<Self>> {
+        Ok(match activation {
+            Activation::Identity => None,
+            Activation::ReLU => Some(Self {
+                lo: 0.0,
+                hi: f64::INFINITY,
+            }),
+            Activation::ReLU6 => Some(Self { lo: 0.0, hi: 6.0 }),
+            other => candle_core::bail!("batch norm op: {other:?} cannot be fused"),
+        })
+    }
+
+    fn bounds<T: WithDType>(self) -> (T, T) {
+        (T::from_f64(self.lo), T::from_f64(self.hi))
+    }
+}
+
+/// `if lo < y < hi { g } else { 0 }`, written as a select of two loaded values so it
+/// vectorises (a branch around the load of `g` stays scalar).
+#[inline(always)]
+fn pass<T: WithDType>(y: T, g: T, (lo, hi): (T, T)) -> T {
+    let keep = (y > lo) & (y < hi);
+    if keep {
+        g
+    } else {
+        T::zero()
+    }
+}
+
+/// out = clip(x * scale[ch] + shift[ch]), plane by plane.
 fn affine<T: WithDType>(
     d: &Dims,
     x: &[T],
     scale: &[f64],
     shift: &[f64],
-    y: Option<(&[T], &[f64])>,
+    clip: Option<Clip>,
 ) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(d.hw).enumerate().for_each(|(plane, o)| {
         let ch = plane % d.c;
         let xs = &x[plane * d.hw..(plane + 1) * d.hw];
         let (a, b) = (T::from_f64(scale[ch]), T::from_f64(shift[ch]));
-        match y {
+        match clip.map(Clip::bounds::<T>) {
             None => {
                 for (o, &xv) in o.iter_mut().zip(xs) {
                     *o = xv * a + b;
                 }
             }
-            Some((y, coef)) => {
-                let ys = &y[plane * d.hw..(plane + 1) * d.hw];
-                let c = T::from_f64(coef[ch]);
-                for ((o, &xv), &yv) in o.iter_mut().zip(xs).zip(ys) {
-                    *o = yv * c + xv * a + b;
+            Some((lo, hi)) => {
+                for (o, &xv) in o.iter_mut().zip(xs) {
+                    let v = xv * a + b;
+                    let v = if v < lo { lo } else { v };
+                    *o = if v > hi { hi } else { v };
+                }
+            }
+        }
+    });
+    out
+}
+
+/// dx = dz * dz[ch] + x * x[ch] + constant[ch], with dz the output gradient masked by the
+/// fused activation, plane by plane.
+fn input_grad_planes<T: WithDType>(
+    d: &Dims,
+    x: &[T],
+    g: &[T],
+    masked_by: Option<(&[T], Clip)>,
+    op: &InputGrad,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(d.hw).enumerate().for_each(|(plane, o)| {
+        let ch = plane % d.c;
+        let at = plane * d.hw..(plane + 1) * d.hw;
+        let (xs, gs) = (&x[at.clone()], &g[at.clone()]);
+        let (kx, kc, kg) = (
+            T::from_f64(op.x[ch]),
+            T::from_f64(op.constant[ch]),
+            T::from_f64(op.dy[ch]),
+        );
+        match masked_by {
+            None => {
+                for ((o, &xv), &gv) in o.iter_mut().zip(xs).zip(gs) {
+                    *o = gv * kg + xv * kx + kc;
+                }
+            }
+            Some((y, clip)) => {
+                let bounds = clip.bounds::<T>();
+                for (((o, &xv), &gv), &yv) in o.iter_mut().zip(xs).zip(gs).zip(&y[at.clone()]) {
+                    *o = pass(yv, gv, bounds) * kg + xv * kx + kc;
                 }
             }
         }
@@ -136,7 +231,7 @@ fn forward_impl<T: WithDType>(
     let m = (d.n * d.hw) as f64;
     // Moments about the channel's first value: no cancellation when |mean| >> std.
     let shifts: Vec<f64> = (0..d.c).map(|ch| x[ch * d.hw].to_f64()).collect();
-    let sums = channel_sums(&d, x, x, |ch, v, _| {
+    let sums = channel_sums(&d, x, x, None, |ch, v, _| {
         let t = v - shifts[ch];
         (t, t * t)
     });
@@ -158,7 +253,7 @@ fn forward_impl<T: WithDType>(
     let shift: Vec<f64> = (0..d.c)
         .map(|ch| b[ch].to_f64() - stats.mean[ch] * scale[ch])
         .collect();
-    let out = affine(&d, x, &scale, &shift, None);
+    let out = affine(&d, x, &scale, &shift, op.clip);
     *op.stats.lock().expect("batch stats lock") = Some(stats);
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
@@ -195,7 +290,7 @@ impl CustomOp3 for Forward {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(stats) = self.stats.lock().expect("batch stats lock").clone() else {
@@ -204,13 +299,21 @@ impl CustomOp3 for Forward {
         let grad = grad.contiguous()?;
         let m = (x.dims()[0] * x.dims()[2] * x.dims()[3]) as f64;
         // Σ dy and Σ dy (x - mean) per channel.
-        let sums = x.apply_op2_no_bwd(&grad, &GradSums(stats.mean.clone()))?;
+        let sums = x.apply_op3_no_bwd(
+            &grad,
+            res,
+            &GradSums {
+                mean: stats.mean.clone(),
+                clip: self.clip,
+            },
+        )?;
         let sums: Vec<Vec<f64>> = sums.to_dtype(candle_core::DType::F64)?.to_vec2()?;
         let w: Vec<f64> = w.to_dtype(candle_core::DType::F64)?.to_vec1()?;
         let c = w.len();
         // dx = k1 dy + k2 (x - mean) + k3 with k1 = w invstd, k2 = -k1 invstd² Σdy(x-mean)/m,
         // k3 = -k1 Σdy/m.
         let mut coef = InputGrad {
+            clip: self.clip,
             dy: vec![0.0; c],
             x: vec![0.0; c],
             constant: vec![0.0; c],
@@ -224,7 +327,7 @@ impl CustomOp3 for Forward {
             coef.x[ch] = k2;
             coef.constant[ch] = k3 - k2 * mean;
         }
-        let gx = x.apply_op2_no_bwd(&grad, &coef)?;
+        let gx = x.apply_op3_no_bwd(&grad, res, &coef)?;
         let gw: Vec<f64> = (0..c).map(|ch| sums[1][ch] * stats.invstd[ch]).collect();
         let (dev, dt) = (x.device(), x.dtype());
         let gw = Tensor::from_vec(gw, c, dev)?.to_dtype(dt)?;
@@ -233,17 +336,27 @@ impl CustomOp3 for Forward {
     }
 }
 
-/// (x, dy) -> (2, C): Σ dy and Σ dy (x - mean) per channel.
-struct GradSums(Vec<f64>);
+/// (x, dy, y) -> (2, C): Σ dz and Σ dz (x - mean) per channel, dz being dy masked by
+/// the fused activation (read from the output y).
+struct GradSums {
+    mean: Vec<f64>,
+    clip: Option<Clip>,
+}
 
 fn grad_sums_impl<T: WithDType>(
     op: &GradSums,
     (xs, xl): (&CpuStorage, &Layout),
     (gs, gl): (&CpuStorage, &Layout),
+    (ys, yl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
-    let sums = channel_sums(&d, x, g, |ch, xv, gv| (gv, gv * (xv - op.0[ch])));
+    let mean = &op.mean;
+    let mask = match op.clip {
+        Some(clip) => Some((slice::<T>(ys, yl)?, clip)),
+        None => None,
+    };
+    let sums = channel_sums(&d, x, g, mask, |ch, xv, gv| (gv, gv * (xv - mean[ch])));
     let out: Vec<T> = sums
         .iter()
         .map(|s| T::from_f64(s.0))
@@ -252,7 +365,7 @@ fn grad_sums_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(out), Shape::from((2, d.c))))
 }
 
-impl CustomOp2 for GradSums {
+impl CustomOp3 for GradSums {
     fn name(&self) -> &'static str {
         "batch-norm-grad-sums"
     }
@@ -263,13 +376,23 @@ impl CustomOp2 for GradSums {
         xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(xs.dtype(), grad_sums_impl, self, (xs, xl), (gs, gl))
+        float_dispatch!(
+            xs.dtype(),
+            grad_sums_impl,
+            self,
+            (xs, xl),
+            (gs, gl),
+            (ys, yl)
+        )
     }
 }
 
-/// (x, dy) -> dx = dy * dy[ch] + x * x[ch] + constant[ch].
+/// (x, dy, y) -> dx = dz * dy[ch] + x * x[ch] + constant[ch], dz as in [`GradSums`].
 struct InputGrad {
+    clip: Option<Clip>,
     dy: Vec<f64>,
     x: Vec<f64>,
     constant: Vec<f64>,
@@ -279,14 +402,19 @@ fn input_grad_impl<T: WithDType>(
     op: &InputGrad,
     (xs, xl): (&CpuStorage, &Layout),
     (gs, gl): (&CpuStorage, &Layout),
+    (ys, yl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
-    let out = affine(&d, x, &op.x, &op.constant, Some((g, &op.dy)));
+    let masked_by = match op.clip {
+        Some(clip) => Some((slice::<T>(ys, yl)?, clip)),
+        None => None,
+    };
+    let out = input_grad_planes(&d, x, g, masked_by, op);
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
 
-impl CustomOp2 for InputGrad {
+impl CustomOp3 for InputGrad {
     fn name(&self) -> &'static str {
         "batch-norm-input-grad"
     }
@@ -297,8 +425,17 @@ impl CustomOp2 for InputGrad {
         xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(xs.dtype(), input_grad_impl, self, (xs, xl), (gs, gl))
+        float_dispatch!(
+            xs.dtype(),
+            input_grad_impl,
+            self,
+            (xs, xl),
+            (gs, gl),
+            (ys, yl)
+        )
     }
 }
 
@@ -307,17 +444,27 @@ pub fn supported(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
-/// Normalises `x` (N, C, H, W) with its batch statistics and applies `weight`, `bias`;
-/// returns the output and the statistics (for the running averages).
+/// Whether [`batch_norm_train`] can apply `activation` itself.
+pub fn fuses(activation: Activation) -> bool {
+    Clip::of(activation).is_ok()
+}
+
+/// Normalises `x` (N, C, H, W) with its batch statistics, applies `weight`, `bias` and
+/// then `activation` (one of those [`fuses`] accepts); returns the output and the
+/// statistics (for the running averages). With the activation inside, a conv-BN-ReLU6
+/// layer is one autograd node: no separate activation pass forward or backward, and no
+/// gradient buffer for the pre-activation tensor.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    activation: Activation,
 ) -> Result<(Tensor, BatchStats)> {
     let stats: Shared = Arc::new(Mutex::new(None));
     let op = Forward {
         eps,
+        clip: Clip::of(activation)?,
         stats: stats.clone(),
     };
     let dt = x.dtype();

@@ -66,6 +66,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor>
         return depthwise_conv2d(x, weight, p);
     }
     if is_pointwise(weight, cfg)? {
+        if super::pointwise::supported(x) && x.dtype() == weight.dtype() {
+            return super::pointwise::pointwise_conv(x, weight);
+        }
         let (n, c, h, w) = x.dims4()?;
         let out_c = weight.dim(0)?;
         let x = x.contiguous()?.reshape((n, c, h * w))?;
@@ -269,10 +272,10 @@ impl Conv2d {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
         }
-        if let Some(norm) = &self.norm {
-            y = norm.forward_t(&y, train)?;
+        match &self.norm {
+            Some(norm) => norm.forward_act(&y, train, self.activation),
+            None => self.activation.apply(&y),
         }
-        self.activation.apply(&y)
     }
 }
 

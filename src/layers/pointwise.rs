@@ -7,7 +7,10 @@
 //! call, and the bias and activation run on the block while it is still in cache. The
 //! blocks are the unit of parallelism, so nothing is nested inside gemm's own threads.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use super::Activation;
@@ -19,17 +22,95 @@ const BLOCK_VALUES: usize = 1 << 15;
 pub(crate) struct PointwiseBiasAct(pub Activation);
 
 /// The output buffer shared by the blocks, which write disjoint column ranges.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+struct OutPtr<T>(*mut T);
 // SAFETY: every block writes only its own (image, column range) cells; see `cpu_fwd`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+impl<T> Clone for OutPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for OutPtr<T> {}
+unsafe impl<T> Send for OutPtr<T> {}
+unsafe impl<T> Sync for OutPtr<T> {}
 
-impl OutPtr {
+impl<T> OutPtr<T> {
     /// A method rather than the field, so closures capture the `Sync` wrapper.
-    fn get(self) -> *mut f32 {
+    fn get(self) -> *mut T {
         self.0
     }
+}
+
+/// `out[img] = W x[img]` for every image, as column blocks of pixels (one single-threaded
+/// gemm call each), then `epilogue(channel, row)` on each row of the block while it is in
+/// cache. `x` is (n, c, hw), `w` (o, c), both row-major.
+fn blocked_matmul<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    (n, c, hw, o): (usize, usize, usize, usize),
+    epilogue: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let cols = (BLOCK_VALUES / o.max(1)).clamp(16, hw.max(16));
+    let blocks_per_image = hw.div_ceil(cols);
+    let len = n * o * hw;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..n * blocks_per_image).into_par_iter().for_each(|task| {
+        let (img, blk) = (task / blocks_per_image, task % blocks_per_image);
+        let col0 = blk * cols;
+        let width = cols.min(hw - col0);
+        let rhs = &x[img * c * hw..(img + 1) * c * hw];
+        // SAFETY: `dst` has capacity `n * o * hw`; this task writes rows `0..o` of
+        // columns `col0..col0 + width` of image `img`, which no other task touches, and
+        // gemm with `read_dst = false` never reads them before writing. The strides
+        // describe the row-major (o, hw) output and (c, hw) input planes.
+        unsafe {
+            let out_img = dst.get().add(img * o * hw);
+            gemm::gemm(
+                o,
+                width,
+                c,
+                out_img.add(col0),
+                1,
+                hw as isize,
+                false,
+                w.as_ptr(),
+                1,
+                c as isize,
+                rhs.as_ptr().add(col0),
+                1,
+                hw as isize,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+            for ch in 0..o {
+                epilogue(
+                    ch,
+                    std::slice::from_raw_parts_mut(out_img.add(ch * hw + col0), width),
+                );
+            }
+        }
+    });
+    // SAFETY: the tasks above cover every (image, channel, column) cell once.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The (n, c, hw, o) of a 1x1 conv, checked.
+fn geometry(op: &str, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (n, c, h, wd) = xl.shape().dims4()?;
+    let (o, wc, kh, kw) = wl.shape().dims4()?;
+    if wc != c || kh != 1 || kw != 1 {
+        candle_core::bail!(
+            "{op}: weight {:?} does not fit input {:?}",
+            wl.shape(),
+            xl.shape()
+        );
+    }
+    Ok((n, c, h * wd, o))
 }
 
 impl CustomOp3 for PointwiseBiasAct {
@@ -62,53 +143,260 @@ impl CustomOp3 for PointwiseBiasAct {
                 xl.shape()
             );
         }
-        let hw = h * wd;
-        let cols = (BLOCK_VALUES / o.max(1)).clamp(16, hw.max(16));
-        let blocks_per_image = hw.div_ceil(cols);
-        let len = n * o * hw;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let dst = OutPtr(out.as_mut_ptr());
         let act = self.0;
-        (0..n * blocks_per_image).into_par_iter().for_each(|task| {
-            let (img, blk) = (task / blocks_per_image, task % blocks_per_image);
-            let col0 = blk * cols;
-            let width = cols.min(hw - col0);
-            let rhs = &x[img * c * hw..(img + 1) * c * hw];
-            // SAFETY: `dst` has capacity `n * o * hw`; this task writes rows `0..o` of
-            // columns `col0..col0 + width` of image `img`, which no other task touches,
-            // and gemm with `read_dst = false` never reads them before writing. The
-            // strides describe the row-major (o, hw) output and (c, hw) input planes.
-            unsafe {
-                let out_img = dst.get().add(img * o * hw);
-                gemm::gemm(
-                    o,
-                    width,
-                    c,
-                    out_img.add(col0),
-                    1,
-                    hw as isize,
-                    false,
-                    w.as_ptr(),
-                    1,
-                    c as isize,
-                    rhs.as_ptr().add(col0),
-                    1,
-                    hw as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+        let out = blocked_matmul(x, w, (n, c, h * wd, o), |ch, row| {
+            super::fused::bias_act_in_place(act, row, b[ch])
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, o, h, wd))))
+    }
+}
+
+/// A 1x1, stride-1 convolution `W x` as one autograd node (CPU, f32 and f64). Through
+/// stock ops it was reshape, broadcast, batched matmul and reshape: four nodes, and
+/// autograd gives each a zero-filled gradient buffer it then adds into, two of them
+/// activation-sized. The backward is two batched matmuls.
+struct Pointwise;
+
+fn pointwise_impl<T: WithDType>(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let op = "pointwise conv";
+    let g = geometry(op, xl, wl)?;
+    let (x, w) = (
+        super::cpu_slice::<T>(xs, xl, op)?,
+        super::cpu_slice::<T>(ws, wl, op)?,
+    );
+    let out = blocked_matmul(x, w, g, |_, _| {});
+    let (n, _, h, wd) = xl.shape().dims4()?;
+    Ok((T::to_cpu_storage_owned(out), Shape::from((n, g.3, h, wd))))
+}
+
+impl CustomOp2 for Pointwise {
+    fn name(&self) -> &'static str {
+        "pointwise-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match xs.dtype() {
+            DType::F32 => pointwise_impl::<f32>((xs, xl), (ws, wl)),
+            DType::F64 => pointwise_impl::<f64>((xs, xl), (ws, wl)),
+            other => candle_core::bail!("pointwise conv: {other:?} is not supported"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, wd) = x.dims4()?;
+        let o = w.dim(0)?;
+        let g = grad.contiguous()?.reshape((n, o, h * wd))?;
+        let wm = w.reshape((o, c))?;
+        let gx = wm.t()?.broadcast_left(n)?.matmul(&g)?;
+        let gw = g.apply_op2_no_bwd(&x.reshape((n, c, h * wd))?, &WeightGrad)?;
+        Ok((
+            Some(gx.reshape((n, c, h, wd))?),
+            Some(gw.reshape((o, c, 1, 1))?),
+        ))
+    }
+}
+
+/// (g (N, O, P), x (N, C, P)) -> Σ_n g_n x_nᵀ (O, C): the weight gradient as gemm calls
+/// that accumulate into one output, rather than N products and a reduction over them.
+struct WeightGrad;
+
+fn weight_grad_impl<T: WithDType>(
+    (gs, gl): (&CpuStorage, &Layout),
+    (xs, xl): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let op = "pointwise conv weight grad";
+    let ((n, o, p), (xn, c, xp)) = (gl.shape().dims3()?, xl.shape().dims3()?);
+    if (n, p) != (xn, xp) {
+        candle_core::bail!("{op}: gradient {:?} and input {:?}", gl.shape(), xl.shape());
+    }
+    let (g, x) = (
+        super::cpu_slice::<T>(gs, gl, op)?,
+        super::cpu_slice::<T>(xs, xl, op)?,
+    );
+    let mut gw = vec![T::zero(); o * c];
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    for img in 0..n {
+        // SAFETY: the strides describe the row-major (o, c) output, the row-major
+        // (o, p) gradient plane and the transposed (c, p) input plane, all in bounds.
+        unsafe {
+            gemm::gemm(
+                o,
+                c,
+                p,
+                gw.as_mut_ptr(),
+                1,
+                c as isize,
+                img > 0,
+                g[img * o * p..].as_ptr(),
+                1,
+                p as isize,
+                x[img * c * p..].as_ptr(),
+                p as isize,
+                1,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                threads,
+            );
+        }
+    }
+    Ok((T::to_cpu_storage_owned(gw), Shape::from((o, c))))
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "pointwise-conv-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match gs.dtype() {
+            DType::F32 => weight_grad_impl::<f32>((gs, gl), (xs, xl)),
+            DType::F64 => weight_grad_impl::<f64>((gs, gl), (xs, xl)),
+            other => candle_core::bail!("pointwise conv: {other:?} is not supported"),
+        }
+    }
+}
+
+/// Whether [`pointwise_conv`] runs as the op here (CPU, f32 or f64).
+pub(crate) fn supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// `W x` for `x` (N, C, H, W) and `W` (O, C, 1, 1), differentiable in both.
+pub(crate) fn pointwise_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Pointwise)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64))
+            .and_then(|d| d.to_scalar::<f64>())
+            .unwrap()
+    }
+
+    /// (n, c, o, h, w): ragged column blocks, many output channels (narrow blocks), one
+    /// pixel, one channel.
+    const SHAPES: [(usize, usize, usize, usize, usize); 5] = [
+        (2, 8, 24, 13, 11),
+        (1, 16, 1280, 7, 7),
+        (3, 5, 7, 1, 1),
+        (2, 1, 3, 4, 5),
+        (4, 32, 16, 28, 28),
+    ];
+
+    /// Output and both gradients against Candle's conv2d and its autograd.
+    #[test]
+    fn op_equals_conv2d_forward_and_backward() {
+        let dev = Device::Cpu;
+        for (n, c, o, h, w) in SHAPES {
+            for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-12)] {
+                let x = Var::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+                let k = Var::randn(0f32, 0.5, (o, c, 1, 1), &dev).unwrap();
+                let r = Tensor::randn(0f32, 1.0, (n, o, h, w), &dev).unwrap();
+                let (x, k, r) = (
+                    Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap(),
+                    Var::from_tensor(&k.to_dtype(dtype).unwrap()).unwrap(),
+                    r.to_dtype(dtype).unwrap(),
                 );
-                for (ch, &bias) in b.iter().enumerate() {
-                    let row = std::slice::from_raw_parts_mut(out_img.add(ch * hw + col0), width);
-                    super::fused::bias_act_in_place(act, row, bias);
+                let run = |y: Tensor| {
+                    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    [
+                        y,
+                        g.get(x.as_tensor()).unwrap().clone(),
+                        g.get(k.as_tensor()).unwrap().clone(),
+                    ]
+                };
+                let got = run(pointwise_conv(x.as_tensor(), k.as_tensor()).unwrap());
+                let want = run(x.as_tensor().conv2d(k.as_tensor(), 0, 1, 1, 1).unwrap());
+                for (name, (a, b)) in ["output", "input grad", "weight grad"]
+                    .iter()
+                    .zip(got.iter().zip(&want))
+                {
+                    // Sums over up to n*h*w terms: scale the tolerance with them.
+                    let scale = 1.0 + (n * h * w) as f64 / 100.0;
+                    let d = max_diff(a, b);
+                    assert!(
+                        d < tol * scale,
+                        "{dtype:?} {:?} {name}: {d}",
+                        (n, c, o, h, w)
+                    );
                 }
             }
-        });
-        // SAFETY: the tasks above cover every (image, channel, column) cell once.
-        unsafe { out.set_len(len) };
-        Ok((CpuStorage::F32(out), Shape::from((n, o, h, wd))))
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_in_f64() {
+        let dev = Device::Cpu;
+        let (n, c, o, h, w) = (2, 3, 4, 3, 2);
+        let x = Tensor::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap();
+        let k = Tensor::randn(0f64, 1.0, (o, c, 1, 1), &dev).unwrap();
+        let r = Tensor::randn(0f64, 1.0, (n, o, h, w), &dev).unwrap();
+        let loss = |x: &Tensor, k: &Tensor| {
+            (pointwise_conv(x, k).unwrap() * &r)
+                .and_then(|t| t.sum_all()?.to_scalar::<f64>())
+                .unwrap()
+        };
+        let (xv, kv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&k).unwrap());
+        let g = (pointwise_conv(xv.as_tensor(), kv.as_tensor()).unwrap() * &r)
+            .and_then(|t| t.sum_all()?.backward())
+            .unwrap();
+        for (which, v) in [&xv, &kv].into_iter().enumerate() {
+            let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let analytic: Vec<f64> = g
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for i in 0..base.len() {
+                let bump = |d: f64| {
+                    let mut b = base.clone();
+                    b[i] += d;
+                    let t = Tensor::from_vec(b, v.dims(), &dev).unwrap();
+                    if which == 0 {
+                        loss(&t, &k)
+                    } else {
+                        loss(&x, &t)
+                    }
+                };
+                let numeric = (bump(1e-6) - bump(-1e-6)) / 2e-6;
+                assert!(
+                    (analytic[i] - numeric).abs() < 1e-6 * (1.0 + numeric.abs()),
+                    "arg {which}[{i}]: {} vs {numeric}",
+                    analytic[i]
+                );
+            }
+        }
     }
 }
