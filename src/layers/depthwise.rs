@@ -121,14 +121,21 @@ struct Padded<'a, T> {
 }
 
 impl<'a, T: WithDType> Padded<'a, T> {
+    /// `scratch` must be fresh or hold a previous plane of the same geometry.
     fn new(x: &[T], p: &DwParams, d: &Dims, scratch: &'a mut Vec<T>) -> Self {
         let s = p.stride;
         let span = (d.k - 1) * p.dilation + 1;
         let rows = (d.ho - 1) * s + span;
         let cols = (d.wo - 1) * s + span;
         let pitch = cols.div_ceil(s);
-        scratch.clear();
-        scratch.resize(s * rows * pitch, T::zero());
+        // Each scratch buffer serves the planes of one op call, which share the geometry,
+        // so every plane writes the same interior cells: the padding zeroed for the
+        // first plane stays zero, and later planes skip the fill.
+        let len = s * rows * pitch;
+        if scratch.len() != len {
+            scratch.clear();
+            scratch.resize(len, T::zero());
+        }
         for py in 0..rows {
             let Some(iy) = py.checked_sub(p.padding).filter(|&iy| iy < d.h) else {
                 continue;
@@ -462,6 +469,32 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
         wo,
     };
     let (g, w) = (slice::<T>(gs, gl)?, slice::<T>(ws, wl)?);
+    let p = &op.0;
+    let span = (k - 1) * p.dilation;
+    if p.stride == 1 && p.padding <= span {
+        // With stride 1 the transposed conv is a plain correlation of the gradient,
+        // padded by `span - padding`, with the kernel rotated by 180 degrees: the
+        // forward's edge-free padded kernels then do the work, rather than per-tap
+        // scatter-adds with edge bookkeeping.
+        let flipped = DwParams {
+            stride: 1,
+            padding: span - p.padding,
+            dilation: p.dilation,
+        };
+        let dg = Dims {
+            h: ho,
+            w: wo,
+            ho: d.h,
+            wo: d.w,
+            ..d
+        };
+        let rotated: Vec<T> = w
+            .chunks_exact(k * k)
+            .flat_map(|taps| taps.iter().rev().copied())
+            .collect();
+        let gin = forward_planes(&flipped, &dg, g, &rotated, |_, _| {});
+        return Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, d.h, d.w))));
+    }
     let cols = taps(&op.0, k, d.w, wo);
     let mut gin = vec![T::zero(); n * c * d.h * d.w];
     gin.par_chunks_mut(d.h * d.w)
