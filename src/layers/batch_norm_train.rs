@@ -258,16 +258,6 @@ fn forward_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
 
-macro_rules! float_dispatch {
-    ($dtype:expr, $f:ident, $($args:expr),*) => {
-        match $dtype {
-            candle_core::DType::F32 => $f::<f32>($($args),*),
-            candle_core::DType::F64 => $f::<f64>($($args),*),
-            other => candle_core::bail!("batch norm op: {other:?} is not supported"),
-        }
-    };
-}
-
 impl CustomOp3 for Forward {
     fn name(&self) -> &'static str {
         "batch-norm-train"
@@ -282,7 +272,15 @@ impl CustomOp3 for Forward {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(xs.dtype(), forward_impl, self, (xs, xl), (ws, wl), (bs, bl))
+        float_dispatch!(
+            "batch norm op",
+            xs.dtype(),
+            forward_impl,
+            self,
+            (xs, xl),
+            (ws, wl),
+            (bs, bl)
+        )
     }
 
     fn bwd(
@@ -380,6 +378,7 @@ impl CustomOp3 for GradSums {
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float_dispatch!(
+            "batch norm op",
             xs.dtype(),
             grad_sums_impl,
             self,
@@ -429,6 +428,7 @@ impl CustomOp3 for InputGrad {
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float_dispatch!(
+            "batch norm op",
             xs.dtype(),
             input_grad_impl,
             self,

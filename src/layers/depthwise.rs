@@ -9,6 +9,7 @@
 //! (`depthwise_cuda.rs`). Other devices and dtypes use [`depthwise_conv2d_portable`],
 //! built from shifted slices and stock ops that Candle differentiates.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -322,16 +323,6 @@ fn dot<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(a: &[T], 
     acc.iter().fold(tail, |s, v| s + *v)
 }
 
-macro_rules! for_float_types {
-    ($s:expr, $body:ident, $($args:expr),*) => {
-        match $s {
-            CpuStorage::F32(_) => $body::<f32>($($args),*),
-            CpuStorage::F64(_) => $body::<f64>($($args),*),
-            _ => candle_core::bail!("depthwise conv: only f32 and f64 are supported on CPU"),
-        }
-    };
-}
-
 struct Forward(DwParams);
 
 /// Every (image, channel) plane of the forward in parallel; `epilogue(channel, row)` runs
@@ -418,7 +409,16 @@ impl CustomOp2 for Forward {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        for_float_types!(xs, fwd_impl, &self.0, xs, xl, ws, wl)
+        float_dispatch!(
+            "depthwise conv",
+            xs.dtype(),
+            fwd_impl,
+            &self.0,
+            xs,
+            xl,
+            ws,
+            wl
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -525,7 +525,16 @@ impl CustomOp2 for InputGrad {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        for_float_types!(gs, input_grad_impl, self, gs, gl, ws, wl)
+        float_dispatch!(
+            "depthwise conv",
+            gs.dtype(),
+            input_grad_impl,
+            self,
+            gs,
+            gl,
+            ws,
+            wl
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -589,7 +598,16 @@ impl CustomOp2 for WeightGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        for_float_types!(xs, weight_grad_impl, self, xs, xl, gs, gl)
+        float_dispatch!(
+            "depthwise conv",
+            xs.dtype(),
+            weight_grad_impl,
+            self,
+            xs,
+            xl,
+            gs,
+            gl
+        )
     }
 
     #[cfg(feature = "cuda")]

@@ -1,5 +1,18 @@
 //! Building blocks shared by backbones and heads.
 
+/// `$f::<f32>(args)` or `$f::<f64>(args)` by `$dtype`: the CPU kernels of the custom ops
+/// are generic over the two float types; any other dtype is an error naming `$op`.
+/// Defined before the modules so that they all see it.
+macro_rules! float_dispatch {
+    ($op:expr, $dtype:expr, $f:ident, $($args:expr),* $(,)?) => {
+        match $dtype {
+            candle_core::DType::F32 => $f::<f32>($($args),*),
+            candle_core::DType::F64 => $f::<f64>($($args),*),
+            other => candle_core::bail!("{}: {other:?} is not supported on CPU", $op),
+        }
+    };
+}
+
 pub mod activation;
 pub mod batch_norm;
 pub mod batch_norm_train;

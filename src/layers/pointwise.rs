@@ -184,11 +184,13 @@ impl CustomOp2 for Pointwise {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match xs.dtype() {
-            DType::F32 => pointwise_impl::<f32>((xs, xl), (ws, wl)),
-            DType::F64 => pointwise_impl::<f64>((xs, xl), (ws, wl)),
-            other => candle_core::bail!("pointwise conv: {other:?} is not supported"),
-        }
+        float_dispatch!(
+            "pointwise conv",
+            xs.dtype(),
+            pointwise_impl,
+            (xs, xl),
+            (ws, wl)
+        )
     }
 
     fn bwd(
@@ -272,11 +274,13 @@ impl CustomOp2 for WeightGrad {
         xs: &CpuStorage,
         xl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match gs.dtype() {
-            DType::F32 => weight_grad_impl::<f32>((gs, gl), (xs, xl)),
-            DType::F64 => weight_grad_impl::<f64>((gs, gl), (xs, xl)),
-            other => candle_core::bail!("pointwise conv: {other:?} is not supported"),
-        }
+        float_dispatch!(
+            "pointwise conv weight grad",
+            gs.dtype(),
+            weight_grad_impl,
+            (gs, gl),
+            (xs, xl)
+        )
     }
 }
 
