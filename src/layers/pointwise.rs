@@ -133,20 +133,15 @@ impl CustomOp3 for PointwiseBiasAct {
             super::cpu_slice::<f32>(ws, wl, op)?,
             super::cpu_slice::<f32>(bs, bl, op)?,
         );
-        let (n, c, h, wd) = xl.shape().dims4()?;
-        let (o, wc, kh, kw) = wl.shape().dims4()?;
-        if wc != c || kh != 1 || kw != 1 || b.len() != o {
-            candle_core::bail!(
-                "{op}: weight {:?} and bias {:?} do not fit input {:?}",
-                wl.shape(),
-                bl.shape(),
-                xl.shape()
-            );
+        let g @ (n, _, _, o) = geometry(op, xl, wl)?;
+        if b.len() != o {
+            candle_core::bail!("{op}: bias {:?} for {o} output channels", bl.shape());
         }
         let act = self.0;
-        let out = blocked_matmul(x, w, (n, c, h * wd, o), |ch, row| {
+        let out = blocked_matmul(x, w, g, |ch, row| {
             super::fused::bias_act_in_place(act, row, b[ch])
         });
+        let (_, _, h, wd) = xl.shape().dims4()?;
         Ok((CpuStorage::F32(out), Shape::from((n, o, h, wd))))
     }
 }
@@ -154,7 +149,8 @@ impl CustomOp3 for PointwiseBiasAct {
 /// A 1x1, stride-1 convolution `W x` as one autograd node (CPU, f32 and f64). Through
 /// stock ops it was reshape, broadcast, batched matmul and reshape: four nodes, and
 /// autograd gives each a zero-filled gradient buffer it then adds into, two of them
-/// activation-sized. The backward is two batched matmuls.
+/// activation-sized. The backward is one broadcast matmul (input gradient) and gemm calls
+/// that accumulate the weight gradient over the batch.
 struct Pointwise;
 
 fn pointwise_impl<T: WithDType>(
