@@ -112,16 +112,18 @@ struct Clip {
 }
 
 impl Clip {
-    fn of(activation: Activation) -> Result<Option<Self>> {
-        Ok(match activation {
-            Activation::Identity => None,
-            Activation::ReLU => Some(Self {
+    /// `Some(None)` for the identity, `Some(Some(clip))` for a fusable activation, `None`
+    /// for one the op cannot apply.
+    fn of(activation: Activation) -> Option<Option<Self>> {
+        match activation {
+            Activation::Identity => Some(None),
+            Activation::ReLU => Some(Some(Self {
                 lo: 0.0,
                 hi: f64::INFINITY,
-            }),
-            Activation::ReLU6 => Some(Self { lo: 0.0, hi: 6.0 }),
-            other => candle_core::bail!("batch norm op: {other:?} cannot be fused"),
-        })
+            })),
+            Activation::ReLU6 => Some(Some(Self { lo: 0.0, hi: 6.0 })),
+            Activation::Mish => None,
+        }
     }
 
     fn bounds<T: WithDType>(self) -> (T, T) {
@@ -129,8 +131,8 @@ impl Clip {
     }
 }
 
-/// `if lo < y < hi { g } else { 0 }`, written as a select of two loaded values so it
-/// vectorises (a branch around the load of `g` stays scalar).
+/// `if lo < y < hi { g } else { 0 }`: a select between two values already loaded, not a
+/// branch around the load of `g` (which LLVM kept scalar in the ReLU6 gradient).
 #[inline(always)]
 fn pass<T: WithDType>(y: T, g: T, (lo, hi): (T, T)) -> T {
     let keep = (y > lo) & (y < hi);
@@ -296,7 +298,7 @@ impl CustomOp3 for Forward {
         };
         let grad = grad.contiguous()?;
         let m = (x.dims()[0] * x.dims()[2] * x.dims()[3]) as f64;
-        // Σ dy and Σ dy (x - mean) per channel.
+        // Σ dz and Σ dz (x - mean) per channel, dz = dy masked by the fused activation.
         let sums = x.apply_op3_no_bwd(
             &grad,
             res,
@@ -446,7 +448,7 @@ pub fn supported(x: &Tensor) -> bool {
 
 /// Whether [`batch_norm_train`] can apply `activation` itself.
 pub fn fuses(activation: Activation) -> bool {
-    Clip::of(activation).is_ok()
+    Clip::of(activation).is_some()
 }
 
 /// Normalises `x` (N, C, H, W) with its batch statistics, applies `weight`, `bias` and
@@ -464,7 +466,9 @@ pub fn batch_norm_train(
     let stats: Shared = Arc::new(Mutex::new(None));
     let op = Forward {
         eps,
-        clip: Clip::of(activation)?,
+        clip: Clip::of(activation).ok_or_else(|| {
+            candle_core::Error::Msg(format!("batch norm op: {activation:?} cannot be fused"))
+        })?,
         stats: stats.clone(),
     };
     let dt = x.dtype();

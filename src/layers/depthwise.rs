@@ -470,15 +470,16 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
     };
     let (g, w) = (slice::<T>(gs, gl)?, slice::<T>(ws, wl)?);
     let p = &op.0;
-    let span = (k - 1) * p.dilation;
-    if p.stride == 1 && p.padding <= span {
+    // How far the kernel reaches past its first tap.
+    let reach = (k - 1) * p.dilation;
+    if p.stride == 1 && p.padding <= reach {
         // With stride 1 the transposed conv is a plain correlation of the gradient,
-        // padded by `span - padding`, with the kernel rotated by 180 degrees: the
+        // padded by `reach - padding`, with the kernel rotated by 180 degrees: the
         // forward's edge-free padded kernels then do the work, rather than per-tap
         // scatter-adds with edge bookkeeping.
         let flipped = DwParams {
             stride: 1,
-            padding: span - p.padding,
+            padding: reach - p.padding,
             dilation: p.dilation,
         };
         let dg = Dims {
