@@ -94,14 +94,8 @@ impl BatchNorm2d {
         if !train {
             return activation.apply(&self.t.apply_affine(x)?);
         }
-        let (n, c, h, w) = x.dims4()?;
-        let count = n * h * w;
-        if count < 2 {
-            candle_core::bail!(
-                "BatchNorm2d in training needs more than one value per channel, got input {:?}",
-                x.dims()
-            );
-        }
+        let (n, _, h, w) = x.dims4()?;
+        check_batch(x.dims(), n * h * w)?;
         if super::batch_norm_train::supported(x) && super::batch_norm_train::fuses(activation) {
             let (y, stats) = super::batch_norm_train::batch_norm_train(
                 x,
@@ -110,13 +104,42 @@ impl BatchNorm2d {
                 EPS,
                 activation,
             )?;
-            let (dev, dt) = (x.device(), self.t.running_mean.dtype());
-            let mean = Tensor::from_vec(stats.mean, c, dev)?.to_dtype(dt)?;
-            let var = Tensor::from_vec(stats.var, c, dev)?.to_dtype(dt)?;
-            self.update_running(&mean, &var, count)?;
+            self.record(stats, n * h * w)?;
             return Ok(y);
         }
         activation.apply(&self.forward_train_composed(x)?)
+    }
+
+    /// Training `activation(bn(conv(x, weight)))` as one autograd node; the caller checks
+    /// [`conv_bn_train::supported`](super::conv_bn_train::supported) first.
+    pub(crate) fn train_after_conv(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        conv: super::conv_bn_train::TrainConv,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        let (y, stats) = super::conv_bn_train::conv_bn_act_train(
+            x,
+            weight,
+            conv,
+            (&self.t.weight, &self.t.bias),
+            EPS,
+            activation,
+        )?;
+        let (n, _, h, w) = y.dims4()?;
+        check_batch(y.dims(), n * h * w)?;
+        self.record(stats, n * h * w)?;
+        Ok(y)
+    }
+
+    /// Folds one batch's statistics into the running averages.
+    fn record(&self, stats: super::batch_norm_train::BatchStats, count: usize) -> Result<()> {
+        let c = stats.mean.len();
+        let (dev, dt) = (self.t.running_mean.device(), self.t.running_mean.dtype());
+        let mean = Tensor::from_vec(stats.mean, c, dev)?.to_dtype(dt)?;
+        let var = Tensor::from_vec(stats.var, c, dev)?.to_dtype(dt)?;
+        self.update_running(&mean, &var, count)
     }
 
     /// Training BN from stock ops, for devices and dtypes the fused op does not cover
@@ -143,6 +166,16 @@ impl BatchNorm2d {
         set_in_place(&self.t.running_mean, &new_mean)?;
         set_in_place(&self.t.running_var, &new_var)
     }
+}
+
+/// Batch statistics need two values per channel at least (PyTorch's rule).
+fn check_batch(dims: &[usize], count: usize) -> Result<()> {
+    if count < 2 {
+        candle_core::bail!(
+            "BatchNorm2d in training needs more than one value per channel, got input {dims:?}"
+        );
+    }
+    Ok(())
 }
 
 /// Writes `value` into the storage behind `buffer`, which every holder shares.

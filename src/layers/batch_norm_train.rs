@@ -21,12 +21,36 @@ pub struct BatchStats {
     pub invstd: Vec<f64>,
 }
 
-type Shared = Arc<Mutex<Option<BatchStats>>>;
+pub(crate) type Shared = Arc<Mutex<Option<BatchStats>>>;
 
-struct Forward {
+/// The differentiable op: (x, weight, bias) -> activation(bn(x)).
+pub(crate) struct Forward {
     eps: f64,
     clip: Option<Clip>,
     stats: Shared,
+}
+
+impl Forward {
+    /// The op for `activation` (one that [`fuses`]), with the slot its forward fills
+    /// with the batch statistics.
+    pub(crate) fn new(eps: f64, activation: Activation) -> Result<(Self, Shared)> {
+        let clip = Clip::of(activation).ok_or_else(|| {
+            candle_core::Error::Msg(format!("batch norm op: {activation:?} cannot be fused"))
+        })?;
+        let stats: Shared = Arc::new(Mutex::new(None));
+        let op = Self {
+            eps,
+            clip,
+            stats: stats.clone(),
+        };
+        Ok((op, stats))
+    }
+}
+
+/// The statistics a forward left in its slot (which keeps them for the backward).
+pub(crate) fn stats_of(slot: &Shared) -> Result<BatchStats> {
+    let stats = slot.lock().expect("batch stats lock").clone();
+    stats.ok_or_else(|| candle_core::Error::Msg("batch norm op produced no statistics".into()))
 }
 
 struct Dims {
@@ -151,27 +175,30 @@ fn affine<T: WithDType>(
     shift: &[f64],
     clip: Option<Clip>,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(d.hw).enumerate().for_each(|(plane, o)| {
-        let ch = plane % d.c;
-        let xs = &x[plane * d.hw..(plane + 1) * d.hw];
-        let (a, b) = (T::from_f64(scale[ch]), T::from_f64(shift[ch]));
-        match clip.map(Clip::bounds::<T>) {
-            None => {
-                for (o, &xv) in o.iter_mut().zip(xs) {
-                    *o = xv * a + b;
+    super::par_chunks_zeroed(
+        x.len(),
+        d.hw,
+        || (),
+        |_, plane, o| {
+            let ch = plane % d.c;
+            let xs = &x[plane * d.hw..(plane + 1) * d.hw];
+            let (a, b) = (T::from_f64(scale[ch]), T::from_f64(shift[ch]));
+            match clip.map(Clip::bounds::<T>) {
+                None => {
+                    for (o, &xv) in o.iter_mut().zip(xs) {
+                        *o = xv * a + b;
+                    }
+                }
+                Some((lo, hi)) => {
+                    for (o, &xv) in o.iter_mut().zip(xs) {
+                        let v = xv * a + b;
+                        let v = if v < lo { lo } else { v };
+                        *o = if v > hi { hi } else { v };
+                    }
                 }
             }
-            Some((lo, hi)) => {
-                for (o, &xv) in o.iter_mut().zip(xs) {
-                    let v = xv * a + b;
-                    let v = if v < lo { lo } else { v };
-                    *o = if v > hi { hi } else { v };
-                }
-            }
-        }
-    });
-    out
+        },
+    )
 }
 
 /// dx = dz * dz[ch] + x * x[ch] + constant[ch], with dz the output gradient masked by the
@@ -183,31 +210,34 @@ fn input_grad_planes<T: WithDType>(
     masked_by: Option<(&[T], Clip)>,
     op: &InputGrad,
 ) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(d.hw).enumerate().for_each(|(plane, o)| {
-        let ch = plane % d.c;
-        let at = plane * d.hw..(plane + 1) * d.hw;
-        let (xs, gs) = (&x[at.clone()], &g[at.clone()]);
-        let (kx, kc, kg) = (
-            T::from_f64(op.x[ch]),
-            T::from_f64(op.constant[ch]),
-            T::from_f64(op.dy[ch]),
-        );
-        match masked_by {
-            None => {
-                for ((o, &xv), &gv) in o.iter_mut().zip(xs).zip(gs) {
-                    *o = gv * kg + xv * kx + kc;
+    super::par_chunks_zeroed(
+        x.len(),
+        d.hw,
+        || (),
+        |_, plane, o| {
+            let ch = plane % d.c;
+            let at = plane * d.hw..(plane + 1) * d.hw;
+            let (xs, gs) = (&x[at.clone()], &g[at.clone()]);
+            let (kx, kc, kg) = (
+                T::from_f64(op.x[ch]),
+                T::from_f64(op.constant[ch]),
+                T::from_f64(op.dy[ch]),
+            );
+            match masked_by {
+                None => {
+                    for ((o, &xv), &gv) in o.iter_mut().zip(xs).zip(gs) {
+                        *o = gv * kg + xv * kx + kc;
+                    }
+                }
+                Some((y, clip)) => {
+                    let bounds = clip.bounds::<T>();
+                    for (((o, &xv), &gv), &yv) in o.iter_mut().zip(xs).zip(gs).zip(&y[at.clone()]) {
+                        *o = pass(yv, gv, bounds) * kg + xv * kx + kc;
+                    }
                 }
             }
-            Some((y, clip)) => {
-                let bounds = clip.bounds::<T>();
-                for (((o, &xv), &gv), &yv) in o.iter_mut().zip(xs).zip(gs).zip(&y[at.clone()]) {
-                    *o = pass(yv, gv, bounds) * kg + xv * kx + kc;
-                }
-            }
-        }
-    });
-    out
+        },
+    )
 }
 
 fn forward_impl<T: WithDType>(
@@ -463,23 +493,12 @@ pub fn batch_norm_train(
     eps: f64,
     activation: Activation,
 ) -> Result<(Tensor, BatchStats)> {
-    let stats: Shared = Arc::new(Mutex::new(None));
-    let op = Forward {
-        eps,
-        clip: Clip::of(activation).ok_or_else(|| {
-            candle_core::Error::Msg(format!("batch norm op: {activation:?} cannot be fused"))
-        })?,
-        stats: stats.clone(),
-    };
+    let (op, slot) = Forward::new(eps, activation)?;
     let dt = x.dtype();
     let y = x.contiguous()?.apply_op3(
         &weight.to_dtype(dt)?.contiguous()?,
         &bias.to_dtype(dt)?.contiguous()?,
         op,
     )?;
-    let stats = stats.lock().expect("batch stats lock").clone();
-    let Some(stats) = stats else {
-        candle_core::bail!("batch norm op produced no statistics");
-    };
-    Ok((y, stats))
+    Ok((y, stats_of(&slot)?))
 }

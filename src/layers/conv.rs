@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 
+use super::conv_bn_train::TrainConv;
 use super::depthwise::{depthwise_conv2d, DwParams, ForwardBiasAct};
 use super::pointwise::PointwiseBiasAct;
 use super::{Activation, Norm, NormKind};
@@ -56,6 +57,14 @@ fn depthwise_params(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<DwPara
 fn is_pointwise(weight: &Tensor, cfg: &Conv2dConfig) -> Result<bool> {
     let (_, _, kh, kw) = weight.dims4()?;
     Ok(kh == 1 && kw == 1 && cfg.stride == 1 && cfg.padding == 0 && cfg.groups == 1)
+}
+
+/// The conv of a training conv-BN layer that can run as one node with the norm.
+fn train_conv(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<TrainConv>> {
+    Ok(match depthwise_params(weight, cfg)? {
+        Some(p) => Some(TrainConv::Depthwise(p)),
+        None => is_pointwise(weight, cfg)?.then_some(TrainConv::Pointwise),
+    })
 }
 
 /// The convolution primitive every layer uses: depthwise convolutions go to the
@@ -266,6 +275,14 @@ impl Conv2d {
         if let (false, Some(b), None) = (train, &self.bias, &self.norm) {
             if !b.is_variable() && !self.weight.is_variable() {
                 return conv2d_bias_act(x, &self.weight, b, &self.cfg, self.activation);
+            }
+        }
+        // Training conv + BN (+ ReLU/ReLU6) as one node where the kernels allow it.
+        if let (true, None, Some(Norm::Batch(bn))) = (train, &self.bias, &self.norm) {
+            if let Some(conv) = train_conv(&self.weight, &self.cfg)? {
+                if super::conv_bn_train::supported(x, &self.weight, conv, self.activation) {
+                    return bn.train_after_conv(x, &self.weight, conv, self.activation);
+                }
             }
         }
         let mut y = conv2d(x, &self.weight, &self.cfg)?;

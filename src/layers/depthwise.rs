@@ -323,7 +323,8 @@ fn dot<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(a: &[T], 
     acc.iter().fold(tail, |s, v| s + *v)
 }
 
-struct Forward(DwParams);
+/// The differentiable depthwise op (CPU, and CUDA with the feature).
+pub(crate) struct Forward(pub(crate) DwParams);
 
 /// Every (image, channel) plane of the forward in parallel; `epilogue(channel, row)` runs
 /// on each finished output row.
@@ -332,17 +333,14 @@ where
     T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>,
     E: Fn(usize, &mut [T]) + Sync,
 {
-    let mut out = vec![T::zero(); d.n * d.c * d.ho * d.wo];
-    out.par_chunks_mut(d.ho * d.wo)
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (plane, o)| {
-            let ch = plane % d.c;
-            let x = &x[plane * d.h * d.w..][..d.h * d.w];
-            let x = Padded::new(x, p, d, scratch);
-            let w = &w[ch * d.k * d.k..][..d.k * d.k];
-            forward_plane(p, d, &x, w, o, |row: &mut [T]| epilogue(ch, row));
-        });
-    out
+    let len = d.n * d.c * d.ho * d.wo;
+    super::par_chunks_zeroed(len, d.ho * d.wo, Vec::new, |scratch, plane, o| {
+        let ch = plane % d.c;
+        let x = &x[plane * d.h * d.w..][..d.h * d.w];
+        let x = Padded::new(x, p, d, scratch);
+        let w = &w[ch * d.k * d.k..][..d.k * d.k];
+        forward_plane(p, d, &x, w, o, |row: &mut [T]| epilogue(ch, row));
+    })
 }
 
 fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
@@ -497,10 +495,11 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
         return Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, d.h, d.w))));
     }
     let cols = taps(&op.0, k, d.w, wo);
-    let mut gin = vec![T::zero(); n * c * d.h * d.w];
-    gin.par_chunks_mut(d.h * d.w)
-        .enumerate()
-        .for_each(|(plane, gi)| {
+    let gin = super::par_chunks_zeroed(
+        n * c * d.h * d.w,
+        d.h * d.w,
+        || (),
+        |_, plane, gi| {
             let ch = plane % c;
             input_grad_plane(
                 &op.0,
@@ -510,7 +509,8 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
                 &w[ch * k * k..][..k * k],
                 gi,
             );
-        });
+        },
+    );
     Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, d.h, d.w))))
 }
 

@@ -17,6 +17,7 @@ pub mod activation;
 pub mod batch_norm;
 pub mod batch_norm_train;
 pub mod conv;
+pub mod conv_bn_train;
 pub mod shape_spec;
 
 pub use activation::Activation;
@@ -43,6 +44,43 @@ pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
         candle_core::bail!("{op} kernels need contiguous inputs");
     };
     Ok(&s.as_slice::<T>()?[start..end])
+}
+
+/// A new buffer of `len` values built `chunk` at a time in parallel: `f(state, i, chunk)`
+/// fills chunk `i`, with `state` from `init` once per rayon task (scratch space).
+///
+/// `vec![0; len]` costs a pass of its own: recycled heap memory is zeroed with a
+/// memset that streams the whole buffer through DRAM before the kernel writes it again
+/// (4% of a training step). Here each chunk is zeroed just before `f` gets it, while it
+/// is in cache, so kernels that accumulate still see zeros and the buffer is written
+/// from memory's point of view once.
+pub(crate) fn par_chunks_zeroed<T, S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+) -> Vec<T>
+where
+    T: candle_core::WithDType,
+{
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each_init(init, |state, (i, o)| {
+            for v in o.iter_mut() {
+                v.write(T::zero());
+            }
+            // SAFETY: every element of `o` was written just above, and `MaybeUninit<T>`
+            // has the layout of `T`.
+            let o = unsafe { &mut *(o as *mut [MaybeUninit<T>] as *mut [T]) };
+            f(state, i, o)
+        });
+    // SAFETY: the chunks cover `0..len` and each was initialised above.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Largest absolute element-wise difference, for the layer unit tests.

@@ -151,7 +151,7 @@ impl CustomOp3 for PointwiseBiasAct {
 /// autograd gives each a zero-filled gradient buffer it then adds into, two of them
 /// activation-sized. The backward is one broadcast matmul (input gradient) and gemm calls
 /// that accumulate the weight gradient over the batch.
-struct Pointwise;
+pub(crate) struct Pointwise;
 
 fn pointwise_impl<T: WithDType>(
     (xs, xl): (&CpuStorage, &Layout),
