@@ -175,30 +175,29 @@ fn affine<T: WithDType>(
     shift: &[f64],
     clip: Option<Clip>,
 ) -> Vec<T> {
-    super::par_chunks_zeroed(
-        x.len(),
-        d.hw,
-        || (),
-        |_, plane, o| {
-            let ch = plane % d.c;
-            let xs = &x[plane * d.hw..(plane + 1) * d.hw];
-            let (a, b) = (T::from_f64(scale[ch]), T::from_f64(shift[ch]));
-            match clip.map(Clip::bounds::<T>) {
-                None => {
-                    for (o, &xv) in o.iter_mut().zip(xs) {
-                        *o = xv * a + b;
-                    }
+    let plane = |i: usize| {
+        let ch = i % d.c;
+        let xs = &x[i * d.hw..(i + 1) * d.hw];
+        (xs, T::from_f64(scale[ch]), T::from_f64(shift[ch]))
+    };
+    match clip.map(Clip::bounds::<T>) {
+        None => super::par_chunks_from(x.len(), d.hw, |i| {
+            let (xs, a, b) = plane(i);
+            xs.iter().map(move |&xv| xv * a + b)
+        }),
+        Some((lo, hi)) => super::par_chunks_from(x.len(), d.hw, |i| {
+            let (xs, a, b) = plane(i);
+            xs.iter().map(move |&xv| {
+                let v = xv * a + b;
+                let v = if v < lo { lo } else { v };
+                if v > hi {
+                    hi
+                } else {
+                    v
                 }
-                Some((lo, hi)) => {
-                    for (o, &xv) in o.iter_mut().zip(xs) {
-                        let v = xv * a + b;
-                        let v = if v < lo { lo } else { v };
-                        *o = if v > hi { hi } else { v };
-                    }
-                }
-            }
-        },
-    )
+            })
+        }),
+    }
 }
 
 /// dx = dz * dz[ch] + x * x[ch] + constant[ch], with dz the output gradient masked by the
@@ -210,34 +209,33 @@ fn input_grad_planes<T: WithDType>(
     masked_by: Option<(&[T], Clip)>,
     op: &InputGrad,
 ) -> Vec<T> {
-    super::par_chunks_zeroed(
-        x.len(),
-        d.hw,
-        || (),
-        |_, plane, o| {
-            let ch = plane % d.c;
-            let at = plane * d.hw..(plane + 1) * d.hw;
-            let (xs, gs) = (&x[at.clone()], &g[at.clone()]);
-            let (kx, kc, kg) = (
-                T::from_f64(op.x[ch]),
-                T::from_f64(op.constant[ch]),
-                T::from_f64(op.dy[ch]),
-            );
-            match masked_by {
-                None => {
-                    for ((o, &xv), &gv) in o.iter_mut().zip(xs).zip(gs) {
-                        *o = gv * kg + xv * kx + kc;
-                    }
-                }
-                Some((y, clip)) => {
-                    let bounds = clip.bounds::<T>();
-                    for (((o, &xv), &gv), &yv) in o.iter_mut().zip(xs).zip(gs).zip(&y[at.clone()]) {
-                        *o = pass(yv, gv, bounds) * kg + xv * kx + kc;
-                    }
-                }
-            }
-        },
-    )
+    let coefficients = |i: usize| {
+        let ch = i % d.c;
+        (
+            T::from_f64(op.dy[ch]),
+            T::from_f64(op.x[ch]),
+            T::from_f64(op.constant[ch]),
+        )
+    };
+    let at = |i: usize| i * d.hw..(i + 1) * d.hw;
+    match masked_by {
+        None => super::par_chunks_from(x.len(), d.hw, |i| {
+            let (kg, kx, kc) = coefficients(i);
+            let (xs, gs) = (&x[at(i)], &g[at(i)]);
+            xs.iter()
+                .zip(gs)
+                .map(move |(&xv, &gv)| gv * kg + xv * kx + kc)
+        }),
+        Some((y, clip)) => super::par_chunks_from(x.len(), d.hw, |i| {
+            let (kg, kx, kc) = coefficients(i);
+            let (xs, gs, ys) = (&x[at(i)], &g[at(i)], &y[at(i)]);
+            let bounds = clip.bounds::<T>();
+            xs.iter()
+                .zip(gs)
+                .zip(ys)
+                .map(move |((&xv, &gv), &yv)| pass(yv, gv, bounds) * kg + xv * kx + kc)
+        }),
+    }
 }
 
 fn forward_impl<T: WithDType>(

@@ -83,6 +83,37 @@ where
     out
 }
 
+/// A new buffer of `len` values, `chunk` at a time in parallel: chunk `i` takes the
+/// values `f(i)` yields, written once and never zeroed (for kernels that produce each
+/// value in one go). Panics if `f(i)` yields fewer values than its chunk holds.
+pub(crate) fn par_chunks_from<T, I>(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize) -> I + Sync,
+) -> Vec<T>
+where
+    T: candle_core::WithDType,
+    I: Iterator<Item = T>,
+{
+    use rayon::prelude::*;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, o)| {
+            let mut written = 0;
+            for (o, v) in o.iter_mut().zip(f(i)) {
+                o.write(v);
+                written += 1;
+            }
+            assert_eq!(written, o.len(), "chunk {i} only partly written");
+        });
+    // SAFETY: every chunk of `0..len` was fully written (asserted above; a panic leaves
+    // the length at 0).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Largest absolute element-wise difference, for the layer unit tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
