@@ -149,8 +149,10 @@ impl CustomOp3 for PointwiseBiasAct {
 /// A 1x1, stride-1 convolution `W x` as one autograd node (CPU, f32 and f64). Through
 /// stock ops it was reshape, broadcast, batched matmul and reshape: four nodes, and
 /// autograd gives each a zero-filled gradient buffer it then adds into, two of them
-/// activation-sized. The backward is one broadcast matmul (input gradient) and gemm calls
-/// that accumulate the weight gradient over the batch.
+/// activation-sized. The backward runs the input gradient through the same blocked
+/// kernel (a 1x1 conv of the gradient with the transposed weight: no zero-filled output,
+/// blocks that stay in cache) and the weight gradient as gemm calls that accumulate
+/// over the batch.
 pub(crate) struct Pointwise;
 
 fn pointwise_impl<T: WithDType>(
@@ -198,14 +200,13 @@ impl CustomOp2 for Pointwise {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, wd) = x.dims4()?;
         let o = w.dim(0)?;
-        let g = grad.contiguous()?.reshape((n, o, h * wd))?;
-        let wm = w.reshape((o, c))?;
-        let gx = wm.t()?.broadcast_left(n)?.matmul(&g)?;
+        let grad = grad.contiguous()?;
+        // Wᵀ g is a 1x1 conv of the gradient with the transposed weight.
+        let wt = w.reshape((o, c))?.t()?.contiguous()?.reshape((c, o, 1, 1))?;
+        let gx = grad.apply_op2_no_bwd(&wt, &Pointwise)?;
+        let g = grad.reshape((n, o, h * wd))?;
         let gw = g.apply_op2_no_bwd(&x.reshape((n, c, h * wd))?, &WeightGrad)?;
-        Ok((
-            Some(gx.reshape((n, c, h, wd))?),
-            Some(gw.reshape((o, c, 1, 1))?),
-        ))
+        Ok((Some(gx), Some(gw.reshape((o, c, 1, 1))?)))
     }
 }
 
