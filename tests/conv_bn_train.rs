@@ -10,10 +10,12 @@ use candletron::layers::Activation;
 
 const EPS: f64 = 1e-5;
 
-/// (name, input shape (n, c, h, w), output channels, the conv) for every conv kind the
-/// node covers: a pointwise conv and depthwise ones with stride 2 on an odd size and with
+/// Every conv kind the node covers: a pointwise conv and depthwise ones with stride 2 on an odd size and with
 /// dilation 2.
-fn cases() -> Vec<(&'static str, (usize, usize, usize, usize), usize, TrainConv)> {
+/// (name, input shape (n, c, h, w), output channels, the conv).
+type Case = (&'static str, (usize, usize, usize, usize), usize, TrainConv);
+
+fn cases() -> Vec<Case> {
     let dw = |stride, padding, dilation| {
         TrainConv::Depthwise(DwParams {
             stride,
@@ -253,4 +255,156 @@ fn unfusable_activation_is_not_supported() {
         TrainConv::Pointwise,
         Activation::ReLU6
     ));
+}
+
+/// An inverted-residual-like chain (expand 1x1, depthwise 3x3 stride 2, project 1x1 with
+/// no activation) as one node gives the same output, gradients and running statistics
+/// as the same layers as separate nodes, bit for bit: the kernels are the same, only the
+/// gradient plumbing between the layers differs (and the separate nodes are checked
+/// against stock ops and finite differences above).
+#[test]
+fn chain_equals_its_layers_as_separate_nodes() {
+    use candletron::layers::conv_bn_train::{conv_bn_chain_train, ChainLayer};
+    use candletron::layers::BatchNorm2d;
+    use candletron::modeling::params::ParamStore;
+    use std::sync::Arc;
+
+    let dev = Device::Cpu;
+    let (c, e, o) = (4, 12, 5);
+    let convs = [
+        (TrainConv::Pointwise, (e, c, 1, 1), Activation::ReLU6),
+        (
+            TrainConv::Depthwise(DwParams {
+                stride: 2,
+                padding: 1,
+                dilation: 1,
+            }),
+            (e, 1, 3, 3),
+            Activation::ReLU6,
+        ),
+        (TrainConv::Pointwise, (o, e, 1, 1), Activation::Identity),
+    ];
+    let x0 = Tensor::randn(0.5f64, 2.0, (2, c, 7, 9), &dev).unwrap();
+    let w0: Vec<Tensor> = convs
+        .iter()
+        .map(|(_, s, _)| Tensor::randn(0f64, 0.6, *s, &dev).unwrap())
+        .collect();
+    let affine: Vec<(Tensor, Tensor)> = convs
+        .iter()
+        .map(|(_, s, _)| {
+            (
+                Tensor::randn(2.5f64, 1.5, s.0, &dev).unwrap(),
+                Tensor::randn(0.5f64, 1.0, s.0, &dev).unwrap(),
+            )
+        })
+        .collect();
+    // Returns the output, the gradients (x, then each layer's weight, gamma, beta) and
+    // each norm's running mean and variance.
+    let run = |dtype: DType, chained: bool| {
+        let store = Arc::new(ParamStore::new(1));
+        let vb = store.var_builder(dtype, &dev);
+        let norms: Vec<BatchNorm2d> = convs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, s, _))| BatchNorm2d::new(s.0, vb.pp(format!("bn{i}"))).unwrap())
+            .collect();
+        for (i, (g, b)) in affine.iter().enumerate() {
+            let set = |n: &str, t: &Tensor| {
+                let v = store.get(&format!("bn{i}.{n}")).unwrap();
+                v.set(&t.to_dtype(dtype).unwrap()).unwrap();
+            };
+            set("weight", g);
+            set("bias", b);
+        }
+        let x = Var::from_tensor(&x0.to_dtype(dtype).unwrap()).unwrap();
+        let ws: Vec<Var> = w0
+            .iter()
+            .map(|w| Var::from_tensor(&w.to_dtype(dtype).unwrap()).unwrap())
+            .collect();
+        let y = if chained {
+            let layers: Vec<ChainLayer> = convs
+                .iter()
+                .enumerate()
+                .map(|(i, (conv, _, act))| ChainLayer {
+                    weight: ws[i].as_tensor(),
+                    conv: *conv,
+                    norm: &norms[i],
+                    activation: *act,
+                })
+                .collect();
+            conv_bn_chain_train(x.as_tensor(), &layers, EPS).unwrap()
+        } else {
+            let mut y = x.as_tensor().clone();
+            for (i, (conv, _, act)) in convs.iter().enumerate() {
+                let g = store.get(&format!("bn{i}.weight")).unwrap();
+                let b = store.get(&format!("bn{i}.bias")).unwrap();
+                let (out, stats) = conv_bn_act_train(
+                    &y,
+                    ws[i].as_tensor(),
+                    *conv,
+                    (g.as_tensor(), b.as_tensor()),
+                    EPS,
+                    *act,
+                )
+                .unwrap();
+                // The running statistics as BatchNorm2d keeps them (momentum 0.1,
+                // unbiased variance), from zeros and ones.
+                let k = stats.count as f64 / (stats.count - 1) as f64;
+                let mean: Vec<f64> = stats.mean.iter().map(|m| 0.1 * m).collect();
+                let var: Vec<f64> = stats.var.iter().map(|v| 0.9 + 0.1 * v * k).collect();
+                for (n, v) in [("running_mean", mean), ("running_var", var)] {
+                    let t = Tensor::from_vec(v, stats.mean.len(), &dev).unwrap();
+                    store
+                        .get(&format!("bn{i}.{n}"))
+                        .unwrap()
+                        .set(&t.to_dtype(dtype).unwrap())
+                        .unwrap();
+                }
+                y = out;
+            }
+            y
+        };
+        let r = Tensor::ones(y.dims(), dtype, &dev)
+            .unwrap()
+            .cumsum(3)
+            .unwrap()
+            .sin()
+            .unwrap();
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y, grads.get(x.as_tensor()).unwrap().clone()];
+        for (i, w) in ws.iter().enumerate() {
+            out.push(grads.get(w.as_tensor()).unwrap().clone());
+            for n in ["weight", "bias"] {
+                let v = store.get(&format!("bn{i}.{n}")).unwrap();
+                out.push(grads.get(v.as_tensor()).unwrap().clone());
+            }
+        }
+        for i in 0..convs.len() {
+            for n in ["running_mean", "running_var"] {
+                out.push(
+                    store
+                        .get(&format!("bn{i}.{n}"))
+                        .unwrap()
+                        .as_tensor()
+                        .clone(),
+                );
+            }
+        }
+        out
+    };
+    for dtype in [DType::F32, DType::F64] {
+        let (chain, separate) = (run(dtype, true), run(dtype, false));
+        assert_eq!(chain.len(), separate.len());
+        for (i, (a, b)) in chain.iter().zip(&separate).enumerate() {
+            let d = common::flat_f64(&(a - b).unwrap().abs().unwrap());
+            // Running statistics go through Candle's tensor arithmetic on one side and
+            // f64 here on the other.
+            let tol = if i >= chain.len() - 6 { 1e-6 } else { 0.0 };
+            assert!(
+                d.iter().all(|v| *v <= tol),
+                "{dtype:?} tensor {i}: max diff {:?}",
+                d.iter().cloned().fold(0.0, f64::max)
+            );
+        }
+    }
 }

@@ -11,7 +11,7 @@ use super::Activation;
 use candle_core::{Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
-const EPS: f64 = 1e-5;
+pub(crate) const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl BatchNorm2d {
             return activation.apply(&self.t.apply_affine(x)?);
         }
         let (n, _, h, w) = x.dims4()?;
-        check_batch(x.dims(), n * h * w)?;
+        check_batch(n * h * w)?;
         if super::batch_norm_train::supported(x) && super::batch_norm_train::fuses(activation) {
             let (y, stats) = super::batch_norm_train::batch_norm_train(
                 x,
@@ -104,7 +104,7 @@ impl BatchNorm2d {
                 EPS,
                 activation,
             )?;
-            self.record(stats, n * h * w)?;
+            self.record(stats)?;
             return Ok(y);
         }
         activation.apply(&self.forward_train_composed(x)?)
@@ -127,15 +127,19 @@ impl BatchNorm2d {
             EPS,
             activation,
         )?;
-        let (n, _, h, w) = y.dims4()?;
-        check_batch(y.dims(), n * h * w)?;
-        self.record(stats, n * h * w)?;
+        self.record(stats)?;
         Ok(y)
     }
 
+    /// The affine parameters (weight, bias), for ops that run the norm themselves.
+    pub(crate) fn affine_params(&self) -> (&Tensor, &Tensor) {
+        (&self.t.weight, &self.t.bias)
+    }
+
     /// Folds one batch's statistics into the running averages.
-    fn record(&self, stats: super::batch_norm_train::BatchStats, count: usize) -> Result<()> {
-        let c = stats.mean.len();
+    pub(crate) fn record(&self, stats: super::batch_norm_train::BatchStats) -> Result<()> {
+        check_batch(stats.count)?;
+        let (c, count) = (stats.mean.len(), stats.count);
         let (dev, dt) = (self.t.running_mean.device(), self.t.running_mean.dtype());
         let mean = Tensor::from_vec(stats.mean, c, dev)?.to_dtype(dt)?;
         let var = Tensor::from_vec(stats.var, c, dev)?.to_dtype(dt)?;
@@ -169,10 +173,10 @@ impl BatchNorm2d {
 }
 
 /// Batch statistics need two values per channel at least (PyTorch's rule).
-fn check_batch(dims: &[usize], count: usize) -> Result<()> {
+fn check_batch(count: usize) -> Result<()> {
     if count < 2 {
         candle_core::bail!(
-            "BatchNorm2d in training needs more than one value per channel, got input {dims:?}"
+            "BatchNorm2d in training needs more than one value per channel, got {count}"
         );
     }
     Ok(())

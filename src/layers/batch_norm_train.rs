@@ -13,9 +13,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDTyp
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// Per-channel batch statistics of one forward: mean, biased variance, 1/sqrt(var + eps).
+/// Per-channel batch statistics of one forward: mean, biased variance, 1/sqrt(var + eps),
+/// and the number of values per channel they were taken over.
 #[derive(Debug, Clone)]
 pub struct BatchStats {
+    pub count: usize,
     pub mean: Vec<f64>,
     pub var: Vec<f64>,
     pub invstd: Vec<f64>,
@@ -266,6 +268,7 @@ fn forward_impl<T: WithDType>(
         (t, t * t)
     });
     let mut stats = BatchStats {
+        count: d.n * d.hw,
         mean: Vec::with_capacity(d.c),
         var: Vec::with_capacity(d.c),
         invstd: Vec::with_capacity(d.c),

@@ -124,6 +124,26 @@ pub fn kaiming_fan_out() -> Init {
     }
 }
 
+/// `convs` applied in turn. In training, a chain of two or more conv-BN layers that
+/// [`conv_bn_train`](super::conv_bn_train) covers runs as one autograd node (no gradient
+/// buffers for the activations between them); anything else runs layer by layer.
+pub fn forward_chain_t(convs: &[Conv2d], x: &Tensor, train: bool) -> Result<Tensor> {
+    if train && convs.len() > 1 {
+        let layers = convs
+            .iter()
+            .map(|c| c.chain_layer(x))
+            .collect::<Result<Option<Vec<_>>>>()?;
+        if let Some(layers) = layers {
+            return super::conv_bn_train::conv_bn_chain_train(x, &layers, super::batch_norm::EPS);
+        }
+    }
+    let mut y = x.clone();
+    for conv in convs {
+        y = conv.forward_t(&y, train)?;
+    }
+    Ok(y)
+}
+
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -244,6 +264,27 @@ impl Conv2d {
             activation: self.activation,
             out_channels: self.out_channels,
         })
+    }
+
+    /// This layer as one link of a training conv-BN chain, if the chain op covers it
+    /// (inputs like `x`).
+    fn chain_layer(&self, x: &Tensor) -> Result<Option<super::conv_bn_train::ChainLayer<'_>>> {
+        let (None, Some(Norm::Batch(norm))) = (&self.bias, &self.norm) else {
+            return Ok(None);
+        };
+        let Some(conv) = train_conv(&self.weight, &self.cfg)? else {
+            return Ok(None);
+        };
+        Ok(
+            super::conv_bn_train::supported(x, &self.weight, conv, self.activation).then_some(
+                super::conv_bn_train::ChainLayer {
+                    weight: &self.weight,
+                    conv,
+                    norm,
+                    activation: self.activation,
+                },
+            ),
+        )
     }
 
     pub fn out_channels(&self) -> usize {

@@ -6,6 +6,11 @@
 //! full passes over memory per layer for nothing. Here the conv output is kept by the op
 //! (the batch norm backward needs it anyway) and its gradient goes straight from the
 //! batch norm backward into the conv backward. The kernels are those of the two ops.
+//!
+//! [`conv_bn_chain_train`] goes one step further for a chain of such layers (an inverted
+//! residual block's expand, depthwise and project): one node for the chain, so the
+//! activations between its layers, the block's largest tensors, get no gradient buffers
+//! either.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
@@ -15,6 +20,7 @@ use super::batch_norm_train::{self, BatchStats};
 use super::depthwise::{self, DwParams};
 use super::pointwise::{self, Pointwise};
 use super::Activation;
+use super::BatchNorm2d;
 
 /// The convolutions this node covers: those with a CPU op of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,4 +152,157 @@ pub fn conv_bn_act_train(
     };
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &params, op)?;
     Ok((y, batch_norm_train::stats_of(&slot)?))
+}
+
+/// One conv-BN-activation layer of a chain: the conv weight, its kind, the batch norm
+/// (whose running statistics the chain updates) and the activation.
+pub struct ChainLayer<'a> {
+    pub weight: &'a Tensor,
+    pub conv: TrainConv,
+    pub norm: &'a BatchNorm2d,
+    pub activation: Activation,
+}
+
+/// (x, every conv weight flattened and concatenated, every [gamma; beta] flattened and
+/// concatenated) -> the last layer's output. Runs the layers' [`ConvBnAct`] ops in turn
+/// and their backwards in reverse, handing each input gradient straight to the layer
+/// before.
+struct ConvBnChain {
+    layers: Vec<ConvBnAct>,
+    /// Per layer: the weight's shape and offset in the flat weights, the channel count
+    /// and offset of its (2, C) block in the flat norm parameters.
+    weights: Vec<(Shape, usize)>,
+    params: Vec<(usize, usize)>,
+    /// The outputs of every layer but the last (the inputs of the layers after them).
+    saved: Mutex<Vec<Tensor>>,
+}
+
+fn into_tensor(s: CpuStorage, shape: Shape) -> Result<Tensor> {
+    match s {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, &Device::Cpu),
+        other => candle_core::bail!("conv-bn op: {:?} is not supported", other.dtype()),
+    }
+}
+
+impl CustomOp3 for ConvBnChain {
+    fn name(&self) -> &'static str {
+        "conv-batch-norm-act-chain-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let mut outputs: Vec<(CpuStorage, Shape)> = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (w_shape, w_at) = &self.weights[i];
+            let (c, p_at) = self.params[i];
+            let wli = Layout::contiguous_with_offset(w_shape, wl.start_offset() + w_at);
+            let pli = Layout::contiguous_with_offset((2, c), pl.start_offset() + p_at);
+            let out = match outputs.last() {
+                None => layer.cpu_fwd(xs, xl, ws, &wli, ps, &pli)?,
+                Some((prev, shape)) => {
+                    layer.cpu_fwd(prev, &Layout::contiguous(shape), ws, &wli, ps, &pli)?
+                }
+            };
+            outputs.push(out);
+        }
+        let Some(last) = outputs.pop() else {
+            candle_core::bail!("conv-bn chain of no layers");
+        };
+        let saved = outputs
+            .into_iter()
+            .map(|(s, shape)| into_tensor(s, shape))
+            .collect::<Result<Vec<_>>>()?;
+        *self.saved.lock().expect("chain outputs lock") = saved;
+        Ok(last)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weights: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("chain outputs lock").clone();
+        if saved.len() + 1 != self.layers.len() {
+            candle_core::bail!("conv-bn chain backward before its forward");
+        }
+        let n = self.layers.len();
+        let mut grad = grad.clone();
+        let mut dws = vec![None; n];
+        let mut dps = vec![None; n];
+        for i in (0..n).rev() {
+            let input = if i == 0 { x } else { &saved[i - 1] };
+            let output = if i + 1 == n { res } else { &saved[i] };
+            let (w_shape, w_at) = &self.weights[i];
+            let w = weights
+                .narrow(0, *w_at, w_shape.elem_count())?
+                .reshape(w_shape)?;
+            let (c, p_at) = self.params[i];
+            let p = params.narrow(0, p_at, 2 * c)?.reshape((2, c))?;
+            let (dx, dw, dp) = self.layers[i].bwd(input, &w, &p, output, &grad)?;
+            let (Some(dx), Some(dw), Some(dp)) = (dx, dw, dp) else {
+                candle_core::bail!("conv-bn layer {i} of the chain gave no gradient");
+            };
+            grad = dx;
+            dws[i] = Some(dw.flatten_all()?);
+            dps[i] = Some(dp.flatten_all()?);
+        }
+        let cat = |parts: Vec<Option<Tensor>>| -> Result<Tensor> {
+            Tensor::cat(&parts.into_iter().flatten().collect::<Vec<_>>(), 0)
+        };
+        Ok((Some(grad), Some(cat(dws)?), Some(cat(dps)?)))
+    }
+}
+
+/// The layers of `layers` as one node, each `activation(batch_norm(conv(·)))` with batch
+/// statistics; updates every norm's running statistics. The caller checks [`supported`]
+/// for each layer first.
+pub fn conv_bn_chain_train(x: &Tensor, layers: &[ChainLayer], eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let mut ops = Vec::with_capacity(layers.len());
+    let mut slots = Vec::with_capacity(layers.len());
+    let (mut weights, mut params) = (Vec::new(), Vec::new());
+    let (mut flat_w, mut flat_p) = (Vec::new(), Vec::new());
+    let (mut w_at, mut p_at) = (0, 0);
+    for layer in layers {
+        let (bn, slot) = batch_norm_train::Forward::new(eps, layer.activation)?;
+        ops.push(ConvBnAct {
+            conv: layer.conv,
+            bn,
+            saved: Arc::new(Mutex::new(None)),
+        });
+        slots.push(slot);
+        let (gamma, beta) = layer.norm.affine_params();
+        let c = gamma.elem_count();
+        weights.push((layer.weight.shape().clone(), w_at));
+        params.push((c, p_at));
+        w_at += layer.weight.elem_count();
+        p_at += 2 * c;
+        flat_w.push(layer.weight.to_dtype(dt)?.flatten_all()?);
+        flat_p.push(gamma.to_dtype(dt)?);
+        flat_p.push(beta.to_dtype(dt)?);
+    }
+    let op = ConvBnChain {
+        layers: ops,
+        weights,
+        params,
+        saved: Mutex::new(Vec::new()),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&Tensor::cat(&flat_w, 0)?, &Tensor::cat(&flat_p, 0)?, op)?;
+    for (layer, slot) in layers.iter().zip(&slots) {
+        layer.norm.record(batch_norm_train::stats_of(slot)?)?;
+    }
+    Ok(y)
 }

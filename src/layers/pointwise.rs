@@ -202,7 +202,11 @@ impl CustomOp2 for Pointwise {
         let o = w.dim(0)?;
         let grad = grad.contiguous()?;
         // Wᵀ g is a 1x1 conv of the gradient with the transposed weight.
-        let wt = w.reshape((o, c))?.t()?.contiguous()?.reshape((c, o, 1, 1))?;
+        let wt = w
+            .reshape((o, c))?
+            .t()?
+            .contiguous()?
+            .reshape((c, o, 1, 1))?;
         let gx = grad.apply_op2_no_bwd(&wt, &Pointwise)?;
         let g = grad.reshape((n, o, h * wd))?;
         let gw = g.apply_op2_no_bwd(&x.reshape((n, c, h * wd))?, &WeightGrad)?;

@@ -152,10 +152,7 @@ impl InvertedResidual {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        for conv in &self.convs {
-            y = conv.forward_t(&y, train)?;
-        }
+        let y = crate::layers::conv::forward_chain_t(&self.convs, x, train)?;
         if self.use_residual {
             y + x
         } else {
