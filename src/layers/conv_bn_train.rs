@@ -85,11 +85,7 @@ impl CustomOp3 for ConvBnAct {
         let zl = Layout::contiguous(&zshape);
         let (gamma, beta) = (pl.narrow(0, 0, 1)?, pl.narrow(0, 1, 1)?);
         let out = self.bn.cpu_fwd(&zs, &zl, ps, &gamma, ps, &beta)?;
-        let z = match zs {
-            CpuStorage::F32(v) => Tensor::from_vec(v, zshape, &Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_vec(v, zshape, &Device::Cpu)?,
-            other => candle_core::bail!("conv-bn op: {:?} is not supported", other.dtype()),
-        };
+        let z = into_tensor(zs, zshape)?;
         *self.saved.lock().expect("conv output lock") = Some(z);
         Ok(out)
     }
@@ -177,6 +173,7 @@ struct ConvBnChain {
     saved: Mutex<Vec<Tensor>>,
 }
 
+/// A CPU storage the op computed, as a tensor it keeps for the backward (moved, not copied).
 fn into_tensor(s: CpuStorage, shape: Shape) -> Result<Tensor> {
     match s {
         CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu),
