@@ -131,7 +131,7 @@ pub fn forward_chain_t(convs: &[Conv2d], x: &Tensor, train: bool) -> Result<Tens
     if train && convs.len() > 1 {
         let layers = convs
             .iter()
-            .map(|c| c.chain_layer(x))
+            .map(|c| c.conv_bn_node(x))
             .collect::<Result<Option<Vec<_>>>>()?;
         if let Some(layers) = layers {
             return super::conv_bn_train::conv_bn_chain_train(x, &layers, super::batch_norm::EPS);
@@ -266,9 +266,9 @@ impl Conv2d {
         })
     }
 
-    /// This layer as one link of a training conv-BN chain, if the chain op covers it
-    /// (inputs like `x`).
-    fn chain_layer(&self, x: &Tensor) -> Result<Option<super::conv_bn_train::ChainLayer<'_>>> {
+    /// This layer as a training conv-BN node (alone or as one link of a chain), if the
+    /// node covers it (inputs like `x`).
+    fn conv_bn_node(&self, x: &Tensor) -> Result<Option<super::conv_bn_train::ChainLayer<'_>>> {
         let (None, Some(Norm::Batch(norm))) = (&self.bias, &self.norm) else {
             return Ok(None);
         };
@@ -319,11 +319,9 @@ impl Conv2d {
             }
         }
         // Training conv + BN (+ ReLU/ReLU6) as one node where the kernels allow it.
-        if let (true, None, Some(Norm::Batch(bn))) = (train, &self.bias, &self.norm) {
-            if let Some(conv) = train_conv(&self.weight, &self.cfg)? {
-                if super::conv_bn_train::supported(x, &self.weight, conv, self.activation) {
-                    return bn.train_after_conv(x, &self.weight, conv, self.activation);
-                }
+        if train {
+            if let Some(l) = self.conv_bn_node(x)? {
+                return l.norm.train_after_conv(x, l.weight, l.conv, l.activation);
             }
         }
         let mut y = conv2d(x, &self.weight, &self.cfg)?;
