@@ -14,7 +14,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::batch_norm_train::{self, BatchStats};
 use super::depthwise::{self, DwParams};
@@ -64,7 +64,7 @@ struct ConvBnAct {
     conv: TrainConv,
     bn: batch_norm_train::Forward,
     /// The conv output, for the backward.
-    saved: Arc<Mutex<Option<Tensor>>>,
+    saved: Mutex<Option<Tensor>>,
 }
 
 impl CustomOp3 for ConvBnAct {
@@ -122,7 +122,6 @@ pub fn supported(x: &Tensor, w: &Tensor, conv: TrainConv, activation: Activation
         TrainConv::Depthwise(_) => depthwise::custom_op_for(x),
     };
     conv_op
-        && x.device().is_cpu()
         && batch_norm_train::supported(x)
         && batch_norm_train::fuses(activation)
         && x.dtype() == w.dtype()
@@ -144,7 +143,7 @@ pub fn conv_bn_act_train(
     let op = ConvBnAct {
         conv,
         bn,
-        saved: Arc::new(Mutex::new(None)),
+        saved: Mutex::new(None),
     };
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &params, op)?;
     Ok((y, batch_norm_train::stats_of(&slot)?))
@@ -276,7 +275,7 @@ pub fn conv_bn_chain_train(x: &Tensor, layers: &[ChainLayer], eps: f64) -> Resul
         ops.push(ConvBnAct {
             conv: layer.conv,
             bn,
-            saved: Arc::new(Mutex::new(None)),
+            saved: Mutex::new(None),
         });
         slots.push(slot);
         let (gamma, beta) = layer.norm.affine_params();
