@@ -23,7 +23,8 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Every geometry the models use (3x3, stride 1/2, "same" padding, dilation 1/2), plus
-/// stride 3 (the generic column-phase split), odd sizes, no padding and over-padding.
+/// stride 3 (the generic phase split), odd sizes, no padding and over-padding (padding
+/// past the kernel's reach).
 fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
     let mut v = Vec::new();
     for &(n, c, h, w) in &[
@@ -36,7 +37,7 @@ fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
     ] {
         for stride in [1, 2, 3] {
             for dilation in [1, 2] {
-                for padding in [0, dilation, 2] {
+                for padding in [0, dilation, 2, 3] {
                     let p = DwParams {
                         stride,
                         padding,
@@ -90,6 +91,44 @@ fn forward_equals_grouped_conv2d() {
         &x.contiguous().unwrap().conv2d(&k, 1, 1, 1, 4).unwrap(),
     );
     assert!(d <= 1e-4);
+}
+
+/// Forward against Candle's grouped conv2d and both gradients against the autograd of
+/// the portable path (stock slices and multiply-adds; Candle's own grouped conv2d
+/// backward fails on strides that do not divide the input), in f64, for every geometry
+/// of `cases()` with 3x3 and 5x5 kernels: every path of the backward (the stride-1
+/// correlation, the padded-phase transpose, odd and even padding).
+#[test]
+fn forward_and_gradients_equal_stock_ops_in_f64() {
+    let dev = Device::Cpu;
+    for ((n, c, h, w), p) in cases() {
+        for k in [3, 5] {
+            let span = p.dilation * (k - 1) + 1;
+            if h + 2 * p.padding < span || w + 2 * p.padding < span {
+                continue;
+            }
+            let x = candle_core::Var::randn(0f64, 1.0, (n, c, h, w), &dev).unwrap();
+            let kw = candle_core::Var::randn(0f64, 1.0, (c, 1, k, k), &dev).unwrap();
+            let (xt, kt) = (x.as_tensor(), kw.as_tensor());
+            let got = depthwise_conv2d(xt, kt, p).unwrap();
+            let want = xt.conv2d(kt, p.padding, p.stride, p.dilation, c).unwrap();
+            let case = format!("{:?} {p:?} k{k}", (n, c, h, w));
+            assert!(max_diff(&got, &want) <= 1e-12, "{case}: forward");
+            let r = Tensor::randn(0f64, 1.0, got.dims(), &dev).unwrap();
+            let ga = (got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let portable = depthwise_conv2d_portable(xt, kt, p).unwrap();
+            let gb = (portable * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("input", xt), ("weight", kt)] {
+                let d = max_diff(ga.get(v).unwrap(), gb.get(v).unwrap());
+                assert!(d <= 1e-10, "{case}: {name} gradient differs by {d}");
+            }
+        }
+    }
 }
 
 /// d(sum(out * r))/d(input), d/d(weight) by central differences.

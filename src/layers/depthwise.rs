@@ -61,145 +61,173 @@ impl DwParams {
             wo: self.out_size(wd, k)?,
         })
     }
-
-    /// Output columns `ox` whose input column `ox * stride - padding + tap * dilation` is
-    /// inside `0..size`, as a half-open range, and the input column of the first one.
-    fn valid(&self, tap: usize, size: usize, out: usize) -> (usize, usize, usize) {
-        let shift = tap * self.dilation;
-        // ox * s + shift - p >= 0  <=>  ox >= ceil((p - shift) / s)
-        let lo = if shift >= self.padding {
-            0
-        } else {
-            (self.padding - shift).div_ceil(self.stride)
-        };
-        // ox * s + shift - p <= size - 1
-        let hi = if size + self.padding > shift {
-            ((size + self.padding - shift - 1) / self.stride + 1).min(out)
-        } else {
-            0
-        };
-        let lo = lo.min(hi);
-        // Empty ranges have no first input column; callers skip them.
-        (
-            lo,
-            hi,
-            (lo * self.stride + shift).saturating_sub(self.padding),
-        )
-    }
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     super::cpu_slice(s, l, "depthwise conv")
 }
 
-/// For each kernel tap along one axis: the valid output range and first input index.
-fn taps(p: &DwParams, k: usize, size: usize, out: usize) -> Vec<(usize, usize, usize)> {
-    (0..k).map(|t| p.valid(t, size, out)).collect()
-}
-
-/// Input row read by output row `oy` for kernel row `ky`, if inside the image.
-fn in_row(p: &DwParams, oy: usize, ky: usize, h: usize) -> Option<usize> {
-    (oy * p.stride + ky * p.dilation)
-        .checked_sub(p.padding)
-        .filter(|&iy| iy < h)
-}
-
-// The three kernels walk output rows outermost, so a row of the output (or of the
-// gradient) stays in L1 while the K x K taps update it.
-
-/// The zero-padded input plane, split into `stride` column phases: output column `ox`
-/// of tap `kx` reads padded column `ox * s + kx * d`, i.e. element `ox + kx * d / s` of
-/// phase `kx * d % s`, so every tap of an output row is one contiguous run of `wo`
-/// values. The forward then has no edge cases at all: on MobileNet's narrow planes
-/// (7 to 56 px at 224) per-tap edge bookkeeping cost more than the multiply-adds.
-struct Padded<'a, T> {
-    data: &'a [T],
-    /// Padded rows the output reads.
-    rows: usize,
-    /// Length of one phase row.
-    pitch: usize,
+/// Where a plane's zero-padded copy lives: split into `stride x stride` phases (padded
+/// row `py`, column `px` is element `(py / s) * pitch + px / s` of phase
+/// `(py % s, px % s)`). Tap `(ky, kx)` at output `(oy, ox)` reads padded
+/// `(oy * s + ky * d, ox * s + kx * d)`, which is element `oy * pitch + ox + offset(tap)`
+/// of one phase: over a whole output plane laid out `pitch` values per row, every tap
+/// is one contiguous run. The kernels then loop once over the plane instead of once per
+/// row: on MobileNet's 7 and 14 px planes the per-row loops were mostly scalar tails.
+/// The `pitch - wo` columns past each output row are computed and thrown away.
+#[derive(Debug, Clone, Copy)]
+struct Phases {
     stride: usize,
+    dilation: usize,
+    padding: usize,
+    /// Padded rows and columns the output reads.
+    rows: usize,
+    cols: usize,
+    /// Values per phase row (also per row of the pitched output).
+    pitch: usize,
+    /// Values per phase: its rows plus one slack row, which the runs of the last output
+    /// row's thrown-away columns reach into.
+    len: usize,
+    /// Output rows.
+    ho: usize,
 }
 
-impl<'a, T: WithDType> Padded<'a, T> {
-    /// `scratch` must be fresh or hold a previous plane of the same geometry.
-    fn new(x: &[T], p: &DwParams, d: &Dims, scratch: &'a mut Vec<T>) -> Self {
+impl Phases {
+    fn new(p: &DwParams, d: &Dims) -> Self {
         let s = p.stride;
         let span = (d.k - 1) * p.dilation + 1;
         let rows = (d.ho - 1) * s + span;
         let cols = (d.wo - 1) * s + span;
         let pitch = cols.div_ceil(s);
-        // Each scratch buffer serves the planes of one op call, which share the geometry,
-        // so every plane writes the same interior cells: the padding zeroed for the
-        // first plane stays zero, and later planes skip the fill.
-        let len = s * rows * pitch;
-        if scratch.len() != len {
-            scratch.clear();
-            scratch.resize(len, T::zero());
+        Self {
+            stride: s,
+            dilation: p.dilation,
+            padding: p.padding,
+            rows,
+            cols,
+            pitch,
+            len: (rows.div_ceil(s) + 1) * pitch,
+            ho: d.ho,
         }
-        for py in 0..rows {
-            let Some(iy) = py.checked_sub(p.padding).filter(|&iy| iy < d.h) else {
-                continue;
+    }
+
+    /// Values of all phases together.
+    fn total(&self) -> usize {
+        self.stride * self.stride * self.len
+    }
+
+    /// Length of a pitched output plane.
+    fn plane(&self) -> usize {
+        self.ho * self.pitch
+    }
+
+    /// Start of padded row `py`'s values in phase column `rx`.
+    fn row_at(&self, py: usize, rx: usize) -> usize {
+        let s = self.stride;
+        ((py % s) * s + rx) * self.len + (py / s) * self.pitch
+    }
+
+    /// Start of tap `(ky, kx)`'s run.
+    fn tap_at(&self, ky: usize, kx: usize) -> usize {
+        let (sy, sx) = (ky * self.dilation, kx * self.dilation);
+        self.row_at(sy, sx % self.stride) + sx / self.stride
+    }
+
+    /// The padded row that input row `iy` lands in, if the output reads it.
+    fn padded_row(&self, iy: usize) -> Option<usize> {
+        Some(iy + self.padding).filter(|&py| py < self.rows)
+    }
+
+    /// For each column phase `rx`: the first input column landing in it, and that
+    /// column's index within the phase row. Input column `ix` is padded column
+    /// `ix + padding`; columns past `cols` are never read and have no place.
+    fn column_phases(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let s = self.stride;
+        (0..s).map(move |rx| {
+            let ix0 = (rx + s - self.padding % s) % s;
+            (rx, ix0, (ix0 + self.padding) / s)
+        })
+    }
+
+    /// Input columns `ix0, ix0 + s, ...` that have a place in a phase row.
+    fn columns(&self, ix0: usize, w: usize) -> usize {
+        let end = w.min(self.cols.saturating_sub(self.padding));
+        end.saturating_sub(ix0).div_ceil(self.stride)
+    }
+
+    /// Copies one input plane (h x w) into `buf`, which holds [`Phases::total`] values.
+    /// Cells outside the input are left alone: `buf` must be zero there, as it stays
+    /// when it only ever holds planes of this geometry.
+    fn scatter<T: WithDType>(&self, x: &[T], w: usize, buf: &mut [T]) {
+        for (iy, src) in x.chunks_exact(w).enumerate() {
+            let Some(py) = self.padded_row(iy) else {
+                break;
             };
-            let src = &x[iy * d.w..(iy + 1) * d.w];
-            // Padded column of input column ix: ix + padding, in phase (ix + padding) % s.
-            let phase = |r: usize| (r * rows + py) * pitch;
-            match s {
-                1 => {
-                    let dst = &mut scratch[phase(0)..][..pitch];
-                    for (o, v) in dst[p.padding.min(pitch)..].iter_mut().zip(src) {
+            if self.stride == 2 && self.padding % 2 == 1 {
+                // Odd padding: even input columns go to phase 1, odd ones to phase 0,
+                // one pair per step (the compiler turns this into shuffles).
+                let (e, o) = (self.row_at(py, 1) + self.padding / 2, self.row_at(py, 0));
+                let o = o + self.padding.div_ceil(2);
+                let n = self.columns(0, w).min(self.columns(1, w));
+                for (j, pair) in src.chunks_exact(2).take(n).enumerate() {
+                    buf[e + j] = pair[0];
+                    buf[o + j] = pair[1];
+                }
+                if self.columns(0, w) > n {
+                    buf[e + n] = src[2 * n];
+                }
+                continue;
+            }
+            for (rx, ix0, j0) in self.column_phases() {
+                let at = self.row_at(py, rx) + j0;
+                let n = self.columns(ix0, w);
+                let dst = &mut buf[at..at + n];
+                if self.stride == 1 {
+                    dst.copy_from_slice(&src[..n]);
+                } else {
+                    for (o, v) in dst.iter_mut().zip(src[ix0..].iter().step_by(self.stride)) {
                         *o = *v;
-                    }
-                }
-                2 => {
-                    // Even and odd input columns in one pass over pairs (vector shuffles);
-                    // the generic loop below places the last column or two.
-                    let even = (p.padding % 2, p.padding / 2);
-                    let odd = ((p.padding + 1) % 2, p.padding.div_ceil(2));
-                    let (p0, p1) = scratch.split_at_mut(rows * pitch);
-                    let (p0, p1) = (
-                        &mut p0[py * pitch..][..pitch],
-                        &mut p1[py * pitch..][..pitch],
-                    );
-                    let (e, o) = if even.0 == 0 { (p0, p1) } else { (p1, p0) };
-                    let (e, o) = (&mut e[even.1.min(pitch)..], &mut o[odd.1.min(pitch)..]);
-                    let n = e.len().min(o.len()).min(d.w / 2);
-                    for ((e, o), pair) in
-                        e[..n].iter_mut().zip(&mut o[..n]).zip(src.chunks_exact(2))
-                    {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    for (ix, v) in src.iter().enumerate().skip(2 * n) {
-                        let px = ix + p.padding;
-                        if px < cols {
-                            scratch[phase(px % 2) + px / 2] = *v;
-                        }
-                    }
-                }
-                _ => {
-                    for (ix, v) in src.iter().enumerate() {
-                        let px = ix + p.padding;
-                        if px < cols {
-                            scratch[phase(px % s) + px / s] = *v;
-                        }
                     }
                 }
             }
         }
-        Self {
-            data: scratch,
-            rows,
-            pitch,
-            stride: s,
+    }
+
+    /// The inverse of [`Phases::scatter`]: input plane values from their padded cells,
+    /// zero for input cells the output never reads.
+    fn gather<T: WithDType>(&self, buf: &[T], w: usize, x: &mut [T]) {
+        for (iy, dst) in x.chunks_exact_mut(w).enumerate() {
+            let Some(py) = self.padded_row(iy) else {
+                dst.fill(T::zero());
+                continue;
+            };
+            for (rx, ix0, j0) in self.column_phases() {
+                let at = self.row_at(py, rx) + j0;
+                let n = self.columns(ix0, w);
+                for (j, o) in dst[ix0..].iter_mut().step_by(self.stride).enumerate() {
+                    *o = if j < n { buf[at + j] } else { T::zero() };
+                }
+            }
         }
     }
 
-    /// The run of padded row `py` from padded column `px`, stepping by the stride.
-    fn run(&self, py: usize, px: usize) -> &[T] {
-        let (r, j) = (px % self.stride, px / self.stride);
-        &self.data[(r * self.rows + py) * self.pitch..][j..self.pitch]
+    /// Copies an output-shaped plane (`ho` rows of `wo`) into the pitched layout; the
+    /// thrown-away columns of `buf` must be (and stay) zero.
+    fn pitch_rows<T: WithDType>(&self, g: &[T], wo: usize, buf: &mut [T]) {
+        for (src, dst) in g.chunks_exact(wo).zip(buf.chunks_exact_mut(self.pitch)) {
+            dst[..wo].copy_from_slice(src);
+        }
     }
+}
+
+/// `buf` resized to `len` zeros unless it already has that length (then it is left as
+/// it is: the scratch of one op call only ever holds planes of one geometry).
+fn scratch<T: WithDType>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() != len {
+        buf.clear();
+        buf.resize(len, T::zero());
+    }
+    buf
 }
 
 /// o = the 3x3 window at every position: nine taps in one pass, one store per output.
@@ -219,88 +247,38 @@ fn taps9<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     }
 }
 
+/// Scratch of one forward task: the padded input phases and the pitched output.
+type FwdScratch<T> = (Vec<T>, Vec<T>);
+
 /// out[oy, ox] = sum_{ky,kx} w[ky,kx] * x[oy*s - p + ky*d, ox*s - p + kx*d], then
-/// `epilogue` on each finished row while it is still in L1.
+/// `epilogue` on each output row as it is copied out of the pitched result.
 fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
-    p: &DwParams,
+    ph: &Phases,
     d: &Dims,
-    x: &Padded<T>,
+    x: &[T],
     w: &[T],
+    (padded, pitched): &mut FwdScratch<T>,
     out: &mut [T],
     epilogue: impl Fn(&mut [T]),
 ) {
-    for oy in 0..d.ho {
-        let orow = &mut out[oy * d.wo..(oy + 1) * d.wo];
-        let run = |ky: usize, kx: usize| x.run(oy * p.stride + ky * p.dilation, kx * p.dilation);
-        if d.k == 3 {
-            taps9(orow, w, std::array::from_fn(|t| run(t / 3, t % 3)));
-        } else {
-            orow.fill(T::zero());
-            for ky in 0..d.k {
-                for kx in 0..d.k {
-                    let wv = w[ky * d.k + kx];
-                    for (o, v) in orow.iter_mut().zip(run(ky, kx)) {
-                        *o += wv * *v;
-                    }
-                }
-            }
-        }
-        epilogue(orow);
-    }
-}
-
-/// gin[iy, ix] += w[ky,kx] * gout[oy, ox] (the transpose of `forward_plane`).
-fn input_grad_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
-    p: &DwParams,
-    d: &Dims,
-    cols: &[(usize, usize, usize)],
-    g: &[T],
-    w: &[T],
-    gin: &mut [T],
-) {
-    for oy in 0..d.ho {
-        let grow = &g[oy * d.wo..(oy + 1) * d.wo];
-        for ky in 0..d.k {
-            let Some(iy) = in_row(p, oy, ky, d.h) else {
-                continue;
-            };
-            let irow = &mut gin[iy * d.w..(iy + 1) * d.w];
-            for (kx, &(ox0, ox1, ix0)) in cols.iter().enumerate() {
-                if ox0 == ox1 {
-                    continue;
-                }
-                let wv = w[ky * d.k + kx];
-                let gs = &grow[ox0..ox1];
-                if p.stride == 1 {
-                    for (i, gv) in irow[ix0..].iter_mut().zip(gs) {
-                        *i += wv * *gv;
-                    }
-                } else {
-                    for (j, gv) in gs.iter().enumerate() {
-                        irow[ix0 + j * p.stride] += wv * *gv;
-                    }
-                }
+    let padded = scratch(padded, ph.total());
+    ph.scatter(x, d.w, padded);
+    let n = ph.plane();
+    let acc = scratch(pitched, n);
+    let run = |ky: usize, kx: usize| &padded[ph.tap_at(ky, kx)..][..n];
+    if d.k == 3 {
+        taps9(acc, w, std::array::from_fn(|t| run(t / 3, t % 3)));
+    } else {
+        acc.fill(T::zero());
+        for (t, &wv) in w.iter().enumerate() {
+            for (o, v) in acc.iter_mut().zip(run(t / d.k, t % d.k)) {
+                *o += wv * *v;
             }
         }
     }
-}
-
-/// gw[ky,kx] += sum_{oy,ox} gout[oy, ox] * x[oy*s - p + ky*d, ox*s - p + kx*d]
-fn weight_grad_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
-    p: &DwParams,
-    d: &Dims,
-    x: &Padded<T>,
-    g: &[T],
-    gw: &mut [T],
-) {
-    for oy in 0..d.ho {
-        let grow = &g[oy * d.wo..(oy + 1) * d.wo];
-        for ky in 0..d.k {
-            for kx in 0..d.k {
-                let run = x.run(oy * p.stride + ky * p.dilation, kx * p.dilation);
-                gw[ky * d.k + kx] += dot(grow, run);
-            }
-        }
+    for (row, src) in out.chunks_exact_mut(d.wo).zip(acc.chunks_exact(ph.pitch)) {
+        row.copy_from_slice(&src[..d.wo]);
+        epilogue(row);
     }
 }
 
@@ -333,13 +311,14 @@ where
     T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>,
     E: Fn(usize, &mut [T]) + Sync,
 {
+    let ph = Phases::new(p, d);
     let len = d.n * d.c * d.ho * d.wo;
-    super::par_chunks_zeroed(len, d.ho * d.wo, Vec::new, |scratch, plane, o| {
+    let init = || (Vec::new(), Vec::new());
+    super::par_chunks_zeroed(len, d.ho * d.wo, init, |scratch, plane, o| {
         let ch = plane % d.c;
         let x = &x[plane * d.h * d.w..][..d.h * d.w];
-        let x = Padded::new(x, p, d, scratch);
         let w = &w[ch * d.k * d.k..][..d.k * d.k];
-        forward_plane(p, d, &x, w, o, |row: &mut [T]| epilogue(ch, row));
+        forward_plane(&ph, d, x, w, scratch, o, |row: &mut [T]| epilogue(ch, row));
     })
 }
 
@@ -494,21 +473,28 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
         let gin = forward_planes(&flipped, &dg, g, &rotated, |_, _| {});
         return Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, d.h, d.w))));
     }
-    let cols = taps(&op.0, k, d.w, wo);
+    // Otherwise the transposed conv runs on the padded phase layout: each tap adds its
+    // weight times the pitched gradient plane into its run (the thrown-away columns are
+    // zero, so they add nothing), and the input cells are gathered back.
+    let ph = Phases::new(p, &d);
     let gin = super::par_chunks_zeroed(
         n * c * d.h * d.w,
         d.h * d.w,
-        || (),
-        |_, plane, gi| {
+        || (Vec::new(), Vec::new()),
+        |(acc, gp), plane, gi| {
             let ch = plane % c;
-            input_grad_plane(
-                &op.0,
-                &d,
-                &cols,
-                &g[plane * ho * wo..][..ho * wo],
-                &w[ch * k * k..][..k * k],
-                gi,
-            );
+            let np = ph.plane();
+            let gp = scratch(gp, np);
+            ph.pitch_rows(&g[plane * ho * wo..][..ho * wo], wo, gp);
+            let acc = scratch(acc, ph.total());
+            acc.fill(T::zero());
+            for (t, &wv) in w[ch * k * k..][..k * k].iter().enumerate() {
+                let run = &mut acc[ph.tap_at(t / k, t % k)..][..np];
+                for (a, gv) in run.iter_mut().zip(gp.iter()) {
+                    *a += wv * *gv;
+                }
+            }
+            ph.gather(acc, d.w, gi);
         },
     );
     Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, d.h, d.w))))
@@ -573,17 +559,23 @@ fn weight_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = 
         wo,
     };
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
+    let ph = Phases::new(&op.0, &d);
     let mut gw = vec![T::zero(); c * k * k];
-    gw.par_chunks_mut(k * k)
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (ch, gwc)| {
+    gw.par_chunks_mut(k * k).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(padded, gp), (ch, gwc)| {
             for b in 0..n {
                 let plane = b * c + ch;
-                let x = Padded::new(&x[plane * h * w..][..h * w], &op.0, &d, scratch);
-                let g = &g[plane * ho * wo..][..ho * wo];
-                weight_grad_plane(&op.0, &d, &x, g, gwc);
+                let padded = scratch(padded, ph.total());
+                ph.scatter(&x[plane * h * w..][..h * w], w, padded);
+                let gp = scratch(gp, ph.plane());
+                ph.pitch_rows(&g[plane * ho * wo..][..ho * wo], wo, gp);
+                for (t, gv) in gwc.iter_mut().enumerate() {
+                    *gv += dot(gp, &padded[ph.tap_at(t / k, t % k)..]);
+                }
             }
-        });
+        },
+    );
     Ok((T::to_cpu_storage_owned(gw), Shape::from((c, 1, k, k))))
 }
 
