@@ -9,7 +9,7 @@
 
 use super::Activation;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -100,14 +100,13 @@ fn plane_sums<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> (T, T)) -> (f6
 }
 
 /// Per channel, over all planes of that channel: the two sums `f` yields over
-/// (`a`, `b`). With `mask = Some((y, clip))` the plane of `b` is first masked by the
-/// fused activation (into a per-thread plane buffer, in `T`, where the select
-/// vectorises).
+/// (`a`, `b`). With a `mask`, the plane of `b` is first masked by the fused activation
+/// at `a` (into a per-thread plane buffer, in `T`, where the select vectorises).
 fn channel_sums<T: WithDType>(
     d: &Dims,
     a: &[T],
     b: &[T],
-    mask: Option<(&[T], Clip)>,
+    mask: Option<&Mask<T>>,
     f: impl Fn(usize, T, T) -> (T, T) + Sync,
 ) -> Vec<(f64, f64)> {
     (0..d.c)
@@ -117,14 +116,14 @@ fn channel_sums<T: WithDType>(
                 let at = (img * d.c + ch) * d.hw..(img * d.c + ch + 1) * d.hw;
                 let bp = match mask {
                     None => &b[at.clone()],
-                    Some((y, clip)) => {
-                        let bounds = clip.bounds::<T>();
+                    Some(mask) => {
+                        let keep = mask.channel(ch);
                         masked.clear();
                         masked.extend(
                             b[at.clone()]
                                 .iter()
-                                .zip(&y[at.clone()])
-                                .map(|(&g, &yv)| pass(yv, g, bounds)),
+                                .zip(&a[at.clone()])
+                                .map(|(&g, &x)| keep(x, g)),
                         );
                         &masked[..]
                     }
@@ -137,8 +136,9 @@ fn channel_sums<T: WithDType>(
 }
 
 /// The output range of the activation fused into the op, `lo < y < hi` where the
-/// activation passes gradient. ReLU and ReLU6 qualify because that mask can be read back
-/// from the output alone, so the backward needs no extra saved tensor.
+/// activation passes gradient. ReLU and ReLU6 qualify because that mask can be
+/// recomputed from the op's input and the forward's affine coefficients, so the backward
+/// needs no extra saved tensor (and does not read the output).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Clip {
     lo: f64,
@@ -165,16 +165,55 @@ impl Clip {
     }
 }
 
-/// `if lo < y < hi { g } else { 0 }`: a select between two values already loaded, not a
-/// branch around the load of `g` (which LLVM kept scalar in the ReLU6 gradient).
-#[inline(always)]
-fn pass<T: WithDType>(y: T, g: T, (lo, hi): (T, T)) -> T {
-    let keep = (y > lo) & (y < hi);
-    if keep {
-        g
-    } else {
-        T::zero()
+/// Where the fused activation passes gradient, from the op's input: where
+/// `lo < x * scale[ch] + shift[ch] < hi`, with the pre-activation value computed exactly
+/// as the forward computed it, so the mask is the forward's bit for bit. The backward then reads the input and
+/// the output gradient, not the output as well: one of three streams less in each of
+/// its two passes.
+struct Mask<T> {
+    scale: Vec<T>,
+    shift: Vec<T>,
+    bounds: (T, T),
+}
+
+impl<T: WithDType> Mask<T> {
+    fn new(clip: Option<Clip>, (scale, shift): &(Vec<f64>, Vec<f64>)) -> Option<Self> {
+        let to_t = |v: &Vec<f64>| v.iter().map(|&s| T::from_f64(s)).collect();
+        clip.map(|clip| Self {
+            scale: to_t(scale),
+            shift: to_t(shift),
+            bounds: clip.bounds(),
+        })
     }
+
+    /// `(x, g) -> if lo < pre-activation(x) < hi { g } else { 0 }` for channel `ch`: a
+    /// select between two values already computed, not a branch around the load of `g`
+    /// (which LLVM kept scalar in the ReLU6 gradient).
+    fn channel(&self, ch: usize) -> impl Fn(T, T) -> T {
+        let (a, b, (lo, hi)) = (self.scale[ch], self.shift[ch], self.bounds);
+        move |x, g| {
+            let v = x * a + b;
+            if (v > lo) & (v < hi) {
+                g
+            } else {
+                T::zero()
+            }
+        }
+    }
+}
+
+/// The forward's per-channel affine, `y = x * scale + shift` before the activation:
+/// `scale = weight * invstd`, `shift = bias - mean * scale`. The backward recomputes it
+/// with this same function, so its activation mask matches the forward's exactly.
+fn affine_coefficients(w: &[f64], b: &[f64], stats: &BatchStats) -> (Vec<f64>, Vec<f64>) {
+    let scale: Vec<f64> = w.iter().zip(&stats.invstd).map(|(w, i)| w * i).collect();
+    let shift = b
+        .iter()
+        .zip(&stats.mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    (scale, shift)
 }
 
 /// out = clip(x * scale[ch] + shift[ch]), plane by plane.
@@ -216,7 +255,7 @@ fn input_grad_planes<T: WithDType>(
     d: &Dims,
     x: &[T],
     g: &[T],
-    masked_by: Option<(&[T], Clip)>,
+    mask: Option<&Mask<T>>,
     op: &InputGrad,
 ) -> Vec<T> {
     let coefficients = |i: usize| {
@@ -228,7 +267,7 @@ fn input_grad_planes<T: WithDType>(
         )
     };
     let at = |i: usize| i * d.hw..(i + 1) * d.hw;
-    match masked_by {
+    match mask {
         None => super::par_chunks_from(x.len(), d.hw, |i| {
             let (kg, kx, kc) = coefficients(i);
             let (xs, gs) = (&x[at(i)], &g[at(i)]);
@@ -236,14 +275,13 @@ fn input_grad_planes<T: WithDType>(
                 .zip(gs)
                 .map(move |(&xv, &gv)| gv * kg + xv * kx + kc)
         }),
-        Some((y, clip)) => super::par_chunks_from(x.len(), d.hw, |i| {
+        Some(mask) => super::par_chunks_from(x.len(), d.hw, |i| {
             let (kg, kx, kc) = coefficients(i);
-            let (xs, gs, ys) = (&x[at(i)], &g[at(i)], &y[at(i)]);
-            let bounds = clip.bounds::<T>();
+            let (xs, gs) = (&x[at(i)], &g[at(i)]);
+            let keep = mask.channel(i % d.c);
             xs.iter()
                 .zip(gs)
-                .zip(ys)
-                .map(move |((&xv, &gv), &yv)| pass(yv, gv, bounds) * kg + xv * kx + kc)
+                .map(move |(&xv, &gv)| keep(xv, gv) * kg + xv * kx + kc)
         }),
     }
 }
@@ -288,12 +326,8 @@ fn forward_impl<T: WithDType>(
         stats.var.push(var);
         stats.invstd.push(1.0 / (var + op.eps).sqrt());
     }
-    let scale: Vec<f64> = (0..d.c)
-        .map(|ch| w[ch].to_f64() * stats.invstd[ch])
-        .collect();
-    let shift: Vec<f64> = (0..d.c)
-        .map(|ch| b[ch].to_f64() - stats.mean[ch] * scale[ch])
-        .collect();
+    let to_f64 = |v: &[T]| v.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+    let (scale, shift) = affine_coefficients(&to_f64(w), &to_f64(b), &stats);
     let out = affine(&d, x, &scale, &shift, op.clip);
     *op.stats.lock().expect("batch stats lock") = Some(stats);
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
@@ -328,8 +362,8 @@ impl CustomOp3 for Forward {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(stats) = self.stats.lock().expect("batch stats lock").clone() else {
@@ -337,22 +371,25 @@ impl CustomOp3 for Forward {
         };
         let grad = grad.contiguous()?;
         let m = (x.dims()[0] * x.dims()[2] * x.dims()[3]) as f64;
+        let to_f64 = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>();
+        let (w, b) = (to_f64(w)?, to_f64(b)?);
+        let affine = affine_coefficients(&w, &b, &stats);
         // Σ dz and Σ dz (x - mean) per channel, dz = dy masked by the fused activation.
-        let sums = x.apply_op3_no_bwd(
+        let sums = x.apply_op2_no_bwd(
             &grad,
-            res,
             &GradSums {
                 mean: stats.mean.clone(),
                 clip: self.clip,
+                affine: affine.clone(),
             },
         )?;
         let sums: Vec<Vec<f64>> = sums.to_dtype(candle_core::DType::F64)?.to_vec2()?;
-        let w: Vec<f64> = w.to_dtype(candle_core::DType::F64)?.to_vec1()?;
         let c = w.len();
         // dx = k1 dy + k2 (x - mean) + k3 with k1 = w invstd, k2 = -k1 invstd² Σdy(x-mean)/m,
         // k3 = -k1 Σdy/m.
         let mut coef = InputGrad {
             clip: self.clip,
+            affine,
             dy: vec![0.0; c],
             x: vec![0.0; c],
             constant: vec![0.0; c],
@@ -366,7 +403,7 @@ impl CustomOp3 for Forward {
             coef.x[ch] = k2;
             coef.constant[ch] = k3 - k2 * mean;
         }
-        let gx = x.apply_op3_no_bwd(&grad, res, &coef)?;
+        let gx = x.apply_op2_no_bwd(&grad, &coef)?;
         let gw: Vec<f64> = (0..c).map(|ch| sums[1][ch] * stats.invstd[ch]).collect();
         let (dev, dt) = (x.device(), x.dtype());
         let gw = Tensor::from_vec(gw, c, dev)?.to_dtype(dt)?;
@@ -375,28 +412,27 @@ impl CustomOp3 for Forward {
     }
 }
 
-/// (x, dy, y) -> (2, C): Σ dz and Σ dz (x - mean) per channel, dz being dy masked by
-/// the fused activation (read from the output y).
+/// (x, dy) -> (2, C): Σ dz and Σ dz (x - mean) per channel, dz being dy masked by the
+/// fused activation.
 struct GradSums {
     mean: Vec<f64>,
     clip: Option<Clip>,
+    /// The forward's (scale, shift), for the mask.
+    affine: (Vec<f64>, Vec<f64>),
 }
 
 fn grad_sums_impl<T: WithDType>(
     op: &GradSums,
     (xs, xl): (&CpuStorage, &Layout),
     (gs, gl): (&CpuStorage, &Layout),
-    (ys, yl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
-    let mean = &op.mean;
-    let mask = match op.clip {
-        Some(clip) => Some((slice::<T>(ys, yl)?, clip)),
-        None => None,
-    };
-    let mean: Vec<T> = mean.iter().map(|&m| T::from_f64(m)).collect();
-    let sums = channel_sums(&d, x, g, mask, |ch, xv, gv| (gv, gv * (xv - mean[ch])));
+    let mask = Mask::<T>::new(op.clip, &op.affine);
+    let mean: Vec<T> = op.mean.iter().map(|&m| T::from_f64(m)).collect();
+    let sums = channel_sums(&d, x, g, mask.as_ref(), |ch, xv, gv| {
+        (gv, gv * (xv - mean[ch]))
+    });
     let out: Vec<T> = sums
         .iter()
         .map(|s| T::from_f64(s.0))
@@ -405,7 +441,7 @@ fn grad_sums_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(out), Shape::from((2, d.c))))
 }
 
-impl CustomOp3 for GradSums {
+impl CustomOp2 for GradSums {
     fn name(&self) -> &'static str {
         "batch-norm-grad-sums"
     }
@@ -416,8 +452,6 @@ impl CustomOp3 for GradSums {
         xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
-        ys: &CpuStorage,
-        yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float_dispatch!(
             "batch norm op",
@@ -425,15 +459,15 @@ impl CustomOp3 for GradSums {
             grad_sums_impl,
             self,
             (xs, xl),
-            (gs, gl),
-            (ys, yl)
+            (gs, gl)
         )
     }
 }
 
-/// (x, dy, y) -> dx = dz * dy[ch] + x * x[ch] + constant[ch], dz as in [`GradSums`].
+/// (x, dy) -> dx = dz * dy[ch] + x * x[ch] + constant[ch], dz as in [`GradSums`].
 struct InputGrad {
     clip: Option<Clip>,
+    affine: (Vec<f64>, Vec<f64>),
     dy: Vec<f64>,
     x: Vec<f64>,
     constant: Vec<f64>,
@@ -443,19 +477,15 @@ fn input_grad_impl<T: WithDType>(
     op: &InputGrad,
     (xs, xl): (&CpuStorage, &Layout),
     (gs, gl): (&CpuStorage, &Layout),
-    (ys, yl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
-    let masked_by = match op.clip {
-        Some(clip) => Some((slice::<T>(ys, yl)?, clip)),
-        None => None,
-    };
-    let out = input_grad_planes(&d, x, g, masked_by, op);
+    let mask = Mask::<T>::new(op.clip, &op.affine);
+    let out = input_grad_planes(&d, x, g, mask.as_ref(), op);
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
 
-impl CustomOp3 for InputGrad {
+impl CustomOp2 for InputGrad {
     fn name(&self) -> &'static str {
         "batch-norm-input-grad"
     }
@@ -466,8 +496,6 @@ impl CustomOp3 for InputGrad {
         xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
-        ys: &CpuStorage,
-        yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float_dispatch!(
             "batch norm op",
@@ -475,8 +503,7 @@ impl CustomOp3 for InputGrad {
             input_grad_impl,
             self,
             (xs, xl),
-            (gs, gl),
-            (ys, yl)
+            (gs, gl)
         )
     }
 }
