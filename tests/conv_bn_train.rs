@@ -10,8 +10,9 @@ use candletron::layers::Activation;
 
 const EPS: f64 = 1e-5;
 
-/// Every conv kind the node covers: a pointwise conv and depthwise ones with stride 2 on an odd size and with
-/// dilation 2.
+/// Every conv kind the node covers: a pointwise conv, depthwise ones with stride 2 on an
+/// odd size and with dilation 2, and dense (im2col) ones: a stride-2 stem and a dilated
+/// 3x3.
 /// (name, input shape (n, c, h, w), output channels, the conv).
 type Case = (&'static str, (usize, usize, usize, usize), usize, TrainConv);
 
@@ -23,11 +24,20 @@ fn cases() -> Vec<Case> {
             dilation,
         })
     };
+    let dense = |stride, padding, dilation| {
+        TrainConv::Dense(DwParams {
+            stride,
+            padding,
+            dilation,
+        })
+    };
     vec![
         ("pointwise", (3, 6, 7, 9), 5, TrainConv::Pointwise),
         ("depthwise s1", (2, 4, 9, 8), 4, dw(1, 1, 1)),
         ("depthwise s2", (3, 4, 9, 9), 4, dw(2, 1, 1)),
         ("depthwise d2", (2, 3, 10, 7), 3, dw(1, 2, 2)),
+        ("dense s2", (2, 3, 9, 9), 5, dense(2, 1, 1)),
+        ("dense d2", (2, 4, 8, 7), 3, dense(1, 2, 2)),
     ]
 }
 
@@ -35,6 +45,7 @@ fn weight_shape(conv: TrainConv, c: usize, o: usize) -> (usize, usize, usize, us
     match conv {
         TrainConv::Pointwise => (o, c, 1, 1),
         TrainConv::Depthwise(_) => (c, 1, 3, 3),
+        TrainConv::Dense(_) => (o, c, 3, 3),
     }
 }
 
@@ -49,6 +60,7 @@ fn reference(
     let z = match conv {
         TrainConv::Pointwise => x.conv2d(w, 0, 1, 1, 1),
         TrainConv::Depthwise(p) => x.conv2d(w, p.padding, p.stride, p.dilation, x.dim(1).unwrap()),
+        TrainConv::Dense(p) => x.conv2d(w, p.padding, p.stride, p.dilation, 1),
     }
     .unwrap();
     let per_channel = |t: Tensor| t.reshape((1, (), 1, 1)).unwrap();

@@ -8,6 +8,7 @@ use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 
 use super::conv_bn_train::TrainConv;
+use super::dense_conv::{self, DenseConvBiasAct};
 use super::depthwise::{depthwise_conv2d, DwParams, ForwardBiasAct};
 use super::pointwise::PointwiseBiasAct;
 use super::{Activation, Norm, NormKind};
@@ -53,6 +54,16 @@ fn depthwise_params(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<DwPara
     )
 }
 
+/// The geometry of an ungrouped square-kernel conv (the dense op's case).
+fn dense_params(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<DwParams>> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    Ok((cfg.groups == 1 && kh == kw).then_some(DwParams {
+        stride: cfg.stride,
+        padding: cfg.padding,
+        dilation: cfg.dilation,
+    }))
+}
+
 /// 1x1, stride 1, unpadded and ungrouped: a matmul over pixels.
 fn is_pointwise(weight: &Tensor, cfg: &Conv2dConfig) -> Result<bool> {
     let (_, _, kh, kw) = weight.dims4()?;
@@ -61,15 +72,18 @@ fn is_pointwise(weight: &Tensor, cfg: &Conv2dConfig) -> Result<bool> {
 
 /// The conv of a training conv-BN layer that can run as one node with the norm.
 fn train_conv(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<TrainConv>> {
-    Ok(match depthwise_params(weight, cfg)? {
-        Some(p) => Some(TrainConv::Depthwise(p)),
-        None => is_pointwise(weight, cfg)?.then_some(TrainConv::Pointwise),
-    })
+    if let Some(p) = depthwise_params(weight, cfg)? {
+        return Ok(Some(TrainConv::Depthwise(p)));
+    }
+    if is_pointwise(weight, cfg)? {
+        return Ok(Some(TrainConv::Pointwise));
+    }
+    Ok(dense_params(weight, cfg)?.map(TrainConv::Dense))
 }
 
 /// The convolution primitive every layer uses: depthwise convolutions go to the
 /// dedicated op, pointwise (1x1, stride 1) ones to one batched matmul without im2col,
-/// the rest to Candle's conv2d.
+/// other ungrouped ones on CPU to the im2col + gemm op, the rest to Candle's conv2d.
 pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
     if let Some(p) = depthwise_params(weight, cfg)? {
         return depthwise_conv2d(x, weight, p);
@@ -83,6 +97,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor>
         let x = x.contiguous()?.reshape((n, c, h * w))?;
         let y = weight.reshape((out_c, c))?.broadcast_left(n)?.matmul(&x)?;
         return y.reshape((n, out_c, h, w));
+    }
+    if let Some(p) = dense_params(weight, cfg)? {
+        if dense_conv::supported(x, weight) {
+            return dense_conv::dense_conv2d(x, weight, p);
+        }
     }
     x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
 }
@@ -110,6 +129,12 @@ pub fn conv2d_bias_act(
             return x
                 .contiguous()?
                 .apply_op3_no_bwd(&w, &b, &PointwiseBiasAct(activation));
+        } else if let Some(p) = dense_params(weight, cfg)? {
+            if dense_conv::supported(x, weight) {
+                return x
+                    .contiguous()?
+                    .apply_op3_no_bwd(&w, &b, &DenseConvBiasAct(p, activation));
+            }
         }
     }
     super::fused::bias_act(&conv2d(x, weight, cfg)?, bias, activation)

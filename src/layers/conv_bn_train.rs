@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shap
 use std::sync::Mutex;
 
 use super::batch_norm_train::{self, BatchStats};
+use super::dense_conv::{self, DenseConv};
 use super::depthwise::{self, DwParams};
 use super::pointwise::{self, Pointwise};
 use super::Activation;
@@ -29,6 +30,8 @@ pub enum TrainConv {
     Pointwise,
     /// One filter per channel.
     Depthwise(DwParams),
+    /// Any other ungrouped conv (im2col + gemm).
+    Dense(DwParams),
 }
 
 impl TrainConv {
@@ -42,6 +45,7 @@ impl TrainConv {
         match self {
             Self::Pointwise => Pointwise.cpu_fwd(xs, xl, ws, wl),
             Self::Depthwise(p) => depthwise::Forward(*p).cpu_fwd(xs, xl, ws, wl),
+            Self::Dense(p) => DenseConv(*p).cpu_fwd(xs, xl, ws, wl),
         }
     }
 
@@ -55,6 +59,7 @@ impl TrainConv {
         match self {
             Self::Pointwise => Pointwise.bwd(x, w, z, dz),
             Self::Depthwise(p) => depthwise::Forward(*p).bwd(x, w, z, dz),
+            Self::Dense(p) => DenseConv(*p).bwd(x, w, z, dz),
         }
     }
 }
@@ -120,6 +125,7 @@ pub fn supported(x: &Tensor, w: &Tensor, conv: TrainConv, activation: Activation
     let conv_op = match conv {
         TrainConv::Pointwise => pointwise::supported(x),
         TrainConv::Depthwise(_) => depthwise::custom_op_for(x),
+        TrainConv::Dense(_) => dense_conv::supported(x, w),
     };
     conv_op
         && batch_norm_train::supported(x)

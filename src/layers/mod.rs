@@ -16,8 +16,10 @@ macro_rules! float_dispatch {
 pub mod activation;
 pub mod batch_norm;
 pub mod batch_norm_train;
+mod blocked_gemm;
 pub mod conv;
 pub mod conv_bn_train;
+pub mod dense_conv;
 pub mod shape_spec;
 
 pub use activation::Activation;

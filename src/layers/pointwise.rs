@@ -3,100 +3,39 @@
 //! Through stock ops this is a matmul that writes the whole output, then a second pass
 //! that reads and rewrites it for the bias and activation; at 640 px MobileNetV2's
 //! expanded tensors are tens of MB, so that second pass streams from DRAM. Here the
-//! output is cut into column blocks (pixels), each block is one single-threaded gemm
-//! call, and the bias and activation run on the block while it is still in cache. The
-//! blocks are the unit of parallelism, so nothing is nested inside gemm's own threads.
+//! output is cut into column blocks (pixels) by [`blocked_gemm::blocked_matmul`], and the bias
+//! and activation run on each block while it is still in cache.
 
+use super::blocked_gemm::{self, Planes};
+use super::Activation;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
-use rayon::prelude::*;
-
-use super::Activation;
-
-/// Output values per block (channels x pixels) that stay comfortably in L2.
-const BLOCK_VALUES: usize = 1 << 15;
 
 /// `act(W x + b)` for `x` (N, C, H, W), `W` (O, C, 1, 1), `b` (O). CPU, f32, no gradient.
 pub(crate) struct PointwiseBiasAct(pub Activation);
 
-/// The output buffer shared by the blocks, which write disjoint column ranges.
-struct OutPtr<T>(*mut T);
-// SAFETY: every block writes only its own (image, column range) cells; see `cpu_fwd`.
-impl<T> Clone for OutPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for OutPtr<T> {}
-unsafe impl<T> Send for OutPtr<T> {}
-unsafe impl<T> Sync for OutPtr<T> {}
-
-impl<T> OutPtr<T> {
-    /// A method rather than the field, so closures capture the `Sync` wrapper.
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
-/// `out[img] = W x[img]` for every image, as column blocks of pixels (one single-threaded
-/// gemm call each), then `epilogue(channel, row)` on each row of the block while it is in
-/// cache. `x` is (n, c, hw), `w` (o, c), both row-major.
+/// `W x` for every image, `x` (n, c, hw) and `w` (o, c) row-major, through the blocked
+/// gemm with `epilogue(channel, row)` on each finished block.
 fn blocked_matmul<T: WithDType>(
     x: &[T],
     w: &[T],
     (n, c, hw, o): (usize, usize, usize, usize),
     epilogue: impl Fn(usize, &mut [T]) + Sync,
 ) -> Vec<T> {
-    let cols = (BLOCK_VALUES / o.max(1)).clamp(16, hw.max(16));
-    let blocks_per_image = hw.div_ceil(cols);
-    let len = n * o * hw;
-    let mut out: Vec<T> = Vec::with_capacity(len);
-    let dst = OutPtr(out.as_mut_ptr());
-    (0..n * blocks_per_image).into_par_iter().for_each(|task| {
-        let (img, blk) = (task / blocks_per_image, task % blocks_per_image);
-        let col0 = blk * cols;
-        let width = cols.min(hw - col0);
-        let rhs = &x[img * c * hw..(img + 1) * c * hw];
-        // SAFETY: `dst` has capacity `n * o * hw`; this task writes rows `0..o` of
-        // columns `col0..col0 + width` of image `img`, which no other task touches, and
-        // gemm with `read_dst = false` never reads them before writing. The strides
-        // describe the row-major (o, hw) output and (c, hw) input planes.
-        unsafe {
-            let out_img = dst.get().add(img * o * hw);
-            gemm::gemm(
-                o,
-                width,
-                c,
-                out_img.add(col0),
-                1,
-                hw as isize,
-                false,
-                w.as_ptr(),
-                1,
-                c as isize,
-                rhs.as_ptr().add(col0),
-                1,
-                hw as isize,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-            for ch in 0..o {
-                epilogue(
-                    ch,
-                    std::slice::from_raw_parts_mut(out_img.add(ch * hw + col0), width),
-                );
-            }
-        }
-    });
-    // SAFETY: the tasks above cover every (image, channel, column) cell once.
-    unsafe { out.set_len(len) };
-    out
+    let planes = Planes {
+        data: x,
+        rows: c,
+        pixels: hw,
+    };
+    blocked_gemm::blocked_matmul(
+        w,
+        (n, hw, o),
+        blocked_gemm::block_width(o, hw),
+        &planes,
+        epilogue,
+    )
 }
 
 /// The (n, c, hw, o) of a 1x1 conv, checked.

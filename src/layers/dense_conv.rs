@@ -1,0 +1,525 @@
+//! Dense (ungrouped) convolution on CPU: im2col + gemm over blocks of output pixels.
+//!
+//! Candle's CPU conv2d (0.11) takes every output value as a dot product over its kernel
+//! window. MobileNetV2's stem (3x3, stride 2, 3 -> 32 channels) went through it at ~10%
+//! of a training step for ~3% of the work, and the FPN's 3x3 output convs take the same
+//! path. Here each block of output pixels gets its slice of the im2col matrix built in
+//! cache and multiplied by the weight in one gemm call (the blocked product the 1x1 conv
+//! uses). The backward builds the same slices for the weight gradient (accumulated per
+//! task, then summed) and scatters `Wᵀ dy` slices back (col2im) for the input gradient,
+//! one image per task so that no two tasks add into the same cells.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{WithDType, D};
+use rayon::prelude::*;
+
+use super::blocked_gemm::{self, Rhs};
+use super::depthwise::DwParams;
+use super::Activation;
+
+/// Stride, padding and dilation: the same geometry as the depthwise op's.
+pub type ConvParams = DwParams;
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Dims {
+    fn new(p: &ConvParams, x: &Shape, w: &Shape) -> Result<Self> {
+        let (n, c, h, wd) = x.dims4()?;
+        let (o, wc, k, k2) = w.dims4()?;
+        if wc != c || k != k2 {
+            candle_core::bail!("dense conv: weight {w:?} does not fit input {x:?}");
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            k,
+            ho: p.out_size(h, k)?,
+            wo: p.out_size(wd, k)?,
+        })
+    }
+
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn pixels(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Pixels per block: the im2col slice and the output block both stay in L2.
+    fn width(&self) -> usize {
+        blocked_gemm::block_width(self.rows().max(self.o), self.pixels())
+    }
+}
+
+/// Output columns `lo..hi` whose input column `ox * stride - padding + tap * dilation`
+/// lies inside `0..size`.
+fn valid_columns(p: &ConvParams, tap: usize, size: usize, out: usize) -> (usize, usize) {
+    let shift = tap * p.dilation;
+    let lo = if shift >= p.padding {
+        0
+    } else {
+        (p.padding - shift).div_ceil(p.stride)
+    };
+    let hi = if size + p.padding > shift {
+        ((size + p.padding - shift - 1) / p.stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// Walks the im2col slice of output pixels `col0..col0 + width` (row-major, `width`
+/// values per row) in runs: `f(at, len, src)` for `len` slice values from `at`, which
+/// read the image at `src = Some((first index, step))` or are padding (`None`).
+fn walk(
+    p: &ConvParams,
+    d: &Dims,
+    col0: usize,
+    width: usize,
+    mut f: impl FnMut(usize, usize, Option<(usize, usize)>),
+) {
+    let valid: Vec<(usize, usize)> = (0..d.k).map(|kx| valid_columns(p, kx, d.w, d.wo)).collect();
+    for ci in 0..d.c {
+        for ky in 0..d.k {
+            for (kx, &(lo, hi)) in valid.iter().enumerate() {
+                let row = ((ci * d.k + ky) * d.k + kx) * width;
+                let mut j = 0;
+                while j < width {
+                    let (oy, ox0) = ((col0 + j) / d.wo, (col0 + j) % d.wo);
+                    let end = ox0 + (d.wo - ox0).min(width - j);
+                    let at = |ox: usize| row + j + ox - ox0;
+                    let iy = (oy * p.stride + ky * p.dilation)
+                        .checked_sub(p.padding)
+                        .filter(|&iy| iy < d.h);
+                    match iy {
+                        None => f(at(ox0), end - ox0, None),
+                        Some(iy) => {
+                            let a = lo.clamp(ox0, end);
+                            let b = hi.clamp(a, end);
+                            if a > ox0 {
+                                f(at(ox0), a - ox0, None);
+                            }
+                            if b > a {
+                                let ix = a * p.stride + kx * p.dilation - p.padding;
+                                let src = (ci * d.h + iy) * d.w + ix;
+                                f(at(a), b - a, Some((src, p.stride)));
+                            }
+                            if end > b {
+                                f(at(b), end - b, None);
+                            }
+                        }
+                    }
+                    j += end - ox0;
+                }
+            }
+        }
+    }
+}
+
+/// The im2col slice of output pixels `col0..col0 + width` of image `x` (c, h, w).
+fn im2col<T: WithDType>(
+    p: &ConvParams,
+    d: &Dims,
+    x: &[T],
+    col0: usize,
+    width: usize,
+    col: &mut [T],
+) {
+    walk(p, d, col0, width, |at, len, src| {
+        let dst = &mut col[at..at + len];
+        match src {
+            None => dst.fill(T::zero()),
+            Some((i, 1)) => dst.copy_from_slice(&x[i..i + len]),
+            Some((i, step)) => {
+                for (o, v) in dst.iter_mut().zip(x[i..].iter().step_by(step)) {
+                    *o = *v;
+                }
+            }
+        }
+    });
+}
+
+/// The transpose of [`im2col`]: adds each slice value into the image cell it was read
+/// from.
+fn col2im_add<T: WithDType>(
+    p: &ConvParams,
+    d: &Dims,
+    col: &[T],
+    col0: usize,
+    width: usize,
+    x: &mut [T],
+) {
+    walk(p, d, col0, width, |at, len, src| {
+        if let Some((i, step)) = src {
+            for (o, v) in x[i..].iter_mut().step_by(step).zip(&col[at..at + len]) {
+                *o += *v;
+            }
+        }
+    });
+}
+
+/// The im2col matrix of each image as the gemm's right-hand operand, built block by
+/// block into the task's scratch.
+struct Im2col<'a, T> {
+    x: &'a [T],
+    p: ConvParams,
+    d: Dims,
+}
+
+impl<T: WithDType> Rhs<T> for Im2col<'_, T> {
+    fn rows(&self) -> usize {
+        self.d.rows()
+    }
+
+    fn block(
+        &self,
+        scratch: &mut Vec<T>,
+        img: usize,
+        col0: usize,
+        width: usize,
+    ) -> (*const T, usize) {
+        let d = &self.d;
+        let len = d.rows() * width;
+        if scratch.len() < len {
+            scratch.resize(len, T::zero());
+        }
+        let x = &self.x[img * d.c * d.h * d.w..][..d.c * d.h * d.w];
+        im2col(&self.p, d, x, col0, width, &mut scratch[..len]);
+        (scratch.as_ptr(), width)
+    }
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    super::cpu_slice(s, l, "dense conv")
+}
+
+/// `conv(x, w)` with `epilogue(channel, row)` on each finished output block.
+fn forward<T: WithDType>(
+    p: &ConvParams,
+    d: &Dims,
+    x: &[T],
+    w: &[T],
+    epilogue: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let rhs = Im2col { x, p: *p, d: *d };
+    blocked_gemm::blocked_matmul(w, (d.n, d.pixels(), d.o), d.width(), &rhs, epilogue)
+}
+
+/// The differentiable op: (x (N, C, H, W), w (O, C, K, K)) -> conv(x, w). CPU, f32/f64.
+pub(crate) struct DenseConv(pub ConvParams);
+
+fn fwd_impl<T: WithDType>(
+    p: &ConvParams,
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let d = Dims::new(p, xl.shape(), wl.shape())?;
+    let out = forward(p, &d, slice::<T>(xs, xl)?, slice::<T>(ws, wl)?, |_, _| {});
+    Ok((
+        T::to_cpu_storage_owned(out),
+        Shape::from((d.n, d.o, d.ho, d.wo)),
+    ))
+}
+
+impl CustomOp2 for DenseConv {
+    fn name(&self) -> &'static str {
+        "dense-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(
+            "dense conv",
+            xs.dtype(),
+            fwd_impl,
+            &self.0,
+            (xs, xl),
+            (ws, wl)
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // An input that no variable feeds (the image, for a stem) needs no gradient:
+        // the col2im pass is skipped outright.
+        let gx = if x.track_op() {
+            let op = InputGrad(self.0, x.dim(2)?, x.dim(D::Minus1)?);
+            Some(grad.apply_op2_no_bwd(w, &op)?)
+        } else {
+            None
+        };
+        let gw = x.apply_op2_no_bwd(&grad, &WeightGrad(self.0, w.dim(2)?))?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+/// Gradient w.r.t. the input; carries the input's spatial size (not recoverable from
+/// the output's when the stride does not divide it).
+struct InputGrad(ConvParams, usize, usize);
+
+fn input_grad_impl<T: WithDType>(
+    op: &InputGrad,
+    (gs, gl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let (n, o, ho, wo) = gl.shape().dims4()?;
+    let (wo_, c, k, _) = wl.shape().dims4()?;
+    let p = &op.0;
+    let d = Dims {
+        n,
+        c,
+        h: op.1,
+        w: op.2,
+        o,
+        k,
+        ho,
+        wo,
+    };
+    if wo_ != o || (p.out_size(d.h, k)?, p.out_size(d.w, k)?) != (ho, wo) {
+        candle_core::bail!(
+            "dense conv input grad: gradient {:?} does not fit weight {:?}",
+            gl.shape(),
+            wl.shape()
+        );
+    }
+    let (g, w) = (slice::<T>(gs, gl)?, slice::<T>(ws, wl)?);
+    let (rows, pixels, width) = (d.rows(), d.pixels(), d.width());
+    let plane = c * d.h * d.w;
+    let gx = super::par_chunks_zeroed(n * plane, plane, Vec::new, |dcol, img, dx| {
+        let g = &g[img * o * pixels..][..o * pixels];
+        for col0 in (0..pixels).step_by(width) {
+            let cols = width.min(pixels - col0);
+            dcol.resize(rows * cols, T::zero());
+            // SAFETY: `dcol` holds the row-major (rows, cols) product; the weight read
+            // transposed is (rows, o) with column stride `rows`; the gradient block is
+            // (o, cols) with row stride `pixels`; all in bounds.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    cols,
+                    o,
+                    dcol.as_mut_ptr(),
+                    1,
+                    cols as isize,
+                    false,
+                    w.as_ptr(),
+                    rows as isize,
+                    1,
+                    g[col0..].as_ptr(),
+                    1,
+                    pixels as isize,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            col2im_add(p, &d, dcol, col0, cols, dx);
+        }
+    });
+    Ok((T::to_cpu_storage_owned(gx), Shape::from((n, c, d.h, d.w))))
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "dense-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(
+            "dense conv",
+            gs.dtype(),
+            input_grad_impl,
+            self,
+            (gs, gl),
+            (ws, wl)
+        )
+    }
+}
+
+/// Gradient w.r.t. the weight (O, C, K, K): Σ over images and blocks of dy · im2colᵀ.
+struct WeightGrad(ConvParams, usize);
+
+fn weight_grad_impl<T: WithDType>(
+    op: &WeightGrad,
+    (xs, xl): (&CpuStorage, &Layout),
+    (gs, gl): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let (n, c, h, w) = xl.shape().dims4()?;
+    let (gn, o, ho, wo) = gl.shape().dims4()?;
+    let (p, k) = (&op.0, op.1);
+    let d = Dims {
+        n,
+        c,
+        h,
+        w,
+        o,
+        k,
+        ho,
+        wo,
+    };
+    if gn != n || (p.out_size(h, k)?, p.out_size(w, k)?) != (ho, wo) {
+        candle_core::bail!(
+            "dense conv weight grad: gradient {:?} does not fit input {:?}",
+            gl.shape(),
+            xl.shape()
+        );
+    }
+    let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
+    let (rows, pixels, width) = (d.rows(), d.pixels(), d.width());
+    let blocks = pixels.div_ceil(width);
+    let rhs = Im2col { x, p: *p, d };
+    let gw = (0..n * blocks)
+        .into_par_iter()
+        .fold(
+            || (vec![T::zero(); o * rows], Vec::new()),
+            |(mut acc, mut scratch), task| {
+                let (img, col0) = (task / blocks, (task % blocks) * width);
+                let cols = width.min(pixels - col0);
+                let (col, _) = rhs.block(&mut scratch, img, col0, cols);
+                // SAFETY: `acc` is the row-major (o, rows) sum; the gradient block is
+                // (o, cols) with row stride `pixels`; the slice `col` points at is the
+                // row-major (rows, cols) im2col block, read transposed; all in bounds.
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        rows,
+                        cols,
+                        acc.as_mut_ptr(),
+                        1,
+                        rows as isize,
+                        true,
+                        g[img * o * pixels + col0..].as_ptr(),
+                        1,
+                        pixels as isize,
+                        col,
+                        cols as isize,
+                        1,
+                        T::one(),
+                        T::one(),
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                (acc, scratch)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce(
+            || vec![T::zero(); o * rows],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+                a
+            },
+        );
+    Ok((T::to_cpu_storage_owned(gw), Shape::from((o, c, k, k))))
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "dense-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(
+            "dense conv",
+            xs.dtype(),
+            weight_grad_impl,
+            self,
+            (xs, xl),
+            (gs, gl)
+        )
+    }
+}
+
+/// Inference only: `act(conv(x, w) + b)`, the bias and activation applied to each
+/// output block while it is in cache. CPU, f32.
+pub(crate) struct DenseConvBiasAct(pub ConvParams, pub Activation);
+
+impl CustomOp3 for DenseConvBiasAct {
+    fn name(&self) -> &'static str {
+        "dense-conv2d-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(&self.0, xl.shape(), wl.shape())?;
+        let (x, w, b) = (
+            slice::<f32>(xs, xl)?,
+            slice::<f32>(ws, wl)?,
+            slice::<f32>(bs, bl)?,
+        );
+        if b.len() != d.o {
+            candle_core::bail!("dense conv: {} biases for {} channels", b.len(), d.o);
+        }
+        let act = self.1;
+        let out = forward(&self.0, &d, x, w, |ch, row| {
+            super::fused::bias_act_in_place(act, row, b[ch])
+        });
+        Ok((CpuStorage::F32(out), Shape::from((d.n, d.o, d.ho, d.wo))))
+    }
+}
+
+/// Whether [`dense_conv2d`] runs as the op for this input and weight (CPU, f32 or f64,
+/// one dtype).
+pub fn supported(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && w.dtype() == x.dtype()
+}
+
+/// The convolution of `x` (N, C, H, W) with `w` (O, C, K, K), differentiable in both;
+/// the caller checks [`supported`].
+pub fn dense_conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, DenseConv(p))
+}
