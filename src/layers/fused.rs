@@ -28,6 +28,28 @@ fn mish(x: f32) -> f32 {
     x * sp.tanh()
 }
 
+/// ReLU as a compare-and-select: a NaN input stays NaN, as in PyTorch, where
+/// `f32::max(NaN, 0.0)` gave 0 and so turned a broken input into plausible outputs.
+#[inline(always)]
+fn relu_select(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// ReLU6 as two compare-and-selects (see [`relu_select`]).
+#[inline(always)]
+fn relu6_select(v: f32) -> f32 {
+    let v = relu_select(v);
+    if v > 6.0 {
+        6.0
+    } else {
+        v
+    }
+}
+
 /// Fills a new buffer of `x.len()` values, `chunk` at a time in parallel, without
 /// zeroing it first (a measurable share of these memory-bound passes).
 fn par_fill(
@@ -53,8 +75,8 @@ fn plane_bias_act(a: Activation, x: &[f32], bias: f32, o: &mut [std::mem::MaybeU
         }
     }
     match a {
-        Activation::ReLU => run(x, o, |v| (v + bias).max(0.0)),
-        Activation::ReLU6 => run(x, o, |v| (v + bias).clamp(0.0, 6.0)),
+        Activation::ReLU => run(x, o, |v| relu_select(v + bias)),
+        Activation::ReLU6 => run(x, o, |v| relu6_select(v + bias)),
         Activation::Mish => run(x, o, |v| mish(v + bias)),
         Activation::Identity => run(x, o, |v| v + bias),
     }
@@ -68,8 +90,8 @@ pub(crate) fn bias_act_in_place(a: Activation, row: &mut [f32], bias: f32) {
         }
     }
     match a {
-        Activation::ReLU => run(row, |v| (v + bias).max(0.0)),
-        Activation::ReLU6 => run(row, |v| (v + bias).clamp(0.0, 6.0)),
+        Activation::ReLU => run(row, |v| relu_select(v + bias)),
+        Activation::ReLU6 => run(row, |v| relu6_select(v + bias)),
         Activation::Mish => run(row, |v| mish(v + bias)),
         Activation::Identity => run(row, |v| v + bias),
     }
@@ -206,6 +228,18 @@ mod tests {
             g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
             vec![0.0, 2.0, 3.0, 0.0, 5.0, 0.0]
         );
+    }
+
+    #[test]
+    fn relu_and_relu6_keep_nan() {
+        let mut row = [f32::NAN, -1.0, 3.0, 9.0];
+        bias_act_in_place(Activation::ReLU6, &mut row, 0.0);
+        assert!(row[0].is_nan());
+        assert_eq!(&row[1..], &[0.0, 3.0, 6.0]);
+        let mut row = [f32::NAN, -1.0, 9.0];
+        bias_act_in_place(Activation::ReLU, &mut row, 0.0);
+        assert!(row[0].is_nan());
+        assert_eq!(&row[1..], &[0.0, 9.0]);
     }
 
     #[test]
