@@ -49,17 +49,20 @@ impl TrainConv {
         }
     }
 
+    /// The conv's gradients; the input's only when `input_grad` (the dense op skips it
+    /// otherwise, the others compute it anyway).
     fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
         z: &Tensor,
         dz: &Tensor,
+        input_grad: bool,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         match self {
             Self::Pointwise => Pointwise.bwd(x, w, z, dz),
             Self::Depthwise(p) => depthwise::Forward(*p).bwd(x, w, z, dz),
-            Self::Dense(p) => DenseConv(*p).bwd(x, w, z, dz),
+            Self::Dense(p) => DenseConv(*p).grads(x, w, dz, input_grad),
         }
     }
 }
@@ -103,6 +106,22 @@ impl CustomOp3 for ConvBnAct {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.backward(x, w, params, res, grad, x.track_op())
+    }
+}
+
+impl ConvBnAct {
+    /// The node's gradients, the input's only when `input_grad` is set (or the conv
+    /// computes it anyway); a chain sets it for every layer but its first.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+        input_grad: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(z) = self.saved.lock().expect("conv output lock").clone() else {
             candle_core::bail!("conv-bn backward before its forward");
         };
@@ -111,7 +130,7 @@ impl CustomOp3 for ConvBnAct {
         let Some(dz) = dz else {
             candle_core::bail!("batch norm backward gave no input gradient");
         };
-        let (dx, dw) = self.conv.backward(x, w, &z, &dz)?;
+        let (dx, dw) = self.conv.backward(x, w, &z, &dz, input_grad)?;
         let dparams = match (dgamma, dbeta) {
             (Some(g), Some(b)) => Some(Tensor::stack(&[g, b], 0)?),
             _ => None,
@@ -239,10 +258,16 @@ impl CustomOp3 for ConvBnChain {
             candle_core::bail!("conv-bn chain backward before its forward");
         }
         let n = self.layers.len();
-        let mut grad = grad.clone();
+        let mut grad = Some(grad.clone());
         let mut dws = vec![None; n];
         let mut dps = vec![None; n];
         for i in (0..n).rev() {
+            let Some(g) = grad else {
+                candle_core::bail!(
+                    "conv-bn layer {} of the chain gave no input gradient",
+                    i + 1
+                );
+            };
             let input = if i == 0 { x } else { &saved[i - 1] };
             let output = if i + 1 == n { res } else { &saved[i] };
             let (w_shape, w_at) = &self.weights[i];
@@ -251,9 +276,10 @@ impl CustomOp3 for ConvBnChain {
                 .reshape(w_shape)?;
             let (c, p_at) = self.params[i];
             let p = params.narrow(0, p_at, 2 * c)?.reshape((2, c))?;
-            let (dx, dw, dp) = self.layers[i].bwd(input, &w, &p, output, &grad)?;
-            let (Some(dx), Some(dw), Some(dp)) = (dx, dw, dp) else {
-                candle_core::bail!("conv-bn layer {i} of the chain gave no gradient");
+            let need_dx = i > 0 || x.track_op();
+            let (dx, dw, dp) = self.layers[i].backward(input, &w, &p, output, &g, need_dx)?;
+            let (Some(dw), Some(dp)) = (dw, dp) else {
+                candle_core::bail!("conv-bn layer {i} of the chain gave no parameter gradient");
             };
             grad = dx;
             dws[i] = Some(dw.flatten_all()?);
@@ -262,7 +288,7 @@ impl CustomOp3 for ConvBnChain {
         let cat = |parts: Vec<Option<Tensor>>| -> Result<Tensor> {
             Tensor::cat(&parts.into_iter().flatten().collect::<Vec<_>>(), 0)
         };
-        Ok((Some(grad), Some(cat(dws)?), Some(cat(dps)?)))
+        Ok((grad, Some(cat(dws)?), Some(cat(dps)?)))
     }
 }
 

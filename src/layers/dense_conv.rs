@@ -266,10 +266,25 @@ impl CustomOp2 for DenseConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
         // An input that no variable feeds (the image, for a stem) needs no gradient:
         // the col2im pass is skipped outright.
-        let gx = if x.track_op() {
+        self.grads(x, w, grad, x.track_op())
+    }
+}
+
+impl DenseConv {
+    /// The input gradient (when `input_grad`) and the weight gradient. Nodes that hold
+    /// this conv inside them say themselves whether they need the input's: theirs may be
+    /// a saved tensor that no variable feeds directly.
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+        input_grad: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = if input_grad {
             let op = InputGrad(self.0, x.dim(2)?, x.dim(D::Minus1)?);
             Some(grad.apply_op2_no_bwd(w, &op)?)
         } else {
