@@ -52,6 +52,18 @@ impl Dims {
         })
     }
 
+    /// The geometry of a backward pass, from the input's and weight's shapes, checked
+    /// against the output gradient's.
+    fn of_grad(p: &ConvParams, x: Shape, w: Shape, g: &Shape, what: &str) -> Result<Self> {
+        let d = Self::new(p, &x, &w)?;
+        if g.dims4()? != (d.n, d.o, d.ho, d.wo) {
+            candle_core::bail!(
+                "dense conv {what}: gradient {g:?} does not fit input {x:?} and weight {w:?}"
+            );
+        }
+        Ok(d)
+    }
+
     /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
     fn rows(&self) -> usize {
         self.c * self.k * self.k
@@ -304,26 +316,12 @@ fn input_grad_impl<T: WithDType>(
     (gs, gl): (&CpuStorage, &Layout),
     (ws, wl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    let (n, o, ho, wo) = gl.shape().dims4()?;
-    let (wo_, c, k, _) = wl.shape().dims4()?;
     let p = &op.0;
-    let d = Dims {
-        n,
-        c,
-        h: op.1,
-        w: op.2,
-        o,
-        k,
-        ho,
-        wo,
-    };
-    if wo_ != o || (p.out_size(d.h, k)?, p.out_size(d.w, k)?) != (ho, wo) {
-        candle_core::bail!(
-            "dense conv input grad: gradient {:?} does not fit weight {:?}",
-            gl.shape(),
-            wl.shape()
-        );
-    }
+    let (n, _, _, _) = gl.shape().dims4()?;
+    let c = wl.shape().dims4()?.1;
+    let x = Shape::from((n, c, op.1, op.2));
+    let d = Dims::of_grad(p, x, wl.shape().clone(), gl.shape(), "input grad")?;
+    let o = d.o;
     let (g, w) = (slice::<T>(gs, gl)?, slice::<T>(ws, wl)?);
     let (rows, pixels, width) = (d.rows(), d.pixels(), d.width());
     let plane = c * d.h * d.w;
@@ -395,35 +393,26 @@ fn weight_grad_impl<T: WithDType>(
     (xs, xl): (&CpuStorage, &Layout),
     (gs, gl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    let (n, c, h, w) = xl.shape().dims4()?;
-    let (gn, o, ho, wo) = gl.shape().dims4()?;
     let (p, k) = (&op.0, op.1);
-    let d = Dims {
-        n,
-        c,
-        h,
-        w,
-        o,
-        k,
-        ho,
-        wo,
-    };
-    if gn != n || (p.out_size(h, k)?, p.out_size(w, k)?) != (ho, wo) {
-        candle_core::bail!(
-            "dense conv weight grad: gradient {:?} does not fit input {:?}",
-            gl.shape(),
-            xl.shape()
-        );
-    }
+    let (n, c, _, _) = xl.shape().dims4()?;
+    let o = gl.shape().dims4()?.1;
+    let w = Shape::from((o, c, k, k));
+    let d = Dims::of_grad(p, xl.shape().clone(), w, gl.shape(), "weight grad")?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
     let (rows, pixels, width) = (d.rows(), d.pixels(), d.width());
     let blocks = pixels.div_ceil(width);
     let rhs = Im2col { x, p: *p, d };
-    let gw = (0..n * blocks)
+    // A fixed split of the tasks into at most `PARTS` runs, each summed in order, and the
+    // runs' sums added in order: the result does not depend on how rayon schedules them
+    // (a fold/reduce did, and two identical backward passes could differ in the last bit).
+    const PARTS: usize = 16;
+    let tasks = n * blocks;
+    let per_part = tasks.div_ceil(PARTS).max(1);
+    let parts: Vec<Vec<T>> = (0..tasks.div_ceil(per_part))
         .into_par_iter()
-        .fold(
-            || (vec![T::zero(); o * rows], Vec::new()),
-            |(mut acc, mut scratch), task| {
+        .map(|part| {
+            let (mut acc, mut scratch) = (vec![T::zero(); o * rows], Vec::new());
+            for task in part * per_part..((part + 1) * per_part).min(tasks) {
                 let (img, col0) = (task / blocks, (task % blocks) * width);
                 let cols = width.min(pixels - col0);
                 let (col, _) = rhs.block(&mut scratch, img, col0, cols);
@@ -453,19 +442,16 @@ fn weight_grad_impl<T: WithDType>(
                         gemm::Parallelism::None,
                     );
                 }
-                (acc, scratch)
-            },
-        )
-        .map(|(acc, _)| acc)
-        .reduce(
-            || vec![T::zero(); o * rows],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
-                a
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut gw = vec![T::zero(); o * rows];
+    for part in parts {
+        for (a, b) in gw.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
     Ok((T::to_cpu_storage_owned(gw), Shape::from((o, c, k, k))))
 }
 
