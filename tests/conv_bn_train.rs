@@ -420,15 +420,19 @@ fn chain_equals_its_layers_as_separate_nodes() {
         assert_eq!(chain.len(), separate.len());
         for (i, (a, b)) in chain.iter().zip(&separate).enumerate() {
             let d = common::flat_f64(&(a - b).unwrap().abs().unwrap());
+            let scale = common::flat_f64(b);
             // Running statistics go through Candle's tensor arithmetic on one side and
-            // f64 here on the other.
+            // f64 here on the other: 1e-6 relative (the dense link's running variance
+            // reaches ~100, where an f32 ulp is ~8e-6).
             let tol = if i >= chain.len() - 2 * convs.len() {
                 1e-6
             } else {
                 0.0
             };
             assert!(
-                d.iter().all(|v| *v <= tol),
+                d.iter()
+                    .zip(&scale)
+                    .all(|(v, s)| *v <= tol * (1.0 + s.abs())),
                 "{dtype:?} tensor {i}: max diff {:?}",
                 d.iter().cloned().fold(0.0, f64::max)
             );
