@@ -1,7 +1,7 @@
 //! Times the individual ops MobileNetV2 is made of, at its layer shapes (by hand:
 //! `cargo run --release --example op_profile`).
 use candle_core::{Device, Tensor};
-use candletron::layers::depthwise::{depthwise_conv2d, DwParams};
+use candletron::ops::{depthwise_conv2d, ConvGeometry};
 use std::time::Instant;
 
 fn time<F: FnMut()>(name: &str, mut f: F) {
@@ -54,7 +54,7 @@ fn main() {
             depthwise_conv2d(
                 &x,
                 &dw,
-                DwParams {
+                ConvGeometry {
                     stride: 1,
                     padding: 1,
                     dilation: 1,
@@ -73,12 +73,10 @@ fn main() {
         });
         let bb = b.flatten_all().unwrap();
         time(&format!("bias_act relu6 {c} @{h}"), || {
-            candletron::layers::fused::bias_act(&x, &bb, candletron::layers::Activation::ReLU6)
-                .unwrap();
+            candletron::ops::bias_act(&x, &bb, candletron::layers::Activation::ReLU6).unwrap();
         });
         time(&format!("bias_act identity {c} @{h}"), || {
-            candletron::layers::fused::bias_act(&x, &bb, candletron::layers::Activation::Identity)
-                .unwrap();
+            candletron::ops::bias_act(&x, &bb, candletron::layers::Activation::Identity).unwrap();
         });
     }
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod evaluation;
 pub mod layers;
 pub mod modeling;
+pub mod ops;
 pub mod solver;
 pub mod structures;
 pub mod utils;

@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candletron::layers::batch_norm_train::batch_norm_train;
 use candletron::layers::{Activation, BatchNorm2d};
 use candletron::modeling::params::ParamStore;
+use candletron::ops::batch_norm_train;
 
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
     assert_eq!(a.dims(), b.dims(), "{what}");

@@ -4,9 +4,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candletron::layers::conv_bn_train::{conv_bn_act_train, supported, TrainConv};
-use candletron::layers::depthwise::DwParams;
 use candletron::layers::Activation;
+use candletron::ops::conv_bn_train::{conv_bn_act_train, supported, TrainConv};
+use candletron::ops::ConvGeometry;
 
 const EPS: f64 = 1e-5;
 
@@ -18,14 +18,14 @@ type Case = (&'static str, (usize, usize, usize, usize), usize, TrainConv);
 
 fn cases() -> Vec<Case> {
     let dw = |stride, padding, dilation| {
-        TrainConv::Depthwise(DwParams {
+        TrainConv::Depthwise(ConvGeometry {
             stride,
             padding,
             dilation,
         })
     };
     let dense = |stride, padding, dilation| {
-        TrainConv::Dense(DwParams {
+        TrainConv::Dense(ConvGeometry {
             stride,
             padding,
             dilation,
@@ -276,9 +276,9 @@ fn unfusable_activation_is_not_supported() {
 /// against stock ops and finite differences above).
 #[test]
 fn chain_equals_its_layers_as_separate_nodes() {
-    use candletron::layers::conv_bn_train::{conv_bn_chain_train, ChainLayer};
     use candletron::layers::BatchNorm2d;
     use candletron::modeling::params::ParamStore;
+    use candletron::ops::conv_bn_train::{conv_bn_chain_train, ChainLayer};
     use std::sync::Arc;
 
     let dev = Device::Cpu;
@@ -286,7 +286,7 @@ fn chain_equals_its_layers_as_separate_nodes() {
     let convs = [
         (TrainConv::Pointwise, (e, c, 1, 1), Activation::ReLU6),
         (
-            TrainConv::Depthwise(DwParams {
+            TrainConv::Depthwise(ConvGeometry {
                 stride: 2,
                 padding: 1,
                 dilation: 1,
@@ -298,7 +298,7 @@ fn chain_equals_its_layers_as_separate_nodes() {
         // A dense link inside the chain: its input is a saved tensor that no variable
         // feeds directly, and the chain still needs its gradient.
         (
-            TrainConv::Dense(DwParams {
+            TrainConv::Dense(ConvGeometry {
                 stride: 1,
                 padding: 1,
                 dilation: 1,
@@ -351,11 +351,16 @@ fn chain_equals_its_layers_as_separate_nodes() {
                 .map(|(i, (conv, _, act))| ChainLayer {
                     weight: ws[i].as_tensor(),
                     conv: *conv,
-                    norm: &norms[i],
+                    gamma: norms[i].affine_params().0,
+                    beta: norms[i].affine_params().1,
                     activation: *act,
                 })
                 .collect();
-            conv_bn_chain_train(x.as_tensor(), &layers, EPS).unwrap()
+            let (y, stats) = conv_bn_chain_train(x.as_tensor(), &layers, EPS).unwrap();
+            for (norm, stats) in norms.iter().zip(stats) {
+                norm.record(stats).unwrap();
+            }
+            y
         } else {
             let mut y = x.as_tensor().clone();
             for (i, (conv, _, act)) in convs.iter().enumerate() {

@@ -4,9 +4,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candletron::layers::conv::{conv2d_bias_act, Conv2dConfig};
-use candletron::layers::dense_conv::{dense_conv2d, supported, ConvParams};
 use candletron::layers::Activation;
+use candletron::ops::dense_conv::{dense_conv2d, supported};
+use candletron::ops::{conv2d_bias_act, ConvGeometry};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
@@ -17,8 +17,8 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn params(stride: usize, padding: usize, dilation: usize) -> ConvParams {
-    ConvParams {
+fn params(stride: usize, padding: usize, dilation: usize) -> ConvGeometry {
+    ConvGeometry {
         stride,
         padding,
         dilation,
@@ -26,7 +26,7 @@ fn params(stride: usize, padding: usize, dilation: usize) -> ConvParams {
 }
 
 /// Input (n, c, h, w), output channels, kernel size, geometry.
-type Case = ((usize, usize, usize, usize), usize, usize, ConvParams);
+type Case = ((usize, usize, usize, usize), usize, usize, ConvGeometry);
 
 /// The stem (3x3 s2), FPN-like
 /// 3x3, 1x1 stride 2, 5x5 and 7x7, strides that do not divide the input, padding past
@@ -193,8 +193,14 @@ fn bias_act_equals_conv_then_bias_then_activation() {
     let x = Tensor::randn(0f32, 1.0, (1, 3, 33, 31), &dev).unwrap();
     let kw = Tensor::randn(0f32, 1.0, (32, 3, 3, 3), &dev).unwrap();
     let b = Tensor::randn(0f32, 1.0, 32, &dev).unwrap();
-    let cfg = Conv2dConfig::same(3, 2);
-    let got = conv2d_bias_act(&x, &kw, &b, &cfg, Activation::ReLU6).unwrap();
+    let got = conv2d_bias_act(
+        &x,
+        &kw,
+        &b,
+        (ConvGeometry::same(3, 2), 1),
+        Activation::ReLU6,
+    )
+    .unwrap();
     let want = x
         .conv2d(&kw, 1, 2, 1, 1)
         .unwrap()

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use candletron::layers::depthwise::{depthwise_conv2d, depthwise_conv2d_portable, DwParams};
+use candletron::ops::{depthwise_conv2d, depthwise_conv2d_portable, ConvGeometry};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
@@ -25,7 +25,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// Every geometry the models use (3x3, stride 1/2, "same" padding, dilation 1/2), plus
 /// stride 3 (the generic phase split), odd sizes, no padding and over-padding (padding
 /// past the kernel's reach).
-fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
+fn cases() -> Vec<((usize, usize, usize, usize), ConvGeometry)> {
     let mut v = Vec::new();
     for &(n, c, h, w) in &[
         (1, 1, 5, 5),
@@ -38,7 +38,7 @@ fn cases() -> Vec<((usize, usize, usize, usize), DwParams)> {
         for stride in [1, 2, 3] {
             for dilation in [1, 2] {
                 for padding in [0, dilation, 2, 3] {
-                    let p = DwParams {
+                    let p = ConvGeometry {
                         stride,
                         padding,
                         dilation,
@@ -81,7 +81,7 @@ fn forward_equals_grouped_conv2d() {
         .transpose(2, 3)
         .unwrap();
     let k = Tensor::randn(0f32, 1.0, (4, 1, 3, 3), &dev).unwrap();
-    let p = DwParams {
+    let p = ConvGeometry {
         stride: 1,
         padding: 1,
         dilation: 1,
@@ -138,7 +138,7 @@ fn numeric_grads(
     w: &[f64],
     c: usize,
     r: &Tensor,
-    p: DwParams,
+    p: ConvGeometry,
     eps: f64,
 ) -> (Vec<f64>, Vec<f64>) {
     let dev = Device::Cpu;
@@ -175,7 +175,7 @@ fn gradients_match_finite_differences_in_f64() {
     for &(shape, p) in &[
         (
             (2, 3, 6, 5),
-            DwParams {
+            ConvGeometry {
                 stride: 1,
                 padding: 1,
                 dilation: 1,
@@ -183,7 +183,7 @@ fn gradients_match_finite_differences_in_f64() {
         ),
         (
             (1, 2, 7, 8),
-            DwParams {
+            ConvGeometry {
                 stride: 2,
                 padding: 1,
                 dilation: 1,
@@ -191,7 +191,7 @@ fn gradients_match_finite_differences_in_f64() {
         ),
         (
             (2, 2, 7, 7),
-            DwParams {
+            ConvGeometry {
                 stride: 1,
                 padding: 2,
                 dilation: 2,
@@ -199,7 +199,7 @@ fn gradients_match_finite_differences_in_f64() {
         ),
         (
             (1, 3, 9, 6),
-            DwParams {
+            ConvGeometry {
                 stride: 2,
                 padding: 2,
                 dilation: 2,
@@ -207,7 +207,7 @@ fn gradients_match_finite_differences_in_f64() {
         ),
         (
             (1, 2, 6, 7),
-            DwParams {
+            ConvGeometry {
                 stride: 2,
                 padding: 0,
                 dilation: 1,
@@ -260,7 +260,7 @@ fn gradients_equal_the_portable_path() {
     for &(shape, p) in &[
         (
             (2, 16, 14, 14),
-            DwParams {
+            ConvGeometry {
                 stride: 1,
                 padding: 1,
                 dilation: 1,
@@ -268,7 +268,7 @@ fn gradients_equal_the_portable_path() {
         ),
         (
             (2, 24, 15, 15),
-            DwParams {
+            ConvGeometry {
                 stride: 2,
                 padding: 1,
                 dilation: 1,
@@ -310,11 +310,11 @@ mod cuda {
     /// `cases()` plus MobileNetV2-sized planes, 5x5 kernels and a batch over the grid's
     /// usual block count.
     /// Input shape, geometry, kernel size.
-    type Case = ((usize, usize, usize, usize), DwParams, usize);
+    type Case = ((usize, usize, usize, usize), ConvGeometry, usize);
 
     fn gpu_cases() -> Vec<Case> {
         let mut v: Vec<_> = cases().into_iter().map(|(s, p)| (s, p, 3)).collect();
-        let p = |stride, padding, dilation| DwParams {
+        let p = |stride, padding, dilation| ConvGeometry {
             stride,
             padding,
             dilation,
@@ -330,7 +330,7 @@ mod cuda {
         v
     }
 
-    fn grads(x: &Tensor, k: &Tensor, r: &Tensor, p: DwParams) -> (Tensor, Tensor, Tensor) {
+    fn grads(x: &Tensor, k: &Tensor, r: &Tensor, p: ConvGeometry) -> (Tensor, Tensor, Tensor) {
         let xv = candle_core::Var::from_tensor(x).unwrap();
         let kv = candle_core::Var::from_tensor(k).unwrap();
         let out = depthwise_conv2d(xv.as_tensor(), kv.as_tensor(), p).unwrap();
@@ -403,7 +403,7 @@ mod cuda {
     #[test]
     fn kernels_equal_the_portable_path_on_the_gpu() {
         let Some(gpu) = gpu() else { return };
-        let p = DwParams {
+        let p = ConvGeometry {
             stride: 2,
             padding: 1,
             dilation: 1,

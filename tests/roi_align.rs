@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candletron::layers::roi_align::{roi_align, roi_align_portable, RoiAlignParams};
+use candletron::ops::{roi_align, roi_align_portable, RoiAlignParams};
 use rand::{Rng, SeedableRng};
 
 /// torchvision's sampling written out sample by sample, independent of the op's plan.

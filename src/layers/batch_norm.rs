@@ -7,7 +7,9 @@
 //! (`weight`, `bias`, `running_mean`, `running_var`), so the same checkpoint loads into
 //! either.
 
-use super::Activation;
+use crate::ops::batch_norm_train::{self, BatchStats};
+use crate::ops::conv_bn_train::{self, TrainConv};
+use crate::ops::Activation;
 use candle_core::{Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -89,15 +91,15 @@ impl BatchNorm2d {
     }
 
     /// `activation(bn(x))`; in training on CPU the activation runs inside the batch norm
-    /// op when it [`fuses`](super::batch_norm_train::fuses).
+    /// op when it [`fuses`](batch_norm_train::fuses).
     pub fn forward_act(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
         if !train {
             return activation.apply(&self.t.apply_affine(x)?);
         }
         let (n, _, h, w) = x.dims4()?;
         check_batch(n * h * w)?;
-        if super::batch_norm_train::supported(x) && super::batch_norm_train::fuses(activation) {
-            let (y, stats) = super::batch_norm_train::batch_norm_train(
+        if batch_norm_train::supported(x) && batch_norm_train::fuses(activation) {
+            let (y, stats) = batch_norm_train::batch_norm_train(
                 x,
                 &self.t.weight,
                 &self.t.bias,
@@ -111,15 +113,15 @@ impl BatchNorm2d {
     }
 
     /// Training `activation(bn(conv(x, weight)))` as one autograd node; the caller checks
-    /// [`conv_bn_train::supported`](super::conv_bn_train::supported) first.
+    /// [`conv_bn_train::supported`](conv_bn_train::supported) first.
     pub(crate) fn train_after_conv(
         &self,
         x: &Tensor,
         weight: &Tensor,
-        conv: super::conv_bn_train::TrainConv,
+        conv: TrainConv,
         activation: Activation,
     ) -> Result<Tensor> {
-        let (y, stats) = super::conv_bn_train::conv_bn_act_train(
+        let (y, stats) = conv_bn_train::conv_bn_act_train(
             x,
             weight,
             conv,
@@ -132,12 +134,12 @@ impl BatchNorm2d {
     }
 
     /// The affine parameters (weight, bias), for ops that run the norm themselves.
-    pub(crate) fn affine_params(&self) -> (&Tensor, &Tensor) {
+    pub fn affine_params(&self) -> (&Tensor, &Tensor) {
         (&self.t.weight, &self.t.bias)
     }
 
     /// Folds one batch's statistics into the running averages.
-    pub(crate) fn record(&self, stats: super::batch_norm_train::BatchStats) -> Result<()> {
+    pub fn record(&self, stats: BatchStats) -> Result<()> {
         check_batch(stats.count)?;
         let (c, count) = (stats.mean.len(), stats.count);
         let (dev, dt) = (self.t.running_mean.device(), self.t.running_mean.dtype());

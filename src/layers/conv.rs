@@ -7,18 +7,16 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 
-use super::conv_bn_train::TrainConv;
-use super::dense_conv::{self, DenseConvBiasAct};
-use super::depthwise::{depthwise_conv2d, DwParams, ForwardBiasAct};
-use super::pointwise::PointwiseBiasAct;
-use super::{Activation, Norm, NormKind};
+use crate::ops::conv_bn_train::{self, ChainLayer};
+use crate::ops::{conv2d, conv2d_bias_act, Activation, ConvGeometry};
 
+use super::batch_norm::{self, Norm, NormKind};
+
+/// A conv layer's kernel size, geometry and groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dConfig {
     pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
-    pub dilation: usize,
+    pub geometry: ConvGeometry,
     pub groups: usize,
 }
 
@@ -27,9 +25,7 @@ impl Conv2dConfig {
     pub fn same(kernel: usize, stride: usize) -> Self {
         Self {
             kernel,
-            stride,
-            padding: (kernel - 1) / 2,
-            dilation: 1,
+            geometry: ConvGeometry::same(kernel, stride),
             groups: 1,
         }
     }
@@ -38,106 +34,21 @@ impl Conv2dConfig {
         self.groups = groups;
         self
     }
-}
 
-/// The depthwise geometry (one filter per channel, square kernel), if `weight` has it.
-fn depthwise_params(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<DwParams>> {
-    let (out_c, in_per_group, kh, kw) = weight.dims4()?;
-    Ok(
-        (cfg.groups > 1 && in_per_group == 1 && out_c == cfg.groups && kh == kw).then_some(
-            DwParams {
-                stride: cfg.stride,
-                padding: cfg.padding,
-                dilation: cfg.dilation,
-            },
-        ),
-    )
-}
+    /// Dilation `d` with padding widened to keep the output size ("same" for odd kernels).
+    pub fn with_dilation(mut self, dilation: usize) -> Self {
+        self.geometry.dilation = dilation;
+        self.geometry.padding = dilation * (self.kernel - 1) / 2;
+        self
+    }
 
-/// The geometry of an ungrouped square-kernel conv (the dense op's case).
-fn dense_params(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<DwParams>> {
-    let (_, _, kh, kw) = weight.dims4()?;
-    Ok((cfg.groups == 1 && kh == kw).then_some(DwParams {
-        stride: cfg.stride,
-        padding: cfg.padding,
-        dilation: cfg.dilation,
-    }))
-}
+    fn conv(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        conv2d(x, weight, self.geometry, self.groups)
+    }
 
-/// 1x1, stride 1, unpadded and ungrouped: a matmul over pixels.
-fn is_pointwise(weight: &Tensor, cfg: &Conv2dConfig) -> Result<bool> {
-    let (_, _, kh, kw) = weight.dims4()?;
-    Ok(kh == 1 && kw == 1 && cfg.stride == 1 && cfg.padding == 0 && cfg.groups == 1)
-}
-
-/// The conv of a training conv-BN layer that can run as one node with the norm.
-fn train_conv(weight: &Tensor, cfg: &Conv2dConfig) -> Result<Option<TrainConv>> {
-    if let Some(p) = depthwise_params(weight, cfg)? {
-        return Ok(Some(TrainConv::Depthwise(p)));
+    fn conv_bias_act(&self, x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> Result<Tensor> {
+        conv2d_bias_act(x, w, b, (self.geometry, self.groups), act)
     }
-    if is_pointwise(weight, cfg)? {
-        return Ok(Some(TrainConv::Pointwise));
-    }
-    Ok(dense_params(weight, cfg)?.map(TrainConv::Dense))
-}
-
-/// The convolution primitive every layer uses: depthwise convolutions go to the
-/// dedicated op, pointwise (1x1, stride 1) ones to one batched matmul without im2col,
-/// other ungrouped ones on CPU to the im2col + gemm op, the rest to Candle's conv2d.
-pub fn conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
-    if let Some(p) = depthwise_params(weight, cfg)? {
-        return depthwise_conv2d(x, weight, p);
-    }
-    if is_pointwise(weight, cfg)? {
-        if super::pointwise::supported(x) && x.dtype() == weight.dtype() {
-            return super::pointwise::pointwise_conv(x, weight);
-        }
-        let (n, c, h, w) = x.dims4()?;
-        let out_c = weight.dim(0)?;
-        let x = x.contiguous()?.reshape((n, c, h * w))?;
-        let y = weight.reshape((out_c, c))?.broadcast_left(n)?.matmul(&x)?;
-        return y.reshape((n, out_c, h, w));
-    }
-    if let Some(p) = dense_params(weight, cfg)? {
-        if dense_conv::supported(x, weight) {
-            return dense_conv::dense_conv2d(x, weight, p);
-        }
-    }
-    x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)
-}
-
-/// Inference only (no gradient): `activation(conv(x, weight) + bias)`. On CPU in f32
-/// the depthwise and pointwise cases run as one kernel that applies the bias and
-/// activation while each output block is still in cache; elsewhere it is [`conv2d`]
-/// then one bias-activation pass.
-pub fn conv2d_bias_act(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    cfg: &Conv2dConfig,
-    activation: Activation,
-) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        let (w, b) = (weight.contiguous()?, bias.contiguous()?);
-        if let Some(p) = depthwise_params(weight, cfg)? {
-            if super::depthwise::custom_op_for(x) {
-                return x
-                    .contiguous()?
-                    .apply_op3_no_bwd(&w, &b, &ForwardBiasAct(p, activation));
-            }
-        } else if is_pointwise(weight, cfg)? {
-            return x
-                .contiguous()?
-                .apply_op3_no_bwd(&w, &b, &PointwiseBiasAct(activation));
-        } else if let Some(p) = dense_params(weight, cfg)? {
-            if dense_conv::supported(x, weight) {
-                return x
-                    .contiguous()?
-                    .apply_op3_no_bwd(&w, &b, &DenseConvBiasAct(p, activation));
-            }
-        }
-    }
-    super::fused::bias_act(&conv2d(x, weight, cfg)?, bias, activation)
 }
 
 /// Kaiming-normal (fan_out, ReLU gain), torchvision's MobileNetV2 / ResNet conv init.
@@ -150,7 +61,7 @@ pub fn kaiming_fan_out() -> Init {
 }
 
 /// `convs` applied in turn. In training, a chain of two or more conv-BN layers that
-/// [`conv_bn_train`](super::conv_bn_train) covers runs as one autograd node (no gradient
+/// [`conv_bn_train`] covers runs as one autograd node (no gradient
 /// buffers for the activations between them); anything else runs layer by layer.
 pub fn forward_chain_t(convs: &[Conv2d], x: &Tensor, train: bool) -> Result<Tensor> {
     if train && convs.len() > 1 {
@@ -159,7 +70,13 @@ pub fn forward_chain_t(convs: &[Conv2d], x: &Tensor, train: bool) -> Result<Tens
             .map(|c| c.conv_bn_node(x))
             .collect::<Result<Option<Vec<_>>>>()?;
         if let Some(layers) = layers {
-            return super::conv_bn_train::conv_bn_chain_train(x, &layers, super::batch_norm::EPS);
+            let (y, stats) = conv_bn_train::conv_bn_chain_train(x, &layers, batch_norm::EPS)?;
+            for (conv, stats) in convs.iter().zip(stats) {
+                if let Some(Norm::Batch(norm)) = &conv.norm {
+                    norm.record(stats)?;
+                }
+            }
+            return Ok(y);
         }
     }
     let mut y = x.clone();
@@ -293,19 +210,22 @@ impl Conv2d {
 
     /// This layer as a training conv-BN node (alone or as one link of a chain), if the
     /// node covers it (inputs like `x`).
-    fn conv_bn_node(&self, x: &Tensor) -> Result<Option<super::conv_bn_train::ChainLayer<'_>>> {
+    fn conv_bn_node(&self, x: &Tensor) -> Result<Option<ChainLayer<'_>>> {
         let (None, Some(Norm::Batch(norm))) = (&self.bias, &self.norm) else {
             return Ok(None);
         };
-        let Some(conv) = train_conv(&self.weight, &self.cfg)? else {
+        let Some(conv) = crate::ops::train_conv(&self.weight, self.cfg.geometry, self.cfg.groups)?
+        else {
             return Ok(None);
         };
+        let (gamma, beta) = norm.affine_params();
         Ok(
-            super::conv_bn_train::supported(x, &self.weight, conv, self.activation).then_some(
-                super::conv_bn_train::ChainLayer {
+            conv_bn_train::supported(x, &self.weight, conv, self.activation).then_some(
+                ChainLayer {
                     weight: &self.weight,
                     conv,
-                    norm,
+                    gamma,
+                    beta,
                     activation: self.activation,
                 },
             ),
@@ -329,9 +249,9 @@ impl Conv2d {
                 None => shift,
             };
             if !train && !w.is_variable() && !b.is_variable() {
-                return conv2d_bias_act(x, &w, &b, &self.cfg, self.activation);
+                return self.cfg.conv_bias_act(x, &w, &b, self.activation);
             }
-            let y = conv2d(x, &w, &self.cfg)?;
+            let y = self.cfg.conv(x, &w)?;
             return self
                 .activation
                 .apply(&y.broadcast_add(&b.reshape((1, (), 1, 1))?)?);
@@ -340,16 +260,18 @@ impl Conv2d {
         // gradient, so it is never used on trainable tensors.
         if let (false, Some(b), None) = (train, &self.bias, &self.norm) {
             if !b.is_variable() && !self.weight.is_variable() {
-                return conv2d_bias_act(x, &self.weight, b, &self.cfg, self.activation);
+                return self.cfg.conv_bias_act(x, &self.weight, b, self.activation);
             }
         }
         // Training conv + BN (+ ReLU/ReLU6) as one node where the kernels allow it.
         if train {
             if let Some(l) = self.conv_bn_node(x)? {
-                return l.norm.train_after_conv(x, l.weight, l.conv, l.activation);
+                if let Some(Norm::Batch(norm)) = &self.norm {
+                    return norm.train_after_conv(x, l.weight, l.conv, l.activation);
+                }
             }
         }
-        let mut y = conv2d(x, &self.weight, &self.cfg)?;
+        let mut y = self.cfg.conv(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
         }
@@ -363,52 +285,5 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    /// The fused inference kernels against conv2d, then bias, then activation.
-    #[test]
-    fn conv2d_bias_act_equals_the_composed_path() {
-        let dev = Device::Cpu;
-        // (n, c_in, c_out, h, w, cfg): pointwise with a ragged last block, many output
-        // channels (narrow blocks) and tiny planes; depthwise stride 1 and 2, odd sizes.
-        let cases = [
-            (2, 8, 24, 13, 11, Conv2dConfig::same(1, 1)),
-            (1, 16, 1280, 7, 7, Conv2dConfig::same(1, 1)),
-            (3, 5, 7, 1, 3, Conv2dConfig::same(1, 1)),
-            (2, 12, 12, 9, 14, Conv2dConfig::same(3, 1).with_groups(12)),
-            (1, 6, 6, 11, 7, Conv2dConfig::same(3, 2).with_groups(6)),
-        ];
-        for (n, ci, co, h, w, cfg) in cases {
-            let x = Tensor::randn(0f32, 2.0, (n, ci, h, w), &dev).unwrap();
-            let k = Tensor::randn(
-                0f32,
-                0.5,
-                (co, ci / cfg.groups, cfg.kernel, cfg.kernel),
-                &dev,
-            )
-            .unwrap();
-            let b = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
-            for act in [
-                Activation::ReLU6,
-                Activation::Identity,
-                Activation::Mish,
-                Activation::ReLU,
-            ] {
-                let y = conv2d(&x, &k, &cfg).unwrap();
-                let want = act
-                    .apply(&y.broadcast_add(&b.reshape((1, co, 1, 1)).unwrap()).unwrap())
-                    .unwrap();
-                let got = conv2d_bias_act(&x, &k, &b, &cfg, act).unwrap();
-                assert_eq!(got.dims(), want.dims());
-                let d = super::super::max_abs_diff(&got, &want);
-                assert!(d < 1e-4, "{cfg:?} {act:?} ({n},{ci},{h},{w}): {d}");
-            }
-        }
     }
 }

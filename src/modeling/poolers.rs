@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::layers::roi_align::{roi_align, RoiAlignParams};
+use crate::ops::{roi_align, RoiAlignParams};
 use crate::structures::boxes::{area, Box4};
 
 #[derive(Debug, Clone, PartialEq)]

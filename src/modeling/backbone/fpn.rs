@@ -13,9 +13,9 @@ use candle_nn::VarBuilder;
 
 use super::{build_backbone, register_builder, Backbone, BackboneBuilder};
 use crate::config::Config;
-use crate::layers::upsample::upsample_nearest_2x;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
 use crate::modeling::registry::Registry;
+use crate::ops::upsample_nearest_2x;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopBlockKind {
@@ -359,7 +359,7 @@ mod tests {
             let want = x.max_pool2d_with_stride(1, 2).unwrap();
             let got = subsample_2x(&x).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert_eq!(crate::layers::max_abs_diff(&got, &want), 0.0);
+            assert_eq!(crate::ops::max_abs_diff(&got, &want), 0.0);
         }
         // The gradient is 1 on the kept pixels, 0 elsewhere.
         let v = Var::new(

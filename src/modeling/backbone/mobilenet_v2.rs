@@ -152,7 +152,7 @@ impl InvertedResidual {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = crate::layers::conv::forward_chain_t(&self.convs, x, train)?;
+        let y = crate::layers::forward_chain_t(&self.convs, x, train)?;
         if self.use_residual {
             y + x
         } else {

@@ -9,79 +9,37 @@
 //! task, then summed) and scatters `Wᵀ dy` slices back (col2im) for the input gradient,
 //! one image per task so that no two tasks add into the same cells.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_core::{WithDType, D};
 use rayon::prelude::*;
 
 use super::blocked_gemm::{self, Rhs};
-use super::depthwise::DwParams;
+use super::custom_op::Input;
+use super::geometry::{ConvDims, ConvGeometry};
+use super::parallel::{cpu_slice, par_chunks_zeroed};
 use super::Activation;
 
-/// Stride, padding and dilation: the same geometry as the depthwise op's.
-pub type ConvParams = DwParams;
-
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    k: usize,
-    ho: usize,
-    wo: usize,
+/// The im2col and block sizes of a dense conv call.
+trait Im2colDims {
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    fn rows(&self) -> usize;
+    /// Pixels per block: the im2col slice and the output block both stay in L2.
+    fn width(&self) -> usize;
 }
 
-impl Dims {
-    fn new(p: &ConvParams, x: &Shape, w: &Shape) -> Result<Self> {
-        let (n, c, h, wd) = x.dims4()?;
-        let (o, wc, k, k2) = w.dims4()?;
-        if wc != c || k != k2 {
-            candle_core::bail!("dense conv: weight {w:?} does not fit input {x:?}");
-        }
-        Ok(Self {
-            n,
-            c,
-            h,
-            w: wd,
-            o,
-            k,
-            ho: p.out_size(h, k)?,
-            wo: p.out_size(wd, k)?,
-        })
-    }
-
-    /// The geometry of a backward pass, from the input's and weight's shapes, checked
-    /// against the output gradient's.
-    fn of_grad(p: &ConvParams, x: Shape, w: Shape, g: &Shape, what: &str) -> Result<Self> {
-        let d = Self::new(p, &x, &w)?;
-        if g.dims4()? != (d.n, d.o, d.ho, d.wo) {
-            candle_core::bail!(
-                "dense conv {what}: gradient {g:?} does not fit input {x:?} and weight {w:?}"
-            );
-        }
-        Ok(d)
-    }
-
-    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+impl Im2colDims for ConvDims {
     fn rows(&self) -> usize {
         self.c * self.k * self.k
     }
 
-    fn pixels(&self) -> usize {
-        self.ho * self.wo
-    }
-
-    /// Pixels per block: the im2col slice and the output block both stay in L2.
     fn width(&self) -> usize {
-        blocked_gemm::block_width(self.rows().max(self.o), self.pixels())
+        blocked_gemm::block_width(self.rows().max(self.o), self.out_plane())
     }
 }
 
 /// Output columns `lo..hi` whose input column `ox * stride - padding + tap * dilation`
 /// lies inside `0..size`.
-fn valid_columns(p: &ConvParams, tap: usize, size: usize, out: usize) -> (usize, usize) {
+fn valid_columns(p: &ConvGeometry, tap: usize, size: usize, out: usize) -> (usize, usize) {
     let shift = tap * p.dilation;
     let lo = if shift >= p.padding {
         0
@@ -100,8 +58,8 @@ fn valid_columns(p: &ConvParams, tap: usize, size: usize, out: usize) -> (usize,
 /// values per row) in runs: `f(at, len, src)` for `len` slice values from `at`, which
 /// read the image at `src = Some((first index, step))` or are padding (`None`).
 fn walk(
-    p: &ConvParams,
-    d: &Dims,
+    p: &ConvGeometry,
+    d: &ConvDims,
     col0: usize,
     width: usize,
     mut f: impl FnMut(usize, usize, Option<(usize, usize)>),
@@ -146,8 +104,8 @@ fn walk(
 
 /// The im2col slice of output pixels `col0..col0 + width` of image `x` (c, h, w).
 fn im2col<T: WithDType>(
-    p: &ConvParams,
-    d: &Dims,
+    p: &ConvGeometry,
+    d: &ConvDims,
     x: &[T],
     col0: usize,
     width: usize,
@@ -170,8 +128,8 @@ fn im2col<T: WithDType>(
 /// The transpose of [`im2col`]: adds each slice value into the image cell it was read
 /// from.
 fn col2im_add<T: WithDType>(
-    p: &ConvParams,
-    d: &Dims,
+    p: &ConvGeometry,
+    d: &ConvDims,
     col: &[T],
     col0: usize,
     width: usize,
@@ -190,8 +148,8 @@ fn col2im_add<T: WithDType>(
 /// block into the task's scratch.
 struct Im2col<'a, T> {
     x: &'a [T],
-    p: ConvParams,
-    d: Dims,
+    p: ConvGeometry,
+    d: ConvDims,
 }
 
 impl<T: WithDType> Rhs<T> for Im2col<'_, T> {
@@ -218,30 +176,30 @@ impl<T: WithDType> Rhs<T> for Im2col<'_, T> {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::cpu_slice(s, l, "dense conv")
+    cpu_slice(s, l, "dense conv")
 }
 
 /// `conv(x, w)` with `epilogue(channel, row)` on each finished output block.
 fn forward<T: WithDType>(
-    p: &ConvParams,
-    d: &Dims,
+    p: &ConvGeometry,
+    d: &ConvDims,
     x: &[T],
     w: &[T],
     epilogue: impl Fn(usize, &mut [T]) + Sync,
 ) -> Vec<T> {
     let rhs = Im2col { x, p: *p, d: *d };
-    blocked_gemm::blocked_matmul(w, (d.n, d.pixels(), d.o), d.width(), &rhs, epilogue)
+    blocked_gemm::blocked_matmul(w, (d.n, d.out_plane(), d.o), d.width(), &rhs, epilogue)
 }
 
 /// The differentiable op: (x (N, C, H, W), w (O, C, K, K)) -> conv(x, w). CPU, f32/f64.
-pub(crate) struct DenseConv(pub ConvParams);
+pub(crate) struct DenseConv(pub ConvGeometry);
 
 fn fwd_impl<T: WithDType>(
-    p: &ConvParams,
-    (xs, xl): (&CpuStorage, &Layout),
-    (ws, wl): (&CpuStorage, &Layout),
+    DenseConv(p): &DenseConv,
+    (xs, xl): Input,
+    (ws, wl): Input,
 ) -> Result<(CpuStorage, Shape)> {
-    let d = Dims::new(p, xl.shape(), wl.shape())?;
+    let d = p.dense_dims(xl.shape(), wl.shape())?;
     let out = forward(p, &d, slice::<T>(xs, xl)?, slice::<T>(ws, wl)?, |_, _| {});
     Ok((
         T::to_cpu_storage_owned(out),
@@ -249,28 +207,7 @@ fn fwd_impl<T: WithDType>(
     ))
 }
 
-impl CustomOp2 for DenseConv {
-    fn name(&self) -> &'static str {
-        "dense-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "dense conv",
-            xs.dtype(),
-            fwd_impl,
-            &self.0,
-            (xs, xl),
-            (ws, wl)
-        )
-    }
-
+custom_op2!(DenseConv, "dense-conv2d", fwd_impl, {
     fn bwd(
         &self,
         x: &Tensor,
@@ -282,7 +219,7 @@ impl CustomOp2 for DenseConv {
         // the col2im pass is skipped outright.
         self.grads(x, w, grad, x.track_op())
     }
-}
+});
 
 impl DenseConv {
     /// The input gradient (when `input_grad`) and the weight gradient. Nodes that hold
@@ -309,23 +246,25 @@ impl DenseConv {
 
 /// Gradient w.r.t. the input; carries the input's spatial size (not recoverable from
 /// the output's when the stride does not divide it).
-struct InputGrad(ConvParams, usize, usize);
+struct InputGrad(ConvGeometry, usize, usize);
 
 fn input_grad_impl<T: WithDType>(
     op: &InputGrad,
-    (gs, gl): (&CpuStorage, &Layout),
-    (ws, wl): (&CpuStorage, &Layout),
+    (gs, gl): Input,
+    (ws, wl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let p = &op.0;
     let (n, _, _, _) = gl.shape().dims4()?;
     let c = wl.shape().dims4()?.1;
     let x = Shape::from((n, c, op.1, op.2));
-    let d = Dims::of_grad(p, x, wl.shape().clone(), gl.shape(), "input grad")?;
+    let d = p
+        .dense_dims(&x, wl.shape())?
+        .check_grad(gl.shape(), "dense conv input grad")?;
     let o = d.o;
     let (g, w) = (slice::<T>(gs, gl)?, slice::<T>(ws, wl)?);
-    let (rows, pixels, width) = (d.rows(), d.pixels(), d.width());
+    let (rows, pixels, width) = (d.rows(), d.out_plane(), d.width());
     let plane = c * d.h * d.w;
-    let gx = super::par_chunks_zeroed(n * plane, plane, Vec::new, |dcol, img, dx| {
+    let gx = par_chunks_zeroed(n * plane, plane, Vec::new, |dcol, img, dx| {
         let g = &g[img * o * pixels..][..o * pixels];
         for col0 in (0..pixels).step_by(width) {
             let cols = width.min(pixels - col0);
@@ -362,44 +301,25 @@ fn input_grad_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(gx), Shape::from((n, c, d.h, d.w))))
 }
 
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "dense-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "dense conv",
-            gs.dtype(),
-            input_grad_impl,
-            self,
-            (gs, gl),
-            (ws, wl)
-        )
-    }
-}
+custom_op2!(InputGrad, "dense-conv2d-input-grad", input_grad_impl);
 
 /// Gradient w.r.t. the weight (O, C, K, K): Σ over images and blocks of dy · im2colᵀ.
-struct WeightGrad(ConvParams, usize);
+struct WeightGrad(ConvGeometry, usize);
 
 fn weight_grad_impl<T: WithDType>(
     op: &WeightGrad,
-    (xs, xl): (&CpuStorage, &Layout),
-    (gs, gl): (&CpuStorage, &Layout),
+    (xs, xl): Input,
+    (gs, gl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let (p, k) = (&op.0, op.1);
     let (n, c, _, _) = xl.shape().dims4()?;
     let o = gl.shape().dims4()?.1;
     let w = Shape::from((o, c, k, k));
-    let d = Dims::of_grad(p, xl.shape().clone(), w, gl.shape(), "weight grad")?;
+    let d = p
+        .dense_dims(xl.shape(), &w)?
+        .check_grad(gl.shape(), "dense conv weight grad")?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
-    let (rows, pixels, width) = (d.rows(), d.pixels(), d.width());
+    let (rows, pixels, width) = (d.rows(), d.out_plane(), d.width());
     let blocks = pixels.div_ceil(width);
     let rhs = Im2col { x, p: *p, d };
     // A fixed split of the tasks into at most `PARTS` runs, each summed in order, and the
@@ -455,32 +375,11 @@ fn weight_grad_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(gw), Shape::from((o, c, k, k))))
 }
 
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "dense-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "dense conv",
-            xs.dtype(),
-            weight_grad_impl,
-            self,
-            (xs, xl),
-            (gs, gl)
-        )
-    }
-}
+custom_op2!(WeightGrad, "dense-conv2d-weight-grad", weight_grad_impl);
 
 /// Inference only: `act(conv(x, w) + b)`, the bias and activation applied to each
 /// output block while it is in cache. CPU, f32.
-pub(crate) struct DenseConvBiasAct(pub ConvParams, pub Activation);
+pub(crate) struct DenseConvBiasAct(pub ConvGeometry, pub Activation);
 
 impl CustomOp3 for DenseConvBiasAct {
     fn name(&self) -> &'static str {
@@ -496,7 +395,7 @@ impl CustomOp3 for DenseConvBiasAct {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = Dims::new(&self.0, xl.shape(), wl.shape())?;
+        let d = self.0.dense_dims(xl.shape(), wl.shape())?;
         let (x, w, b) = (
             slice::<f32>(xs, xl)?,
             slice::<f32>(ws, wl)?,
@@ -507,7 +406,7 @@ impl CustomOp3 for DenseConvBiasAct {
         }
         let act = self.1;
         let out = forward(&self.0, &d, x, w, |ch, row| {
-            super::fused::bias_act_in_place(act, row, b[ch])
+            super::activation::bias_act_in_place(act, row, b[ch])
         });
         Ok((CpuStorage::F32(out), Shape::from((d.n, d.o, d.ho, d.wo))))
     }
@@ -521,6 +420,6 @@ pub fn supported(x: &Tensor, w: &Tensor) -> bool {
 
 /// The convolution of `x` (N, C, H, W) with `w` (O, C, K, K), differentiable in both;
 /// the caller checks [`supported`].
-pub fn dense_conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
+pub fn dense_conv2d(x: &Tensor, w: &Tensor, p: ConvGeometry) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, DenseConv(p))
 }

@@ -9,62 +9,15 @@
 //! (`depthwise_cuda.rs`). Other devices and dtypes use [`depthwise_conv2d_portable`],
 //! built from shifted slices and stock ops that Candle differentiates.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Geometry shared by the three kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DwParams {
-    pub stride: usize,
-    pub padding: usize,
-    pub dilation: usize,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    ho: usize,
-    wo: usize,
-}
-
-impl DwParams {
-    pub(crate) fn out_size(&self, size: usize, k: usize) -> Result<usize> {
-        let span = self.dilation * (k - 1) + 1;
-        if size + 2 * self.padding < span {
-            candle_core::bail!("depthwise conv: input size {size} too small for kernel {k} (padding {}, dilation {})", self.padding, self.dilation);
-        }
-        Ok((size + 2 * self.padding - span) / self.stride + 1)
-    }
-
-    fn dims(&self, x: &Layout, w: &Layout) -> Result<Dims> {
-        let (n, c, h, wd) = x.shape().dims4()?;
-        let (wc, one, k, k2) = w.shape().dims4()?;
-        if wc != c || one != 1 || k != k2 {
-            candle_core::bail!(
-                "depthwise conv: weight {:?} does not fit input {:?}",
-                w.shape(),
-                x.shape()
-            );
-        }
-        Ok(Dims {
-            n,
-            c,
-            h,
-            w: wd,
-            k,
-            ho: self.out_size(h, k)?,
-            wo: self.out_size(wd, k)?,
-        })
-    }
-}
+use super::custom_op::Input;
+use super::geometry::{ConvDims, ConvGeometry};
+use super::parallel::{cpu_slice, par_chunks_zeroed};
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::cpu_slice(s, l, "depthwise conv")
+    cpu_slice(s, l, "depthwise conv")
 }
 
 /// Where a plane's zero-padded copy lives: split into `stride x stride` phases (padded
@@ -93,7 +46,7 @@ struct Phases {
 }
 
 impl Phases {
-    fn new(p: &DwParams, d: &Dims) -> Self {
+    fn new(p: &ConvGeometry, d: &ConvDims) -> Self {
         let s = p.stride;
         let span = (d.k - 1) * p.dilation + 1;
         let rows = (d.ho - 1) * s + span;
@@ -254,7 +207,7 @@ type FwdScratch<T> = (Vec<T>, Vec<T>);
 /// `epilogue` on each output row as it is copied out of the pitched result.
 fn forward_plane<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     ph: &Phases,
-    d: &Dims,
+    d: &ConvDims,
     x: &[T],
     w: &[T],
     (padded, pitched): &mut FwdScratch<T>,
@@ -302,11 +255,11 @@ fn dot<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(a: &[T], 
 }
 
 /// The differentiable depthwise op (CPU, and CUDA with the feature).
-pub(crate) struct Forward(pub(crate) DwParams);
+pub(crate) struct Forward(pub(crate) ConvGeometry);
 
 /// Every (image, channel) plane of the forward in parallel; `epilogue(channel, row)` runs
 /// on each finished output row.
-fn forward_planes<T, E>(p: &DwParams, d: &Dims, x: &[T], w: &[T], epilogue: E) -> Vec<T>
+fn forward_planes<T, E>(p: &ConvGeometry, d: &ConvDims, x: &[T], w: &[T], epilogue: E) -> Vec<T>
 where
     T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>,
     E: Fn(usize, &mut [T]) + Sync,
@@ -314,7 +267,7 @@ where
     let ph = Phases::new(p, d);
     let len = d.n * d.c * d.ho * d.wo;
     let init = || (Vec::new(), Vec::new());
-    super::par_chunks_zeroed(len, d.ho * d.wo, init, |scratch, plane, o| {
+    par_chunks_zeroed(len, d.ho * d.wo, init, |scratch, plane, o| {
         let ch = plane % d.c;
         let x = &x[plane * d.h * d.w..][..d.h * d.w];
         let w = &w[ch * d.k * d.k..][..d.k * d.k];
@@ -323,13 +276,11 @@ where
 }
 
 fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
-    p: &DwParams,
-    xs: &CpuStorage,
-    xl: &Layout,
-    ws: &CpuStorage,
-    wl: &Layout,
+    Forward(p): &Forward,
+    (xs, xl): Input,
+    (ws, wl): Input,
 ) -> Result<(CpuStorage, Shape)> {
-    let d = p.dims(xl, wl)?;
+    let d = p.depthwise_dims(xl.shape(), wl.shape())?;
     let (x, w) = (slice::<T>(xs, xl)?, slice::<T>(ws, wl)?);
     let out = forward_planes(p, &d, x, w, |_, _| {});
     Ok((
@@ -341,7 +292,7 @@ fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
 /// The forward with `act(row + bias[channel])` applied to each output row as it
 /// completes: the inference path's depthwise layer (norm folded) in one pass over memory
 /// instead of two. CPU and f32 only, no gradient.
-pub(crate) struct ForwardBiasAct(pub DwParams, pub super::Activation);
+pub(crate) struct ForwardBiasAct(pub ConvGeometry, pub super::Activation);
 
 impl candle_core::CustomOp3 for ForwardBiasAct {
     fn name(&self) -> &'static str {
@@ -357,7 +308,7 @@ impl candle_core::CustomOp3 for ForwardBiasAct {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = self.0.dims(xl, wl)?;
+        let d = self.0.depthwise_dims(xl.shape(), wl.shape())?;
         let (x, w, b) = (
             slice::<f32>(xs, xl)?,
             slice::<f32>(ws, wl)?,
@@ -368,36 +319,13 @@ impl candle_core::CustomOp3 for ForwardBiasAct {
         }
         let act = self.1;
         let out = forward_planes(&self.0, &d, x, w, |ch, row| {
-            super::fused::bias_act_in_place(act, row, b[ch])
+            super::activation::bias_act_in_place(act, row, b[ch])
         });
         Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.ho, d.wo))))
     }
 }
 
-impl CustomOp2 for Forward {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "depthwise conv",
-            xs.dtype(),
-            fwd_impl,
-            &self.0,
-            xs,
-            xl,
-            ws,
-            wl
-        )
-    }
-
+custom_op2!(Forward, "depthwise-conv2d", fwd_impl, {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -421,26 +349,25 @@ impl CustomOp2 for Forward {
         let gw = x.apply_op2_no_bwd(&grad, &WeightGrad(self.0, w.dims()[2]))?;
         Ok((Some(gx), Some(gw)))
     }
-}
+});
 
 /// Gradient w.r.t. the input; carries the input's spatial size (not recoverable from
 /// the output's when the stride does not divide it).
-struct InputGrad(DwParams, usize, usize);
+struct InputGrad(ConvGeometry, usize, usize);
 
 fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     op: &InputGrad,
-    gs: &CpuStorage,
-    gl: &Layout,
-    ws: &CpuStorage,
-    wl: &Layout,
+    (gs, gl): Input,
+    (ws, wl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let (n, c, ho, wo) = gl.shape().dims4()?;
     let (_, _, k, _) = wl.shape().dims4()?;
-    let d = Dims {
+    let d = ConvDims {
         n,
         c,
         h: op.1,
         w: op.2,
+        o: c,
         k,
         ho,
         wo,
@@ -454,12 +381,12 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
         // padded by `reach - padding`, with the kernel rotated by 180 degrees: the
         // forward's edge-free padded kernels then do the work, rather than per-tap
         // scatter-adds with edge bookkeeping.
-        let flipped = DwParams {
+        let flipped = ConvGeometry {
             stride: 1,
             padding: reach - p.padding,
             dilation: p.dilation,
         };
-        let dg = Dims {
+        let dg = ConvDims {
             h: ho,
             w: wo,
             ho: d.h,
@@ -477,7 +404,7 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
     // weight times the pitched gradient plane into its run (the thrown-away columns are
     // zero, so they add nothing), and the input cells are gathered back.
     let ph = Phases::new(p, &d);
-    let gin = super::par_chunks_zeroed(
+    let gin = par_chunks_zeroed(
         n * c * d.h * d.w,
         d.h * d.w,
         || (Vec::new(), Vec::new()),
@@ -500,30 +427,7 @@ fn input_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T
     Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, d.h, d.w))))
 }
 
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "depthwise conv",
-            gs.dtype(),
-            input_grad_impl,
-            self,
-            gs,
-            gl,
-            ws,
-            wl
-        )
-    }
-
+custom_op2!(InputGrad, "depthwise-conv2d-input-grad", input_grad_impl, {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -534,26 +438,25 @@ impl CustomOp2 for InputGrad {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::depthwise_cuda::input_grad(&self.0, (self.1, self.2), gs, gl, ws, wl)
     }
-}
+});
 
 /// Gradient w.r.t. the weight: per channel, summed over the batch.
-struct WeightGrad(DwParams, usize);
+struct WeightGrad(ConvGeometry, usize);
 
 fn weight_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
     op: &WeightGrad,
-    xs: &CpuStorage,
-    xl: &Layout,
-    gs: &CpuStorage,
-    gl: &Layout,
+    (xs, xl): Input,
+    (gs, gl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let (n, c, h, w) = xl.shape().dims4()?;
     let (_, _, ho, wo) = gl.shape().dims4()?;
     let k = op.1;
-    let d = Dims {
+    let d = ConvDims {
         n,
         c,
         h,
         w,
+        o: c,
         k,
         ho,
         wo,
@@ -579,46 +482,28 @@ fn weight_grad_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = 
     Ok((T::to_cpu_storage_owned(gw), Shape::from((c, 1, k, k))))
 }
 
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-weight-grad"
+custom_op2!(
+    WeightGrad,
+    "depthwise-conv2d-weight-grad",
+    weight_grad_impl,
+    {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            xs: &candle_core::CudaStorage,
+            xl: &Layout,
+            gs: &candle_core::CudaStorage,
+            gl: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            super::depthwise_cuda::weight_grad(&self.0, self.1, xs, xl, gs, gl)
+        }
     }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "depthwise conv",
-            xs.dtype(),
-            weight_grad_impl,
-            self,
-            xs,
-            xl,
-            gs,
-            gl
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        xs: &candle_core::CudaStorage,
-        xl: &Layout,
-        gs: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::depthwise_cuda::weight_grad(&self.0, self.1, xs, xl, gs, gl)
-    }
-}
+);
 
 /// Depthwise convolution of `x` (N, C, H, W) with `w` (C, 1, K, K): the custom op on CPU
 /// and on CUDA (f32/f64), the portable path elsewhere. `CANDLETRON_DEPTHWISE=portable`
 /// forces the portable path everywhere, to compare the two.
-pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: DwParams) -> Result<Tensor> {
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: ConvGeometry) -> Result<Tensor> {
     if custom_op_for(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Forward(p))
     } else {
@@ -643,7 +528,7 @@ pub(crate) fn custom_op_for(x: &Tensor) -> bool {
 
 /// The same convolution from stock ops (pad, shifted slices, broadcast multiply-adds),
 /// which every Candle device runs and differentiates.
-pub fn depthwise_conv2d_portable(x: &Tensor, w: &Tensor, p: DwParams) -> Result<Tensor> {
+pub fn depthwise_conv2d_portable(x: &Tensor, w: &Tensor, p: ConvGeometry) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (_, _, k, _) = w.dims4()?;
     let ho = p.out_size(h, k)?;

@@ -18,10 +18,9 @@ use std::sync::Mutex;
 
 use super::batch_norm_train::{self, BatchStats};
 use super::dense_conv::{self, DenseConv};
-use super::depthwise::{self, DwParams};
+use super::depthwise;
 use super::pointwise::{self, Pointwise};
-use super::Activation;
-use super::BatchNorm2d;
+use super::{Activation, ConvGeometry};
 
 /// The convolutions this node covers: those with a CPU op of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,9 +28,9 @@ pub enum TrainConv {
     /// 1x1, stride 1, no padding, no groups.
     Pointwise,
     /// One filter per channel.
-    Depthwise(DwParams),
+    Depthwise(ConvGeometry),
     /// Any other ungrouped conv (im2col + gemm).
-    Dense(DwParams),
+    Dense(ConvGeometry),
 }
 
 impl TrainConv {
@@ -174,12 +173,13 @@ pub fn conv_bn_act_train(
     Ok((y, batch_norm_train::stats_of(&slot)?))
 }
 
-/// One conv-BN-activation layer of a chain: the conv weight, its kind, the batch norm
-/// (whose running statistics the chain updates) and the activation.
+/// One conv-BN-activation layer of a chain: the conv weight, its kind, the norm's affine
+/// weight and bias, and the activation.
 pub struct ChainLayer<'a> {
     pub weight: &'a Tensor,
     pub conv: TrainConv,
-    pub norm: &'a BatchNorm2d,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
     pub activation: Activation,
 }
 
@@ -293,9 +293,13 @@ impl CustomOp3 for ConvBnChain {
 }
 
 /// The layers of `layers` as one node, each `activation(batch_norm(conv(·)))` with batch
-/// statistics; updates every norm's running statistics. The caller checks [`supported`]
-/// for each layer first.
-pub fn conv_bn_chain_train(x: &Tensor, layers: &[ChainLayer], eps: f64) -> Result<Tensor> {
+/// statistics; returns the output and each layer's statistics (for the running
+/// averages). The caller checks [`supported`] for each layer first.
+pub fn conv_bn_chain_train(
+    x: &Tensor,
+    layers: &[ChainLayer],
+    eps: f64,
+) -> Result<(Tensor, Vec<BatchStats>)> {
     let dt = x.dtype();
     let mut ops = Vec::with_capacity(layers.len());
     let mut slots = Vec::with_capacity(layers.len());
@@ -310,7 +314,7 @@ pub fn conv_bn_chain_train(x: &Tensor, layers: &[ChainLayer], eps: f64) -> Resul
             saved: Mutex::new(None),
         });
         slots.push(slot);
-        let (gamma, beta) = layer.norm.affine_params();
+        let (gamma, beta) = (layer.gamma, layer.beta);
         let c = gamma.elem_count();
         weights.push((layer.weight.shape().clone(), w_at));
         params.push((c, p_at));
@@ -329,8 +333,9 @@ pub fn conv_bn_chain_train(x: &Tensor, layers: &[ChainLayer], eps: f64) -> Resul
     let y = x
         .contiguous()?
         .apply_op3(&Tensor::cat(&flat_w, 0)?, &Tensor::cat(&flat_p, 0)?, op)?;
-    for (layer, slot) in layers.iter().zip(&slots) {
-        layer.norm.record(batch_norm_train::stats_of(slot)?)?;
-    }
-    Ok(y)
+    let stats = slots
+        .iter()
+        .map(batch_norm_train::stats_of)
+        .collect::<Result<Vec<_>>>()?;
+    Ok((y, stats))
 }

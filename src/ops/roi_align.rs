@@ -10,10 +10,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
+
+use super::custom_op::Input;
 use rayon::prelude::*;
 
-use crate::structures::boxes::Box4;
+/// A box as (x1, y1, x2, y2).
+type Box4 = [f32; 4];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoiAlignParams {
@@ -170,15 +173,14 @@ fn push_bilinear(
 }
 
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::cpu_slice(s, l, "roi_align")
+    super::parallel::cpu_slice(s, l, "roi_align")
 }
 
 struct Forward(Arc<RoiPlan>);
 
 fn forward_impl<T: WithDType>(
-    plan: &RoiPlan,
-    s: &CpuStorage,
-    l: &Layout,
+    Forward(plan): &Forward,
+    (s, l): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let (n, c, h, w) = l.shape().dims4()?;
     if (h, w) != plan.plane {
@@ -209,35 +211,19 @@ fn forward_impl<T: WithDType>(
     ))
 }
 
-impl CustomOp1 for Forward {
-    fn name(&self) -> &'static str {
-        "roi-align"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => forward_impl::<f32>(&self.0, s, l),
-            CpuStorage::F64(_) => forward_impl::<f64>(&self.0, s, l),
-            _ => candle_core::bail!("roi_align: only f32 and f64 are supported on CPU"),
-        }
-    }
-
+custom_op1!(Forward, "roi-align", forward_impl, {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (n, c, _, _) = arg.dims4()?;
         let g = grad.contiguous()?;
         Ok(Some(g.apply_op1_no_bwd(&Backward(self.0.clone(), n, c))?))
     }
-}
+});
 
 /// Gradient w.r.t. the features: the plan transposed. One task per (image, channel)
 /// plane visits that image's ROIs, so no two tasks write the same element.
 struct Backward(Arc<RoiPlan>, usize, usize);
 
-fn backward_impl<T: WithDType>(
-    op: &Backward,
-    s: &CpuStorage,
-    l: &Layout,
-) -> Result<(CpuStorage, Shape)> {
+fn backward_impl<T: WithDType>(op: &Backward, (s, l): Input) -> Result<(CpuStorage, Shape)> {
     let plan = &op.0;
     let (n, c) = (op.1, op.2);
     let (h, w) = plan.plane;
@@ -270,19 +256,7 @@ fn backward_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(gin), Shape::from((n, c, h, w))))
 }
 
-impl CustomOp1 for Backward {
-    fn name(&self) -> &'static str {
-        "roi-align-backward"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => backward_impl::<f32>(self, s, l),
-            CpuStorage::F64(_) => backward_impl::<f64>(self, s, l),
-            _ => candle_core::bail!("roi_align: only f32 and f64 are supported on CPU"),
-        }
-    }
-}
+custom_op1!(Backward, "roi-align-backward", backward_impl);
 
 /// Pools `rois` (image index, XYXY box in input pixels) from `features` (N, C, H, W)
 /// into (R, C, out_h, out_w): the custom op on CPU, the portable path elsewhere.

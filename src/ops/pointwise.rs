@@ -7,11 +7,11 @@
 //! and activation run on each block while it is still in cache.
 
 use super::blocked_gemm::{self, Planes};
+use super::custom_op::Input;
+use super::geometry::ConvGeometry;
+use super::parallel::cpu_slice;
 use super::Activation;
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// `act(W x + b)` for `x` (N, C, H, W), `W` (O, C, 1, 1), `b` (O). CPU, f32, no gradient.
 pub(crate) struct PointwiseBiasAct(pub Activation);
@@ -40,16 +40,11 @@ fn blocked_matmul<T: WithDType>(
 
 /// The (n, c, hw, o) of a 1x1 conv, checked.
 fn geometry(op: &str, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, usize)> {
-    let (n, c, h, wd) = xl.shape().dims4()?;
-    let (o, wc, kh, kw) = wl.shape().dims4()?;
-    if wc != c || kh != 1 || kw != 1 {
-        candle_core::bail!(
-            "{op}: weight {:?} does not fit input {:?}",
-            wl.shape(),
-            xl.shape()
-        );
+    let d = ConvGeometry::default().dense_dims(xl.shape(), wl.shape())?;
+    if d.k != 1 {
+        candle_core::bail!("{op}: weight {:?} is not 1x1", wl.shape());
     }
-    Ok((n, c, h * wd, o))
+    Ok((d.n, d.c, d.in_plane(), d.o))
 }
 
 impl CustomOp3 for PointwiseBiasAct {
@@ -68,9 +63,9 @@ impl CustomOp3 for PointwiseBiasAct {
     ) -> Result<(CpuStorage, Shape)> {
         let op = "pointwise conv";
         let (x, w, b) = (
-            super::cpu_slice::<f32>(xs, xl, op)?,
-            super::cpu_slice::<f32>(ws, wl, op)?,
-            super::cpu_slice::<f32>(bs, bl, op)?,
+            cpu_slice::<f32>(xs, xl, op)?,
+            cpu_slice::<f32>(ws, wl, op)?,
+            cpu_slice::<f32>(bs, bl, op)?,
         );
         let g @ (n, _, _, o) = geometry(op, xl, wl)?;
         if b.len() != o {
@@ -78,7 +73,7 @@ impl CustomOp3 for PointwiseBiasAct {
         }
         let act = self.0;
         let out = blocked_matmul(x, w, g, |ch, row| {
-            super::fused::bias_act_in_place(act, row, b[ch])
+            super::activation::bias_act_in_place(act, row, b[ch])
         });
         let (_, _, h, wd) = xl.shape().dims4()?;
         Ok((CpuStorage::F32(out), Shape::from((n, o, h, wd))))
@@ -95,41 +90,19 @@ impl CustomOp3 for PointwiseBiasAct {
 pub(crate) struct Pointwise;
 
 fn pointwise_impl<T: WithDType>(
-    (xs, xl): (&CpuStorage, &Layout),
-    (ws, wl): (&CpuStorage, &Layout),
+    _: &Pointwise,
+    (xs, xl): Input,
+    (ws, wl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let op = "pointwise conv";
     let g = geometry(op, xl, wl)?;
-    let (x, w) = (
-        super::cpu_slice::<T>(xs, xl, op)?,
-        super::cpu_slice::<T>(ws, wl, op)?,
-    );
+    let (x, w) = (cpu_slice::<T>(xs, xl, op)?, cpu_slice::<T>(ws, wl, op)?);
     let out = blocked_matmul(x, w, g, |_, _| {});
     let (n, _, h, wd) = xl.shape().dims4()?;
     Ok((T::to_cpu_storage_owned(out), Shape::from((n, g.3, h, wd))))
 }
 
-impl CustomOp2 for Pointwise {
-    fn name(&self) -> &'static str {
-        "pointwise-conv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "pointwise conv",
-            xs.dtype(),
-            pointwise_impl,
-            (xs, xl),
-            (ws, wl)
-        )
-    }
-
+custom_op2!(Pointwise, "pointwise-conv", pointwise_impl, {
     fn bwd(
         &self,
         x: &Tensor,
@@ -151,25 +124,23 @@ impl CustomOp2 for Pointwise {
         let gw = g.apply_op2_no_bwd(&x.reshape((n, c, h * wd))?, &WeightGrad)?;
         Ok((Some(gx), Some(gw.reshape((o, c, 1, 1))?)))
     }
-}
+});
 
 /// (g (N, O, P), x (N, C, P)) -> Σ_n g_n x_nᵀ (O, C): the weight gradient as gemm calls
 /// that accumulate into one output, rather than N products and a reduction over them.
 struct WeightGrad;
 
 fn weight_grad_impl<T: WithDType>(
-    (gs, gl): (&CpuStorage, &Layout),
-    (xs, xl): (&CpuStorage, &Layout),
+    _: &WeightGrad,
+    (gs, gl): Input,
+    (xs, xl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let op = "pointwise conv weight grad";
     let ((n, o, p), (xn, c, xp)) = (gl.shape().dims3()?, xl.shape().dims3()?);
     if (n, p) != (xn, xp) {
         candle_core::bail!("{op}: gradient {:?} and input {:?}", gl.shape(), xl.shape());
     }
-    let (g, x) = (
-        super::cpu_slice::<T>(gs, gl, op)?,
-        super::cpu_slice::<T>(xs, xl, op)?,
-    );
+    let (g, x) = (cpu_slice::<T>(gs, gl, op)?, cpu_slice::<T>(xs, xl, op)?);
     let mut gw = vec![T::zero(); o * c];
     let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
     for img in 0..n {
@@ -202,27 +173,7 @@ fn weight_grad_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(gw), Shape::from((o, c))))
 }
 
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "pointwise-conv-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        xs: &CpuStorage,
-        xl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "pointwise conv weight grad",
-            gs.dtype(),
-            weight_grad_impl,
-            (gs, gl),
-            (xs, xl)
-        )
-    }
-}
+custom_op2!(WeightGrad, "pointwise-conv-weight-grad", weight_grad_impl);
 
 /// Whether [`pointwise_conv`] runs as the op here (CPU, f32 or f64).
 pub(crate) fn supported(x: &Tensor) -> bool {

@@ -1,14 +1,49 @@
-//! Single-pass element-wise kernels for the hot activations.
+//! The activations a config can choose, and single-pass kernels for the hot ones.
 //!
 //! Candle's `clamp` is two broadcast binary ops; on MobileNetV2 at 224 px ReLU6 alone
-//! cost more than the 1x1 convolutions it follows. These ops make one parallel pass:
-//! ReLU6 with its backward for training, and bias + activation in one pass for the
+//! cost more than the 1x1 convolutions it follows. The kernels here make one parallel
+//! pass: ReLU6 with its backward for training, and bias + activation in one pass for the
 //! inference path, where norms are folded into the convolutions.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::Activation;
+use super::parallel::par_fill;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    ReLU,
+    ReLU6,
+    /// x * tanh(softplus(x)): smooth, which some light detectors train better with.
+    Mish,
+    Identity,
+}
+
+impl Activation {
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "ReLU" | "relu" => Ok(Self::ReLU),
+            "ReLU6" | "relu6" => Ok(Self::ReLU6),
+            "Mish" | "mish" => Ok(Self::Mish),
+            "Identity" | "none" | "" => Ok(Self::Identity),
+            other => Err(format!(
+                "unknown activation `{other}`; expected one of ReLU, ReLU6, Mish, Identity"
+            )),
+        }
+    }
+
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::ReLU => x.relu(),
+            Self::ReLU6 => relu6(x),
+            Self::Mish => {
+                // softplus(x) = max(x, 0) + log(1 + exp(-|x|)), stable for large |x|.
+                let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+                x * softplus.tanh()?
+            }
+            Self::Identity => Ok(x.clone()),
+        }
+    }
+}
 
 /// Chunk size for parallel element-wise passes: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
@@ -48,23 +83,6 @@ fn relu6_select(v: f32) -> f32 {
     } else {
         v
     }
-}
-
-/// Fills a new buffer of `x.len()` values, `chunk` at a time in parallel, without
-/// zeroing it first (a measurable share of these memory-bound passes).
-fn par_fill(
-    len: usize,
-    chunk: usize,
-    f: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, o)| f(i, o));
-    // SAFETY: the chunks cover 0..len and `f` writes every element of its chunk.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// `act(x + bias)` over one plane, monomorphised per activation so the loop vectorises.
@@ -256,8 +274,30 @@ mod tests {
                 .apply(&x.broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap())
                 .unwrap();
             let got = bias_act(&x, &b, a).unwrap();
-            let d = crate::layers::max_abs_diff(&got, &want);
+            let d = crate::ops::max_abs_diff(&got, &want);
             assert!(d < 1e-5, "{a:?}: {d}");
         }
+    }
+
+    #[test]
+    fn mish_matches_definition() {
+        let xs = [-30.0f32, -2.0, -0.5, 0.0, 0.7, 3.0, 40.0];
+        let t = Tensor::new(&xs, &Device::Cpu).unwrap();
+        let y: Vec<f32> = Activation::Mish.apply(&t).unwrap().to_vec1().unwrap();
+        for (x, y) in xs.iter().zip(y) {
+            let x = *x as f64;
+            let expect = x * (1.0 + x.exp()).ln().tanh();
+            assert!(
+                (y as f64 - expect).abs() < 1e-5,
+                "mish({x}) = {y}, want {expect}"
+            );
+        }
+    }
+
+    #[test]
+    fn relu6_clamps() {
+        let t = Tensor::new(&[-1.0f32, 3.0, 9.0], &Device::Cpu).unwrap();
+        let y: Vec<f32> = Activation::ReLU6.apply(&t).unwrap().to_vec1().unwrap();
+        assert_eq!(y, vec![0.0, 3.0, 6.0]);
     }
 }

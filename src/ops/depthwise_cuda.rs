@@ -7,7 +7,7 @@
 //! two, to stay deterministic without atomics). The source is compiled once per process
 //! with NVRTC, so the build needs no nvcc beyond what Candle's own kernels need.
 
-use super::depthwise::DwParams;
+use super::geometry::ConvGeometry;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -184,7 +184,7 @@ struct Geometry([i32; 9]);
 impl Geometry {
     #[allow(clippy::too_many_arguments)]
     fn new(
-        p: &DwParams,
+        p: &ConvGeometry,
         c: usize,
         h: usize,
         w: usize,
@@ -268,7 +268,7 @@ fn elementwise_storage(
 }
 
 pub(super) fn forward(
-    p: &DwParams,
+    p: &ConvGeometry,
     xs: &CudaStorage,
     xl: &Layout,
     ws: &CudaStorage,
@@ -284,7 +284,7 @@ pub(super) fn forward(
 }
 
 pub(super) fn input_grad(
-    p: &DwParams,
+    p: &ConvGeometry,
     (h, w): (usize, usize),
     gs: &CudaStorage,
     gl: &Layout,
@@ -349,7 +349,7 @@ fn weight_grad_typed<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
 }
 
 pub(super) fn weight_grad(
-    p: &DwParams,
+    p: &ConvGeometry,
     k: usize,
     xs: &CudaStorage,
     xl: &Layout,

@@ -7,9 +7,10 @@
 //! and the backward two (per-channel sums, then the input gradient), with the statistics
 //! kept by the op between them. Other devices keep the composed path in `batch_norm.rs`.
 
+use super::custom_op::Input;
+use super::parallel::{cpu_slice, par_chunks_from};
 use super::Activation;
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -67,7 +68,7 @@ fn dims(l: &Layout) -> Result<Dims> {
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::cpu_slice(s, l, "batch norm")
+    cpu_slice(s, l, "batch norm")
 }
 
 /// Sums of `f(a[i], b[i])` over a plane. `f` works in `T` and the terms are summed in
@@ -230,11 +231,11 @@ fn affine<T: WithDType>(
         (xs, T::from_f64(scale[ch]), T::from_f64(shift[ch]))
     };
     match clip.map(Clip::bounds::<T>) {
-        None => super::par_chunks_from(x.len(), d.hw, |i| {
+        None => par_chunks_from(x.len(), d.hw, |i| {
             let (xs, a, b) = plane(i);
             xs.iter().map(move |&xv| xv * a + b)
         }),
-        Some((lo, hi)) => super::par_chunks_from(x.len(), d.hw, |i| {
+        Some((lo, hi)) => par_chunks_from(x.len(), d.hw, |i| {
             let (xs, a, b) = plane(i);
             xs.iter().map(move |&xv| {
                 let v = xv * a + b;
@@ -268,14 +269,14 @@ fn input_grad_planes<T: WithDType>(
     };
     let at = |i: usize| i * d.hw..(i + 1) * d.hw;
     match mask {
-        None => super::par_chunks_from(x.len(), d.hw, |i| {
+        None => par_chunks_from(x.len(), d.hw, |i| {
             let (kg, kx, kc) = coefficients(i);
             let (xs, gs) = (&x[at(i)], &g[at(i)]);
             xs.iter()
                 .zip(gs)
                 .map(move |(&xv, &gv)| gv * kg + xv * kx + kc)
         }),
-        Some(mask) => super::par_chunks_from(x.len(), d.hw, |i| {
+        Some(mask) => par_chunks_from(x.len(), d.hw, |i| {
             let (kg, kx, kc) = coefficients(i);
             let (xs, gs) = (&x[at(i)], &g[at(i)]);
             let keep = mask.channel(i % d.c);
@@ -288,9 +289,9 @@ fn input_grad_planes<T: WithDType>(
 
 fn forward_impl<T: WithDType>(
     op: &Forward,
-    (xs, xl): (&CpuStorage, &Layout),
-    (ws, wl): (&CpuStorage, &Layout),
-    (bs, bl): (&CpuStorage, &Layout),
+    (xs, xl): Input,
+    (ws, wl): Input,
+    (bs, bl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, w, b) = (
@@ -333,31 +334,7 @@ fn forward_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
 
-impl CustomOp3 for Forward {
-    fn name(&self) -> &'static str {
-        "batch-norm-train"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "batch norm op",
-            xs.dtype(),
-            forward_impl,
-            self,
-            (xs, xl),
-            (ws, wl),
-            (bs, bl)
-        )
-    }
-
+custom_op3!(Forward, "batch-norm-train", forward_impl, {
     fn bwd(
         &self,
         x: &Tensor,
@@ -410,7 +387,7 @@ impl CustomOp3 for Forward {
         let gb = Tensor::from_vec(sums[0].clone(), c, dev)?.to_dtype(dt)?;
         Ok((Some(gx), Some(gw), Some(gb)))
     }
-}
+});
 
 /// (x, dy) -> (2, C): Σ dz and Σ dz (x - mean) per channel, dz being dy masked by the
 /// fused activation.
@@ -423,8 +400,8 @@ struct GradSums {
 
 fn grad_sums_impl<T: WithDType>(
     op: &GradSums,
-    (xs, xl): (&CpuStorage, &Layout),
-    (gs, gl): (&CpuStorage, &Layout),
+    (xs, xl): Input,
+    (gs, gl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
@@ -441,28 +418,7 @@ fn grad_sums_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(out), Shape::from((2, d.c))))
 }
 
-impl CustomOp2 for GradSums {
-    fn name(&self) -> &'static str {
-        "batch-norm-grad-sums"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "batch norm op",
-            xs.dtype(),
-            grad_sums_impl,
-            self,
-            (xs, xl),
-            (gs, gl)
-        )
-    }
-}
+custom_op2!(GradSums, "batch-norm-grad-sums", grad_sums_impl);
 
 /// (x, dy) -> dx = dz * dy[ch] + x * x[ch] + constant[ch], dz as in [`GradSums`].
 struct InputGrad {
@@ -475,8 +431,8 @@ struct InputGrad {
 
 fn input_grad_impl<T: WithDType>(
     op: &InputGrad,
-    (xs, xl): (&CpuStorage, &Layout),
-    (gs, gl): (&CpuStorage, &Layout),
+    (xs, xl): Input,
+    (gs, gl): Input,
 ) -> Result<(CpuStorage, Shape)> {
     let d = dims(xl)?;
     let (x, g) = (slice::<T>(xs, xl)?, slice::<T>(gs, gl)?);
@@ -485,28 +441,7 @@ fn input_grad_impl<T: WithDType>(
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
 
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "batch-norm-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(
-            "batch norm op",
-            xs.dtype(),
-            input_grad_impl,
-            self,
-            (xs, xl),
-            (gs, gl)
-        )
-    }
-}
+custom_op2!(InputGrad, "batch-norm-input-grad", input_grad_impl);
 
 /// Whether [`batch_norm_train`] runs for this input (CPU, f32 or f64).
 pub fn supported(x: &Tensor) -> bool {

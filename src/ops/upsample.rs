@@ -1,7 +1,7 @@
 //! 2x nearest-neighbour upsampling for FPN top-down paths.
 //!
 //! Candle's `upsample_nearest2d` differentiates through a grouped convolution (one
-//! per channel, see `layers::depthwise`). Here the forward is a broadcast of each pixel
+//! per channel, see `ops::depthwise`). Here the forward is a broadcast of each pixel
 //! to a 2x2 block followed by a reshape, so the backward is a plain sum over each block,
 //! on every device.
 
@@ -26,7 +26,7 @@ mod tests {
         let x = Var::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu).unwrap();
         let ours = upsample_nearest_2x(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().upsample_nearest2d(8, 10).unwrap();
-        let d = crate::layers::max_abs_diff(&ours, &theirs);
+        let d = crate::ops::max_abs_diff(&ours, &theirs);
         assert_eq!(d, 0.0);
         // d/dx sum(up(x) * r) = the sum of r over each 2x2 block.
         let r = Tensor::randn(0f32, 1.0, (2, 3, 8, 10), &Device::Cpu).unwrap();
@@ -39,7 +39,7 @@ mod tests {
             .unwrap()
             .sum(3)
             .unwrap();
-        let d = crate::layers::max_abs_diff(got, &want);
+        let d = crate::ops::max_abs_diff(got, &want);
         assert!(d < 1e-5, "{d}");
     }
 }
