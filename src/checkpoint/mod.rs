@@ -1,6 +1,7 @@
 //! Reading and writing weights: PyTorch `.pth` (zip and legacy), safetensors, and loading
 //! a state dict into the model's parameters with a report of what did not fit.
 
+pub mod download;
 pub mod pickle;
 pub mod torch;
 
@@ -23,6 +24,19 @@ fn err(path: &Path, message: impl Into<String>) -> CheckpointError {
     CheckpointError {
         path: path.display().to_string(),
         message: message.into(),
+    }
+}
+
+/// The local file behind a `MODEL.WEIGHTS`-style `spec`: a path as it is, a URL through
+/// the [`download`] cache.
+pub fn resolve(spec: &str) -> Result<std::path::PathBuf, CheckpointError> {
+    if download::is_url(spec) {
+        download::cached_path(spec).map_err(|message| CheckpointError {
+            path: spec.to_string(),
+            message,
+        })
+    } else {
+        Ok(std::path::PathBuf::from(spec))
     }
 }
 

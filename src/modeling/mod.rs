@@ -74,9 +74,11 @@ impl Model {
             .broadcast_div(&self.pixel_std)
     }
 
-    /// Loads `path` into the parameters, reporting what did not match.
-    pub fn load_weights(&self, path: &std::path::Path) -> Result<LoadReport> {
-        let tensors = checkpoint::read_checkpoint(path).map_err(candle_core::Error::wrap)?;
+    /// Loads the checkpoint `spec` (a path or an `https://` URL) into the parameters,
+    /// reporting what did not match.
+    pub fn load_weights(&self, spec: &str) -> Result<LoadReport> {
+        let path = checkpoint::resolve(spec).map_err(candle_core::Error::wrap)?;
+        let tensors = checkpoint::read_checkpoint(&path).map_err(candle_core::Error::wrap)?;
         checkpoint::load_state_dict(&self.params, &tensors)
     }
 }
@@ -113,7 +115,7 @@ pub fn build_model(cfg: &Config, seed: u64) -> Result<(Model, Option<LoadReport>
     let report = if cfg.model.weights.is_empty() {
         None
     } else {
-        Some(model.load_weights(std::path::Path::new(&cfg.model.weights))?)
+        Some(model.load_weights(&cfg.model.weights)?)
     };
     Ok((model, report))
 }
