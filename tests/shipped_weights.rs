@@ -1,0 +1,153 @@
+//! The ImageNet weights shipped in `weights/`: complete, loadable into the models, equal
+//! to torchvision's `.pth` up to f16 rounding, and classifying the reference image as
+//! PyTorch does.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::{DType, Tensor};
+use candletron::checkpoint::read_checkpoint;
+use candletron::config::Config;
+
+fn shipped() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/mobilenet_v2_imagenet_f16.safetensors")
+}
+
+#[test]
+fn shipped_weights_load_into_the_classifier_and_the_detectors() {
+    let tensors = read_checkpoint(&shipped()).unwrap();
+    assert_eq!(tensors.len(), 314);
+    let values: usize = tensors.iter().map(|(_, t)| t.elem_count()).sum();
+    assert_eq!(values, 3_539_036);
+    for (name, t) in &tensors {
+        // BN counters stay integers; every float is f16.
+        if !name.ends_with("num_batches_tracked") {
+            assert_eq!(t.dtype(), DType::F16, "{name}");
+        }
+    }
+    // The classifier takes every tensor; the default configs' detectors take the backbone.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for (config, full) in [
+        ("configs/imagenet/mobilenet_v2_classifier.yaml", true),
+        ("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml", false),
+        ("configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml", false),
+    ] {
+        let mut cfg = Config::from_file(root.join(config)).unwrap();
+        cfg.model.weights = shipped().display().to_string();
+        let (model, report) = candletron::modeling::build_model(&cfg, 0).unwrap();
+        let report = report.unwrap();
+        assert!(report.mismatched.is_empty(), "{config}: {report}");
+        let backbone_missing: Vec<_> = report
+            .missing
+            .iter()
+            .filter(|n| n.contains("bottom_up") || n.starts_with("features"))
+            .collect();
+        assert!(
+            backbone_missing.is_empty(),
+            "{config}: {backbone_missing:?}"
+        );
+        if full {
+            assert!(report.missing.is_empty(), "{config}: {report}");
+            assert!(report.unexpected.is_empty(), "{config}: {report}");
+        }
+        drop(model);
+    }
+}
+
+#[test]
+fn shipped_weights_equal_torchvision_up_to_f16_rounding() {
+    let Some(shared) = common::shared("shipped_weights_equal_torchvision_up_to_f16_rounding")
+    else {
+        return;
+    };
+    let ours: HashMap<String, Tensor> = read_checkpoint(&shipped()).unwrap().into_iter().collect();
+    let theirs = read_checkpoint(&shared.join("pretrained/mobilenet_v2-b0353104.pth")).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (name, t) in &theirs {
+        let o = &ours[name];
+        assert_eq!(o.dims(), t.dims(), "{name}");
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let a: Vec<f64> = o
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f64> = t
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            // Round to nearest: half an f16 ulp relative (2^-11), or half the smallest
+            // subnormal step (2^-25) near zero.
+            let tol = y.abs() * 2f64.powi(-11) + 2f64.powi(-25);
+            assert!((x - y).abs() <= tol, "{name}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn classify_with_the_shipped_weights_matches_pytorch_top5() {
+    let Some(shared) = common::shared("classify_with_the_shipped_weights_matches_pytorch_top5")
+    else {
+        return;
+    };
+    let dir = common::tmp_dir("shipped-classify");
+    let dump = dir.join("dump.safetensors");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The config names the shipped file relative to the repository root.
+    let out = Command::new(env!("CARGO_BIN_EXE_classify"))
+        .current_dir(&root)
+        .args([
+            "--config-file",
+            "configs/imagenet/mobilenet_v2_classifier.yaml",
+        ])
+        .arg(shared.join("reference/astronaut.png"))
+        .arg("--dump")
+        .arg(&dump)
+        .args(["--", "OUTPUT_DIR"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.join("reference/astronaut_mnv2.json")).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<u64> = reference["top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let got: Vec<u64> = stdout
+        .lines()
+        .skip(1)
+        .take(5)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, want, "{stdout}");
+    let ours = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
+    let theirs = candle_core::safetensors::load(
+        shared.join("reference/astronaut_mnv2.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let (diff, scale) = common::max_abs_diff(&ours["logits"], &theirs["logits"]);
+    eprintln!("logits with f16 weights: max |diff| {diff:.3e} (max |ref| {scale:.2})");
+    assert!(diff <= 1e-2 * scale, "logits: {diff} of {scale}");
+}
