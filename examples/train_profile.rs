@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, SGD};
 use candletron::config::Config;
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::{Batch, Targets};
+use candletron::structures::{Batch, Targets};
 use std::time::Instant;
 
 fn main() {

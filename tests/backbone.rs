@@ -7,11 +7,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, SGD};
 use candletron::config::Config;
+use candletron::layers::params::ParamStore;
 use candletron::layers::BatchNorm2d;
 use candletron::modeling::backbone::{build_backbone, BACKBONE_REGISTRY};
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::{Batch, Targets};
-use candletron::modeling::params::ParamStore;
+use candletron::structures::{Batch, Targets};
 
 #[test]
 fn classifier_has_torchvision_parameter_count() {

@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
+use candletron::layers::params::ParamStore;
 use candletron::layers::{Activation, BatchNorm2d};
-use candletron::modeling::params::ParamStore;
 use candletron::ops::batch_norm_train;
 
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {

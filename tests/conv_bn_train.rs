@@ -276,8 +276,8 @@ fn unfusable_activation_is_not_supported() {
 /// against stock ops and finite differences above).
 #[test]
 fn chain_equals_its_layers_as_separate_nodes() {
+    use candletron::layers::params::ParamStore;
     use candletron::layers::BatchNorm2d;
-    use candletron::modeling::params::ParamStore;
     use candletron::ops::conv_bn_train::{conv_bn_chain_train, ChainLayer};
     use std::sync::Arc;
 

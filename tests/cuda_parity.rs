@@ -12,11 +12,11 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::checkpoint::load_state_dict;
 use candletron::config::Config;
-use candletron::data::augmentation::Instances;
+use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::{Batch, Targets};
-use candletron::modeling::params::ParamStore;
+use candletron::structures::Instances;
+use candletron::structures::{Batch, Targets};
 
 fn gpu() -> Option<Device> {
     common::cuda_device()

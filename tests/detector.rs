@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candletron::config::Config;
-use candletron::data::augmentation::Instances;
+use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::{Batch, InstanceDetections, Targets};
-use candletron::modeling::params::ParamStore;
+use candletron::structures::Instances;
+use candletron::structures::{Batch, InstanceDetections, Targets};
 
 fn fpn_cfg(top: &str, depthwise: bool) -> Config {
     let mut cfg = Config::default();

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candletron::checkpoint::{load_state_dict, read_checkpoint};
 use candletron::config::Config;
+use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::{Backbone, MobileNetV2};
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::Batch;
-use candletron::modeling::params::ParamStore;
+use candletron::structures::Batch;
 
 fn check(name: &str, ours: &candle_core::Tensor, reference: &candle_core::Tensor) {
     let (diff, scale) = common::max_abs_diff(ours, reference);

@@ -10,12 +10,12 @@ use candle_nn::{Optimizer, ParamsAdamW, SGD};
 use clap::{Parser, ValueEnum};
 
 use candletron::config::Config;
-use candletron::data::augmentation::Instances;
 use candletron::data::build::build_detection_train_loader;
+use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::{Batch, Targets};
-use candletron::modeling::params::ParamStore;
+use candletron::structures::Instances;
+use candletron::structures::{Batch, Targets};
 
 /// One optimizer update from a gradient store.
 type OptimizerStep = dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>;

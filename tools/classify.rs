@@ -11,7 +11,7 @@ use candletron::config::Config;
 use candletron::data::{imagenet_classes, transforms};
 use candletron::modeling::backbone::{Backbone, MobileNetV2};
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::Batch;
+use candletron::structures::Batch;
 
 #[derive(Parser)]
 #[command(

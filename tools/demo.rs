@@ -10,7 +10,7 @@ use candletron::config::Config;
 use candletron::data::{imagenet_classes, transforms};
 use candletron::evaluation::predictions::parse_prediction_file;
 use candletron::modeling::build_model;
-use candletron::modeling::meta_arch::Batch;
+use candletron::structures::Batch;
 use candletron::utils::visualizer::{draw_detections, draw_label, BLACK, PALETTE, WHITE};
 
 #[derive(Parser)]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
-use crate::modeling::params::ParamStore;
+use crate::layers::params::ParamStore;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]

@@ -4,8 +4,8 @@
 //! defaults, key dispatch, unknown-key detection and YAML output, so adding a key is a
 //! one-line change and the key list can never drift from the struct.
 
+use super::error::ConfigError;
 use super::yaml::{Node, NodeKind};
-use super::ConfigError;
 
 /// Anything that can live in the config tree.
 pub trait ConfigEntry {
@@ -200,13 +200,13 @@ macro_rules! config_group {
                 &mut self,
                 path: &str,
                 node: &$crate::config::yaml::Node,
-            ) -> Result<(), $crate::config::ConfigError> {
+            ) -> Result<(), $crate::config::error::ConfigError> {
                 use $crate::config::entry::join;
                 let $crate::config::yaml::NodeKind::Map(entries) = &node.kind else {
                     if node.is_null() {
                         return Ok(());
                     }
-                    return Err($crate::config::ConfigError::Type {
+                    return Err($crate::config::error::ConfigError::Type {
                         key: path.to_string(),
                         origin: node.origin.clone(),
                         expected: "a mapping of keys".to_string(),
@@ -218,7 +218,7 @@ macro_rules! config_group {
                     let lower = key.to_ascii_lowercase();
                     // Keys are upper case, as in Detectron2; a lower-case spelling is a typo.
                     if key.chars().any(|c| c.is_ascii_lowercase()) {
-                        return Err($crate::config::ConfigError::UnknownKey {
+                        return Err($crate::config::error::ConfigError::UnknownKey {
                             key: full,
                             origin: child.origin.clone(),
                             suggestion: None,
@@ -227,7 +227,7 @@ macro_rules! config_group {
                     match lower.as_str() {
                         $( stringify!($field) => self.$field.merge(&full, child)?, )*
                         _ => {
-                            return Err($crate::config::ConfigError::UnknownKey {
+                            return Err($crate::config::error::ConfigError::UnknownKey {
                                 key: full,
                                 origin: child.origin.clone(),
                                 suggestion: None,

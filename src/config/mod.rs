@@ -4,6 +4,8 @@
 mod defaults;
 #[doc(hidden)]
 pub mod entry;
+pub(crate) mod error;
+mod origin;
 #[doc(hidden)]
 pub mod yaml;
 
@@ -11,40 +13,9 @@ use std::path::{Path, PathBuf};
 
 pub use defaults::*;
 use entry::ConfigEntry;
-pub use yaml::Origin;
+pub use error::ConfigError;
+pub use origin::Origin;
 use yaml::{Node, NodeKind};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{origin}: invalid YAML: {message}")]
-    Yaml { origin: Origin, message: String },
-    #[error("{origin}: unknown config key {key}{}", suggestion.as_ref().map(|s| format!("; did you mean {s}?")).unwrap_or_default())]
-    UnknownKey {
-        key: String,
-        origin: Origin,
-        suggestion: Option<String>,
-    },
-    #[error("{origin}: {key} expects {expected}, found {found}")]
-    Type {
-        key: String,
-        origin: Origin,
-        expected: String,
-        found: String,
-    },
-    #[error("{from}: _BASE_ file {path} does not exist")]
-    MissingBase { path: PathBuf, from: Origin },
-    #[error("_BASE_ cycle: {}", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]
-    BaseCycle(Vec<PathBuf>),
-    #[error("command-line overrides must be KEY VALUE pairs; `{0}` has no value")]
-    OddOverrides(String),
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// Levenshtein distance, for suggesting the closest valid key.
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -13,72 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
+pub use super::datasets::record::{
+    DataError, Dataset, DatasetMetadata, DatasetRecord, EvaluatorType, ObjectAnnotation,
+};
+pub use super::datasets::root::dataset_root;
+
 use super::datasets::{coco, synthetic, widerface};
 use crate::config::Config;
-use crate::modeling::registry::Registry;
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DataError(pub String);
-
-impl DataError {
-    pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
-    }
-}
-
-/// One annotated object; boxes are absolute pixel XYXY in the original image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectAnnotation {
-    pub bbox: [f32; 4],
-    /// Contiguous class index in `0..thing_classes.len()`.
-    pub category_id: usize,
-    /// Kept for evaluation and statistics, but neither positive nor negative in training
-    /// (crowd regions, invalid or too-small faces).
-    pub ignore: bool,
-    /// The WIDER FACE attributes, for face datasets.
-    pub face: Option<widerface::FaceAnnotation>,
-}
-
-/// One image and its annotations.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetRecord {
-    pub file_name: PathBuf,
-    /// WIDER: `EVENT/STEM` (the submission layout's path); COCO: the numeric image id.
-    pub image_id: String,
-    /// 0 where the annotation file does not say (WIDER); the loader reads the image.
-    pub width: u32,
-    pub height: u32,
-    pub annotations: Vec<ObjectAnnotation>,
-}
-
-impl DatasetRecord {
-    pub fn num_trainable(&self) -> usize {
-        self.annotations.iter().filter(|a| !a.ignore).count()
-    }
-}
-
-/// How a dataset is evaluated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvaluatorType {
-    /// The WIDER FACE protocol; `gt` is a folder of official `.mat` files or a `*_bbx_gt.txt`.
-    WiderFace { gt: PathBuf },
-    /// COCO-style box AP against the dataset's own records.
-    Coco,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatasetMetadata {
-    pub thing_classes: Vec<String>,
-    pub evaluator_type: EvaluatorType,
-}
-
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    pub name: String,
-    pub records: Vec<DatasetRecord>,
-    pub metadata: DatasetMetadata,
-}
+use crate::utils::registry::Registry;
 
 pub type DatasetBuilder = dyn Fn(&Config) -> Result<Dataset, DataError> + Send + Sync;
 
@@ -210,12 +152,4 @@ pub fn get_datasets(names: &[String], cfg: &Config) -> Result<Dataset, DataError
         }
     }
     out.ok_or_else(|| DataError::new("no dataset named (DATASETS.TRAIN / DATASETS.TEST is empty)"))
-}
-
-/// `CANDLETRON_DATASETS` when set, else `DATASETS.ROOT`.
-pub fn dataset_root(cfg: &Config) -> PathBuf {
-    match std::env::var_os("CANDLETRON_DATASETS") {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from(cfg.datasets.root.clone()),
-    }
 }

@@ -117,7 +117,7 @@ mod tests {
             bbox: b,
             category_id: 0,
             ignore,
-            face: None,
+            attributes: Vec::new(),
         };
         let recs = vec![
             DatasetRecord {

@@ -17,9 +17,9 @@ use candle_core::Tensor;
 
 use super::checkpointer::{CheckpointMeta, Checkpointer};
 use crate::data::loader::DataLoader;
-use crate::modeling::meta_arch::{Batch, Targets};
 use crate::modeling::Model;
 use crate::solver::{LrScheduler, Optimizer};
+use crate::structures::{Batch, Targets};
 
 /// One iteration's numbers.
 #[derive(Debug, Clone, Default)]

@@ -16,8 +16,8 @@ use super::widerface::GroundTruth;
 use crate::config::Config;
 use crate::data::build::build_detection_test_loader;
 use crate::data::catalog::{Dataset, EvaluatorType};
-use crate::modeling::meta_arch::Batch;
 use crate::modeling::Model;
+use crate::structures::Batch;
 use crate::utils::visualizer::{draw_detections, PALETTE};
 
 fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEvaluator>> {

@@ -4,6 +4,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod losses;
+pub mod params;
 pub mod shape_spec;
 
 pub use crate::ops::Activation;

@@ -5,12 +5,11 @@ pub mod anchor_generator;
 pub mod backbone;
 pub mod box_regression;
 pub mod heads;
+pub mod helpers;
 pub mod matcher;
 pub mod meta_arch;
-pub mod params;
 pub mod poolers;
 pub mod proposal_generator;
-pub mod registry;
 pub mod roi_heads;
 pub mod sampling;
 
@@ -20,8 +19,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::checkpoint::{self, LoadReport};
 use crate::config::Config;
+use crate::layers::params::{is_buffer, ParamStore};
 use meta_arch::{MetaArch, META_ARCH_REGISTRY};
-use params::{is_buffer, ParamStore};
 
 /// `cpu`, `cuda`, `cuda:N` or `metal` (`metal:N`), as `MODEL.DEVICE` spells it.
 pub fn parse_device(name: &str) -> Result<Device> {

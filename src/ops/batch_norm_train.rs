@@ -7,9 +7,9 @@
 //! and the backward two (per-channel sums, then the input gradient), with the statistics
 //! kept by the op between them. Other devices keep the composed path in `batch_norm.rs`.
 
+use super::activation::Activation;
 use super::custom_op::Input;
 use super::parallel::{cpu_slice, par_chunks_from};
-use super::Activation;
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};

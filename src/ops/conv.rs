@@ -6,11 +6,12 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::activation::Activation;
 use super::conv_bn_train::TrainConv;
 use super::dense_conv::{self, DenseConvBiasAct};
 use super::depthwise::{self, depthwise_conv2d, ForwardBiasAct};
+use super::geometry::ConvGeometry;
 use super::pointwise::{self, PointwiseBiasAct};
-use super::{Activation, ConvGeometry};
 
 /// The depthwise case (one filter per channel, square kernel), if `weight` has it.
 fn is_depthwise(weight: &Tensor, groups: usize) -> Result<bool> {

@@ -16,11 +16,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
+use super::activation::Activation;
 use super::batch_norm_train::{self, BatchStats};
 use super::dense_conv::{self, DenseConv};
 use super::depthwise;
+use super::geometry::ConvGeometry;
 use super::pointwise::{self, Pointwise};
-use super::{Activation, ConvGeometry};
 
 /// The convolutions this node covers: those with a CPU op of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

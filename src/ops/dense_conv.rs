@@ -13,11 +13,11 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use candle_core::{WithDType, D};
 use rayon::prelude::*;
 
+use super::activation::Activation;
 use super::blocked_gemm::{self, Rhs};
 use super::custom_op::Input;
 use super::geometry::{ConvDims, ConvGeometry};
 use super::parallel::{cpu_slice, par_chunks_zeroed};
-use super::Activation;
 
 /// The im2col and block sizes of a dense conv call.
 trait Im2colDims {

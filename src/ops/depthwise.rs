@@ -12,6 +12,7 @@
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::activation::Activation;
 use super::custom_op::Input;
 use super::geometry::{ConvDims, ConvGeometry};
 use super::parallel::{cpu_slice, par_chunks_zeroed};
@@ -292,7 +293,7 @@ fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
 /// The forward with `act(row + bias[channel])` applied to each output row as it
 /// completes: the inference path's depthwise layer (norm folded) in one pass over memory
 /// instead of two. CPU and f32 only, no gradient.
-pub(crate) struct ForwardBiasAct(pub ConvGeometry, pub super::Activation);
+pub(crate) struct ForwardBiasAct(pub ConvGeometry, pub Activation);
 
 impl candle_core::CustomOp3 for ForwardBiasAct {
     fn name(&self) -> &'static str {

@@ -6,11 +6,11 @@
 //! output is cut into column blocks (pixels) by [`blocked_gemm::blocked_matmul`], and the bias
 //! and activation run on each block while it is still in cache.
 
+use super::activation::Activation;
 use super::blocked_gemm::{self, Planes};
 use super::custom_op::Input;
 use super::geometry::ConvGeometry;
 use super::parallel::cpu_slice;
-use super::Activation;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// `act(W x + b)` for `x` (N, C, H, W), `W` (O, C, 1, 1), `b` (O). CPU, f32, no gradient.

@@ -1,3 +1,13 @@
-//! Box geometry shared by anchors, matching, losses and inference.
+//! Data types that cross the crate's wings: boxes and their geometry, ground truth,
+//! detections, batches and losses.
 
+pub mod batch;
 pub mod boxes;
+pub mod detections;
+pub mod instances;
+pub mod loss_map;
+
+pub use batch::{Batch, Targets};
+pub use detections::InstanceDetections;
+pub use instances::Instances;
+pub use loss_map::LossMap;

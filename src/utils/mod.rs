@@ -2,5 +2,6 @@
 
 pub mod fs;
 pub mod logging;
+pub mod registry;
 pub mod threads;
 pub mod visualizer;

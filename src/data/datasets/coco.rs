@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::data::catalog::{DataError, DatasetRecord, ObjectAnnotation};
+use super::record::{DataError, DatasetRecord, ObjectAnnotation};
 
 #[derive(Deserialize)]
 struct CocoFile {
@@ -113,7 +113,7 @@ pub fn parse_coco_json(
             bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
             category_id,
             ignore: a.iscrowd != 0 || w <= 0.0 || h <= 0.0,
-            face: None,
+            attributes: Vec::new(),
         });
     }
     Ok((records, cats.into_values().collect()))

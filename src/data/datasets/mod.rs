@@ -1,5 +1,7 @@
 //! Dataset formats and the synthetic face generator.
 
 pub mod coco;
+pub mod record;
+pub mod root;
 pub mod synthetic;
 pub mod widerface;

@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
+use super::record::{Attributes, DataError, DatasetRecord, ObjectAnnotation};
 use crate::config::Config;
-use crate::data::catalog::{DataError, DatasetRecord, ObjectAnnotation};
 
 /// One face with its attributes as the file gives them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +35,18 @@ pub struct FaceAnnotation {
 }
 
 impl FaceAnnotation {
+    /// The WIDER attributes as a generic record carries them.
+    pub fn attributes(&self) -> Attributes {
+        vec![
+            ("blur", self.blur.into()),
+            ("expression", self.expression.into()),
+            ("illumination", self.illumination.into()),
+            ("invalid", self.invalid.into()),
+            ("occlusion", self.occlusion.into()),
+            ("pose", self.pose.into()),
+        ]
+    }
+
     /// Whether training and evaluation should use this face at all.
     pub fn is_valid(&self) -> bool {
         self.invalid == 0 && self.bbox[2] > 0.0 && self.bbox[3] > 0.0
@@ -212,7 +224,7 @@ pub fn to_dataset_records(
                         bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
                         category_id: 0,
                         ignore: filter.ignores(f),
-                        face: Some(*f),
+                        attributes: f.attributes(),
                     }
                 })
                 .collect(),

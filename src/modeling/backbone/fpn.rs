@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{build_backbone, register_builder, Backbone, BackboneBuilder};
+use super::backbone::{register_builder, Backbone, BackboneBuilder};
+use super::build::build_backbone;
 use crate::config::Config;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
-use crate::modeling::registry::Registry;
+use crate::modeling::helpers::optional_norm;
 use crate::ops::upsample_nearest_2x;
+use crate::utils::registry::Registry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopBlockKind {
@@ -250,13 +252,7 @@ impl Fpn {
         // The bottom-up backbone is the one MODEL.BACKBONE.BOTTOM_UP names.
         inner.model.backbone.name = cfg.model.backbone.bottom_up.clone();
         let bottom_up = build_backbone(&inner, vb.pp("bottom_up"))?;
-        let norm = match f.norm.as_str() {
-            "" => None,
-            n => Some(
-                NormKind::from_name(n)
-                    .map_err(|e| candle_core::Error::Msg(format!("MODEL.FPN.NORM: {e}")))?,
-            ),
-        };
+        let norm = optional_norm("MODEL.FPN.NORM", &f.norm)?;
         let top = TopBlockKind::from_name(&f.top_block).map_err(candle_core::Error::Msg)?;
         Self::new(
             bottom_up,

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{register_builder, Backbone, BackboneBuilder};
+use super::backbone::{register_builder, Backbone, BackboneBuilder};
 use crate::config::Config;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
-use crate::modeling::registry::Registry;
+use crate::utils::registry::Registry;
 
 /// torchvision's inverted residual settings: expansion t, channels c, repeats n, stride s.
 const SETTINGS: [(usize, usize, usize, usize); 7] = [

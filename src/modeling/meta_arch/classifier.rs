@@ -7,9 +7,10 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
-use super::{Batch, MetaArch, Outputs, Targets};
+use super::meta_arch::{MetaArch, Outputs};
 use crate::config::Config;
 use crate::modeling::backbone::{build_backbone, Backbone};
+use crate::structures::{Batch, Targets};
 
 pub struct Classifier {
     backbone: Box<dyn Backbone>,

@@ -9,12 +9,13 @@ use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::{Batch, MetaArch, Outputs, Targets};
+use super::meta_arch::{MetaArch, Outputs};
 use crate::config::Config;
-use crate::data::augmentation::Instances;
 use crate::modeling::backbone::{build_backbone, Backbone};
 use crate::modeling::proposal_generator::Rpn;
 use crate::modeling::roi_heads::StandardRoiHeads;
+use crate::structures::Instances;
+use crate::structures::{Batch, Targets};
 
 pub struct GeneralizedRcnn {
     backbone: Box<dyn Backbone>,

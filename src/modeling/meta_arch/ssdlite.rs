@@ -12,18 +12,19 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::{Batch, InstanceDetections, LossMap, MetaArch, Outputs, Targets};
+use super::meta_arch::{MetaArch, Outputs};
 use crate::config::Config;
-use crate::data::augmentation::Instances;
 use crate::layers::losses::sigmoid_focal_loss;
-use crate::layers::NormKind;
 use crate::modeling::anchor_generator::AnchorGenerator;
 use crate::modeling::backbone::{build_backbone, Backbone};
 pub use crate::modeling::box_regression::BoxLoss;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform};
 use crate::modeling::heads::SsdLiteHead;
+use crate::modeling::helpers::{optional_norm, reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
 use crate::structures::boxes::{clip, Box4};
+use crate::structures::Instances;
+use crate::structures::{Batch, InstanceDetections, LossMap, Targets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClsLoss {
@@ -89,16 +90,7 @@ impl SsdLite {
         let msg = |e: String| candle_core::Error::Msg(e);
         let backbone = build_backbone(cfg, vb.pp("backbone"))?;
         let shapes = backbone.output_shape();
-        let mut specs = Vec::new();
-        for f in &c.in_features {
-            match shapes.get(f) {
-                Some(s) => specs.push(*s),
-                None => candle_core::bail!(
-                    "MODEL.SSDLITE.IN_FEATURES: the backbone has no output `{f}` (it has {:?})",
-                    shapes.keys().collect::<Vec<_>>()
-                ),
-            }
-        }
+        let specs = select_features("MODEL.SSDLITE.IN_FEATURES", &c.in_features, &shapes)?;
         let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
         let anchors = AnchorGenerator::from_config(cfg, &strides).map_err(msg)?;
         let cls_loss = match c.cls_loss.as_str() {
@@ -115,10 +107,7 @@ impl SsdLite {
             ClsLoss::CrossEntropy => (c.num_classes + 1, 0.0),
             ClsLoss::Focal => (c.num_classes, -((1.0 - PRIOR_PROB) / PRIOR_PROB).ln()),
         };
-        let norm = match c.norm.as_str() {
-            "" => None,
-            n => Some(NormKind::from_name(n).map_err(|e| msg(format!("MODEL.SSDLITE.NORM: {e}")))?),
-        };
+        let norm = optional_norm("MODEL.SSDLITE.NORM", &c.norm)?;
         let head = SsdLiteHead::new(
             &specs,
             &anchors.num_cell_anchors(),
@@ -131,11 +120,10 @@ impl SsdLite {
         )?;
         let matcher = Matcher::new(&c.iou_thresholds, c.allow_low_quality_matches)
             .map_err(|e| msg(format!("MODEL.SSDLITE.IOU_THRESHOLDS: {e}")))?;
-        let w = &c.bbox_reg_weights;
-        if w.len() != 4 {
-            candle_core::bail!("MODEL.SSDLITE.BBOX_REG_WEIGHTS needs 4 values, got {w:?}");
-        }
-        let coder = Box2BoxTransform::new([w[0] as f32, w[1] as f32, w[2] as f32, w[3] as f32]);
+        let coder = Box2BoxTransform::new(reg_weights(
+            "MODEL.SSDLITE.BBOX_REG_WEIGHTS",
+            &c.bbox_reg_weights,
+        )?);
         let params = SsdLiteParams {
             num_classes: c.num_classes,
             cls_loss,

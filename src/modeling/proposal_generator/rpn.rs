@@ -13,16 +13,17 @@ use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 
 use crate::config::Config;
-use crate::data::augmentation::Instances;
 use crate::layers::losses::binary_cross_entropy_with_logits;
 use crate::layers::ShapeSpec;
 use crate::modeling::anchor_generator::AnchorGenerator;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform, BoxLoss};
 use crate::modeling::heads::RpnHead;
+use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
-use crate::modeling::meta_arch::LossMap;
 use crate::modeling::sampling::subsample_labels;
 use crate::structures::boxes::{batched_nms, clip, Box4};
+use crate::structures::Instances;
+use crate::structures::LossMap;
 
 /// One image's proposals, best objectness first.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -318,39 +319,10 @@ impl Rpn {
     }
 }
 
-/// The backbone outputs named by `key`, in order, with a clear error for a missing one.
-pub fn select_features(
-    key: &str,
-    names: &[String],
-    shapes: &BTreeMap<String, ShapeSpec>,
-) -> Result<Vec<ShapeSpec>> {
-    if names.is_empty() {
-        candle_core::bail!("{key} is empty");
-    }
-    names
-        .iter()
-        .map(|f| match shapes.get(f) {
-            Some(s) => Ok(*s),
-            None => candle_core::bail!(
-                "{key}: the backbone has no output `{f}` (it has {:?})",
-                shapes.keys().collect::<Vec<_>>()
-            ),
-        })
-        .collect()
-}
-
-/// Four box-coder weights from a config list.
-pub fn reg_weights(key: &str, w: &[f64]) -> Result<[f32; 4]> {
-    match w {
-        [a, b, c, d] => Ok([*a as f32, *b as f32, *c as f32, *d as f32]),
-        _ => candle_core::bail!("{key} needs 4 values, got {w:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modeling::params::ParamStore;
+    use crate::layers::params::ParamStore;
     use std::sync::Arc;
 
     fn rpn() -> Rpn {

@@ -8,8 +8,8 @@ use candle_nn::{Init, VarBuilder};
 
 use super::box_head::Fc;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform, BoxLoss};
-use crate::modeling::meta_arch::{InstanceDetections, LossMap};
 use crate::structures::boxes::{clip, Box4};
+use crate::structures::{InstanceDetections, LossMap};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FastRcnnParams {

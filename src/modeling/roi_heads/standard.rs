@@ -11,15 +11,15 @@ use rand::rngs::StdRng;
 use super::box_head::FastRcnnConvFcHead;
 use super::fast_rcnn::{FastRcnnOutputLayers, FastRcnnParams};
 use crate::config::Config;
-use crate::data::augmentation::Instances;
-use crate::layers::{NormKind, ShapeSpec};
+use crate::layers::ShapeSpec;
 use crate::modeling::box_regression::{Box2BoxTransform, BoxLoss};
+use crate::modeling::helpers::{optional_norm, reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
-use crate::modeling::meta_arch::{InstanceDetections, LossMap};
 use crate::modeling::poolers::RoiPooler;
-use crate::modeling::proposal_generator::rpn::{reg_weights, select_features};
 use crate::modeling::sampling::subsample_labels;
 use crate::structures::boxes::Box4;
+use crate::structures::Instances;
+use crate::structures::{InstanceDetections, LossMap};
 
 /// Proposals chosen for the losses, with their targets.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -100,12 +100,7 @@ impl StandardRoiHeads {
             4,
         )
         .map_err(|e| msg(format!("MODEL.ROI_HEADS.IN_FEATURES: {e}")))?;
-        let norm = match b.norm.as_str() {
-            "" => None,
-            n => Some(
-                NormKind::from_name(n).map_err(|e| msg(format!("MODEL.ROI_BOX_HEAD.NORM: {e}")))?,
-            ),
-        };
+        let norm = optional_norm("MODEL.ROI_BOX_HEAD.NORM", &b.norm)?;
         let box_head = FastRcnnConvFcHead::new(
             specs[0],
             b.pooler_resolution,
@@ -275,7 +270,7 @@ impl StandardRoiHeads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modeling::params::ParamStore;
+    use crate::layers::params::ParamStore;
     use candle_core::{DType, Device};
     use rand::SeedableRng;
     use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! occluders) and the camera effects applied last.
 
 use super::canvas::{mix, scale, Canvas, Rgb, Xorshift};
-use super::SyntheticSpec;
+use super::spec::SyntheticSpec;
 use crate::data::datasets::widerface::FaceAnnotation;
 
 const SKIN: [Rgb; 6] = [

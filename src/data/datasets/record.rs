@@ -1,0 +1,71 @@
+//! The common form every dataset loader returns, as Detectron2's dataset dicts.
+
+use std::path::PathBuf;
+
+/// Named per-object attributes of a particular dataset.
+pub type Attributes = Vec<(&'static str, i64)>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DataError(pub String);
+
+impl DataError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// One annotated object; boxes are absolute pixel XYXY in the original image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectAnnotation {
+    pub bbox: [f32; 4],
+    /// Contiguous class index in `0..thing_classes.len()`.
+    pub category_id: usize,
+    /// Kept for evaluation and statistics, but neither positive nor negative in training
+    /// (crowd regions, invalid or too-small faces).
+    pub ignore: bool,
+    /// The dataset's own per-object attributes by name (WIDER FACE: `blur`,
+    /// `expression`, `illumination`, `invalid`, `occlusion`, `pose`), for statistics and
+    /// evaluation; the generic code never interprets them.
+    pub attributes: Attributes,
+}
+
+/// One image and its annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetRecord {
+    pub file_name: PathBuf,
+    /// WIDER: `EVENT/STEM` (the submission layout's path); COCO: the numeric image id.
+    pub image_id: String,
+    /// 0 where the annotation file does not say (WIDER); the loader reads the image.
+    pub width: u32,
+    pub height: u32,
+    pub annotations: Vec<ObjectAnnotation>,
+}
+
+impl DatasetRecord {
+    pub fn num_trainable(&self) -> usize {
+        self.annotations.iter().filter(|a| !a.ignore).count()
+    }
+}
+
+/// How a dataset is evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvaluatorType {
+    /// The WIDER FACE protocol; `gt` is a folder of official `.mat` files or a `*_bbx_gt.txt`.
+    WiderFace { gt: PathBuf },
+    /// COCO-style box AP against the dataset's own records.
+    Coco,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetMetadata {
+    pub thing_classes: Vec<String>,
+    pub evaluator_type: EvaluatorType,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub records: Vec<DatasetRecord>,
+    pub metadata: DatasetMetadata,
+}
