@@ -42,8 +42,6 @@ fn loader_opts(workers: usize, train: bool) -> LoaderOptions {
         prefetch: 2,
         seed: 7,
         train,
-        size_divisibility: 32,
-        pad_value: [123.675, 116.28, 103.53],
         start: 0,
     }
 }
@@ -275,10 +273,13 @@ fn collect(loader: DataLoader, n: usize) -> Vec<BatchContent> {
         .map(|b| {
             let b = b.unwrap();
             (
-                b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                b.samples
+                b.inputs
                     .iter()
-                    .map(|s| s.instances.boxes.clone())
+                    .flat_map(|i| i.image.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    .collect(),
+                b.inputs
+                    .iter()
+                    .map(|i| i.instances.as_ref().unwrap().boxes.clone())
                     .collect(),
                 b.samples.iter().map(|s| s.image_id.clone()).collect(),
             )
@@ -287,7 +288,7 @@ fn collect(loader: DataLoader, n: usize) -> Vec<BatchContent> {
 }
 
 #[test]
-fn loader_is_deterministic_for_any_worker_count_and_pads_batches() {
+fn loader_is_deterministic_for_any_worker_count_and_leaves_padding_to_the_model() {
     let root = common::tmp_dir("loader");
     let cfg = tiny_cfg(&root);
     let d = get_dataset("synthetic_faces_train", &cfg).unwrap();
@@ -317,25 +318,24 @@ fn loader_is_deterministic_for_any_worker_count_and_pads_batches() {
     let mut seen = 0;
     for b in eval {
         let b = b.unwrap();
-        let (_, _, h, w) = b.images.dims4().unwrap();
-        assert_eq!((h % 32, w % 32), (0, 0));
-        let (ih, iw) = b.image_sizes[0];
-        assert!(h >= ih && w >= iw);
-        if h > ih {
-            // Padding holds the pixel mean (normalises to 0).
-            let v: f32 = b
-                .images
-                .get(0)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .get(h - 1)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
-            assert_eq!(v, 123.675);
+        // Unpadded pixels in 0..255 (the model normalises and pads), and detections
+        // asked for in the original image's pixels.
+        for (input, info) in b.inputs.iter().zip(&b.samples) {
+            let (c, h, w) = input.image.dims3().unwrap();
+            assert_eq!(c, 3);
+            let (ow, oh) = info.original_size;
+            assert_eq!(input.output_size, Some((oh as usize, ow as usize)));
+            // ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST), 0 keeping the size, and
+            // nothing else: no padding.
+            let (short, long) = (cfg.input.min_size_test, cfg.input.max_size_test);
+            if short == 0 {
+                assert_eq!((h, w), (oh as usize, ow as usize));
+            } else {
+                assert!(h.min(w) == short || h.max(w) == long, "{h}x{w}");
+            }
+            let max = input.image.max_all().unwrap().to_scalar::<f32>().unwrap();
+            let min = input.image.min_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!((0.0..=255.0).contains(&min) && max <= 255.0 && max > 1.0);
         }
         seen += b.samples.len();
     }

@@ -112,6 +112,86 @@ fn ssdlite_cfg() -> Config {
     cfg
 }
 
+/// Two images of different sizes (90x120 and 96x100), pixels in 0..255.
+fn two_images() -> Vec<Tensor> {
+    [(90, 120), (96, 100)]
+        .iter()
+        .map(|&(h, w)| Tensor::rand(0f32, 255.0, (3, h, w), &Device::Cpu).unwrap())
+        .collect()
+}
+
+/// The model normalises with its pixel mean and std, then pads each image bottom and
+/// right with zeros to a shared size divisible by the backbone's size divisibility.
+#[test]
+fn preprocess_normalises_then_pads_with_zeros_to_the_size_divisibility() {
+    let (model, _) = build_model(&ssdlite_cfg(), 0).unwrap();
+    let mean = [123.675f32, 116.28, 103.53];
+    let std = [58.395f32, 57.12, 57.375];
+    // Image 0 holds the pixel mean everywhere: it normalises to exactly 0.
+    let flat = Tensor::new(&mean, &Device::Cpu)
+        .unwrap()
+        .reshape((3, 1, 1))
+        .unwrap()
+        .broadcast_as((3, 40, 50))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let other = Tensor::rand(0f32, 255.0, (3, 70, 33), &Device::Cpu).unwrap();
+    let (x, sizes) = model.preprocess_image(&[flat, other.clone()]).unwrap();
+    assert_eq!(sizes, vec![(40, 50), (70, 33)]);
+    assert_eq!(x.dims(), [2, 3, 96, 64], "padded to multiples of 32");
+    let v: Vec<Vec<Vec<f32>>> = x.get(0).unwrap().to_vec3().unwrap();
+    assert!(v.iter().flatten().flatten().all(|&p| p == 0.0));
+    let v: Vec<Vec<Vec<f32>>> = x.get(1).unwrap().to_vec3().unwrap();
+    let o: Vec<Vec<Vec<f32>>> = other.to_vec3().unwrap();
+    for c in 0..3 {
+        for y in 0..96 {
+            for xx in 0..64 {
+                let want = if y < 70 && xx < 33 {
+                    (o[c][y][xx] - mean[c]) / std[c]
+                } else {
+                    0.0
+                };
+                assert_eq!(v[c][y][xx], want, "({c}, {y}, {xx})");
+            }
+        }
+    }
+    assert!(model.preprocess_image(&[]).is_err());
+    let grey = Tensor::zeros((1, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = model.preprocess_image(&[grey]).unwrap_err().to_string();
+    assert!(e.contains("1 channels"), "{e}");
+}
+
+/// Inference maps detections from the network's input pixels to each input's output
+/// size: the same image at a scale of 2 gives the same boxes times 2 (clipped).
+#[test]
+fn inference_reports_detections_in_each_inputs_output_pixels() {
+    use candletron::modeling::Prediction;
+    use candletron::structures::ModelInput;
+    let (model, _) = build_model(&ssdlite_cfg(), 0).unwrap();
+    let model = model.fused().unwrap();
+    let img = Tensor::rand(0f32, 255.0, (3, 64, 96), &Device::Cpu).unwrap();
+    let plain = model.inference(&[ModelInput::new(img.clone())]).unwrap();
+    let scaled = model
+        .inference(&[ModelInput::new(img).with_output_size(128, 192)])
+        .unwrap();
+    let (Prediction::Detections(a), Prediction::Detections(b)) = (&plain[0], &scaled[0]) else {
+        panic!("a detector returns detections");
+    };
+    assert!(!a.boxes.is_empty());
+    assert_eq!(a.scores, b.scores);
+    assert_eq!(a.classes, b.classes);
+    for (p, q) in a.boxes.iter().zip(&b.boxes) {
+        let want = [
+            (p[0] * 2.0).clamp(0.0, 192.0),
+            (p[1] * 2.0).clamp(0.0, 128.0),
+            (p[2] * 2.0).clamp(0.0, 192.0),
+            (p[3] * 2.0).clamp(0.0, 128.0),
+        ];
+        assert_eq!(*q, want);
+    }
+}
+
 #[test]
 fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
     // Faces are the one-class case; three classes check the multi-class paths.
@@ -126,11 +206,12 @@ fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
         cfg.model.ssdlite.cls_loss = cls.into();
         cfg.model.ssdlite.box_loss = boxl.into();
         let (model, _) = build_model(&cfg, 0).unwrap();
-        let images = Tensor::rand(0f32, 255.0, (2, 3, 96, 128), &Device::Cpu).unwrap();
+        let (images, image_sizes) = model.preprocess_image(&two_images()).unwrap();
+        assert_eq!(images.dims(), [2, 3, 96, 128]);
         let batch = Batch {
-            images: model.normalize(&images).unwrap(),
+            images,
             targets: None,
-            image_sizes: vec![(90, 120), (96, 100)],
+            image_sizes,
         };
         let out = model.arch.fused().unwrap().forward(&batch, false).unwrap();
         let dets = out.detections.unwrap();
@@ -271,11 +352,11 @@ fn faster_rcnn_names_losses_gradients_and_inference_limits() {
             [boxes, 32]
         );
 
-        let images = Tensor::rand(0f32, 255.0, (2, 3, 96, 128), &Device::Cpu).unwrap();
+        let (images, image_sizes) = model.preprocess_image(&two_images()).unwrap();
         let batch = Batch {
-            images: model.normalize(&images).unwrap(),
+            images,
             targets: Some(Targets::Instances(rcnn_targets(k))),
-            image_sizes: vec![(90, 120), (96, 100)],
+            image_sizes,
         };
         let out = model.arch.forward(&batch, true).unwrap();
         let keys: Vec<&String> = out.losses.keys().collect();

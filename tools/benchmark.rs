@@ -15,7 +15,7 @@ use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
 use candletron::structures::Instances;
-use candletron::structures::{Batch, Targets};
+use candletron::structures::ModelInput;
 
 /// One optimizer update from a gradient store.
 type OptimizerStep = dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>;
@@ -76,7 +76,12 @@ fn main() -> Result<()> {
     let warmup = args.warmup.unwrap_or(if train { 2 } else { 5 });
     let (model, _) = build_model(&cfg, 0)?;
     let device = model.device.clone();
+    // Network input for the backbone alone; whole-model tasks take pixels in 0..255 and
+    // go through the model's own preprocessing, as every tool does.
     let images = Tensor::randn(0f32, 1.0, (args.batch, 3, args.size, args.size), &device)?;
+    let pixels = (0..args.batch)
+        .map(|_| Tensor::rand(0f32, 255.0, (3, args.size, args.size), &device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
 
     let mut step: Box<dyn FnMut() -> Result<()>> = match args.task {
         Task::Backbone => {
@@ -91,22 +96,22 @@ fn main() -> Result<()> {
         }
         Task::Data => unreachable!("handled above"),
         Task::Inference => {
-            let arch = model.arch.fused()?;
-            let batch = Batch {
-                images,
-                targets: None,
-                image_sizes: Vec::new(),
-            };
+            let fused = model.fused()?;
+            let inputs: Vec<ModelInput> = pixels.into_iter().map(ModelInput::new).collect();
             Box::new(move || {
-                arch.forward(&batch, false)?;
+                fused.inference(&inputs)?;
                 Ok(())
             })
         }
         Task::Train => {
-            let targets = if cfg.model.meta_architecture == "Classifier" {
+            let inputs: Vec<ModelInput> = if cfg.model.meta_architecture == "Classifier" {
                 let classes = cfg.model.classifier.num_classes as u32;
                 let labels: Vec<u32> = (0..args.batch as u32).map(|i| i * 7 % classes).collect();
-                Targets::Labels(Tensor::new(labels.as_slice(), &device)?)
+                labels
+                    .iter()
+                    .zip(pixels)
+                    .map(|(&l, p)| ModelInput::new(p).with_label(l as usize))
+                    .collect::<Vec<_>>()
             } else {
                 // Detectors: a fixed spread of boxes from 1/16 to 1/2 of the image per image.
                 let s = args.size as f32;
@@ -122,12 +127,10 @@ fn main() -> Result<()> {
                     ignore: vec![false; boxes.len()],
                     boxes,
                 };
-                Targets::Instances(vec![inst; args.batch])
-            };
-            let batch = Batch {
-                images,
-                targets: Some(targets),
-                image_sizes: Vec::new(),
+                pixels
+                    .into_iter()
+                    .map(|p| ModelInput::new(p).with_instances(inst.clone()))
+                    .collect()
             };
             let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
             let mut opt: Box<OptimizerStep> = match cfg.solver.optimizer.as_str() {
@@ -147,18 +150,16 @@ fn main() -> Result<()> {
                     Box::new(move |g| Ok(o.step(g)?))
                 }
             };
-            let arch = model.arch;
             Box::new(move || {
-                let out = arch.forward(&batch, true)?;
-                let total =
-                    out.losses
-                        .values()
-                        .try_fold(None::<Tensor>, |acc, l| -> Result<_> {
-                            Ok(Some(match acc {
-                                None => l.clone(),
-                                Some(a) => (a + l)?,
-                            }))
-                        })?;
+                let losses = model.losses(&inputs)?;
+                let total = losses
+                    .values()
+                    .try_fold(None::<Tensor>, |acc, l| -> Result<_> {
+                        Ok(Some(match acc {
+                            None => l.clone(),
+                            Some(a) => (a + l)?,
+                        }))
+                    })?;
                 let Some(total) = total else {
                     bail!("the model returned no losses in training")
                 };
@@ -211,7 +212,7 @@ fn bench_data(mut cfg: Config, args: &Args, threads: usize) -> Result<()> {
     cfg.solver.ims_per_batch = args.batch;
     let iters = args.iters.unwrap_or(30).max(1);
     let warmup = args.warmup.unwrap_or(cfg.dataloader.prefetch);
-    let (mut loader, _) = build_detection_train_loader(&cfg, 32, 0, 0)?;
+    let (mut loader, _) = build_detection_train_loader(&cfg, 0, 0)?;
     for _ in 0..warmup {
         loader.next().transpose()?;
     }

@@ -10,8 +10,8 @@ use clap::Parser;
 use candletron::config::Config;
 use candletron::data::{imagenet_classes, transforms};
 use candletron::modeling::backbone::{Backbone, MobileNetV2};
-use candletron::modeling::build_model;
-use candletron::structures::Batch;
+use candletron::modeling::{build_model, Prediction};
+use candletron::structures::ModelInput;
 
 #[derive(Parser)]
 #[command(
@@ -21,7 +21,7 @@ struct Args {
     /// Config file (defaults in code otherwise).
     #[arg(long)]
     config_file: Option<PathBuf>,
-    /// Weights: .pth (zip or legacy) or .safetensors; overrides MODEL.WEIGHTS.
+    /// Weights: .pth (zip or legacy), .safetensors or an https:// URL; overrides MODEL.WEIGHTS.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Number of classes to print per image.
@@ -77,17 +77,12 @@ fn main() -> Result<()> {
         let crop =
             transforms::resize_short_center_crop(&img, cfg.input.resize_short, cfg.input.crop_size)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let x = transforms::image_to_tensor(&crop, &model.device)?.unsqueeze(0)?;
-        let x = model.normalize(&x)?;
-        let out = model.arch.forward(
-            &Batch {
-                images: x.clone(),
-                targets: None,
-                image_sizes: Vec::new(),
-            },
-            false,
-        )?;
-        let logits = out.logits.expect("classifier returns logits");
+        let x = transforms::image_to_tensor(&crop, &candle_core::Device::Cpu)?;
+        let input = ModelInput::new(x.clone());
+        let Some(Prediction::Logits(scores)) = model.inference(&[input])?.pop() else {
+            bail!("{} returned no class scores", cfg.model.meta_architecture);
+        };
+        let logits = Tensor::new(scores.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
         let probs: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?
             .squeeze(0)?
             .to_vec1()?;
@@ -104,6 +99,7 @@ fn main() -> Result<()> {
         }
         if i == 0 {
             if let Some(dump) = &args.dump {
+                let (x, _) = model.preprocess_image(&[x])?;
                 dump_features(&cfg, &model, &x, &logits, dump)?;
                 println!("wrote {}", dump.display());
             }

@@ -9,8 +9,8 @@ use image::RgbImage;
 use candletron::config::Config;
 use candletron::data::{imagenet_classes, transforms};
 use candletron::evaluation::predictions::parse_prediction_file;
-use candletron::modeling::build_model;
-use candletron::structures::Batch;
+use candletron::modeling::{build_model, Prediction};
+use candletron::structures::ModelInput;
 use candletron::utils::visualizer::{draw_detections, draw_label, BLACK, PALETTE, WHITE};
 
 #[derive(Parser)]
@@ -145,22 +145,13 @@ fn main() -> Result<()> {
                 cfg.input.crop_size,
             )
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            let x = model
-                .normalize(&transforms::image_to_tensor(&crop, &model.device)?.unsqueeze(0)?)?;
-            let out = model.arch.forward(
-                &Batch {
-                    images: x,
-                    targets: None,
-                    image_sizes: Vec::new(),
-                },
-                false,
-            )?;
-            let logits = out.logits.ok_or_else(|| {
-                anyhow!(
-                    "{} produced neither boxes nor class scores",
-                    cfg.model.meta_architecture
-                )
-            })?;
+            let x = transforms::image_to_tensor(&crop, &candle_core::Device::Cpu)?;
+            let Some(Prediction::Logits(scores)) = model.inference(&[ModelInput::new(x)])?.pop()
+            else {
+                bail!("{} produced no class scores", cfg.model.meta_architecture);
+            };
+            let logits = candle_core::Tensor::new(scores.as_slice(), &candle_core::Device::Cpu)?
+                .unsqueeze(0)?;
             let probs: Vec<f32> = candle_nn::ops::softmax(&logits, candle_core::D::Minus1)?
                 .squeeze(0)?
                 .to_vec1()?;

@@ -117,8 +117,7 @@ fn main() -> Result<()> {
     if start_iter < max_iter {
         install_interrupt_handler();
         let scheduler = LrScheduler::from_config(&cfg).map_err(|e| anyhow!(e))?;
-        let (loader, _) =
-            build_detection_train_loader(&cfg, model.arch.size_divisibility(), seed, start_iter)?;
+        let (loader, _) = build_detection_train_loader(&cfg, seed, start_iter)?;
         let metrics_file = out_dir.join("metrics.json");
         let eval_cfg = cfg.clone();
         let mut trainer = Trainer {

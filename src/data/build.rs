@@ -7,16 +7,11 @@ use super::loader::{DataLoader, LoaderOptions};
 use super::mapper::DatasetMapper;
 use crate::config::Config;
 
-fn pad_value(cfg: &Config) -> [f32; 3] {
-    [0, 1, 2].map(|k| cfg.model.pixel_mean.get(k).copied().unwrap_or(0.0) as f32)
-}
-
 /// The endless, shuffled, augmented stream over `DATASETS.TRAIN` in batches of
 /// `SOLVER.IMS_PER_BATCH`. Images without any trainable box are dropped first when
 /// `DATALOADER.FILTER_EMPTY_ANNOTATIONS` is set.
 pub fn build_detection_train_loader(
     cfg: &Config,
-    size_divisibility: usize,
     seed: u64,
     start_iter: usize,
 ) -> Result<(DataLoader, DatasetMetadata), DataError> {
@@ -39,8 +34,6 @@ pub fn build_detection_train_loader(
             prefetch: cfg.dataloader.prefetch,
             seed,
             train: true,
-            size_divisibility,
-            pad_value: pad_value(cfg),
             start: start_iter * cfg.solver.ims_per_batch,
         },
     )?;
@@ -51,7 +44,6 @@ pub fn build_detection_train_loader(
 pub fn build_detection_test_loader(
     cfg: &Config,
     name: &str,
-    size_divisibility: usize,
 ) -> Result<(DataLoader, Dataset), DataError> {
     let dataset = get_dataset(name, cfg)?;
     let mapper = DatasetMapper::from_config(cfg, false)?;
@@ -64,8 +56,6 @@ pub fn build_detection_test_loader(
             prefetch: cfg.dataloader.prefetch,
             seed: 0,
             train: false,
-            size_divisibility,
-            pad_value: pad_value(cfg),
             start: 0,
         },
     )?;

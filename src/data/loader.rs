@@ -13,14 +13,14 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::augmentation::Instances;
 use super::catalog::{DataError, DatasetRecord};
 use super::mapper::{DatasetMapper, Sample};
 use super::rng::{mix_seed, SampleRng};
+use crate::structures::ModelInput;
 
 /// Replacement attempts for a training sample whose image cannot be read.
 const MAX_REPLACEMENTS: usize = 16;
@@ -34,32 +34,25 @@ pub struct LoaderOptions {
     pub seed: u64,
     /// Training: an endless stream of reshuffled epochs. Evaluation: each record once, in order.
     pub train: bool,
-    /// Batches are padded to a multiple of this (the backbone's size divisibility).
-    pub size_divisibility: usize,
-    /// Padding value per channel (the pixel mean).
-    pub pad_value: [f32; 3],
     /// Training: samples of the stream already consumed (a resumed run starts at
     /// `iteration * batch_size` and sees exactly the batches it would have seen).
     pub start: usize,
 }
 
-/// Model input for one batch: images in 0..255 RGB, NCHW, padded bottom/right.
+/// One batch: the model's inputs and where each image came from.
 #[derive(Debug)]
 pub struct ImageBatch {
-    pub images: Tensor,
-    /// (height, width) of each image before padding.
-    pub image_sizes: Vec<(usize, usize)>,
+    pub inputs: Vec<ModelInput>,
     pub samples: Vec<SampleInfo>,
 }
 
-/// What stays of a sample once its pixels are in the batch tensor.
+/// Where a sample's image came from.
 #[derive(Debug, Clone)]
 pub struct SampleInfo {
     pub image_id: String,
     pub file_name: PathBuf,
+    /// (width, height) of the image as stored.
     pub original_size: (u32, u32),
-    pub scale: (f32, f32),
-    pub instances: Instances,
 }
 
 struct Job {
@@ -298,65 +291,35 @@ impl Shared {
                 samples.push(s);
             }
         }
-        collate(samples, self.opts.size_divisibility, self.opts.pad_value)
+        collate(samples, self.opts.train)
     }
 }
 
-/// Stacks samples into one padded NCHW tensor (height and width rounded up to
-/// `size_divisibility`), keeping each sample's size and boxes.
-pub fn collate(
-    samples: Vec<Sample>,
-    size_divisibility: usize,
-    pad_value: [f32; 3],
-) -> Result<ImageBatch, DataError> {
-    let div = size_divisibility.max(1);
-    let max_h = samples
-        .iter()
-        .map(|s| s.image.height() as usize)
-        .max()
-        .unwrap_or(div);
-    let max_w = samples
-        .iter()
-        .map(|s| s.image.width() as usize)
-        .max()
-        .unwrap_or(div);
-    let (hp, wp) = (max_h.div_ceil(div) * div, max_w.div_ceil(div) * div);
-    let n = samples.len();
-    let plane = hp * wp;
-    let mut data = vec![0f32; n * 3 * plane];
-    for (i, s) in samples.iter().enumerate() {
-        for c in 0..3 {
-            data[(i * 3 + c) * plane..(i * 3 + c + 1) * plane].fill(pad_value[c]);
+/// The batch as model inputs: each image as a (3, H, W) f32 tensor of 0..255 pixels on
+/// CPU, built here in the worker thread; normalising and padding are the model's.
+/// Evaluation inputs ask for detections in the original image's pixels.
+pub fn collate(samples: Vec<Sample>, train: bool) -> Result<ImageBatch, DataError> {
+    let mut inputs = Vec::with_capacity(samples.len());
+    let mut infos = Vec::with_capacity(samples.len());
+    for s in samples {
+        let (w, h) = (s.image.width() as usize, s.image.height() as usize);
+        let hwc = Tensor::from_vec(s.image.into_raw(), (h, w, 3), &Device::Cpu)
+            .and_then(|t| t.permute((2, 0, 1))?.to_dtype(DType::F32))
+            .map_err(|e| DataError::new(format!("cannot build the image tensor: {e}")))?;
+        let mut input = ModelInput::new(hwc).with_instances(s.instances);
+        if !train {
+            let (ow, oh) = s.original_size;
+            input = input.with_output_size(oh as usize, ow as usize);
         }
-        let w = s.image.width() as usize;
-        let (r, rest) = data[i * 3 * plane..(i + 1) * 3 * plane].split_at_mut(plane);
-        let (g, b) = rest.split_at_mut(plane);
-        for (y, row) in s.image.as_raw().chunks_exact(w * 3).enumerate() {
-            let o = y * wp;
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                r[o + x] = px[0] as f32;
-                g[o + x] = px[1] as f32;
-                b[o + x] = px[2] as f32;
-            }
-        }
+        inputs.push(input);
+        infos.push(SampleInfo {
+            image_id: s.image_id,
+            file_name: s.file_name,
+            original_size: s.original_size,
+        });
     }
-    let images = Tensor::from_vec(data, (n, 3, hp, wp), &Device::Cpu)
-        .map_err(|e| DataError::new(format!("cannot build the batch tensor: {e}")))?;
     Ok(ImageBatch {
-        images,
-        image_sizes: samples
-            .iter()
-            .map(|s| (s.image.height() as usize, s.image.width() as usize))
-            .collect(),
-        samples: samples
-            .into_iter()
-            .map(|s| SampleInfo {
-                image_id: s.image_id,
-                file_name: s.file_name,
-                original_size: s.original_size,
-                scale: s.scale,
-                instances: s.instances,
-            })
-            .collect(),
+        inputs,
+        samples: infos,
     })
 }

@@ -19,7 +19,6 @@ use super::checkpointer::{CheckpointMeta, Checkpointer};
 use crate::data::loader::DataLoader;
 use crate::modeling::Model;
 use crate::solver::{LrScheduler, Optimizer};
-use crate::structures::{Batch, Targets};
 
 /// One iteration's numbers.
 #[derive(Debug, Clone, Default)]
@@ -117,16 +116,9 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             let data = self.loader.next().context("the training loader ended")??;
             let data_time = t0.elapsed().as_secs_f64();
-            let batch = Batch {
-                images: self.model.normalize(&data.images)?,
-                targets: Some(Targets::Instances(
-                    data.samples.into_iter().map(|s| s.instances).collect(),
-                )),
-                image_sizes: data.image_sizes,
-            };
-            let out = self.model.arch.forward(&batch, true)?;
+            let loss_map = self.model.losses(&data.inputs)?;
             let mut losses = BTreeMap::new();
-            for (name, l) in &out.losses {
+            for (name, l) in &loss_map {
                 let v = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 if !v.is_finite() {
                     bail!(
@@ -139,7 +131,7 @@ impl<'a> Trainer<'a> {
                 }
                 losses.insert(name.clone(), v);
             }
-            let total = add_all(&out.losses)?;
+            let total = add_all(&loss_map)?;
             let grads = total.backward()?;
             let lr = self.scheduler.lr(iter);
             let grad_norm = self.optimizer.step(&grads, lr)?;

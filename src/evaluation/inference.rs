@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::coco::CocoGt;
 use super::evaluator::{
@@ -16,8 +16,7 @@ use super::widerface::GroundTruth;
 use crate::config::Config;
 use crate::data::build::build_detection_test_loader;
 use crate::data::catalog::{Dataset, EvaluatorType};
-use crate::modeling::Model;
-use crate::structures::Batch;
+use crate::modeling::{Model, Prediction};
 use crate::utils::visualizer::{draw_detections, PALETTE};
 
 fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEvaluator>> {
@@ -64,10 +63,10 @@ pub fn inference_on_datasets(
     model: &Model,
     out_dir: &Path,
 ) -> Result<BTreeMap<String, f64>> {
-    let arch = model.arch.fused()?;
+    let model = model.fused()?;
     let mut all = BTreeMap::new();
     for name in &cfg.datasets.test {
-        let (loader, dataset) = build_detection_test_loader(cfg, name, arch.size_divisibility())?;
+        let (loader, dataset) = build_detection_test_loader(cfg, name)?;
         let dir = out_dir.join(name);
         let vis_dir = dir.join("vis");
         std::fs::create_dir_all(&vis_dir)
@@ -88,18 +87,12 @@ pub fn inference_on_datasets(
                 if batch.samples.is_empty() {
                     continue;
                 }
-                let input = Batch {
-                    images: model.normalize(&batch.images)?,
-                    targets: None,
-                    image_sizes: batch.image_sizes.clone(),
-                };
-                let out = arch.forward(&input, false)?;
-                let dets = out.detections.ok_or_else(|| {
-                    anyhow!("{} returned no detections", cfg.model.meta_architecture)
-                })?;
+                let predictions = model.inference(&batch.inputs)?;
                 let mut outputs = Vec::new();
-                for (s, d) in batch.samples.iter().zip(dets) {
-                    let (sx, sy) = (s.scale.0 as f64, s.scale.1 as f64);
+                for (s, p) in batch.samples.iter().zip(predictions) {
+                    let Prediction::Detections(d) = p else {
+                        bail!("{} returned no detections", cfg.model.meta_architecture);
+                    };
                     let detections: Vec<Detection> = d
                         .boxes
                         .iter()
@@ -108,7 +101,7 @@ pub fn inference_on_datasets(
                         .map(|((b, &score), &class)| {
                             let [x1, y1, x2, y2] = b.map(|v| v as f64);
                             Detection {
-                                bbox: [x1 / sx, y1 / sy, (x2 - x1) / sx, (y2 - y1) / sy],
+                                bbox: [x1, y1, x2 - x1, y2 - y1],
                                 score: score as f64,
                                 class: class as u64,
                             }

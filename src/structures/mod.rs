@@ -6,8 +6,10 @@ pub mod boxes;
 pub mod detections;
 pub mod instances;
 pub mod loss_map;
+pub mod model_input;
 
 pub use batch::{Batch, Targets};
 pub use detections::InstanceDetections;
 pub use instances::Instances;
 pub use loss_map::LossMap;
+pub use model_input::ModelInput;
