@@ -1,8 +1,8 @@
 //! Dense (ungrouped) convolution on CPU: im2col + gemm over blocks of output pixels.
 //!
 //! Candle's CPU conv2d (0.11) takes every output value as a dot product over its kernel
-//! window. MobileNetV2's stem (3x3, stride 2, 3 -> 32 channels) went through it at ~10%
-//! of a training step for ~3% of the work, and the FPN's 3x3 output convs take the same
+//! window. MobileNetV2's stem (3x3, stride 2, 3 -> 32 channels) went through it at several
+//! times its share of a training step's work, and the FPN's 3x3 output convs take the same
 //! path. Here each block of output pixels gets its slice of the im2col matrix built in
 //! cache and multiplied by the weight in one gemm call (the blocked product the 1x1 conv
 //! uses). The backward builds the same slices for the weight gradient (accumulated per

@@ -1,9 +1,9 @@
 //! Depthwise convolution (one filter per channel) as a Candle custom op.
 //!
 //! Candle runs a grouped convolution as one convolution per group and concatenates the
-//! results, and its backward pads every group's gradient to the full tensor: for
-//! MobileNet's depthwise layers that made them ~78% of the forward time at 7% of the
-//! work. Here each (image, channel) plane is one task on rayon's pool, with the kernel
+//! results, and its backward pads every group's gradient to the full tensor: that made
+//! MobileNet's depthwise layers most of the forward time for a small share of the work.
+//! Here each (image, channel) plane is one task on rayon's pool, with the kernel
 //! taps as contiguous multiply-adds over output rows, in forward and in both backward
 //! passes. On CUDA (feature `cuda`, f32/f64) the same op runs NVRTC-compiled kernels
 //! (`depthwise_cuda.rs`). Other devices and dtypes use [`depthwise_conv2d_portable`],

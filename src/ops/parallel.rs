@@ -18,7 +18,7 @@ pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
 ///
 /// `vec![0; len]` costs a pass of its own: recycled heap memory is zeroed with a
 /// memset that streams the whole buffer through DRAM before the kernel writes it again
-/// (4% of a training step). Here each chunk is zeroed just before `f` gets it, while it
+/// (a measurable share of a training step). Here each chunk is zeroed just before `f` gets it, while it
 /// is in cache, so kernels that accumulate still see zeros and the buffer is written
 /// from memory's point of view once.
 pub(crate) fn par_chunks_zeroed<T, S>(

@@ -31,7 +31,7 @@ pub fn num_threads() -> usize {
 
 /// Every tensor op allocates its output, and glibc serves blocks above 128 KiB with
 /// `mmap` and unmaps them on free: each op then page-faults and zeroes fresh pages. A
-/// profile of a MobileNetV2 training step showed ~30% of the time there. glibc caps the
+/// profile of a MobileNetV2 training step showed a large share of the time there. glibc caps the
 /// mmap threshold at 32 MiB (a larger value is refused), and detection batches have
 /// bigger activations, so mmap is switched off instead (`M_MMAP_MAX = 0`) with a single
 /// arena (other threads' arenas would need mmap for big blocks) and heap

@@ -57,12 +57,12 @@ def main():
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sessions = {}
+    ort_models = {}
     tmp = tempfile.mkdtemp()
     for size in (224, 640):
         path = os.path.join(tmp, f"mnv2_{size}.onnx")
         torch.onnx.export(model, torch.randn(1, 3, size, size), path, dynamo=False, opset_version=17)
-        sessions[size] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        ort_models[size] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
     def torch_infer(size):
         x = torch.randn(1, 3, size, size)
@@ -71,7 +71,7 @@ def main():
 
     def ort_infer(size):
         x = torch.randn(1, 3, size, size).numpy()
-        s = sessions[size]
+        s = ort_models[size]
         name = s.get_inputs()[0].name
         return median_ms(lambda: s.run(None, {name: x}), 30 if size == 224 else 10, 5)
 
