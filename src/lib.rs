@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod error;
 pub mod evaluation;
 pub mod layers;
 pub mod modeling;
@@ -15,3 +16,5 @@ pub mod ops;
 pub mod solver;
 pub mod structures;
 pub mod utils;
+
+pub use error::{Error, Result};

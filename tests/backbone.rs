@@ -185,8 +185,13 @@ fn frozen_bn_equals_bn_in_eval_and_mish_runs() {
     let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
     let outputs = |norm: &str, act: &str| {
         let mut cfg = Config::default();
-        cfg.model.mobilenet.norm = norm.into();
-        cfg.model.mobilenet.activation = act.into();
+        cfg.merge_from_list(&[
+            "MODEL.MOBILENET.NORM",
+            norm,
+            "MODEL.MOBILENET.ACTIVATION",
+            act,
+        ])
+        .unwrap();
         let store = Arc::new(ParamStore::new(3));
         let backbone = build_backbone(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
         // Non-trivial running statistics, the same in both models.
@@ -208,12 +213,11 @@ fn frozen_bn_equals_bn_in_eval_and_mish_runs() {
     let v: Vec<f32> = mish["res5"].flatten_all().unwrap().to_vec1().unwrap();
     assert!(v.iter().all(|x| x.is_finite()));
 
+    // An unknown activation fails when the config is loaded, naming the key and value.
     let mut cfg = Config::default();
-    cfg.model.mobilenet.activation = "GELU".into();
-    let store = Arc::new(ParamStore::new(3));
-    let err = build_backbone(&cfg, store.var_builder(DType::F32, &Device::Cpu))
-        .err()
-        .unwrap()
+    let err = cfg
+        .merge_from_list(&["MODEL.MOBILENET.ACTIVATION", "GELU"])
+        .unwrap_err()
         .to_string();
     assert!(
         err.contains("MODEL.MOBILENET.ACTIVATION") && err.contains("GELU"),

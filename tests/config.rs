@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 
+use candletron::config::Choice;
 use candletron::config::Config;
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -29,9 +30,10 @@ fn base_chain_deep_merges_relative_to_the_file() {
     );
     let cfg = Config::from_file(&leaf).unwrap();
     assert_eq!(cfg.model.mobilenet.width_mult, 0.75);
-    assert_eq!(cfg.model.mobilenet.norm, "FrozenBN");
+    assert_eq!(cfg.model.mobilenet.norm.name(), "FrozenBN");
     assert_eq!(
-        cfg.model.mobilenet.activation, "ReLU6",
+        cfg.model.mobilenet.activation.name(),
+        "ReLU6",
         "untouched keys keep defaults"
     );
     assert_eq!(cfg.solver.base_lr, 0.1);
@@ -204,4 +206,62 @@ fn every_shipped_config_loads_and_builds_its_model() {
             panic!("{}: {e}", f.display());
         }
     }
+}
+
+#[test]
+fn enumerated_values_are_typed_at_load_with_the_closest_valid_value() {
+    use candletron::config::{OptimizerName, TopBlock};
+    use candletron::layers::NormKind;
+    let dir = common::tmp_dir("cfg-choice");
+    let f = write(&dir, "c.yaml", "MODEL:\n  MOBILENET:\n    NORM: bn\n");
+    let err = Config::from_file(&f).unwrap_err().to_string();
+    assert!(err.contains("c.yaml:3"), "{err}");
+    assert!(
+        err.contains("MODEL.MOBILENET.NORM") && err.contains("`bn`"),
+        "{err}"
+    );
+    assert!(err.contains("\"BN\", \"FrozenBN\""), "{err}");
+    assert!(err.contains("did you mean \"BN\"?"), "{err}");
+
+    let mut cfg = Config::default();
+    let err = cfg
+        .merge_from_list(&["SOLVER.OPTIMIZER", "adamw"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SOLVER.OPTIMIZER") && err.contains("did you mean \"AdamW\"?"),
+        "{err}"
+    );
+    let err = cfg
+        .merge_from_list(&["MODEL.FPN.TOP_BLOCK", "P7"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"none\", \"LastLevelMaxPool\", \"P6P7\""),
+        "{err}"
+    );
+    // BGR was accepted and ignored; images are RGB, the only value now.
+    assert!(cfg.merge_from_list(&["INPUT.FORMAT", "BGR"]).is_err());
+
+    // Aliases map to the value; an empty norm is no norm; the saved config reads back.
+    cfg.merge_from_list(&[
+        "SOLVER.OPTIMIZER",
+        "AdamW",
+        "MODEL.FPN.TOP_BLOCK",
+        "LastLevelP6P7",
+        "MODEL.SSDLITE.NORM",
+        "",
+        "MODEL.FPN.NORM",
+        "FrozenBN",
+    ])
+    .unwrap();
+    assert_eq!(cfg.solver.optimizer, OptimizerName::AdamW);
+    assert_eq!(cfg.model.fpn.top_block, TopBlock::P6P7);
+    assert_eq!(cfg.model.ssdlite.norm, None);
+    assert_eq!(cfg.model.fpn.norm, Some(NormKind::FrozenBN));
+    let saved = dir.join("saved.yaml");
+    cfg.save(&saved).unwrap();
+    let text = fs::read_to_string(&saved).unwrap();
+    assert!(text.contains("TOP_BLOCK: \"P6P7\""), "{text}");
+    assert_eq!(Config::from_file(&saved).unwrap(), cfg);
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candletron::config::Config;
 use candletron::layers::params::ParamStore;
+use candletron::layers::NormKind;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
 use candletron::structures::Instances;
@@ -19,7 +20,7 @@ fn fpn_cfg(top: &str, depthwise: bool) -> Config {
         .unwrap();
     cfg.model.mobilenet.width_mult = 0.35;
     cfg.model.fpn.out_channels = 24;
-    cfg.model.fpn.top_block = top.to_string();
+    cfg.merge_from_list(&["MODEL.FPN.TOP_BLOCK", top]).unwrap();
     cfg.model.fpn.depthwise = depthwise;
     cfg
 }
@@ -203,8 +204,13 @@ fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
     ] {
         let mut cfg = ssdlite_cfg();
         cfg.model.ssdlite.num_classes = k;
-        cfg.model.ssdlite.cls_loss = cls.into();
-        cfg.model.ssdlite.box_loss = boxl.into();
+        cfg.merge_from_list(&[
+            "MODEL.SSDLITE.CLS_LOSS",
+            cls,
+            "MODEL.SSDLITE.BOX_LOSS",
+            boxl,
+        ])
+        .unwrap();
         let (model, _) = build_model(&cfg, 0).unwrap();
         let (images, image_sizes) = model.preprocess_image(&two_images()).unwrap();
         assert_eq!(images.dims(), [2, 3, 96, 128]);
@@ -249,7 +255,7 @@ fn imagenet_weights_load_into_the_detector_backbone_by_suffix() {
     };
     let mut cfg = ssdlite_cfg();
     cfg.model.mobilenet.width_mult = 1.0;
-    cfg.model.mobilenet.norm = "FrozenBN".into();
+    cfg.model.mobilenet.norm = NormKind::FrozenBN;
     cfg.model.backbone.freeze_at = 2;
     cfg.model.weights = shared
         .join("pretrained/mobilenet_v2-b0353104.pth")
@@ -281,7 +287,7 @@ fn rcnn_cfg() -> Config {
     cfg.merge_from_file(std::path::Path::new("configs/Base-RCNN-MNV2-FPN.yaml"))
         .unwrap();
     cfg.model.mobilenet.width_mult = 0.35;
-    cfg.model.mobilenet.norm = "BN".into();
+    cfg.model.mobilenet.norm = NormKind::BN;
     cfg.model.backbone.freeze_at = 0;
     cfg.model.fpn.out_channels = 16;
     cfg.model.roi_box_head.fc_dim = 32;
@@ -319,8 +325,13 @@ fn faster_rcnn_names_losses_gradients_and_inference_limits() {
         let mut cfg = rcnn_cfg();
         cfg.model.roi_heads.num_classes = k;
         cfg.model.roi_box_head.cls_agnostic_bbox_reg = agnostic;
-        cfg.model.roi_box_head.bbox_reg_loss_type = boxl.into();
-        cfg.model.rpn.bbox_reg_loss_type = boxl.into();
+        cfg.merge_from_list(&[
+            "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+            boxl,
+            "MODEL.RPN.BBOX_REG_LOSS_TYPE",
+            boxl,
+        ])
+        .unwrap();
         let (model, _) = build_model(&cfg, 0).unwrap();
         // Detectron2's parameter names and the class-specific predictor's shapes.
         let shapes: std::collections::BTreeMap<String, Vec<usize>> = model
@@ -453,8 +464,11 @@ fn faster_rcnn_config_errors_name_the_key() {
     let e = build_model(&cfg, 0).err().unwrap().to_string();
     assert!(e.contains("same number of anchors"), "{e}");
     let mut cfg = rcnn_cfg();
-    cfg.model.roi_box_head.pooler_type = "ROIPool".into();
-    let e = build_model(&cfg, 0).err().unwrap().to_string();
+    // An unknown pooler fails when the config is loaded, naming the key.
+    let e = cfg
+        .merge_from_list(&["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("MODEL.ROI_BOX_HEAD.POOLER_TYPE"), "{e}");
     let mut cfg = rcnn_cfg();
     cfg.model.roi_heads.in_features = vec!["p2".into(), "p4".into()];

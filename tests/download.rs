@@ -102,13 +102,17 @@ fn url_weights_are_cached_checked_and_atomic() {
         "00000000"
     };
     let bad = format!("w-{wrong_hash}.safetensors");
-    let err = cached_path(&format!("http://127.0.0.1:{port}/models/{bad}")).unwrap_err();
+    let err = cached_path(&format!("http://127.0.0.1:{port}/models/{bad}"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("SHA-256") && err.contains(wrong_hash), "{err}");
     assert!(!checkpoints.join(&bad).exists());
 
     // A cut transfer leaves nothing behind, not even the temporary file.
     let (cut_port, _) = serve(body.clone(), true);
-    let err = cached_path(&format!("http://127.0.0.1:{cut_port}/x/cut.safetensors")).unwrap_err();
+    let err = cached_path(&format!("http://127.0.0.1:{cut_port}/x/cut.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot download"), "{err}");
     assert_eq!(files_in(&checkpoints), vec![good.clone()]);
 
@@ -116,7 +120,9 @@ fn url_weights_are_cached_checked_and_atomic() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    let err = cached_path(&format!("http://127.0.0.1:{closed_port}/m/off.pth")).unwrap_err();
+    let err = cached_path(&format!("http://127.0.0.1:{closed_port}/m/off.pth"))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("cannot download") && err.contains("Without network access"),
         "{err}"

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use candle_nn::{Optimizer, ParamsAdamW, SGD};
 use clap::{Parser, ValueEnum};
 
-use candletron::config::Config;
+use candletron::config::{Config, OptimizerName};
 use candletron::data::build::build_detection_train_loader;
 use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
@@ -133,8 +133,8 @@ fn main() -> Result<()> {
                     .collect()
             };
             let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
-            let mut opt: Box<OptimizerStep> = match cfg.solver.optimizer.as_str() {
-                "AdamW" => {
+            let mut opt: Box<OptimizerStep> = match cfg.solver.optimizer {
+                OptimizerName::AdamW => {
                     let mut o = candle_nn::AdamW::new(
                         vars,
                         ParamsAdamW {
@@ -145,7 +145,7 @@ fn main() -> Result<()> {
                     )?;
                     Box::new(move |g| Ok(o.step(g)?))
                 }
-                _ => {
+                OptimizerName::Sgd => {
                     let mut o = SGD::new(vars, cfg.solver.base_lr)?;
                     Box::new(move |g| Ok(o.step(g)?))
                 }

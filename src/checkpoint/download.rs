@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::CheckpointError;
+
 /// Whether `spec` names a remote checkpoint rather than a local path.
 pub fn is_url(spec: &str) -> bool {
     spec.starts_with("https://") || spec.starts_with("http://")
@@ -72,7 +74,14 @@ fn file_name(url: &str) -> Result<&str, String> {
 }
 
 /// The local copy of `url`: the cached file if there is one, else downloaded now.
-pub fn cached_path(url: &str) -> Result<PathBuf, String> {
+pub fn cached_path(url: &str) -> Result<PathBuf, CheckpointError> {
+    cached(url).map_err(|message| CheckpointError {
+        path: url.to_string(),
+        message,
+    })
+}
+
+fn cached(url: &str) -> Result<PathBuf, String> {
     let name = file_name(url)?;
     if let Some(hub) = torch_hub_dir() {
         let p = hub.join(name);

@@ -2,8 +2,8 @@
 //! a state dict into the model's parameters with a report of what did not fit.
 
 pub mod download;
-pub mod pickle;
-pub mod torch;
+mod pickle;
+mod torch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,11 +13,21 @@ use candle_core::Tensor;
 
 use crate::layers::params::ParamStore;
 
+/// What is wrong with a checkpoint; `path` is empty for one read from memory.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct CheckpointError {
     pub path: String,
     pub message: String,
+}
+
+impl From<String> for CheckpointError {
+    fn from(message: String) -> Self {
+        Self {
+            path: String::new(),
+            message,
+        }
+    }
 }
 
 fn err(path: &Path, message: impl Into<String>) -> CheckpointError {
@@ -31,10 +41,7 @@ fn err(path: &Path, message: impl Into<String>) -> CheckpointError {
 /// the [`download`] cache.
 pub fn resolve(spec: &str) -> Result<std::path::PathBuf, CheckpointError> {
     if download::is_url(spec) {
-        download::cached_path(spec).map_err(|message| CheckpointError {
-            path: spec.to_string(),
-            message,
-        })
+        download::cached_path(spec)
     } else {
         Ok(std::path::PathBuf::from(spec))
     }
@@ -44,10 +51,14 @@ pub fn resolve(spec: &str) -> Result<std::path::PathBuf, CheckpointError> {
 /// in the file's order.
 pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
     let data = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    read_checkpoint_bytes(&data).map_err(|m| err(path, m))
+    read_checkpoint_bytes(&data).map_err(|e| err(path, e.message))
 }
 
-pub fn read_checkpoint_bytes(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+pub fn read_checkpoint_bytes(data: &[u8]) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    read_bytes(data).map_err(CheckpointError::from)
+}
+
+fn read_bytes(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     if data.starts_with(b"PK\x03\x04") {
         torch::read_zip(data)
     } else if torch::is_legacy(data) {

@@ -3,7 +3,13 @@
 //! Pixel values are RGB in 0..255; the default mean/std are torchvision's ImageNet
 //! normalisation scaled by 255, so ImageNet-pretrained weights see the inputs they expect.
 
+use super::choices::{
+    Augmentation, BoxLossType, ClsLoss, InputFormat, LrSchedulerName, OptimizerName, PoolerType,
+    RandomFlip, TopBlock, WarmupMethod,
+};
 use crate::config_group;
+use crate::layers::NormKind;
+use crate::ops::Activation;
 
 fn s(v: &str) -> String {
     v.to_string()
@@ -63,7 +69,7 @@ config_group! {
         positive_fraction: f64 = 0.5,
         bbox_reg_weights: Vec<f64> = vec![1.0, 1.0, 1.0, 1.0],
         /// `smooth_l1` (0 beta is L1) or `giou`.
-        bbox_reg_loss_type: String = s("smooth_l1"),
+        bbox_reg_loss_type: BoxLossType = BoxLossType::SmoothL1,
         smooth_l1_beta: f64 = 0.0,
         loss_weight: f64 = 1.0,
         /// Proposals kept per level before NMS, and per image after it.
@@ -100,17 +106,17 @@ config_group! {
         num_conv: usize = 0,
         conv_dim: usize = 256,
         /// `""`, `BN` or `FrozenBN` after each conv.
-        norm: String = s(""),
+        norm: Option<NormKind> = None,
         num_fc: usize = 2,
         fc_dim: usize = 1024,
         pooler_resolution: usize = 7,
         /// Samples per bin side; 0 adapts to the box size.
         pooler_sampling_ratio: usize = 0,
         /// `ROIAlignV2` (half-pixel aligned) or `ROIAlign`.
-        pooler_type: String = s("ROIAlignV2"),
+        pooler_type: PoolerType = PoolerType::RoiAlignV2,
         bbox_reg_weights: Vec<f64> = vec![10.0, 10.0, 5.0, 5.0],
         /// `smooth_l1` (0 beta is L1) or `giou`.
-        bbox_reg_loss_type: String = s("smooth_l1"),
+        bbox_reg_loss_type: BoxLossType = BoxLossType::SmoothL1,
         smooth_l1_beta: f64 = 0.0,
         /// One box per proposal instead of one per class.
         cls_agnostic_bbox_reg: bool = false,
@@ -123,9 +129,9 @@ config_group! {
         in_features: Vec<String> = strings(&["res3", "res4", "res5"]),
         out_channels: usize = 64,
         /// `""` (convs with bias), `BN` or `FrozenBN`.
-        norm: String = s(""),
+        norm: Option<NormKind> = None,
         /// `none`, `LastLevelMaxPool` (p6 by subsampling) or `P6P7` (two stride-2 convs on res5).
-        top_block: String = s("none"),
+        top_block: TopBlock = TopBlock::None,
         /// Output convs as depthwise 3x3 + pointwise 1x1, for light models.
         depthwise: bool = false,
     }
@@ -152,20 +158,20 @@ config_group! {
         /// One head for all levels (needs equal channels) or one per level.
         share_heads: bool = true,
         /// `BN`, `FrozenBN` or `""` in the head's blocks.
-        norm: String = s("BN"),
+        norm: Option<NormKind> = Some(NormKind::BN),
         /// Anchors with IoU below the first threshold are background, at or above the
         /// last foreground, in between ignored.
         iou_thresholds: Vec<f64> = vec![0.35, 0.35],
         /// Each ground truth also gets its best anchors (Detectron2's low-quality matches).
         allow_low_quality_matches: bool = true,
         /// `ce` (softmax cross-entropy with hard negative mining) or `focal` (sigmoid).
-        cls_loss: String = s("ce"),
+        cls_loss: ClsLoss = ClsLoss::CrossEntropy,
         /// Negatives kept per positive by hard negative mining.
         neg_pos_ratio: f64 = 3.0,
         focal_alpha: f64 = 0.25,
         focal_gamma: f64 = 2.0,
         /// `smooth_l1` on encoded deltas or `giou` on decoded boxes.
-        box_loss: String = s("smooth_l1"),
+        box_loss: BoxLossType = BoxLossType::SmoothL1,
         smooth_l1_beta: f64 = 0.1,
         box_loss_weight: f64 = 2.0,
         bbox_reg_weights: Vec<f64> = vec![10.0, 10.0, 5.0, 5.0],
@@ -190,9 +196,9 @@ config_group! {
     pub struct MobileNetConfig {
         width_mult: f64 = 1.0,
         /// `BN` or `FrozenBN`.
-        norm: String = s("BN"),
-        /// `ReLU6` or `Mish`.
-        activation: String = s("ReLU6"),
+        norm: NormKind = NormKind::BN,
+        /// `ReLU6`, `ReLU`, `Mish` or `Identity`.
+        activation: Activation = Activation::ReLU6,
         out_features: Vec<String> = strings(&["res2", "res3", "res4", "res5"]),
     }
 }
@@ -206,21 +212,21 @@ config_group! {
 
 config_group! {
     pub struct InputConfig {
-        /// Channel order fed to the model; `RGB` or `BGR`.
-        format: String = s("RGB"),
+        /// Channel order fed to the model: images are decoded to `RGB`, the only value.
+        format: InputFormat = InputFormat::Rgb,
         min_size_train: Vec<usize> = vec![640],
         max_size_train: usize = 1333,
         min_size_test: usize = 640,
         max_size_test: usize = 1333,
         /// `horizontal` or `none`.
-        random_flip: String = s("horizontal"),
+        random_flip: RandomFlip = RandomFlip::Horizontal,
         /// Classification preprocessing: resize the short side, then center-crop.
         resize_short: usize = 256,
         crop_size: usize = 224,
         /// Training pipeline: `ssd` (RetinaFace/SSD-style random square crop, photometric
         /// distortion, flip, resize to `TRAIN_SIZE`) or `resize_shortest_edge`
         /// (Detectron2's ResizeShortestEdge + RandomFlip).
-        augmentation: String = s("resize_shortest_edge"),
+        augmentation: Augmentation = Augmentation::ResizeShortestEdge,
         /// Side of the square training image for the `ssd` pipeline.
         train_size: usize = 640,
         /// Crop side as a fraction of the image's short side, for the `ssd` pipeline.
@@ -281,9 +287,9 @@ config_group! {
 config_group! {
     pub struct SolverConfig {
         /// `SGD` or `AdamW`.
-        optimizer: String = s("SGD"),
+        optimizer: OptimizerName = OptimizerName::Sgd,
         /// `WarmupMultiStepLR` or `WarmupCosineLR`.
-        lr_scheduler_name: String = s("WarmupMultiStepLR"),
+        lr_scheduler_name: LrSchedulerName = LrSchedulerName::WarmupMultiStep,
         base_lr: f64 = 0.01,
         momentum: f64 = 0.9,
         nesterov: bool = false,
@@ -297,7 +303,7 @@ config_group! {
         warmup_iters: usize = 1000,
         warmup_factor: f64 = 0.001,
         /// `linear` or `constant`.
-        warmup_method: String = s("linear"),
+        warmup_method: WarmupMethod = WarmupMethod::Linear,
         checkpoint_period: usize = 5000,
         /// Iterations between `metrics.json` lines and console progress lines.
         log_period: usize = 20,

@@ -26,6 +26,14 @@ pub enum ConfigError {
         expected: String,
         found: String,
     },
+    #[error("{origin}: {key}: `{found}` is not one of {allowed}{}", suggestion.as_ref().map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default())]
+    Choice {
+        key: String,
+        origin: Origin,
+        found: String,
+        allowed: String,
+        suggestion: Option<String>,
+    },
     #[error("{from}: _BASE_ file {path} does not exist")]
     MissingBase { path: PathBuf, from: Origin },
     #[error("_BASE_ cycle: {}", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]
@@ -34,4 +42,10 @@ pub enum ConfigError {
     OddOverrides(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<String> for ConfigError {
+    fn from(msg: String) -> Self {
+        ConfigError::Invalid(msg)
+    }
 }

@@ -1,7 +1,11 @@
 //! Configuration: typed defaults in code, YAML files with `_BASE_` inheritance, and
 //! `KEY VALUE` command-line overrides, as Detectron2's `CfgNode` works.
 
+#[doc(hidden)]
+pub mod choice;
+mod choices;
 mod defaults;
+mod distance;
 #[doc(hidden)]
 pub mod entry;
 pub(crate) mod error;
@@ -11,26 +15,14 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
+pub use choice::Choice;
+pub use choices::*;
 pub use defaults::*;
+use distance::edit_distance;
 use entry::ConfigEntry;
 pub use error::ConfigError;
 pub use origin::Origin;
 use yaml::{Node, NodeKind};
-
-/// Levenshtein distance, for suggesting the closest valid key.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
 
 impl Config {
     /// Defaults, then `path` (with its `_BASE_` chain).

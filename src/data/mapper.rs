@@ -11,7 +11,7 @@ use super::augmentation::{
 };
 use super::catalog::{DataError, DatasetRecord};
 use super::rng::SampleRng;
-use crate::config::Config;
+use crate::config::{Augmentation, Config, RandomFlip};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pipeline {
@@ -56,23 +56,15 @@ pub struct DatasetMapper {
 impl DatasetMapper {
     pub fn from_config(cfg: &Config, is_train: bool) -> Result<Self, DataError> {
         let i = &cfg.input;
-        let flip = match i.random_flip.as_str() {
-            "horizontal" => true,
-            "none" => false,
-            other => {
-                return Err(DataError::new(format!(
-                    "INPUT.RANDOM_FLIP must be `horizontal` or `none`, got `{other}`"
-                )))
-            }
-        };
+        let flip = i.random_flip == RandomFlip::Horizontal;
         let pipeline = if !is_train {
             Pipeline::Test {
                 short: i.min_size_test,
                 max_size: i.max_size_test,
             }
         } else {
-            match i.augmentation.as_str() {
-                "ssd" => {
+            match i.augmentation {
+                Augmentation::Ssd => {
                     if i.crop_scales.is_empty()
                         || i.crop_scales.iter().any(|&s| !(s > 0.0 && s <= 1.0))
                     {
@@ -88,7 +80,7 @@ impl DatasetMapper {
                         flip,
                     }
                 }
-                "resize_shortest_edge" => {
+                Augmentation::ResizeShortestEdge => {
                     if i.min_size_train.is_empty() {
                         return Err(DataError::new("INPUT.MIN_SIZE_TRAIN must not be empty"));
                     }
@@ -97,11 +89,6 @@ impl DatasetMapper {
                         max_size: i.max_size_train,
                         flip,
                     }
-                }
-                other => {
-                    return Err(DataError::new(format!(
-                        "INPUT.AUGMENTATION must be `ssd` or `resize_shortest_edge`, got `{other}`"
-                    )))
                 }
             }
         };

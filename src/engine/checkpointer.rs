@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use crate::checkpoint::CheckpointError;
+use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
 use crate::modeling::Model;
@@ -60,15 +61,14 @@ impl Checkpointer {
         let map: std::collections::BTreeMap<&str, &Tensor> =
             tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let bytes = safetensors::serialize(map, Some(metadata))
-            .map_err(|e| anyhow!("cannot serialise the checkpoint: {e}"))?;
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+            .map_err(|e| Error::run(format!("cannot serialise the checkpoint: {e}")))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("cannot create", &self.dir, e))?;
         let file = format!("{name}.safetensors");
         let path = self.dir.join(&file);
-        write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomic(&path, &bytes).map_err(|e| Error::io("cannot write", &path, e))?;
         let pointer = self.dir.join("last_checkpoint");
         write_atomic(&pointer, file.as_bytes())
-            .with_context(|| format!("cannot write {}", pointer.display()))?;
+            .map_err(|e| Error::io("cannot write", &pointer, e))?;
         Ok(path)
     }
 
@@ -102,34 +102,34 @@ impl Checkpointer {
         model: &Model,
         optimizer: Option<&mut Optimizer>,
     ) -> Result<CheckpointMeta> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        let err = |message: String| CheckpointError {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| anyhow!("{} is not a safetensors checkpoint: {e}", path.display()))?;
+            .map_err(|e| err(format!("not a safetensors checkpoint: {e}")))?;
         let md = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| -> Result<u64> {
-            md.get(k)
+            Ok(md
+                .get(k)
                 .ok_or_else(|| {
-                    anyhow!(
-                        "{} has no `{k}` in its metadata: not a training checkpoint",
-                        path.display()
-                    )
+                    err(format!(
+                        "no `{k}` in its metadata: not a training checkpoint"
+                    ))
                 })?
                 .parse::<u64>()
-                .map_err(|e| anyhow!("{}: bad `{k}`: {e}", path.display()))
+                .map_err(|e| err(format!("bad `{k}`: {e}")))?)
         };
         let meta = CheckpointMeta {
             iteration: get("iteration")? as usize,
             seed: get("seed")?,
         };
-        let tensors = crate::checkpoint::read_checkpoint_bytes(&bytes)
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let tensors =
+            crate::checkpoint::read_checkpoint_bytes(&bytes).map_err(|e| err(e.message))?;
         let report = crate::checkpoint::load_state_dict(&model.params, &tensors)?;
         if !report.missing.is_empty() || !report.mismatched.is_empty() {
-            anyhow::bail!(
-                "checkpoint {} does not fit this model:\n{report}",
-                path.display()
-            );
+            return Err(err(format!("does not fit this model:\n{report}")).into());
         }
         if let Some(o) = optimizer {
             let map: HashMap<String, Tensor> = tensors

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
+use crate::run_bail as bail;
 use candle_core::Tensor;
 
 use super::checkpointer::{CheckpointMeta, Checkpointer};
@@ -114,7 +115,10 @@ impl<'a> Trainer<'a> {
         let mut last = StepMetrics::default();
         for iter in start_iter..max_iter {
             let t0 = Instant::now();
-            let data = self.loader.next().context("the training loader ended")??;
+            let data = self
+                .loader
+                .next()
+                .ok_or_else(|| Error::run("the training loader ended"))??;
             let data_time = t0.elapsed().as_secs_f64();
             let loss_map = self.model.losses(&data.inputs)?;
             let mut losses = BTreeMap::new();
@@ -249,8 +253,8 @@ fn append_line(path: &PathBuf, line: &str) -> Result<()> {
         .create(true)
         .append(true)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{line}").with_context(|| format!("cannot write {}", path.display()))
+        .map_err(|e| Error::io("cannot open", path, e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io("cannot write", path, e))
 }
 
 /// JSON lines in `metrics.json` every `period` iterations, and a console line with a

@@ -2,6 +2,7 @@
 //! `DatasetEvaluator`: `reset`, then `process` batches of outputs, then `evaluate` to
 //! named metrics.
 
+use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -32,7 +33,7 @@ pub trait DatasetEvaluator {
     fn reset(&mut self);
     fn process(&mut self, outputs: &[ImageDetections]);
     /// Named metrics, e.g. `easy/medium/hard` or `AP/AP50/...`.
-    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>, String>;
+    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>>;
 }
 
 fn split_file_name(file_name: &str) -> (String, String) {
@@ -89,14 +90,13 @@ impl DatasetEvaluator for WiderFaceEvaluator {
         }
     }
 
-    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>, String> {
+    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
         let result = evaluate(&self.gt, &self.predictions);
         if let Some(dir) = &self.output_dir {
             let pred_dir = dir.join("predictions");
             for ((event, name), dets) in &self.predictions {
-                write_prediction_file(&pred_dir, event, name, dets).map_err(|e| {
-                    format!("cannot write predictions under {}: {e}", pred_dir.display())
-                })?;
+                write_prediction_file(&pred_dir, event, name, dets)
+                    .map_err(|e| Error::io("cannot write predictions", &pred_dir, e))?;
             }
             let series: Vec<Series> = SETTINGS
                 .iter()
@@ -110,7 +110,7 @@ impl DatasetEvaluator for WiderFaceEvaluator {
             let png = dir.join("pr_curves.png");
             plot_pr_curves(&series, "WIDER FACE precision-recall")
                 .save(&png)
-                .map_err(|e| format!("cannot write {}: {e}", png.display()))?;
+                .map_err(|e| Error::run(format!("cannot write {}: {e}", png.display())))?;
         }
         let metrics = SETTINGS
             .iter()
@@ -153,7 +153,7 @@ impl DatasetEvaluator for CocoEvaluator {
         }
     }
 
-    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>, String> {
+    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
         Ok(evaluate_coco(&self.gt, &self.dets).to_map())
     }
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Error, Result};
+use crate::run_bail as bail;
 
 use super::coco::CocoGt;
 use super::evaluator::{
@@ -26,18 +27,17 @@ fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEva
                 GroundTruth::from_mat_dir(gt)
             } else {
                 GroundTruth::from_bbx_txt(gt)
-            }
-            .map_err(|e| anyhow!(e))?;
+            }?;
             Box::new(WiderFaceEvaluator::new(gt, Some(out_dir.to_path_buf())))
         }
         EvaluatorType::Coco => {
             let mut gts = Vec::new();
             for r in &dataset.records {
                 let image_id: u64 = r.image_id.parse().map_err(|_| {
-                    anyhow!(
+                    Error::run(format!(
                         "COCO evaluation needs numeric image ids, got `{}`",
                         r.image_id
-                    )
+                    ))
                 })?;
                 for a in &r.annotations {
                     let [x1, y1, x2, y2] = a.bbox.map(|v| v as f64);
@@ -69,8 +69,7 @@ pub fn inference_on_datasets(
         let (loader, dataset) = build_detection_test_loader(cfg, name)?;
         let dir = out_dir.join(name);
         let vis_dir = dir.join("vis");
-        std::fs::create_dir_all(&vis_dir)
-            .with_context(|| format!("cannot create {}", vis_dir.display()))?;
+        std::fs::create_dir_all(&vis_dir).map_err(|e| Error::io("cannot create", &vis_dir, e))?;
         let mut evaluator = evaluator_for(&dataset, &dir)?;
         evaluator.reset();
         let start = Instant::now();
@@ -116,8 +115,9 @@ pub fn inference_on_datasets(
                                 .collect();
                             draw_detections(&mut img, &boxes, cfg.test.vis_threshold, PALETTE[2]);
                             let p = vis_dir.join(format!("{}.png", s.image_id.replace('/', "_")));
-                            img.save(&p)
-                                .map_err(|e| anyhow!("cannot write {}: {e}", p.display()))?;
+                            img.save(&p).map_err(|e| {
+                                Error::run(format!("cannot write {}: {e}", p.display()))
+                            })?;
                             drawn += 1;
                         }
                     }
@@ -144,7 +144,7 @@ pub fn inference_on_datasets(
             "{name}: inference on {images} images in {secs:.1} s ({:.1} ms/image)",
             1000.0 * secs / images.max(1) as f64
         );
-        let metrics = evaluator.evaluate().map_err(|e| anyhow!(e))?;
+        let metrics = evaluator.evaluate()?;
         let prefix = if cfg.datasets.test.len() > 1 {
             format!("{name}/")
         } else {

@@ -5,6 +5,8 @@
 
 use std::io::Read;
 
+use crate::data::datasets::record::DataError;
+
 const MI_INT8: u32 = 1;
 const MI_UINT8: u32 = 2;
 const MI_INT16: u32 = 3;
@@ -55,32 +57,31 @@ impl MatValue {
         }
     }
 
-    pub fn as_cell(&self) -> Result<&[MatValue], String> {
+    pub fn as_cell(&self) -> Result<&[MatValue], DataError> {
         match self {
             Self::Cell { items, .. } => Ok(items),
-            other => Err(format!("expected a cell array, found {}", other.kind())),
+            other => Err(format!("expected a cell array, found {}", other.kind()).into()),
         }
     }
 
-    pub fn as_text(&self) -> Result<&str, String> {
+    pub fn as_text(&self) -> Result<&str, DataError> {
         match self {
             Self::Char { text, .. } => Ok(text),
-            other => Err(format!("expected a char array, found {}", other.kind())),
+            other => Err(format!("expected a char array, found {}", other.kind()).into()),
         }
     }
 
     /// A numeric matrix as rows (MATLAB stores columns first).
-    pub fn rows(&self) -> Result<Vec<Vec<f64>>, String> {
+    pub fn rows(&self) -> Result<Vec<Vec<f64>>, DataError> {
         let Self::Numeric { dims, data } = self else {
-            return Err(format!("expected a numeric array, found {}", self.kind()));
+            return Err(format!("expected a numeric array, found {}", self.kind()).into());
         };
         let r = dims.first().copied().unwrap_or(0);
         let c: usize = dims.iter().skip(1).product();
         if data.len() != r * c {
-            return Err(format!(
-                "numeric array of dims {dims:?} holds {} values",
-                data.len()
-            ));
+            return Err(
+                format!("numeric array of dims {dims:?} holds {} values", data.len()).into(),
+            );
         }
         Ok((0..r)
             .map(|i| (0..c).map(|j| data[j * r + i]).collect())
@@ -88,10 +89,10 @@ impl MatValue {
     }
 
     /// All values of a numeric array, column-major.
-    pub fn values(&self) -> Result<&[f64], String> {
+    pub fn values(&self) -> Result<&[f64], DataError> {
         match self {
             Self::Numeric { data, .. } => Ok(data),
-            other => Err(format!("expected a numeric array, found {}", other.kind())),
+            other => Err(format!("expected a numeric array, found {}", other.kind()).into()),
         }
     }
 
@@ -111,7 +112,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DataError> {
         let end = self
             .pos
             .checked_add(n)
@@ -128,7 +129,7 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, DataError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
 
@@ -137,15 +138,14 @@ impl<'a> Cursor<'a> {
     }
 
     /// One data element: (type, payload). Handles the small-element form and padding.
-    fn element(&mut self) -> Result<(u32, &'a [u8]), String> {
+    fn element(&mut self) -> Result<(u32, &'a [u8]), DataError> {
         let first = self.u32()?;
         if first >> 16 != 0 {
             let (ty, n) = (first & 0xffff, (first >> 16) as usize);
             if n > 4 {
-                return Err(format!(
-                    "small data element of {n} bytes at offset {}",
-                    self.pos - 4
-                ));
+                return Err(
+                    format!("small data element of {n} bytes at offset {}", self.pos - 4).into(),
+                );
             }
             let payload = self.take(4)?;
             return Ok((ty, &payload[..n]));
@@ -162,7 +162,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn numbers(ty: u32, b: &[u8]) -> Result<Vec<f64>, String> {
+fn numbers(ty: u32, b: &[u8]) -> Result<Vec<f64>, DataError> {
     macro_rules! conv {
         ($t:ty, $n:expr) => {
             b.chunks_exact($n)
@@ -181,12 +181,12 @@ fn numbers(ty: u32, b: &[u8]) -> Result<Vec<f64>, String> {
         MI_DOUBLE => conv!(f64, 8),
         MI_INT64 => conv!(i64, 8),
         MI_UINT64 => conv!(u64, 8),
-        other => return Err(format!("unsupported numeric data type {other}")),
+        other => return Err(format!("unsupported numeric data type {other}").into()),
     })
 }
 
 /// Parses a miMATRIX payload; returns the variable name and its value.
-fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
+fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), DataError> {
     if depth > 32 {
         return Err("arrays nested too deeply".into());
     }
@@ -226,7 +226,7 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
             for _ in 0..count {
                 let (ty, p) = c.element()?;
                 if ty != MI_MATRIX {
-                    return Err(format!("cell element of type {ty}, expected a matrix"));
+                    return Err(format!("cell element of type {ty}, expected a matrix").into());
                 }
                 items.push(matrix(p, depth + 1)?.1);
             }
@@ -255,7 +255,7 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
                 for f in fields.iter_mut() {
                     let (ty, p) = c.element()?;
                     if ty != MI_MATRIX {
-                        return Err(format!("struct field of type {ty}, expected a matrix"));
+                        return Err(format!("struct field of type {ty}, expected a matrix").into());
                     }
                     f.1.push(matrix(p, depth + 1)?.1);
                 }
@@ -291,27 +291,28 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), String> {
                 return Err(format!(
                     "numeric array `{name}` of dims {dims:?} holds {} values",
                     data.len()
-                ));
+                )
+                .into());
             }
             MatValue::Numeric { dims, data }
         }
-        other => return Err(format!("unsupported MATLAB class {other}")),
+        other => return Err(format!("unsupported MATLAB class {other}").into()),
     };
     Ok((name, value))
 }
 
 /// Reads every top-level variable of a MAT-file.
-pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, String> {
+pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, DataError> {
     if bytes.len() < 128 {
         return Err("file too short for a MAT-file header".into());
     }
     if &bytes[126..128] != b"IM" {
         return Err(if &bytes[126..128] == b"MI" {
-            "big-endian MAT-files are not supported".into()
+            "big-endian MAT-files are not supported"
         } else {
             "not a MATLAB 5 MAT-file (bad endian indicator); v7.3 (HDF5) files are not supported"
-                .into()
-        });
+        }
+        .into());
     }
     let mut c = Cursor {
         data: bytes,
@@ -345,7 +346,7 @@ pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, String> {
 }
 
 /// Reads a MAT-file from disk; errors name the path.
-pub fn read_mat_file(path: &std::path::Path) -> Result<Vec<(String, MatValue)>, String> {
+pub fn read_mat_file(path: &std::path::Path) -> Result<Vec<(String, MatValue)>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    read_mat(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    read_mat(&bytes).map_err(|e| format!("{}: {e}", path.display()).into())
 }

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::data::datasets::record::DataError;
+
 use super::widerface::GroundTruth;
 
 /// Parses one prediction file; errors name the file and line.
-pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, String> {
+pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, DataError> {
     let at = |line: usize, msg: String| format!("{}:{line}: {msg}", path.display());
     let mut lines = text
         .lines()
@@ -33,7 +35,8 @@ pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, S
             return Err(at(
                 ln + 1,
                 format!("expected `x y w h score`, found `{}`", line.trim()),
-            ));
+            )
+            .into());
         }
         let mut d = [0f64; 5];
         for (slot, v) in d.iter_mut().zip(&vals) {
@@ -49,7 +52,8 @@ pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, S
         return Err(at(
             2,
             format!("the file says {count} detections but has {}", dets.len()),
-        ));
+        )
+        .into());
     }
     Ok(dets)
 }
@@ -60,12 +64,9 @@ pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, S
 pub fn read_predictions(
     dir: &Path,
     gt: &GroundTruth,
-) -> Result<(HashMap<(String, String), Vec<[f64; 5]>>, Vec<String>), String> {
+) -> Result<(HashMap<(String, String), Vec<[f64; 5]>>, Vec<String>), DataError> {
     if !dir.is_dir() {
-        return Err(format!(
-            "prediction folder {} does not exist",
-            dir.display()
-        ));
+        return Err(format!("prediction folder {} does not exist", dir.display()).into());
     }
     let mut out = HashMap::with_capacity(gt.images.len());
     let mut missing = Vec::new();
@@ -81,7 +82,7 @@ pub fn read_predictions(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 missing.push(format!("{}/{}", img.event, img.name))
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(format!("{}: {e}", path.display()).into()),
         }
     }
     Ok((out, missing))

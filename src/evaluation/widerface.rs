@@ -16,6 +16,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::data::datasets::record::DataError;
+
 use super::matfile::{read_mat_file, MatValue};
 use crate::data::datasets::widerface::{FaceAnnotation, WiderRecord};
 
@@ -54,26 +56,26 @@ pub struct GroundTruth {
     pub images: Vec<GtImage>,
 }
 
-fn cell_at<'a>(v: &'a MatValue, i: usize, what: &str) -> Result<&'a MatValue, String> {
+fn cell_at<'a>(v: &'a MatValue, i: usize, what: &str) -> Result<&'a MatValue, DataError> {
     v.as_cell()?
         .get(i)
-        .ok_or_else(|| format!("{what}: no entry {i}"))
+        .ok_or_else(|| DataError::from(format!("{what}: no entry {i}")))
 }
 
 fn var<'a>(
     vars: &'a [(String, MatValue)],
     name: &str,
     file: &Path,
-) -> Result<&'a MatValue, String> {
+) -> Result<&'a MatValue, DataError> {
     vars.iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v)
-        .ok_or_else(|| format!("{}: no variable `{name}`", file.display()))
+        .ok_or_else(|| DataError::from(format!("{}: no variable `{name}`", file.display())))
 }
 
 impl GroundTruth {
     /// Reads `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat` from `dir`.
-    pub fn from_mat_dir(dir: &Path) -> Result<Self, String> {
+    pub fn from_mat_dir(dir: &Path) -> Result<Self, DataError> {
         let main = dir.join("wider_face_val.mat");
         let vars = read_mat_file(&main)?;
         let events = var(&vars, "event_list", &main)?.as_cell()?;
@@ -86,7 +88,7 @@ impl GroundTruth {
             let gt_list = var(&v, "gt_list", &path)?.clone();
             keeps.push((path, gt_list));
         }
-        let ctx = |e: String| format!("{}: {e}", main.display());
+        let ctx = |e: DataError| format!("{}: {e}", main.display());
         let mut images = Vec::new();
         for (ei, event) in events.iter().enumerate() {
             let event = event.as_text().map_err(ctx)?.to_string();
@@ -108,13 +110,14 @@ impl GroundTruth {
                             "{event}/{}: face box with {} columns",
                             name.as_text().unwrap_or("?"),
                             r.len()
-                        )),
+                        )
+                        .into()),
                     })
                     .collect::<Result<_, _>>()
                     .map_err(ctx)?;
                 let mut keep: [Vec<usize>; 3] = Default::default();
                 for (s, (path, gt_list)) in keeps.iter().enumerate() {
-                    let e = |e: String| format!("{}: {e}", path.display());
+                    let e = |e: DataError| format!("{}: {e}", path.display());
                     let ids = cell_at(cell_at(gt_list, ei, "gt_list").map_err(e)?, ii, "gt_list")
                         .map_err(e)?;
                     keep[s] = ids
@@ -124,11 +127,11 @@ impl GroundTruth {
                         .map(|&v| {
                             let i = v as usize;
                             if i == 0 || i > boxes.len() {
-                                Err(format!(
+                                Err(DataError::new(format!(
                                     "{}: keep index {v} outside 1..={} for {event}",
                                     path.display(),
                                     boxes.len()
-                                ))
+                                )))
                             } else {
                                 Ok(i - 1)
                             }
@@ -148,7 +151,7 @@ impl GroundTruth {
 
     /// Ground truth from an annotation file in the `*_bbx_gt.txt` format (e.g. the
     /// synthetic set), with keep lists from [`keep_settings`].
-    pub fn from_bbx_txt(path: &Path) -> Result<Self, String> {
+    pub fn from_bbx_txt(path: &Path) -> Result<Self, DataError> {
         let records = crate::data::datasets::widerface::read_bbx_gt(path)?;
         Ok(Self::from_records(&records))
     }

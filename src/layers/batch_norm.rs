@@ -22,16 +22,6 @@ pub enum NormKind {
     FrozenBN,
 }
 
-impl NormKind {
-    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "BN" => Ok(Self::BN),
-            "FrozenBN" => Ok(Self::FrozenBN),
-            other => Err(format!("unknown norm `{other}`; expected BN or FrozenBN")),
-        }
-    }
-}
-
 fn per_channel(t: &Tensor) -> Result<Tensor> {
     t.reshape((1, (), 1, 1))
 }

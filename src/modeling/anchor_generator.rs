@@ -3,6 +3,7 @@
 //! output laid out as (N, H, W, A, ...).
 
 use crate::config::Config;
+use crate::config::ConfigError;
 use crate::structures::boxes::Box4;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -13,13 +14,18 @@ pub struct AnchorGenerator {
     offset: f32,
 }
 
-fn broadcast_levels(v: &[Vec<f64>], levels: usize, what: &str) -> Result<Vec<Vec<f64>>, String> {
+fn broadcast_levels(
+    v: &[Vec<f64>],
+    levels: usize,
+    what: &str,
+) -> Result<Vec<Vec<f64>>, ConfigError> {
     match v.len() {
         1 => Ok(vec![v[0].clone(); levels]),
         n if n == levels => Ok(v.to_vec()),
         n => Err(format!(
             "MODEL.ANCHOR_GENERATOR.{what} has {n} lists for {levels} feature levels"
-        )),
+        )
+        .into()),
     }
 }
 
@@ -29,7 +35,7 @@ impl AnchorGenerator {
         aspect_ratios: &[Vec<f64>],
         strides: &[usize],
         offset: f64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let sizes = broadcast_levels(sizes, strides.len(), "SIZES")?;
         let ratios = broadcast_levels(aspect_ratios, strides.len(), "ASPECT_RATIOS")?;
         let cell_anchors = sizes
@@ -60,7 +66,7 @@ impl AnchorGenerator {
         })
     }
 
-    pub fn from_config(cfg: &Config, strides: &[usize]) -> Result<Self, String> {
+    pub fn from_config(cfg: &Config, strides: &[usize]) -> Result<Self, ConfigError> {
         let a = &cfg.model.anchor_generator;
         Self::new(&a.sizes, &a.aspect_ratios, strides, a.offset)
     }

@@ -1,6 +1,7 @@
 //! Detectron2's `Box2BoxTransform`: boxes as deltas (dx, dy, dw, dh) from a reference
 //! box, scaled by weights (10, 10, 5, 5 by default, RetinaFace's variances 0.1/0.2).
 
+use crate::config::BoxLossType;
 use candle_core::{Device, Result, Tensor, D};
 
 use crate::layers::losses::{giou_loss, smooth_l1};
@@ -16,12 +17,11 @@ pub enum BoxLoss {
 }
 
 impl BoxLoss {
-    /// `key` names the config entry in errors.
-    pub fn from_config(key: &str, name: &str, smooth_l1_beta: f64) -> Result<Self> {
-        match name {
-            "smooth_l1" => Ok(Self::SmoothL1(smooth_l1_beta as f32)),
-            "giou" => Ok(Self::GIoU),
-            o => candle_core::bail!("{key}: unknown `{o}`; expected smooth_l1 or giou"),
+    /// The config's loss type; `smooth_l1_beta` is used by smooth-L1 only.
+    pub fn new(kind: BoxLossType, smooth_l1_beta: f64) -> Self {
+        match kind {
+            BoxLossType::SmoothL1 => Self::SmoothL1(smooth_l1_beta as f32),
+            BoxLossType::GIoU => Self::GIoU,
         }
     }
 }

@@ -1,12 +1,12 @@
-//! Config-reading helpers that the heads, FPN and detectors share: which backbone
-//! outputs a head reads, an optional norm, box-coder weights. Each names the config key
+//! Config-reading helpers that the heads and detectors share: which backbone outputs a
+//! head reads, box-coder weights. Each names the config key
 //! at fault in its error.
 
 use std::collections::BTreeMap;
 
 use candle_core::Result;
 
-use crate::layers::{NormKind, ShapeSpec};
+use crate::layers::ShapeSpec;
 
 /// The backbone outputs named by `key`, in order, with a clear error for a missing one.
 pub fn select_features(
@@ -34,15 +34,5 @@ pub fn reg_weights(key: &str, w: &[f64]) -> Result<[f32; 4]> {
     match w {
         [a, b, c, d] => Ok([*a as f32, *b as f32, *c as f32, *d as f32]),
         _ => candle_core::bail!("{key} needs 4 values, got {w:?}"),
-    }
-}
-
-/// A norm named in the config, `""` meaning none.
-pub fn optional_norm(key: &str, name: &str) -> Result<Option<NormKind>> {
-    match name {
-        "" => Ok(None),
-        n => NormKind::from_name(n)
-            .map(Some)
-            .map_err(|e| candle_core::Error::Msg(format!("{key}: {e}"))),
     }
 }

@@ -2,6 +2,7 @@
 //! IoU and a label from IoU thresholds; low-quality matches give every ground truth its
 //! best anchors even below the foreground threshold.
 
+use crate::config::ConfigError;
 use crate::structures::boxes::{pairwise_iou, Box4};
 
 /// Label of an anchor after matching.
@@ -17,11 +18,12 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn new(thresholds: &[f64], allow_low_quality_matches: bool) -> Result<Self, String> {
+    pub fn new(thresholds: &[f64], allow_low_quality_matches: bool) -> Result<Self, ConfigError> {
         if thresholds.is_empty() || thresholds.windows(2).any(|w| w[0] > w[1]) {
             return Err(format!(
                 "IoU thresholds must be a non-empty increasing list, got {thresholds:?}"
-            ));
+            )
+            .into());
         }
         Ok(Self {
             thresholds: thresholds.iter().map(|&t| t as f32).collect(),

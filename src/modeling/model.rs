@@ -5,13 +5,16 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::device::parse_device;
 use super::meta_arch::{MetaArch, Outputs, META_ARCH_REGISTRY};
 use crate::checkpoint::{self, LoadReport};
 use crate::config::Config;
+use crate::config::ConfigError;
+use crate::error::{Error, Result};
 use crate::layers::params::{is_buffer, ParamStore};
+use crate::run_bail as bail;
 use crate::structures::{Batch, InstanceDetections, LossMap, ModelInput, Targets};
 
 /// What inference gives for one image.
@@ -46,9 +49,9 @@ impl Model {
     /// Loads the checkpoint `spec` (a path or an `https://` URL) into the parameters,
     /// reporting what did not match.
     pub fn load_weights(&self, spec: &str) -> Result<LoadReport> {
-        let path = checkpoint::resolve(spec).map_err(candle_core::Error::wrap)?;
-        let tensors = checkpoint::read_checkpoint(&path).map_err(candle_core::Error::wrap)?;
-        checkpoint::load_state_dict(&self.params, &tensors)
+        let path = checkpoint::resolve(spec)?;
+        let tensors = checkpoint::read_checkpoint(&path)?;
+        Ok(checkpoint::load_state_dict(&self.params, &tensors)?)
     }
 
     /// The inference copy: norms folded into the convolutions, fused kernels, the same
@@ -69,24 +72,22 @@ impl Model {
     /// and stacked. Returns the batch tensor and each image's unpadded (height, width).
     pub fn preprocess_image(&self, images: &[Tensor]) -> Result<(Tensor, Vec<(usize, usize)>)> {
         if images.is_empty() {
-            candle_core::bail!("no images to preprocess");
+            bail!("no images to preprocess");
         }
         let channels = self.pixel_mean.dim(1)?;
         let mut sizes = Vec::with_capacity(images.len());
         for (i, img) in images.iter().enumerate() {
             let (c, h, w) = img.dims3().map_err(|_| {
-                candle_core::Error::Msg(format!(
+                Error::run(format!(
                     "image {i}: expected (channels, height, width), got {:?}",
                     img.dims()
                 ))
             })?;
             if c != channels {
-                candle_core::bail!(
-                    "image {i}: {c} channels, but MODEL.PIXEL_MEAN has {channels} values"
-                );
+                bail!("image {i}: {c} channels, but MODEL.PIXEL_MEAN has {channels} values");
             }
             if h == 0 || w == 0 {
-                candle_core::bail!("image {i}: empty ({h}x{w})");
+                bail!("image {i}: empty ({h}x{w})");
             }
             sizes.push((h, w));
         }
@@ -105,7 +106,7 @@ impl Model {
                     .pad_with_zeros(1, 0, hp - h)?
                     .pad_with_zeros(2, 0, wp - w)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok((Tensor::stack(&padded, 0)?, sizes))
     }
 
@@ -141,7 +142,7 @@ impl Model {
     pub fn losses(&self, inputs: &[ModelInput]) -> Result<LossMap> {
         let batch = self.batch(inputs)?;
         if batch.targets.is_none() {
-            candle_core::bail!("training needs targets (instances or labels) on every input");
+            bail!("training needs targets (instances or labels) on every input");
         }
         Ok(self.arch.forward(&batch, true)?.losses)
     }
@@ -169,7 +170,7 @@ fn postprocess(
 ) -> Result<Vec<Prediction>> {
     if let Some(dets) = out.detections {
         if dets.len() != inputs.len() {
-            candle_core::bail!("{} detection sets for {} images", dets.len(), inputs.len());
+            bail!("{} detection sets for {} images", dets.len(), inputs.len());
         }
         return Ok(dets
             .into_iter()
@@ -186,7 +187,7 @@ fn postprocess(
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         return Ok(rows.into_iter().map(Prediction::Logits).collect());
     }
-    candle_core::bail!("the model returned neither detections nor logits")
+    bail!("the model returned neither detections nor logits")
 }
 
 /// Builds `MODEL.META_ARCHITECTURE` on `MODEL.DEVICE` with initial weights drawn from
@@ -194,17 +195,20 @@ fn postprocess(
 pub fn build_model(cfg: &Config, seed: u64) -> Result<(Model, Option<LoadReport>)> {
     let device = parse_device(&cfg.model.device)?;
     if cfg.model.pixel_mean.len() != cfg.model.pixel_std.len() {
-        candle_core::bail!("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length");
+        return Err(ConfigError::Invalid(
+            "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length".into(),
+        )
+        .into());
     }
     if cfg.model.pixel_std.iter().any(|&s| s <= 0.0) {
-        candle_core::bail!("MODEL.PIXEL_STD values must be positive");
+        return Err(ConfigError::Invalid("MODEL.PIXEL_STD values must be positive".into()).into());
     }
     let params = Arc::new(ParamStore::new(seed));
     let vb = params.var_builder(DType::F32, &device);
     let builder = META_ARCH_REGISTRY.get(&cfg.model.meta_architecture)?;
     let arch = builder(cfg, vb)?;
     let channels = cfg.model.pixel_mean.len();
-    let to_t = |v: &[f64]| -> Result<Tensor> {
+    let to_t = |v: &[f64]| -> candle_core::Result<Tensor> {
         Tensor::from_vec(
             v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
             (1, channels, 1, 1),

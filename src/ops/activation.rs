@@ -19,18 +19,6 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "ReLU" | "relu" => Ok(Self::ReLU),
-            "ReLU6" | "relu6" => Ok(Self::ReLU6),
-            "Mish" | "mish" => Ok(Self::Mish),
-            "Identity" | "none" | "" => Ok(Self::Identity),
-            other => Err(format!(
-                "unknown activation `{other}`; expected one of ReLU, ReLU6, Mish, Identity"
-            )),
-        }
-    }
-
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::ReLU => x.relu(),

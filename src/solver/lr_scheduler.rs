@@ -1,7 +1,7 @@
 //! Detectron2's `WarmupMultiStepLR` and `WarmupCosineLR` as pure functions of the
 //! iteration, so a resumed run gets exactly the rate an uninterrupted one would.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, LrSchedulerName, WarmupMethod};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
@@ -20,27 +20,25 @@ pub struct LrScheduler {
 }
 
 impl LrScheduler {
-    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+    pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
         let s = &cfg.solver;
-        let schedule = match s.lr_scheduler_name.as_str() {
-            "WarmupMultiStepLR" => {
+        let schedule = match s.lr_scheduler_name {
+            LrSchedulerName::WarmupMultiStep => {
                 if s.steps.windows(2).any(|w| w[0] > w[1]) {
-                    return Err(format!("SOLVER.STEPS must be increasing, got {:?}", s.steps));
+                    return Err(
+                        format!("SOLVER.STEPS must be increasing, got {:?}", s.steps).into(),
+                    );
                 }
-                Schedule::MultiStep { steps: s.steps.clone(), gamma: s.gamma }
+                Schedule::MultiStep {
+                    steps: s.steps.clone(),
+                    gamma: s.gamma,
+                }
             }
-            "WarmupCosineLR" => Schedule::Cosine { max_iter: s.max_iter },
-            o => return Err(format!("SOLVER.LR_SCHEDULER_NAME: unknown `{o}`; expected WarmupMultiStepLR or WarmupCosineLR")),
+            LrSchedulerName::WarmupCosine => Schedule::Cosine {
+                max_iter: s.max_iter,
+            },
         };
-        let warmup_linear = match s.warmup_method.as_str() {
-            "linear" => true,
-            "constant" => false,
-            o => {
-                return Err(format!(
-                    "SOLVER.WARMUP_METHOD: unknown `{o}`; expected linear or constant"
-                ))
-            }
-        };
+        let warmup_linear = s.warmup_method == WarmupMethod::Linear;
         Ok(Self {
             base_lr: s.base_lr,
             schedule,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, OptimizerName};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -47,27 +47,22 @@ impl Optimizer {
     pub fn from_config(
         cfg: &Config,
         vars: Vec<(String, Var)>,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, ConfigError> {
         let s = &cfg.solver;
-        let kind = match s.optimizer.as_str() {
-            "SGD" => Kind::Sgd {
+        let kind = match s.optimizer {
+            OptimizerName::Sgd => Kind::Sgd {
                 momentum: s.momentum,
                 nesterov: s.nesterov,
             },
-            "AdamW" => {
+            OptimizerName::AdamW => {
                 if s.betas.len() != 2 {
-                    return Err(format!("SOLVER.BETAS needs 2 values, got {:?}", s.betas));
+                    return Err(format!("SOLVER.BETAS needs 2 values, got {:?}", s.betas).into());
                 }
                 Kind::AdamW {
                     beta1: s.betas[0],
                     beta2: s.betas[1],
                     eps: 1e-8,
                 }
-            }
-            o => {
-                return Err(format!(
-                    "SOLVER.OPTIMIZER: unknown `{o}`; expected SGD or AdamW"
-                ))
             }
         };
         let params = vars

@@ -9,6 +9,24 @@ pub type Attributes = Vec<(&'static str, i64)>;
 #[error("{0}")]
 pub struct DataError(pub String);
 
+impl From<String> for DataError {
+    fn from(msg: String) -> Self {
+        Self(msg)
+    }
+}
+
+impl From<&str> for DataError {
+    fn from(msg: &str) -> Self {
+        Self(msg.to_string())
+    }
+}
+
+impl From<DataError> for String {
+    fn from(e: DataError) -> Self {
+        e.0
+    }
+}
+
 impl DataError {
     pub fn new(msg: impl Into<String>) -> Self {
         Self(msg.into())

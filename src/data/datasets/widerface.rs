@@ -74,7 +74,7 @@ impl WiderRecord {
 }
 
 /// Parses the annotation text; errors give the line number and the text found.
-pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, String> {
+pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, DataError> {
     let err = |line: usize, msg: String| format!("{}:{line}: {msg}", source.display());
     let lines: Vec<&str> = text.lines().collect();
     let mut records = Vec::new();
@@ -86,10 +86,7 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, Strin
             continue;
         }
         if !name.contains('.') || name.split_whitespace().count() != 1 {
-            return Err(err(
-                i + 1,
-                format!("expected an image path, found `{name}`"),
-            ));
+            return Err(err(i + 1, format!("expected an image path, found `{name}`")).into());
         }
         let count_line = lines
             .get(i + 1)
@@ -129,18 +126,20 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, Strin
                         vals.len(),
                         line.trim()
                     ),
-                ));
+                )
+                .into());
             }
             if count == 0 {
                 continue;
             }
-            let attr = |k: usize, max: f64, what: &str| -> Result<u8, String> {
+            let attr = |k: usize, max: f64, what: &str| -> Result<u8, DataError> {
                 let v = vals[k];
                 if v < 0.0 || v > max || v.fract() != 0.0 {
                     Err(err(
                         ln + 1,
                         format!("{what} must be an integer in 0..={max}, found {v}"),
-                    ))
+                    )
+                    .into())
                 } else {
                     Ok(v as u8)
                 }
@@ -164,7 +163,7 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, Strin
     Ok(records)
 }
 
-pub fn read_bbx_gt(path: &Path) -> Result<Vec<WiderRecord>, String> {
+pub fn read_bbx_gt(path: &Path) -> Result<Vec<WiderRecord>, DataError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read annotation file {}: {e}", path.display()))?;
     parse_bbx_gt(&text, path)
@@ -323,16 +322,24 @@ mod tests {
     #[test]
     fn malformed_lines_name_line_and_text() {
         let bad = "a/b.jpg\n1\n1 2 3 4 0 0 0 0 0\n";
-        let e = parse_bbx_gt(bad, Path::new("gt.txt")).unwrap_err();
+        let e = parse_bbx_gt(bad, Path::new("gt.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("gt.txt:3") && e.contains("1 2 3 4 0 0 0 0 0"),
             "{e}"
         );
-        let e = parse_bbx_gt("a/b.jpg\nx\n", Path::new("gt.txt")).unwrap_err();
+        let e = parse_bbx_gt("a/b.jpg\nx\n", Path::new("gt.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gt.txt:2") && e.contains("`x`"), "{e}");
-        let e = parse_bbx_gt("a/b.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", Path::new("gt.txt")).unwrap_err();
+        let e = parse_bbx_gt("a/b.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", Path::new("gt.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gt.txt:4") && e.contains("file ends"), "{e}");
-        let e = parse_bbx_gt("a/b.jpg\n1\n1 2 3 4 7 0 0 0 0 0\n", Path::new("gt.txt")).unwrap_err();
+        let e = parse_bbx_gt("a/b.jpg\n1\n1 2 3 4 7 0 0 0 0 0\n", Path::new("gt.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("blur"), "{e}");
     }
 }

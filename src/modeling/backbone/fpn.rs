@@ -15,31 +15,11 @@ use super::backbone::{register_builder, Backbone, BackboneBuilder};
 use super::build::build_backbone;
 use crate::config::Config;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
-use crate::modeling::helpers::optional_norm;
 use crate::ops::upsample_nearest_2x;
 use crate::utils::registry::Registry;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopBlockKind {
-    None,
-    /// p6 = p5 subsampled by 2 (Detectron2's `LastLevelMaxPool`).
-    LastLevelMaxPool,
-    /// p6 = conv3x3/2(res5), p7 = conv3x3/2(relu(p6)) (RetinaNet's `LastLevelP6P7`).
-    P6P7,
-}
-
-impl TopBlockKind {
-    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "none" | "" => Ok(Self::None),
-            "LastLevelMaxPool" => Ok(Self::LastLevelMaxPool),
-            "P6P7" | "LastLevelP6P7" => Ok(Self::P6P7),
-            o => Err(format!(
-                "MODEL.FPN.TOP_BLOCK: unknown `{o}`; expected none, LastLevelMaxPool or P6P7"
-            )),
-        }
-    }
-}
+/// FPN levels above the last input (the config's choice, used as is).
+pub use crate::config::TopBlock as TopBlockKind;
 
 #[derive(Debug, Clone)]
 enum OutputConv {
@@ -252,8 +232,7 @@ impl Fpn {
         // The bottom-up backbone is the one MODEL.BACKBONE.BOTTOM_UP names.
         inner.model.backbone.name = cfg.model.backbone.bottom_up.clone();
         let bottom_up = build_backbone(&inner, vb.pp("bottom_up"))?;
-        let norm = optional_norm("MODEL.FPN.NORM", &f.norm)?;
-        let top = TopBlockKind::from_name(&f.top_block).map_err(candle_core::Error::Msg)?;
+        let (norm, top) = (f.norm, f.top_block);
         Self::new(
             bottom_up,
             &f.in_features,

@@ -60,12 +60,10 @@ pub struct MobileNetV2Config {
 impl MobileNetV2Config {
     pub fn from_config(cfg: &Config, in_channels: usize) -> Result<Self> {
         let m = &cfg.model.mobilenet;
-        let err = |key: &str, msg: String| candle_core::Error::Msg(format!("{key}: {msg}"));
         Ok(Self {
             width_mult: m.width_mult,
-            norm: NormKind::from_name(&m.norm).map_err(|e| err("MODEL.MOBILENET.NORM", e))?,
-            activation: Activation::from_name(&m.activation)
-                .map_err(|e| err("MODEL.MOBILENET.ACTIVATION", e))?,
+            norm: m.norm,
+            activation: m.activation,
             out_features: m.out_features.clone(),
             freeze_at: cfg.model.backbone.freeze_at,
             in_channels,

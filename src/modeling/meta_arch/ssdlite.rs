@@ -20,19 +20,13 @@ use crate::modeling::backbone::{build_backbone, Backbone};
 pub use crate::modeling::box_regression::BoxLoss;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform};
 use crate::modeling::heads::SsdLiteHead;
-use crate::modeling::helpers::{optional_norm, reg_weights, select_features};
+use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
 use crate::structures::boxes::{clip, Box4};
 use crate::structures::Instances;
 use crate::structures::{Batch, InstanceDetections, LossMap, Targets};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClsLoss {
-    /// Softmax over K classes + background, 3:1 hard negative mining (SSD, RetinaFace).
-    CrossEntropy,
-    /// Sigmoid focal loss over K classes (RetinaNet).
-    Focal,
-}
+pub use crate::config::ClsLoss;
 
 /// Loss and inference settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,14 +86,10 @@ impl SsdLite {
         let shapes = backbone.output_shape();
         let specs = select_features("MODEL.SSDLITE.IN_FEATURES", &c.in_features, &shapes)?;
         let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
-        let anchors = AnchorGenerator::from_config(cfg, &strides).map_err(msg)?;
-        let cls_loss = match c.cls_loss.as_str() {
-            "ce" => ClsLoss::CrossEntropy,
-            "focal" => ClsLoss::Focal,
-            o => candle_core::bail!("MODEL.SSDLITE.CLS_LOSS: unknown `{o}`; expected ce or focal"),
-        };
-        let box_loss =
-            BoxLoss::from_config("MODEL.SSDLITE.BOX_LOSS", &c.box_loss, c.smooth_l1_beta)?;
+        let anchors =
+            AnchorGenerator::from_config(cfg, &strides).map_err(|e| msg(e.to_string()))?;
+        let cls_loss = c.cls_loss;
+        let box_loss = BoxLoss::new(c.box_loss, c.smooth_l1_beta);
         if c.num_classes == 0 {
             candle_core::bail!("MODEL.SSDLITE.NUM_CLASSES must be at least 1");
         }
@@ -107,7 +97,7 @@ impl SsdLite {
             ClsLoss::CrossEntropy => (c.num_classes + 1, 0.0),
             ClsLoss::Focal => (c.num_classes, -((1.0 - PRIOR_PROB) / PRIOR_PROB).ln()),
         };
-        let norm = optional_norm("MODEL.SSDLITE.NORM", &c.norm)?;
+        let norm = c.norm;
         let head = SsdLiteHead::new(
             &specs,
             &anchors.num_cell_anchors(),

@@ -83,8 +83,8 @@ impl Rpn {
         let c = &cfg.model.rpn;
         let specs = select_features("MODEL.RPN.IN_FEATURES", &c.in_features, shapes)?;
         let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
-        let anchors =
-            AnchorGenerator::from_config(cfg, &strides).map_err(candle_core::Error::Msg)?;
+        let anchors = AnchorGenerator::from_config(cfg, &strides)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let head = RpnHead::new(&specs, &anchors.num_cell_anchors(), vb.pp("rpn_head"))?;
         let matcher = Matcher::new(&c.iou_thresholds, true)
             .map_err(|e| candle_core::Error::Msg(format!("MODEL.RPN.IOU_THRESHOLDS: {e}")))?;
@@ -98,11 +98,7 @@ impl Rpn {
         let params = RpnParams {
             batch_size_per_image: c.batch_size_per_image,
             positive_fraction: c.positive_fraction,
-            box_loss: BoxLoss::from_config(
-                "MODEL.RPN.BBOX_REG_LOSS_TYPE",
-                &c.bbox_reg_loss_type,
-                c.smooth_l1_beta,
-            )?,
+            box_loss: BoxLoss::new(c.bbox_reg_loss_type, c.smooth_l1_beta),
             loss_weight: c.loss_weight,
             pre_nms_topk: (c.pre_nms_topk_train, c.pre_nms_topk_test),
             post_nms_topk: (c.post_nms_topk_train, c.post_nms_topk_test),

@@ -11,9 +11,10 @@ use rand::rngs::StdRng;
 use super::box_head::FastRcnnConvFcHead;
 use super::fast_rcnn::{FastRcnnOutputLayers, FastRcnnParams};
 use crate::config::Config;
+use crate::config::PoolerType;
 use crate::layers::ShapeSpec;
 use crate::modeling::box_regression::{Box2BoxTransform, BoxLoss};
-use crate::modeling::helpers::{optional_norm, reg_weights, select_features};
+use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
 use crate::modeling::poolers::RoiPooler;
 use crate::modeling::sampling::subsample_labels;
@@ -81,13 +82,7 @@ impl StandardRoiHeads {
             );
         }
         let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
-        let aligned = match b.pooler_type.as_str() {
-            "ROIAlignV2" => true,
-            "ROIAlign" => false,
-            o => candle_core::bail!(
-                "MODEL.ROI_BOX_HEAD.POOLER_TYPE: unknown `{o}`; expected ROIAlignV2 or ROIAlign"
-            ),
-        };
+        let aligned = b.pooler_type == PoolerType::RoiAlignV2;
         if b.pooler_resolution == 0 {
             candle_core::bail!("MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION must be positive");
         }
@@ -100,7 +95,7 @@ impl StandardRoiHeads {
             4,
         )
         .map_err(|e| msg(format!("MODEL.ROI_HEADS.IN_FEATURES: {e}")))?;
-        let norm = optional_norm("MODEL.ROI_BOX_HEAD.NORM", &b.norm)?;
+        let norm = b.norm;
         let box_head = FastRcnnConvFcHead::new(
             specs[0],
             b.pooler_resolution,
@@ -114,11 +109,7 @@ impl StandardRoiHeads {
         let params = FastRcnnParams {
             num_classes: c.num_classes,
             cls_agnostic_bbox_reg: b.cls_agnostic_bbox_reg,
-            box_loss: BoxLoss::from_config(
-                "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
-                &b.bbox_reg_loss_type,
-                b.smooth_l1_beta,
-            )?,
+            box_loss: BoxLoss::new(b.bbox_reg_loss_type, b.smooth_l1_beta),
             score_thresh: c.score_thresh_test as f32,
             nms_thresh: c.nms_thresh_test as f32,
             detections_per_image: cfg.test.detections_per_image,

@@ -1,0 +1,113 @@
+//! The enumerated values of the config tree.
+
+use super::choice::Choice;
+use crate::layers::NormKind;
+use crate::ops::Activation;
+use crate::{config_choice, impl_choice};
+
+impl Choice for Activation {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("ReLU", Self::ReLU),
+        ("relu", Self::ReLU),
+        ("ReLU6", Self::ReLU6),
+        ("relu6", Self::ReLU6),
+        ("Mish", Self::Mish),
+        ("mish", Self::Mish),
+        ("Identity", Self::Identity),
+        ("none", Self::Identity),
+    ];
+}
+impl_choice!(Activation);
+
+impl Choice for NormKind {
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("BN", Self::BN), ("FrozenBN", Self::FrozenBN)];
+}
+impl_choice!(NormKind);
+
+config_choice! {
+    /// FPN levels above the last input feature.
+    pub enum TopBlock {
+        None = "none",
+        /// p6 = p5 subsampled by 2 (Detectron2's `LastLevelMaxPool`).
+        LastLevelMaxPool = "LastLevelMaxPool",
+        /// p6 = conv3x3/2(res5), p7 = conv3x3/2(relu(p6)) (RetinaNet's `LastLevelP6P7`).
+        P6P7 = "P6P7" | "LastLevelP6P7",
+    }
+}
+
+config_choice! {
+    /// SSDLite's classification loss.
+    pub enum ClsLoss {
+        /// Softmax cross-entropy with hard negative mining.
+        CrossEntropy = "ce",
+        /// Sigmoid focal loss.
+        Focal = "focal",
+    }
+}
+
+config_choice! {
+    /// A box regression loss.
+    pub enum BoxLossType {
+        /// Smooth-L1 on encoded deltas (beta 0 is L1).
+        SmoothL1 = "smooth_l1",
+        /// 1 - GIoU of decoded boxes.
+        GIoU = "giou",
+    }
+}
+
+config_choice! {
+    /// How ROI features are pooled.
+    pub enum PoolerType {
+        /// ROIAlign with half-pixel alignment (Detectron2's `ROIAlignV2`).
+        RoiAlignV2 = "ROIAlignV2",
+        /// The original ROIAlign, without the half-pixel shift.
+        RoiAlign = "ROIAlign",
+    }
+}
+
+config_choice! {
+    pub enum OptimizerName {
+        Sgd = "SGD",
+        AdamW = "AdamW",
+    }
+}
+
+config_choice! {
+    pub enum LrSchedulerName {
+        WarmupMultiStep = "WarmupMultiStepLR",
+        WarmupCosine = "WarmupCosineLR",
+    }
+}
+
+config_choice! {
+    pub enum WarmupMethod {
+        Linear = "linear",
+        Constant = "constant",
+    }
+}
+
+config_choice! {
+    pub enum RandomFlip {
+        Horizontal = "horizontal",
+        None = "none",
+    }
+}
+
+config_choice! {
+    /// The training augmentation pipeline.
+    pub enum Augmentation {
+        /// RetinaFace/SSD-style random square crop, photometric distortion, flip, resize
+        /// to `INPUT.TRAIN_SIZE`.
+        Ssd = "ssd",
+        /// Detectron2's ResizeShortestEdge + RandomFlip.
+        ResizeShortestEdge = "resize_shortest_edge",
+    }
+}
+
+config_choice! {
+    /// Channel order of the pixels the model gets; images are decoded to RGB.
+    pub enum InputFormat {
+        Rgb = "RGB",
+    }
+}
