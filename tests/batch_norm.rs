@@ -11,17 +11,48 @@ use candletron::layers::{Activation, BatchNorm2d};
 use candletron::ops::batch_norm_train;
 
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+    assert_close_with(a, b, tol, &[], what)
+}
+
+/// As `assert_close`, with an extra absolute allowance per element (none where `slack`
+/// is shorter).
+fn assert_close_with(a: &Tensor, b: &Tensor, tol: f64, slack: &[f64], what: &str) {
     assert_eq!(a.dims(), b.dims(), "{what}");
     for (i, (x, y)) in common::flat_f64(a)
         .iter()
         .zip(common::flat_f64(b))
         .enumerate()
     {
+        let extra = slack.get(i).copied().unwrap_or(0.0);
         assert!(
-            (x - y).abs() <= tol * (1.0 + y.abs()),
+            (x - y).abs() <= tol * (1.0 + y.abs()) + extra,
             "{what}[{i}]: {x} vs {y}"
         );
     }
+}
+
+/// The rounding the f32 forward cannot avoid: it computes `x * scale + shift` with
+/// `scale = weight / std` and `shift = bias - mean * scale`, so on inputs far from zero
+/// (offset ~500, std ~3) both terms are ~1e3 and cancel, leaving a few ulps of `x * scale`
+/// in the output. Per element: 4 f32 ulps of `|x * scale|`.
+fn affine_rounding(x: &Tensor, weight: &Tensor) -> Vec<f64> {
+    let (n, c, h, w) = x.dims4().unwrap();
+    let (v, wt) = (common::flat_f64(x), common::flat_f64(weight));
+    let plane = h * w;
+    let mut out = vec![0.0; v.len()];
+    for ch in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|b| (0..plane).map(move |i| (b * c + ch) * plane + i))
+            .collect();
+        let count = idx.len() as f64;
+        let mean = idx.iter().map(|&i| v[i]).sum::<f64>() / count;
+        let var = idx.iter().map(|&i| (v[i] - mean).powi(2)).sum::<f64>() / count;
+        let scale = wt[ch].abs() / (var + 1e-5).sqrt();
+        for &i in &idx {
+            out[i] = 4.0 * f32::EPSILON as f64 * (v[i] * scale).abs();
+        }
+    }
+    out
 }
 
 /// Activations with a large per-channel offset, as after a conv with bias: the case where
@@ -40,6 +71,60 @@ fn input(shape: (usize, usize, usize, usize), dtype: DType) -> Tensor {
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
+}
+
+/// `t` rounded to f32 and back: values the f32 and f64 runs both hold exactly.
+fn f32_exact(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+}
+
+/// `x` moved, element by element, until every pre-activation `weight * (x - mean) / std`
+/// (the op's bias is 0 here) is at least 1e-3 from the kinks of `act`. Where it falls
+/// closer, rounding decides the element's side in f32 but not in the f64 reference: one
+/// element on the other side changes its gradient and, through the batch statistics, the
+/// whole channel's, which no tolerance on the kernel's precision should absorb.
+fn clear_of_kinks(x: Tensor, weight: &Tensor, act: Activation) -> Tensor {
+    let kinks: &[f64] = match act {
+        Activation::ReLU => &[0.0],
+        Activation::ReLU6 => &[0.0, 6.0],
+        _ => return x,
+    };
+    let (n, c, h, w) = x.dims4().unwrap();
+    let shape = (n, c, h, w);
+    let wt = common::flat_f64(weight);
+    let mut v = common::flat_f64(&x);
+    let plane = h * w;
+    for _ in 0..20 {
+        let mut moved = false;
+        for ch in 0..c {
+            let at = |b: usize, i: usize| (b * c + ch) * plane + i;
+            let count = (n * plane) as f64;
+            let vals = || (0..n).flat_map(|b| (0..plane).map(move |i| (b, i)));
+            let mean = vals().map(|(b, i)| v[at(b, i)]).sum::<f64>() / count;
+            let var = vals()
+                .map(|(b, i)| (v[at(b, i)] - mean).powi(2))
+                .sum::<f64>()
+                / count;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            for (b, i) in vals().collect::<Vec<_>>() {
+                let y = wt[ch] * (v[at(b, i)] - mean) * inv;
+                if kinks.iter().any(|k| (y - k).abs() < 1e-3) {
+                    v[at(b, i)] += 0.05;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return Tensor::from_vec(v, shape, &Device::Cpu)
+                .unwrap()
+                .to_dtype(x.dtype())
+                .unwrap();
+        }
+    }
+    panic!("could not move the input clear of the kinks");
 }
 
 /// The activations the op fuses, applied with stock ops (clamp's and relu's gradients).
@@ -64,9 +149,16 @@ fn fused_equals_composed_forward_backward_and_running_stats() {
         .into_iter()
         .flat_map(|s| FUSED.map(|a| (s, a)))
     {
-        let x = input(shape, DType::F64);
-        // Scales up to ~5: outputs cross both of ReLU6's bounds.
-        let weight = Tensor::randn(2.5f64, 1.5, shape.1, &Device::Cpu).unwrap();
+        // Scales up to ~5 (at least 0.5 in size): outputs cross both of ReLU6's bounds.
+        let weight = f32_exact(&Tensor::randn(2.5f64, 1.5, shape.1, &Device::Cpu).unwrap());
+        let weight = weight
+            .sign()
+            .unwrap()
+            .mul(&weight.abs().unwrap().maximum(0.5).unwrap())
+            .unwrap();
+        // The reference sees exactly the values the f32 run sees: an f64 input of
+        // magnitude ~500 rounds by up to 3e-5 in f32, which is not the kernel's error.
+        let x = f32_exact(&clear_of_kinks(input(shape, DType::F64), &weight, act));
         let run = |fused: bool, dtype: DType| {
             let store = Arc::new(ParamStore::new(3));
             let bn = BatchNorm2d::new(shape.1, store.var_builder(dtype, &Device::Cpu)).unwrap();
@@ -108,8 +200,18 @@ fn fused_equals_composed_forward_backward_and_running_stats() {
                 "running mean",
                 "running var",
             ];
+            let slack = if dtype == DType::F32 {
+                affine_rounding(&x, &weight)
+            } else {
+                Vec::new()
+            };
             for ((a, b), name) in got.iter().zip(&reference).zip(names) {
-                assert_close(a, b, tol, &format!("{dtype:?} {shape:?} {act:?} {name}"));
+                let what = format!("{dtype:?} {shape:?} {act:?} {name}");
+                if name == "output" {
+                    assert_close_with(a, b, tol, &slack, &what);
+                } else {
+                    assert_close(a, b, tol, &what);
+                }
             }
         }
     }
