@@ -40,14 +40,14 @@ fn affine_rounding(x: &Tensor, weight: &Tensor) -> Vec<f64> {
     let (v, wt) = (common::flat_f64(x), common::flat_f64(weight));
     let plane = h * w;
     let mut out = vec![0.0; v.len()];
-    for ch in 0..c {
+    for (ch, &wc) in wt.iter().enumerate().take(c) {
         let idx: Vec<usize> = (0..n)
             .flat_map(|b| (0..plane).map(move |i| (b * c + ch) * plane + i))
             .collect();
         let count = idx.len() as f64;
         let mean = idx.iter().map(|&i| v[i]).sum::<f64>() / count;
         let var = idx.iter().map(|&i| (v[i] - mean).powi(2)).sum::<f64>() / count;
-        let scale = wt[ch].abs() / (var + 1e-5).sqrt();
+        let scale = wc.abs() / (var + 1e-5).sqrt();
         for &i in &idx {
             out[i] = 4.0 * f32::EPSILON as f64 * (v[i] * scale).abs();
         }
@@ -99,7 +99,7 @@ fn clear_of_kinks(x: Tensor, weight: &Tensor, act: Activation) -> Tensor {
     let plane = h * w;
     for _ in 0..20 {
         let mut moved = false;
-        for ch in 0..c {
+        for (ch, &wc) in wt.iter().enumerate().take(c) {
             let at = |b: usize, i: usize| (b * c + ch) * plane + i;
             let count = (n * plane) as f64;
             let vals = || (0..n).flat_map(|b| (0..plane).map(move |i| (b, i)));
@@ -110,7 +110,7 @@ fn clear_of_kinks(x: Tensor, weight: &Tensor, act: Activation) -> Tensor {
                 / count;
             let inv = 1.0 / (var + 1e-5).sqrt();
             for (b, i) in vals().collect::<Vec<_>>() {
-                let y = wt[ch] * (v[at(b, i)] - mean) * inv;
+                let y = wc * (v[at(b, i)] - mean) * inv;
                 if kinks.iter().any(|k| (y - k).abs() < 1e-3) {
                     v[at(b, i)] += 0.05;
                     moved = true;
