@@ -1,7 +1,10 @@
-//! Running jobs: setup shared by every tool (and, later, the trainer).
+//! Running jobs: the training loop and its hooks, checkpoints, the setup every tool
+//! shares, and `DefaultTrainer`, which builds all of it from a config.
 
-pub mod defaults;
-
-pub use defaults::default_setup;
 pub mod checkpointer;
+pub mod default_trainer;
+pub mod defaults;
 pub mod trainer;
+
+pub use default_trainer::{DefaultTrainer, TrainOutcome};
+pub use defaults::default_setup;

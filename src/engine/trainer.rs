@@ -86,7 +86,7 @@ pub enum TrainEnd {
 
 pub struct Trainer<'a> {
     pub model: &'a Model,
-    pub optimizer: Optimizer,
+    pub optimizer: &'a mut Optimizer,
     pub scheduler: LrScheduler,
     pub loader: DataLoader,
     pub checkpointer: Checkpointer,
@@ -152,7 +152,7 @@ impl<'a> Trainer<'a> {
                 iter,
                 max_iter,
                 model: self.model,
-                optimizer: &self.optimizer,
+                optimizer: self.optimizer,
                 metrics: &last,
                 seed: self.seed,
             };
@@ -164,7 +164,7 @@ impl<'a> Trainer<'a> {
                     iter,
                     self.seed,
                     self.model,
-                    &self.optimizer,
+                    self.optimizer,
                 )?;
                 tracing::warn!(
                     "interrupted: wrote {}; continue with --resume",
@@ -180,7 +180,7 @@ impl<'a> Trainer<'a> {
             iter: max_iter.saturating_sub(1),
             max_iter,
             model: self.model,
-            optimizer: &self.optimizer,
+            optimizer: self.optimizer,
             metrics: &last,
             seed: self.seed,
         };

@@ -1,5 +1,5 @@
 //! Times the individual ops MobileNetV2 is made of, at its layer shapes (by hand:
-//! `cargo run --release --example op_profile`).
+//! `cargo bench --bench op_profile`).
 use candle_core::{Device, Tensor};
 use candletron::ops::{depthwise_conv2d, ConvGeometry};
 use std::time::Instant;

@@ -1,5 +1,5 @@
 //! Splits one classifier training step (batch 8, 224) into forward, backward and
-//! optimizer time (by hand: `cargo run --release --example train_profile`).
+//! optimizer time (by hand: `cargo bench --bench train_profile`).
 use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, SGD};
 use candletron::config::Config;
@@ -10,8 +10,12 @@ use std::time::Instant;
 fn main() {
     candletron::utils::threads::configure();
     let mut cfg = Config::default();
-    cfg.merge_from_list(&std::env::args().skip(1).collect::<Vec<_>>())
-        .unwrap();
+    // `cargo bench` passes `--bench`; the rest are KEY VALUE overrides.
+    let opts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    cfg.merge_from_list(&opts).unwrap();
     let (model, _) = build_model(&cfg, 0).unwrap();
     let images = Tensor::randn(0f32, 1.0, (8, 3, 224, 224), &Device::Cpu).unwrap();
     let labels = Tensor::new(&[1u32, 2, 3, 4, 5, 6, 7, 8], &Device::Cpu).unwrap();
