@@ -9,13 +9,13 @@
 //! task, then summed) and scatters `Wᵀ dy` slices back (col2im) for the input gradient,
 //! one image per task so that no two tasks add into the same cells.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use candle_core::{WithDType, D};
 use rayon::prelude::*;
 
 use super::activation::Activation;
 use super::blocked_gemm::{self, Rhs};
-use super::custom_op::Input;
+use super::custom_op::{ConvEpilogue, Input};
 use super::geometry::{ConvDims, ConvGeometry};
 use super::parallel::{cpu_slice, par_chunks_zeroed};
 
@@ -381,36 +381,29 @@ custom_op2!(WeightGrad, "dense-conv2d-weight-grad", weight_grad_impl);
 /// output block while it is in cache. CPU, f32.
 pub(crate) struct DenseConvBiasAct(pub ConvGeometry, pub Activation);
 
-impl CustomOp3 for DenseConvBiasAct {
-    fn name(&self) -> &'static str {
-        "dense-conv2d-bias-act"
+impl ConvEpilogue for DenseConvBiasAct {
+    const NAME: &'static str = "dense-conv2d-bias-act";
+
+    fn activation(&self) -> Activation {
+        self.1
     }
 
-    fn cpu_fwd(
+    fn dims(&self, x: &Shape, w: &Shape) -> Result<ConvDims> {
+        self.0.dense_dims(x, w)
+    }
+
+    fn forward_with(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = self.0.dense_dims(xl.shape(), wl.shape())?;
-        let (x, w, b) = (
-            slice::<f32>(xs, xl)?,
-            slice::<f32>(ws, wl)?,
-            slice::<f32>(bs, bl)?,
-        );
-        if b.len() != d.o {
-            candle_core::bail!("dense conv: {} biases for {} channels", b.len(), d.o);
-        }
-        let act = self.1;
-        let out = forward(&self.0, &d, x, w, |ch, row| {
-            super::activation::bias_act_in_place(act, row, b[ch])
-        });
-        Ok((CpuStorage::F32(out), Shape::from((d.n, d.o, d.ho, d.wo))))
+        d: &ConvDims,
+        x: &[f32],
+        w: &[f32],
+        epilogue: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
+        forward(&self.0, d, x, w, epilogue)
     }
 }
+
+bias_act_op!(DenseConvBiasAct);
 
 /// Whether [`dense_conv2d`] runs as the op for this input and weight (CPU, f32 or f64,
 /// one dtype).

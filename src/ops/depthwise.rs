@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::activation::Activation;
-use super::custom_op::Input;
+use super::custom_op::{ConvEpilogue, Input};
 use super::geometry::{ConvDims, ConvGeometry};
 use super::parallel::{cpu_slice, par_chunks_zeroed};
 
@@ -295,36 +295,29 @@ fn fwd_impl<T: WithDType + std::ops::AddAssign + std::ops::Mul<Output = T>>(
 /// instead of two. CPU and f32 only, no gradient.
 pub(crate) struct ForwardBiasAct(pub ConvGeometry, pub Activation);
 
-impl candle_core::CustomOp3 for ForwardBiasAct {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-bias-act"
+impl ConvEpilogue for ForwardBiasAct {
+    const NAME: &'static str = "depthwise-conv2d-bias-act";
+
+    fn activation(&self) -> Activation {
+        self.1
     }
 
-    fn cpu_fwd(
+    fn dims(&self, x: &Shape, w: &Shape) -> Result<ConvDims> {
+        self.0.depthwise_dims(x, w)
+    }
+
+    fn forward_with(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = self.0.depthwise_dims(xl.shape(), wl.shape())?;
-        let (x, w, b) = (
-            slice::<f32>(xs, xl)?,
-            slice::<f32>(ws, wl)?,
-            slice::<f32>(bs, bl)?,
-        );
-        if b.len() != d.c {
-            candle_core::bail!("depthwise conv: {} biases for {} channels", b.len(), d.c);
-        }
-        let act = self.1;
-        let out = forward_planes(&self.0, &d, x, w, |ch, row| {
-            super::activation::bias_act_in_place(act, row, b[ch])
-        });
-        Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.ho, d.wo))))
+        d: &ConvDims,
+        x: &[f32],
+        w: &[f32],
+        epilogue: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
+        forward_planes(&self.0, d, x, w, epilogue)
     }
 }
+
+bias_act_op!(ForwardBiasAct);
 
 custom_op2!(Forward, "depthwise-conv2d", fwd_impl, {
     #[cfg(feature = "cuda")]

@@ -8,10 +8,10 @@
 
 use super::activation::Activation;
 use super::blocked_gemm::{self, Planes};
-use super::custom_op::Input;
-use super::geometry::ConvGeometry;
+use super::custom_op::{ConvEpilogue, Input};
+use super::geometry::{ConvDims, ConvGeometry};
 use super::parallel::cpu_slice;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// `act(W x + b)` for `x` (N, C, H, W), `W` (O, C, 1, 1), `b` (O). CPU, f32, no gradient.
 pub(crate) struct PointwiseBiasAct(pub Activation);
@@ -47,38 +47,33 @@ fn geometry(op: &str, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, 
     Ok((d.n, d.c, d.in_plane(), d.o))
 }
 
-impl CustomOp3 for PointwiseBiasAct {
-    fn name(&self) -> &'static str {
-        "pointwise-conv-bias-act"
+impl ConvEpilogue for PointwiseBiasAct {
+    const NAME: &'static str = "pointwise-conv-bias-act";
+
+    fn activation(&self) -> Activation {
+        self.0
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let op = "pointwise conv";
-        let (x, w, b) = (
-            cpu_slice::<f32>(xs, xl, op)?,
-            cpu_slice::<f32>(ws, wl, op)?,
-            cpu_slice::<f32>(bs, bl, op)?,
-        );
-        let g @ (n, _, _, o) = geometry(op, xl, wl)?;
-        if b.len() != o {
-            candle_core::bail!("{op}: bias {:?} for {o} output channels", bl.shape());
+    fn dims(&self, x: &Shape, w: &Shape) -> Result<ConvDims> {
+        let d = ConvGeometry::default().dense_dims(x, w)?;
+        if d.k != 1 {
+            candle_core::bail!("{}: weight {w:?} is not 1x1", Self::NAME);
         }
-        let act = self.0;
-        let out = blocked_matmul(x, w, g, |ch, row| {
-            super::activation::bias_act_in_place(act, row, b[ch])
-        });
-        let (_, _, h, wd) = xl.shape().dims4()?;
-        Ok((CpuStorage::F32(out), Shape::from((n, o, h, wd))))
+        Ok(d)
+    }
+
+    fn forward_with(
+        &self,
+        d: &ConvDims,
+        x: &[f32],
+        w: &[f32],
+        epilogue: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
+        blocked_matmul(x, w, (d.n, d.c, d.in_plane(), d.o), epilogue)
     }
 }
+
+bias_act_op!(PointwiseBiasAct);
 
 /// A 1x1, stride-1 convolution `W x` as one autograd node (CPU, f32 and f64). Through
 /// stock ops it was reshape, broadcast, batched matmul and reshape: four nodes, and
