@@ -27,22 +27,8 @@ fn classify_top5_and_dump_match_pytorch() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared.join("reference/astronaut_mnv2.json")).unwrap(),
-    )
-    .unwrap();
-    let want: Vec<u64> = reference["top5"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    let got: Vec<u64> = stdout
-        .lines()
-        .skip(1)
-        .take(5)
-        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
-        .collect();
+    let want = common::reference_top5(&shared);
+    let got = common::classify_top5(&stdout);
     assert_eq!(got, want, "{stdout}");
     assert!(stdout.contains("bobsled"), "{stdout}");
     // The preprocessing reproduces PyTorch's input, and the dump holds every map.

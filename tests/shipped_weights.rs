@@ -124,22 +124,8 @@ fn classify_with_the_shipped_weights_matches_pytorch_top5() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared.join("reference/astronaut_mnv2.json")).unwrap(),
-    )
-    .unwrap();
-    let want: Vec<u64> = reference["top5"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    let got: Vec<u64> = stdout
-        .lines()
-        .skip(1)
-        .take(5)
-        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
-        .collect();
+    let want = common::reference_top5(&shared);
+    let got = common::classify_top5(&stdout);
     assert_eq!(got, want, "{stdout}");
     let ours = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
     let theirs = candle_core::safetensors::load(

@@ -65,3 +65,27 @@ pub fn flat_f64(t: &candle_core::Tensor) -> Vec<f64> {
         .to_vec1()
         .unwrap()
 }
+
+/// PyTorch's top-5 class ids for the reference image (`reference/astronaut_mnv2.json`).
+pub fn reference_top5(shared: &std::path::Path) -> Vec<u64> {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.join("reference/astronaut_mnv2.json")).unwrap(),
+    )
+    .unwrap();
+    reference["top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+/// The class ids `classify` printed for its first image, best first.
+pub fn classify_top5(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .skip(1)
+        .take(5)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
