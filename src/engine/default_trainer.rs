@@ -12,13 +12,33 @@ use super::trainer::{
     install_interrupt_handler, EvalHook, Hook, MetricsPrinter, PeriodicCheckpointer, TrainEnd,
     Trainer,
 };
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::data::build::build_detection_train_loader;
+use crate::data::catalog::registered_datasets;
 use crate::error::{Error, Result};
 use crate::evaluation::inference::inference_on_datasets;
 use crate::modeling::{build_model, Model};
 use crate::solver::{LrScheduler, Optimizer};
 use crate::utils::fs::write_atomic;
+
+/// Every name in `DATASETS.TRAIN` and `DATASETS.TEST` is registered: an unknown test set
+/// must not surface only after training.
+fn check_dataset_names(cfg: &Config) -> Result<()> {
+    let known = registered_datasets();
+    for (key, names) in [
+        ("DATASETS.TRAIN", &cfg.datasets.train),
+        ("DATASETS.TEST", &cfg.datasets.test),
+    ] {
+        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: no dataset named `{bad}` is registered; registered: {}",
+                known.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
 
 /// How a [`DefaultTrainer::train`] call ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +67,7 @@ impl DefaultTrainer {
     /// `MODEL.WEIGHTS` loaded (a checkpoint that matches no parameter is an error) and
     /// the optimizer over the trainable parameters.
     pub fn from_config(cfg: &Config) -> Result<Self> {
+        check_dataset_names(cfg)?;
         let seed = default_setup(cfg)?;
         let (model, report) = build_model(cfg, seed)?;
         if let Some(r) = &report {
