@@ -29,17 +29,11 @@ impl TinyNet {
         let mut stages = Vec::new();
         let mut cin = in_channels;
         for (i, &cout) in CHANNELS.iter().enumerate() {
-            let v = vb.pp(format!("stage{}", i + 1));
-            stages.push(Conv2d::new(
-                cin,
-                cout,
-                Conv2dConfig::same(3, 2),
-                false,
-                Some((NormKind::BN, v.pp("norm"))),
-                Activation::ReLU,
-                false,
-                v,
-            )?);
+            let conv = Conv2dConfig::new(cin, cout, 3)
+                .with_stride(2)
+                .with_norm(Some(NormKind::BN))
+                .with_activation(Activation::ReLU);
+            stages.push(conv.init(vb.pp(format!("stage{}", i + 1)))?);
             cin = cout;
         }
         Ok(Self { stages })

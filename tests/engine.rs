@@ -32,3 +32,59 @@ fn an_unknown_dataset_is_reported_before_anything_runs() {
         );
     }
 }
+
+/// A registry name is checked before the run writes anything, and the error points at the
+/// line that set it and at the closest registered name.
+#[test]
+fn an_unknown_registry_name_points_at_its_line_and_the_closest_name() {
+    let dir = common::tmp_dir("engine-unknown-arch");
+    let out = dir.join("out");
+    let f = dir.join("bad.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "_BASE_: {}\nMODEL:\n  META_ARCHITECTURE: SSDLte\nOUTPUT_DIR: {}\n",
+            std::fs::canonicalize("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml")
+                .unwrap()
+                .display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let cfg = Config::from_file(&f).unwrap();
+    assert_eq!(
+        cfg.located("MODEL.META_ARCHITECTURE"),
+        format!("{}:3: MODEL.META_ARCHITECTURE", f.display())
+    );
+    let e = DefaultTrainer::from_config(&cfg).err().unwrap().to_string();
+    assert!(
+        e.contains(&format!("{}:3: MODEL.META_ARCHITECTURE", f.display())),
+        "{e}"
+    );
+    assert!(
+        e.contains("`SSDLte`") && e.contains("did you mean `SSDLite`?"),
+        "{e}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written for a config that cannot run"
+    );
+    // The same through build_model, and for an override.
+    let mut cfg = Config::default();
+    cfg.merge_from_list(&["MODEL.BACKBONE.NAME", "build_mobilenet_v3_backbone"])
+        .unwrap();
+    let e = candletron::modeling::build_model(&cfg, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(
+            "command line (MODEL.BACKBONE.NAME build_mobilenet_v3_backbone): MODEL.BACKBONE.NAME"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("did you mean `build_mobilenet_v2_backbone`?"),
+        "{e}"
+    );
+}

@@ -6,10 +6,10 @@
 //! aliases). Enums that live in lower modules (`ops::Activation`, `layers::NormKind`)
 //! get the same parsing through [`impl_choice!`].
 
-use super::distance::closest;
 use super::entry::{ConfigEntry, ConfigValue};
 use super::error::ConfigError;
 use super::yaml::{Node, NodeKind};
+use crate::utils::distance::closest;
 
 /// A closed set of named values.
 pub trait Choice: Sized + Copy + PartialEq + 'static {

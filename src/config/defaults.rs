@@ -7,6 +7,7 @@ use super::choices::{
     Augmentation, BoxLossType, ClsLoss, InputFormat, LrSchedulerName, OptimizerName, PoolerType,
     RandomFlip, TopBlock, WarmupMethod,
 };
+use super::origins::Origins;
 use crate::config_group;
 use crate::layers::NormKind;
 use crate::ops::Activation;
@@ -32,6 +33,8 @@ config_group! {
         output_dir: String = s("./output"),
         /// Global seed; negative picks one from the clock (as Detectron2).
         seed: i64 = -1,
+        /// Where each value was set (not a key).
+        origins: Origins = Origins::default(),
     }
 }
 

@@ -18,6 +18,10 @@ pub trait ConfigEntry {
     fn is_group(&self) -> bool {
         false
     }
+    /// Bookkeeping that lives in the tree but is not a key: never written out.
+    fn is_hidden(&self) -> bool {
+        false
+    }
 }
 
 /// A leaf value type: parsed from one YAML node, written back inline.
@@ -240,6 +244,7 @@ macro_rules! config_group {
 
             fn emit(&self, indent: usize, out: &mut String) {
                 $(
+                    if !self.$field.is_hidden() {
                     out.push_str(&" ".repeat(indent));
                     out.push_str(&stringify!($field).to_ascii_uppercase());
                     out.push(':');
@@ -250,6 +255,7 @@ macro_rules! config_group {
                         out.push(' ');
                         self.$field.emit(indent, out);
                         out.push('\n');
+                    }
                     }
                 )*
             }

@@ -5,23 +5,24 @@
 pub mod choice;
 mod choices;
 mod defaults;
-mod distance;
 #[doc(hidden)]
 pub mod entry;
 pub(crate) mod error;
 mod origin;
+mod origins;
 #[doc(hidden)]
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
+use crate::utils::distance::edit_distance;
 pub use choice::Choice;
 pub use choices::*;
 pub use defaults::*;
-use distance::edit_distance;
 use entry::ConfigEntry;
 pub use error::ConfigError;
 pub use origin::Origin;
+pub use origins::Origins;
 use yaml::{Node, NodeKind};
 
 impl Config {
@@ -149,6 +150,15 @@ impl Config {
         Ok(())
     }
 
+    /// `KEY`, prefixed with the file:line (or override) that set its value when known:
+    /// for errors about a value found after loading.
+    pub fn located(&self, key: &str) -> String {
+        match self.origins.get(key) {
+            Some(origin) => format!("{origin}: {key}"),
+            None => key.to_string(),
+        }
+    }
+
     fn merge_node(&mut self, node: &Node) -> Result<(), ConfigError> {
         self.merge("", node).map_err(|err| match err {
             ConfigError::UnknownKey { key, origin, .. } => {
@@ -160,7 +170,9 @@ impl Config {
                 }
             }
             other => other,
-        })
+        })?;
+        self.origins.record("", node);
+        Ok(())
     }
 
     /// All leaf keys, dotted.

@@ -17,21 +17,36 @@ use crate::data::build::build_detection_train_loader;
 use crate::data::catalog::registered_datasets;
 use crate::error::{Error, Result};
 use crate::evaluation::inference::inference_on_datasets;
+use crate::modeling::backbone::BACKBONE_REGISTRY;
+use crate::modeling::meta_arch::META_ARCH_REGISTRY;
 use crate::modeling::{build_model, Model};
 use crate::solver::{LrScheduler, Optimizer};
+use crate::utils::distance::closest;
 use crate::utils::fs::write_atomic;
 
-/// Every name in `DATASETS.TRAIN` and `DATASETS.TEST` is registered: an unknown test set
-/// must not surface only after training.
-fn check_dataset_names(cfg: &Config) -> Result<()> {
+/// Every name the run resolves through a registry (meta-architecture, backbone, the
+/// datasets of `DATASETS.TRAIN` and `DATASETS.TEST`) is registered, checked before anything
+/// is written: an unknown test set must not surface only after training. Errors give the
+/// key's file:line and the closest registered name.
+fn check_names(cfg: &Config) -> Result<()> {
+    let key = |k: &str| cfg.located(k);
+    META_ARCH_REGISTRY.get_for(
+        &key("MODEL.META_ARCHITECTURE"),
+        &cfg.model.meta_architecture,
+    )?;
+    BACKBONE_REGISTRY.get_for(&key("MODEL.BACKBONE.NAME"), &cfg.model.backbone.name)?;
     let known = registered_datasets();
-    for (key, names) in [
+    for (k, names) in [
         ("DATASETS.TRAIN", &cfg.datasets.train),
         ("DATASETS.TEST", &cfg.datasets.test),
     ] {
         if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+            let suggestion = closest(bad, known.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
             return Err(ConfigError::Invalid(format!(
-                "{key}: no dataset named `{bad}` is registered; registered: {}",
+                "{}: no dataset named `{bad}` is registered; registered: {}{suggestion}",
+                key(k),
                 known.join(", ")
             ))
             .into());
@@ -67,7 +82,7 @@ impl DefaultTrainer {
     /// `MODEL.WEIGHTS` loaded (a checkpoint that matches no parameter is an error) and
     /// the optimizer over the trainable parameters.
     pub fn from_config(cfg: &Config) -> Result<Self> {
-        check_dataset_names(cfg)?;
+        check_names(cfg)?;
         let seed = default_setup(cfg)?;
         let (model, report) = build_model(cfg, seed)?;
         if let Some(r) = &report {

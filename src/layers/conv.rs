@@ -12,22 +12,42 @@ use crate::ops::{conv2d, conv2d_bias_act, Activation, ConvGeometry};
 
 use super::batch_norm::{self, Norm, NormKind};
 
-/// A conv layer's kernel size, geometry and groups.
+/// A Conv2d layer's settings (burn-style): `Conv2dConfig::new(in, out, kernel)` gives a
+/// stride-1 "same" conv without bias, norm or activation; the `with_*` methods change one
+/// thing each, and [`init`](Self::init) builds the layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
     pub kernel: usize,
     pub geometry: ConvGeometry,
     pub groups: usize,
+    pub bias: bool,
+    pub norm: Option<NormKind>,
+    pub activation: Activation,
+    /// Weights detached (no gradient) and the norm frozen.
+    pub frozen: bool,
 }
 
 impl Conv2dConfig {
-    /// A square kernel with "same" padding for odd sizes.
-    pub fn same(kernel: usize, stride: usize) -> Self {
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
         Self {
+            in_channels,
+            out_channels,
             kernel,
-            geometry: ConvGeometry::same(kernel, stride),
+            geometry: ConvGeometry::same(kernel, 1),
             groups: 1,
+            bias: false,
+            norm: None,
+            activation: Activation::Identity,
+            frozen: false,
         }
+    }
+
+    /// The stride; the padding stays "same" for the kernel.
+    pub fn with_stride(mut self, stride: usize) -> Self {
+        self.geometry.stride = stride;
+        self
     }
 
     pub fn with_groups(mut self, groups: usize) -> Self {
@@ -35,11 +55,50 @@ impl Conv2dConfig {
         self
     }
 
+    /// One filter per channel (groups = channels).
+    pub fn depthwise(self) -> Self {
+        let groups = self.in_channels;
+        self.with_groups(groups)
+    }
+
     /// Dilation `d` with padding widened to keep the output size ("same" for odd kernels).
     pub fn with_dilation(mut self, dilation: usize) -> Self {
         self.geometry.dilation = dilation;
         self.geometry.padding = dilation * (self.kernel - 1) / 2;
         self
+    }
+
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    pub fn with_norm(mut self, norm: Option<NormKind>) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    pub fn with_frozen(mut self, frozen: bool) -> Self {
+        self.frozen = frozen;
+        self
+    }
+
+    /// The layer with its weight (and bias) at `vb` and its norm at `vb.pp("norm")`,
+    /// Detectron2's layout.
+    pub fn init(&self, vb: VarBuilder) -> Result<Conv2d> {
+        let norm_vb = vb.pp("norm");
+        Conv2d::new(self, vb, norm_vb)
+    }
+
+    /// The layer with its norm's tensors at `norm_vb`: torchvision puts them in a sibling
+    /// module (`features.0.0` is the conv, `features.0.1` its BN).
+    pub fn init_with_norm_at(&self, vb: VarBuilder, norm_vb: VarBuilder) -> Result<Conv2d> {
+        Conv2d::new(self, vb, norm_vb)
     }
 
     fn conv(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -97,21 +156,12 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// `vb` holds `weight` (and `bias` when `bias` is set); `norm_vb` is where the norm's
-    /// tensors live (torchvision puts them in a sibling module, e.g. `features.0.1`).
-    /// A frozen conv's weights are detached: they get no gradient.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        in_channels: usize,
-        out_channels: usize,
-        cfg: Conv2dConfig,
-        bias: bool,
-        norm: Option<(NormKind, VarBuilder)>,
-        activation: Activation,
-        frozen: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        if !in_channels.is_multiple_of(cfg.groups) || !out_channels.is_multiple_of(cfg.groups) {
+    fn new(cfg: &Conv2dConfig, vb: VarBuilder, norm_vb: VarBuilder) -> Result<Self> {
+        let (in_channels, out_channels) = (cfg.in_channels, cfg.out_channels);
+        if cfg.groups == 0
+            || !in_channels.is_multiple_of(cfg.groups)
+            || !out_channels.is_multiple_of(cfg.groups)
+        {
             candle_core::bail!(
                 "conv {}: channels {in_channels}->{out_channels} not divisible by groups {}",
                 vb.prefix(),
@@ -125,60 +175,60 @@ impl Conv2d {
             cfg.kernel,
         );
         let mut weight = vb.get_with_hints(shape, "weight", kaiming_fan_out())?;
-        let mut bias = if bias {
+        let mut bias = if cfg.bias {
             Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?)
         } else {
             None
         };
-        if frozen {
+        // A frozen conv's weights are detached: they get no gradient.
+        if cfg.frozen {
             weight = weight.detach();
             bias = bias.map(|b| b.detach());
         }
-        let norm = match norm {
-            Some((kind, nvb)) => {
-                let kind = if frozen { NormKind::FrozenBN } else { kind };
-                Some(Norm::new(kind, out_channels, nvb)?)
+        let norm = match cfg.norm {
+            Some(kind) => {
+                let kind = if cfg.frozen { NormKind::FrozenBN } else { kind };
+                Some(Norm::new(kind, out_channels, norm_vb)?)
             }
             None => None,
         };
         Ok(Self {
             weight,
             bias,
-            cfg,
+            cfg: *cfg,
             norm,
-            activation,
+            activation: cfg.activation,
             out_channels,
         })
     }
 
     /// A plain conv (no norm, no activation) with explicit initialisers, for predictor
-    /// layers that want small weights and a prior-probability bias.
+    /// layers that want small weights and a prior-probability bias (`bias_init` `None`:
+    /// no bias).
     pub fn with_init(
-        in_channels: usize,
-        out_channels: usize,
-        cfg: Conv2dConfig,
+        cfg: &Conv2dConfig,
         weight_init: Init,
         bias_init: Option<Init>,
         vb: VarBuilder,
     ) -> Result<Self> {
         let shape = (
-            out_channels,
-            in_channels / cfg.groups,
+            cfg.out_channels,
+            cfg.in_channels / cfg.groups.max(1),
             cfg.kernel,
             cfg.kernel,
         );
         let weight = vb.get_with_hints(shape, "weight", weight_init)?;
         let bias = match bias_init {
-            Some(init) => Some(vb.get_with_hints(out_channels, "bias", init)?),
+            Some(init) => Some(vb.get_with_hints(cfg.out_channels, "bias", init)?),
             None => None,
         };
         Ok(Self {
             weight,
             bias,
-            cfg,
+            cfg: *cfg,
             norm: None,
             activation: Activation::Identity,
-            out_channels,
+            out_channels: cfg.out_channels,
         })
     }
 

@@ -205,7 +205,10 @@ pub fn build_model(cfg: &Config, seed: u64) -> Result<(Model, Option<LoadReport>
     }
     let params = Arc::new(ParamStore::new(seed));
     let vb = params.var_builder(DType::F32, &device);
-    let builder = META_ARCH_REGISTRY.get(&cfg.model.meta_architecture)?;
+    let builder = META_ARCH_REGISTRY.get_for(
+        &cfg.located("MODEL.META_ARCHITECTURE"),
+        &cfg.model.meta_architecture,
+    )?;
     let arch = builder(cfg, vb)?;
     let channels = cfg.model.pixel_mean.len();
     let to_t = |v: &[f64]| -> candle_core::Result<Tensor> {

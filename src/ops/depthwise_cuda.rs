@@ -182,16 +182,8 @@ fn i32_of(v: usize) -> Result<i32> {
 struct Geometry([i32; 9]);
 
 impl Geometry {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &ConvGeometry,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        ho: usize,
-        wo: usize,
-    ) -> Result<Self> {
+    /// `[c, h, w, k, ho, wo]` and the geometry.
+    fn new(p: &ConvGeometry, [c, h, w, k, ho, wo]: [usize; 6]) -> Result<Self> {
         let mut g = [0i32; 9];
         for (slot, v) in g
             .iter_mut()
@@ -277,7 +269,7 @@ pub(super) fn forward(
     let (n, c, h, w) = xl.shape().dims4()?;
     let (_, _, k, _) = wl.shape().dims4()?;
     let (ho, wo) = (p.out_size(h, k)?, p.out_size(w, k)?);
-    let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
+    let geo = Geometry::new(p, [c, h, w, k, ho, wo])?;
     let total = n * c * ho * wo;
     let storage = elementwise_storage("dw_forward", (xs, xl), (ws, wl), total, &geo)?;
     Ok((storage, Shape::from((n, c, ho, wo))))
@@ -293,7 +285,7 @@ pub(super) fn input_grad(
 ) -> Result<(CudaStorage, Shape)> {
     let (n, c, ho, wo) = gl.shape().dims4()?;
     let (_, _, k, _) = wl.shape().dims4()?;
-    let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
+    let geo = Geometry::new(p, [c, h, w, k, ho, wo])?;
     let total = n * c * h * w;
     let storage = elementwise_storage("dw_input_grad", (gs, gl), (ws, wl), total, &geo)?;
     Ok((storage, Shape::from((n, c, h, w))))
@@ -361,7 +353,7 @@ pub(super) fn weight_grad(
     if n > 65_535 {
         candle_core::bail!("depthwise conv CUDA weight gradient: batch {n} exceeds 65535");
     }
-    let geo = Geometry::new(p, c, h, w, k, ho, wo)?;
+    let geo = Geometry::new(p, [c, h, w, k, ho, wo])?;
     let dev = xs.device();
     let sfx = suffix(xs.dtype())?;
     let storage = match xs.dtype() {

@@ -33,12 +33,21 @@ impl<T: ?Sized> Registry<T> {
     pub fn get(&self, name: &str) -> candle_core::Result<Arc<T>> {
         let entries = self.entries.read().expect("registry poisoned");
         entries.get(name).cloned().ok_or_else(|| {
+            let suggestion = super::distance::closest(name, entries.keys().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
             candle_core::Error::Msg(format!(
-                "no {} named `{name}` is registered; registered: {}",
+                "no {} named `{name}` is registered; registered: {}{suggestion}",
                 self.what,
                 entries.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })
+    }
+
+    /// [`get`](Self::get) for the value of config key `key`, which the error names.
+    pub fn get_for(&self, key: &str, name: &str) -> candle_core::Result<Arc<T>> {
+        self.get(name)
+            .map_err(|e| candle_core::Error::Msg(format!("{key}: {e}")))
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -64,6 +73,12 @@ mod tests {
         let err = reg.get("c").err().unwrap().to_string();
         assert!(
             err.contains("no widget named `c`") && err.contains("a, b"),
+            "{err}"
+        );
+        reg.register("gadget", Arc::new(|| 3));
+        let err = reg.get_for("KEY", "gadgte").err().unwrap().to_string();
+        assert!(
+            err.starts_with("KEY: ") && err.contains("did you mean `gadget`?"),
             "{err}"
         );
     }

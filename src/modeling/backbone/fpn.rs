@@ -12,7 +12,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::backbone::{register_builder, Backbone, BackboneBuilder};
-use super::build::build_backbone;
+use super::build::build_backbone_named;
 use crate::config::Config;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
 use crate::ops::upsample_nearest_2x;
@@ -98,19 +98,11 @@ impl Fpn {
         if specs.windows(2).any(|w| w[1].stride != 2 * w[0].stride) {
             candle_core::bail!("MODEL.FPN.IN_FEATURES must be consecutive levels (strides doubling), got {specs:?}");
         }
-        let use_bias = norm.is_none();
-        let mk = |cin, cout, c: Conv2dConfig, name: String| -> Result<Conv2d> {
-            let v = vb.pp(name);
-            Conv2d::new(
-                cin,
-                cout,
-                c,
-                use_bias,
-                norm.map(|k| (k, v.pp("norm"))),
-                Activation::Identity,
-                false,
-                v,
-            )
+        // Every FPN conv: the configured norm, or a bias without one.
+        let conv = |cin, cout, k| {
+            Conv2dConfig::new(cin, cout, k)
+                .with_bias(norm.is_none())
+                .with_norm(norm)
         };
         let mut lateral = Vec::new();
         let mut output = Vec::new();
@@ -118,38 +110,18 @@ impl Fpn {
         let mut names = Vec::new();
         for s in &specs {
             let st = stage(s.stride);
-            lateral.push(mk(
-                s.channels,
-                out_channels,
-                Conv2dConfig::same(1, 1),
-                format!("fpn_lateral{st}"),
-            )?);
+            lateral
+                .push(conv(s.channels, out_channels, 1).init(vb.pp(format!("fpn_lateral{st}")))?);
+            let v = vb.pp(format!("fpn_output{st}"));
             output.push(if depthwise {
-                let v = vb.pp(format!("fpn_output{st}"));
-                let dw = Conv2d::new(
-                    out_channels,
-                    out_channels,
-                    Conv2dConfig::same(3, 1).with_groups(out_channels),
-                    use_bias,
-                    norm.map(|k| (k, v.pp("depthwise").pp("norm"))),
-                    Activation::ReLU,
-                    false,
-                    v.pp("depthwise"),
-                )?;
-                let pw = mk(
-                    out_channels,
-                    out_channels,
-                    Conv2dConfig::same(1, 1),
-                    format!("fpn_output{st}.pointwise"),
-                )?;
+                let dw = conv(out_channels, out_channels, 3)
+                    .depthwise()
+                    .with_activation(Activation::ReLU)
+                    .init(v.pp("depthwise"))?;
+                let pw = conv(out_channels, out_channels, 1).init(v.pp("pointwise"))?;
                 OutputConv::Separable(dw, pw)
             } else {
-                OutputConv::Plain(mk(
-                    out_channels,
-                    out_channels,
-                    Conv2dConfig::same(3, 1),
-                    format!("fpn_output{st}"),
-                )?)
+                OutputConv::Plain(conv(out_channels, out_channels, 3).init(v)?)
             });
             let name = format!("p{st}");
             shapes.insert(
@@ -179,27 +151,13 @@ impl Fpn {
             TopBlockKind::P6P7 => {
                 let cin = specs.last().map(|s| s.channels).unwrap_or(out_channels);
                 let tb = vb.pp("top_block");
-                let act = Activation::Identity;
-                let p6 = Conv2d::new(
-                    cin,
-                    out_channels,
-                    Conv2dConfig::same(3, 2),
-                    true,
-                    None,
-                    act,
-                    false,
-                    tb.pp("p6"),
-                )?;
-                let p7 = Conv2d::new(
-                    out_channels,
-                    out_channels,
-                    Conv2dConfig::same(3, 2),
-                    true,
-                    None,
-                    act,
-                    false,
-                    tb.pp("p7"),
-                )?;
+                let stride2 = |cin| {
+                    Conv2dConfig::new(cin, out_channels, 3)
+                        .with_stride(2)
+                        .with_bias(true)
+                };
+                let p6 = stride2(cin).init(tb.pp("p6"))?;
+                let p7 = stride2(out_channels).init(tb.pp("p7"))?;
                 p6p7 = Some((p6, p7));
                 for k in [2, 4] {
                     let st = stage(last_stride * k);
@@ -228,10 +186,12 @@ impl Fpn {
 
     pub fn from_config(cfg: &Config, vb: VarBuilder, _input: ShapeSpec) -> Result<Self> {
         let f = &cfg.model.fpn;
-        let mut inner = cfg.clone();
-        // The bottom-up backbone is the one MODEL.BACKBONE.BOTTOM_UP names.
-        inner.model.backbone.name = cfg.model.backbone.bottom_up.clone();
-        let bottom_up = build_backbone(&inner, vb.pp("bottom_up"))?;
+        let bottom_up = build_backbone_named(
+            cfg,
+            &cfg.located("MODEL.BACKBONE.BOTTOM_UP"),
+            &cfg.model.backbone.bottom_up,
+            vb.pp("bottom_up"),
+        )?;
         let (norm, top) = (f.norm, f.top_block);
         Self::new(
             bottom_up,

@@ -78,17 +78,30 @@ struct InvertedResidual {
     use_residual: bool,
 }
 
+/// The shape of an inverted residual block: channels in and out, stride, expansion.
+#[derive(Debug, Clone, Copy)]
+struct BlockSpec {
+    inp: usize,
+    oup: usize,
+    stride: usize,
+    expand_ratio: usize,
+}
+
 impl InvertedResidual {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        inp: usize,
-        oup: usize,
-        stride: usize,
-        expand_ratio: usize,
-        cfg: &MobileNetV2Config,
-        frozen: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    fn new(spec: BlockSpec, cfg: &MobileNetV2Config, frozen: bool, vb: VarBuilder) -> Result<Self> {
+        let BlockSpec {
+            inp,
+            oup,
+            stride,
+            expand_ratio,
+        } = spec;
+        // Every conv of the block: BN (or FrozenBN) and the block's activation.
+        let conv = |cin, cout, k| {
+            Conv2dConfig::new(cin, cout, k)
+                .with_norm(Some(cfg.norm))
+                .with_activation(cfg.activation)
+                .with_frozen(frozen)
+        };
         let hidden = (inp * expand_ratio) as f64;
         let hidden = hidden.round() as usize;
         let vb = vb.pp("conv");
@@ -96,42 +109,15 @@ impl InvertedResidual {
         let mut idx = 0;
         if expand_ratio != 1 {
             let v = vb.pp(idx);
-            convs.push(Conv2d::new(
-                inp,
-                hidden,
-                Conv2dConfig::same(1, 1),
-                false,
-                Some((cfg.norm, v.pp(1))),
-                cfg.activation,
-                frozen,
-                v.pp(0),
-            )?);
+            convs.push(conv(inp, hidden, 1).init_with_norm_at(v.pp(0), v.pp(1))?);
             idx += 1;
         }
         let v = vb.pp(idx);
-        let dw = Conv2dConfig::same(3, stride).with_groups(hidden);
-        convs.push(Conv2d::new(
-            hidden,
-            hidden,
-            dw,
-            false,
-            Some((cfg.norm, v.pp(1))),
-            cfg.activation,
-            frozen,
-            v.pp(0),
-        )?);
+        let dw = conv(hidden, hidden, 3).with_stride(stride).depthwise();
+        convs.push(dw.init_with_norm_at(v.pp(0), v.pp(1))?);
         // The projection is a bare conv at `conv.{idx+1}` followed by its BN at `conv.{idx+2}`.
-        let project_norm = Some((cfg.norm, vb.pp(idx + 2)));
-        convs.push(Conv2d::new(
-            hidden,
-            oup,
-            Conv2dConfig::same(1, 1),
-            false,
-            project_norm,
-            Activation::Identity,
-            frozen,
-            vb.pp(idx + 1),
-        )?);
+        let project = conv(hidden, oup, 1).with_activation(Activation::Identity);
+        convs.push(project.init_with_norm_at(vb.pp(idx + 1), vb.pp(idx + 2))?);
         Ok(Self {
             convs,
             use_residual: stride == 1 && inp == oup,
@@ -227,17 +213,17 @@ impl MobileNetV2 {
         let mut strides = Vec::new();
         let mut input_channel = make_divisible(32.0 * cfg.width_mult, 8);
         let last_channel = make_divisible(1280.0 * cfg.width_mult.max(1.0), 8);
+        let conv = |cin, cout, k, idx| {
+            Conv2dConfig::new(cin, cout, k)
+                .with_norm(Some(cfg.norm))
+                .with_activation(cfg.activation)
+                .with_frozen(frozen(idx))
+        };
         let stem_vb = fvb.pp(0);
-        features.push(Feature::Conv(Conv2d::new(
-            cfg.in_channels,
-            input_channel,
-            Conv2dConfig::same(3, 2),
-            false,
-            Some((cfg.norm, stem_vb.pp(1))),
-            cfg.activation,
-            frozen(0),
-            stem_vb.pp(0),
-        )?));
+        let stem = conv(cfg.in_channels, input_channel, 3, 0).with_stride(2);
+        features.push(Feature::Conv(
+            stem.init_with_norm_at(stem_vb.pp(0), stem_vb.pp(1))?,
+        ));
         channels.push(input_channel);
         strides.push(2);
         'build: for (t, c, n, s) in SETTINGS {
@@ -248,11 +234,14 @@ impl MobileNetV2 {
                     break 'build;
                 }
                 let stride = if i == 0 { s } else { 1 };
-                features.push(Feature::Block(InvertedResidual::new(
-                    input_channel,
-                    output_channel,
+                let spec = BlockSpec {
+                    inp: input_channel,
+                    oup: output_channel,
                     stride,
-                    t,
+                    expand_ratio: t,
+                };
+                features.push(Feature::Block(InvertedResidual::new(
+                    spec,
                     cfg,
                     frozen(idx),
                     fvb.pp(idx),
@@ -264,16 +253,8 @@ impl MobileNetV2 {
         }
         if deepest == 18 {
             let v = fvb.pp(18);
-            features.push(Feature::Conv(Conv2d::new(
-                input_channel,
-                last_channel,
-                Conv2dConfig::same(1, 1),
-                false,
-                Some((cfg.norm, v.pp(1))),
-                cfg.activation,
-                frozen(18),
-                v.pp(0),
-            )?));
+            let last = conv(input_channel, last_channel, 1, 18);
+            features.push(Feature::Conv(last.init_with_norm_at(v.pp(0), v.pp(1))?));
             channels.push(last_channel);
             strides.push(strides[17]);
         }

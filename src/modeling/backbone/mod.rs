@@ -9,7 +9,7 @@ pub mod mobilenet_v2;
 mod registry;
 
 pub use backbone::{register_builder, Backbone, BackboneBuilder};
-pub use build::build_backbone;
+pub use build::{build_backbone, build_backbone_named};
 pub use fpn::Fpn;
 pub use mobilenet_v2::MobileNetV2;
 pub use registry::BACKBONE_REGISTRY;

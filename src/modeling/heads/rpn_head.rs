@@ -37,9 +37,7 @@ impl RpnHead {
         };
         let conv = |out: usize, k: usize, name: &str| {
             Conv2d::with_init(
-                c,
-                out,
-                Conv2dConfig::same(k, 1),
+                &Conv2dConfig::new(c, out, k),
                 small(),
                 Some(Init::Const(0.0)),
                 vb.pp(name),

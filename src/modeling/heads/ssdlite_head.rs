@@ -11,17 +11,12 @@ use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
 
 /// 3x3 depthwise conv + norm + ReLU6 under `vb.depthwise`.
 fn depthwise(c: usize, norm: Option<NormKind>, vb: &VarBuilder) -> Result<Conv2d> {
-    let dvb = vb.pp("depthwise");
-    Conv2d::new(
-        c,
-        c,
-        Conv2dConfig::same(3, 1).with_groups(c),
-        norm.is_none(),
-        norm.map(|k| (k, dvb.pp("norm"))),
-        Activation::ReLU6,
-        false,
-        dvb.clone(),
-    )
+    Conv2dConfig::new(c, c, 3)
+        .depthwise()
+        .with_bias(norm.is_none())
+        .with_norm(norm)
+        .with_activation(Activation::ReLU6)
+        .init(vb.pp("depthwise"))
 }
 
 fn separable(
@@ -31,17 +26,11 @@ fn separable(
     vb: &VarBuilder,
 ) -> Result<(Conv2d, Conv2d)> {
     let dw = depthwise(c, norm, vb)?;
-    let pvb = vb.pp("pointwise");
-    let pw = Conv2d::new(
-        c,
-        out,
-        Conv2dConfig::same(1, 1),
-        norm.is_none(),
-        norm.map(|k| (k, pvb.pp("norm"))),
-        Activation::ReLU6,
-        false,
-        pvb.clone(),
-    )?;
+    let pw = Conv2dConfig::new(c, out, 1)
+        .with_bias(norm.is_none())
+        .with_norm(norm)
+        .with_activation(Activation::ReLU6)
+        .init(vb.pp("pointwise"))?;
     Ok((dw, pw))
 }
 
@@ -53,25 +42,23 @@ struct Branch {
 }
 
 impl Branch {
-    #[allow(clippy::too_many_arguments)]
+    /// `out` predictions per position, their bias starting at `bias_init`; the head's
+    /// blocks as `cfg` says.
     fn new(
         c: usize,
-        num_convs: usize,
-        out: usize,
-        norm: Option<NormKind>,
-        bias_init: f64,
+        (out, bias_init): (usize, f64),
+        cfg: &SsdLiteHeadConfig,
         vb: VarBuilder,
         name: &str,
     ) -> Result<Self> {
+        let (num_convs, norm) = (cfg.num_convs, cfg.norm);
         let blocks = (0..num_convs)
             .map(|i| separable(c, c, norm, &vb.pp(format!("{name}_subnet")).pp(i)))
             .collect::<Result<_>>()?;
         let pvb = vb.pp(format!("{name}_pred"));
         let pred_dw = depthwise(c, norm, &pvb)?;
         let pred = Conv2d::with_init(
-            c,
-            out,
-            Conv2dConfig::same(1, 1),
+            &Conv2dConfig::new(c, out, 1),
             Init::Randn {
                 mean: 0.0,
                 stdev: 0.01,
@@ -117,20 +104,29 @@ pub struct SsdLiteHead {
     num_scores: usize,
 }
 
+/// The head's settings (from `MODEL.SSDLITE`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SsdLiteHeadConfig {
+    /// Class scores per anchor (K for sigmoid losses, K + 1 with background for softmax).
+    pub num_scores: usize,
+    /// Initial bias of every score output (the prior-probability trick of sigmoid heads;
+    /// 0 for softmax heads, where a shared constant would cancel).
+    pub cls_bias: f64,
+    /// Depthwise-separable blocks before each predictor.
+    pub num_convs: usize,
+    pub norm: Option<NormKind>,
+    /// One head for all levels (equal channels and anchors) instead of one per level.
+    pub share: bool,
+}
+
 impl SsdLiteHead {
-    /// `cls_bias`: initial bias of every score output (the prior-probability trick of
-    /// sigmoid heads; 0 for softmax heads, where a shared constant would cancel).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inputs: &[ShapeSpec],
         num_anchors: &[usize],
-        num_scores: usize,
-        cls_bias: f64,
-        num_convs: usize,
-        norm: Option<NormKind>,
-        share: bool,
+        cfg: &SsdLiteHeadConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let (num_scores, share) = (cfg.num_scores, cfg.share);
         if share
             && (inputs.windows(2).any(|w| w[0].channels != w[1].channels)
                 || num_anchors.windows(2).any(|w| w[0] != w[1]))
@@ -142,14 +138,12 @@ impl SsdLiteHead {
         let make = |spec: &ShapeSpec, a: usize, vb: VarBuilder| -> Result<(Branch, Branch)> {
             let cls = Branch::new(
                 spec.channels,
-                num_convs,
-                a * num_scores,
-                norm,
-                cls_bias,
+                (a * num_scores, cfg.cls_bias),
+                cfg,
                 vb.clone(),
                 "cls",
             )?;
-            let bx = Branch::new(spec.channels, num_convs, a * 4, norm, 0.0, vb, "bbox")?;
+            let bx = Branch::new(spec.channels, (a * 4, 0.0), cfg, vb, "bbox")?;
             Ok((cls, bx))
         };
         let branches = if share {

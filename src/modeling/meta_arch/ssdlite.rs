@@ -19,6 +19,7 @@ use crate::modeling::anchor_generator::AnchorGenerator;
 use crate::modeling::backbone::{build_backbone, Backbone};
 pub use crate::modeling::box_regression::BoxLoss;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform};
+use crate::modeling::heads::ssdlite_head::SsdLiteHeadConfig;
 use crate::modeling::heads::SsdLiteHead;
 use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
@@ -58,7 +59,6 @@ pub struct SsdLite {
 const PRIOR_PROB: f64 = 0.01;
 
 impl SsdLite {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         backbone: Box<dyn Backbone>,
         in_features: Vec<String>,
@@ -98,14 +98,17 @@ impl SsdLite {
             ClsLoss::Focal => (c.num_classes, -((1.0 - PRIOR_PROB) / PRIOR_PROB).ln()),
         };
         let norm = c.norm;
+        let head_cfg = SsdLiteHeadConfig {
+            num_scores,
+            cls_bias: bias,
+            num_convs: c.num_convs,
+            norm,
+            share: c.share_heads,
+        };
         let head = SsdLiteHead::new(
             &specs,
             &anchors.num_cell_anchors(),
-            num_scores,
-            bias,
-            c.num_convs,
-            norm,
-            c.share_heads,
+            &head_cfg,
             vb.pp("head"),
         )?;
         let matcher = Matcher::new(&c.iou_thresholds, c.allow_low_quality_matches)

@@ -45,36 +45,43 @@ pub struct FastRcnnConvFcHead {
     output_size: usize,
 }
 
+/// The box head's layers (Detectron2's `MODEL.ROI_BOX_HEAD.NUM_CONV`, `CONV_DIM`,
+/// `NORM`, `NUM_FC`, `FC_DIM`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoxHeadConfig {
+    pub num_conv: usize,
+    pub conv_dim: usize,
+    pub norm: Option<NormKind>,
+    pub num_fc: usize,
+    pub fc_dim: usize,
+}
+
 impl FastRcnnConvFcHead {
     /// `input`: the pooled features' channels, `resolution`: their side.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         input: ShapeSpec,
         resolution: usize,
-        num_conv: usize,
-        conv_dim: usize,
-        norm: Option<NormKind>,
-        num_fc: usize,
-        fc_dim: usize,
+        cfg: &BoxHeadConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let BoxHeadConfig {
+            num_conv,
+            conv_dim,
+            norm,
+            num_fc,
+            fc_dim,
+        } = *cfg;
         if num_conv + num_fc == 0 {
             candle_core::bail!("MODEL.ROI_BOX_HEAD needs at least one conv or FC layer");
         }
         let mut c = input.channels;
         let mut convs = Vec::with_capacity(num_conv);
         for k in 0..num_conv {
-            let cvb = vb.pp(format!("conv{}", k + 1));
-            convs.push(Conv2d::new(
-                c,
-                conv_dim,
-                Conv2dConfig::same(3, 1),
-                norm.is_none(),
-                norm.map(|n| (n, cvb.pp("norm"))),
-                Activation::ReLU,
-                false,
-                cvb.clone(),
-            )?);
+            let conv = Conv2dConfig::new(c, conv_dim, 3)
+                .with_bias(norm.is_none())
+                .with_norm(norm)
+                .with_activation(Activation::ReLU);
+            convs.push(conv.init(vb.pp(format!("conv{}", k + 1)))?);
             c = conv_dim;
         }
         let mut size = c * resolution * resolution;

@@ -8,7 +8,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 
-use super::box_head::FastRcnnConvFcHead;
+use super::box_head::{BoxHeadConfig, FastRcnnConvFcHead};
 use super::fast_rcnn::{FastRcnnOutputLayers, FastRcnnParams};
 use crate::config::Config;
 use crate::config::PoolerType;
@@ -37,33 +37,35 @@ pub struct StandardRoiHeads {
     pooler: RoiPooler,
     box_head: FastRcnnConvFcHead,
     box_predictor: FastRcnnOutputLayers,
-    proposal_matcher: Matcher,
-    batch_size_per_image: usize,
-    positive_fraction: f64,
-    proposal_append_gt: bool,
+    sampling: ProposalSampling,
+}
+
+/// How training picks the proposals the box head learns from (Detectron2's
+/// `MODEL.ROI_HEADS` matcher and sampling settings).
+#[derive(Debug, Clone)]
+pub struct ProposalSampling {
+    pub matcher: Matcher,
+    /// Proposals sampled per image, and the foreground share at most.
+    pub batch_size_per_image: usize,
+    pub positive_fraction: f64,
+    /// Ground-truth boxes join the proposals.
+    pub append_gt: bool,
 }
 
 impl StandardRoiHeads {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         in_features: Vec<String>,
         pooler: RoiPooler,
         box_head: FastRcnnConvFcHead,
         box_predictor: FastRcnnOutputLayers,
-        proposal_matcher: Matcher,
-        batch_size_per_image: usize,
-        positive_fraction: f64,
-        proposal_append_gt: bool,
+        sampling: ProposalSampling,
     ) -> Self {
         Self {
             in_features,
             pooler,
             box_head,
             box_predictor,
-            proposal_matcher,
-            batch_size_per_image,
-            positive_fraction,
-            proposal_append_gt,
+            sampling,
         }
     }
 
@@ -96,16 +98,15 @@ impl StandardRoiHeads {
         )
         .map_err(|e| msg(format!("MODEL.ROI_HEADS.IN_FEATURES: {e}")))?;
         let norm = b.norm;
-        let box_head = FastRcnnConvFcHead::new(
-            specs[0],
-            b.pooler_resolution,
-            b.num_conv,
-            b.conv_dim,
+        let head_cfg = BoxHeadConfig {
+            num_conv: b.num_conv,
+            conv_dim: b.conv_dim,
             norm,
-            b.num_fc,
-            b.fc_dim,
-            vb.pp("box_head"),
-        )?;
+            num_fc: b.num_fc,
+            fc_dim: b.fc_dim,
+        };
+        let box_head =
+            FastRcnnConvFcHead::new(specs[0], b.pooler_resolution, &head_cfg, vb.pp("box_head"))?;
         let params = FastRcnnParams {
             num_classes: c.num_classes,
             cls_agnostic_bbox_reg: b.cls_agnostic_bbox_reg,
@@ -129,15 +130,18 @@ impl StandardRoiHeads {
         if !(0.0..=1.0).contains(&c.positive_fraction) {
             candle_core::bail!("MODEL.ROI_HEADS.POSITIVE_FRACTION must be in [0, 1]");
         }
+        let sampling = ProposalSampling {
+            matcher,
+            batch_size_per_image: c.batch_size_per_image,
+            positive_fraction: c.positive_fraction,
+            append_gt: c.proposal_append_gt,
+        };
         Ok(Self::new(
             c.in_features.clone(),
             pooler,
             box_head,
             box_predictor,
-            matcher,
-            c.batch_size_per_image,
-            c.positive_fraction,
-            c.proposal_append_gt,
+            sampling,
         ))
     }
 
@@ -152,7 +156,7 @@ impl StandardRoiHeads {
         let mut out = SampledRois::default();
         for (props, inst) in proposals.iter().zip(targets) {
             let mut boxes = props.clone();
-            if self.proposal_append_gt {
+            if self.sampling.append_gt {
                 boxes.extend(
                     (0..inst.len())
                         .filter(|&i| !inst.ignore[i])
@@ -160,7 +164,8 @@ impl StandardRoiHeads {
                 );
             }
             let (matched, flags) =
-                self.proposal_matcher
+                self.sampling
+                    .matcher
                     .match_boxes(&boxes, &inst.boxes, &inst.ignore);
             let labels: Vec<i64> = flags
                 .iter()
@@ -173,8 +178,8 @@ impl StandardRoiHeads {
                 .collect();
             let (fg, bg) = subsample_labels(
                 &labels,
-                self.batch_size_per_image,
-                self.positive_fraction,
+                self.sampling.batch_size_per_image,
+                self.sampling.positive_fraction,
                 k as i64,
                 rng,
             );
@@ -250,10 +255,7 @@ impl StandardRoiHeads {
             pooler: self.pooler.clone(),
             box_head: self.box_head.fused()?,
             box_predictor: self.box_predictor.clone(),
-            proposal_matcher: self.proposal_matcher.clone(),
-            batch_size_per_image: self.batch_size_per_image,
-            positive_fraction: self.positive_fraction,
-            proposal_append_gt: self.proposal_append_gt,
+            sampling: self.sampling.clone(),
         })
     }
 }

@@ -7,6 +7,28 @@ use image::RgbImage;
 
 pub type Rgb = [f32; 3];
 
+/// An ellipse centred at (cx, cy) with semi-axes (a, b), rotated by `angle` (radians).
+#[derive(Debug, Clone, Copy)]
+pub struct Ellipse {
+    pub cx: f32,
+    pub cy: f32,
+    pub a: f32,
+    pub b: f32,
+    pub angle: f32,
+}
+
+impl Ellipse {
+    pub fn new(cx: f32, cy: f32, a: f32, b: f32, angle: f32) -> Self {
+        Self {
+            cx,
+            cy,
+            a,
+            b,
+            angle,
+        }
+    }
+}
+
 pub struct Canvas {
     pub w: usize,
     pub h: usize,
@@ -72,18 +94,19 @@ impl Canvas {
     /// ellipse centred at (cx, cy) with semi-axes (a, b) rotated by `angle`; u and v are
     /// the pixel's coordinates in the ellipse's frame divided by a and b (the unit disc is
     /// the ellipse). `ss` x `ss` samples per pixel anti-alias small shapes.
-    #[allow(clippy::too_many_arguments)]
     pub fn shade_ellipse(
         &mut self,
-        cx: f32,
-        cy: f32,
-        a: f32,
-        b: f32,
-        angle: f32,
-        extent: f32,
-        ss: usize,
+        e: Ellipse,
+        (extent, ss): (f32, usize),
         shader: impl Fn(f32, f32) -> Option<(Rgb, f32)>,
     ) {
+        let Ellipse {
+            cx,
+            cy,
+            a,
+            b,
+            angle,
+        } = e;
         let r = a.max(b) * extent + 1.0;
         let x0 = (cx - r).floor().max(0.0) as usize;
         let y0 = (cy - r).floor().max(0.0) as usize;
@@ -124,10 +147,9 @@ impl Canvas {
     }
 
     /// A filled ellipse of one colour with an anti-aliased rim.
-    #[allow(clippy::too_many_arguments)]
-    pub fn ellipse(&mut self, cx: f32, cy: f32, a: f32, b: f32, angle: f32, c: Rgb, alpha: f32) {
-        let rim = a.min(b).max(0.5);
-        self.shade_ellipse(cx, cy, a, b, angle, 1.0, 1, |u, v| {
+    pub fn ellipse(&mut self, e: Ellipse, c: Rgb, alpha: f32) {
+        let rim = e.a.min(e.b).max(0.5);
+        self.shade_ellipse(e, (1.0, 1), |u, v| {
             let d = (1.0 - (u * u + v * v).sqrt()) * rim + 0.5;
             Some((c, alpha * d.clamp(0.0, 1.0)))
         });

@@ -1,7 +1,7 @@
 //! Scene content: background, distractors, people (body, face, hair, accessories,
 //! occluders) and the camera effects applied last.
 
-use super::canvas::{mix, scale, Canvas, Rgb, Xorshift};
+use super::canvas::{mix, scale, Canvas, Ellipse, Rgb, Xorshift};
 use super::spec::SyntheticSpec;
 use crate::data::datasets::widerface::FaceAnnotation;
 
@@ -87,7 +87,7 @@ pub fn distractors(cv: &mut Canvas, rng: &mut Xorshift, spec: &SyntheticSpec, ev
                 let skin = skin_tone(rng);
                 let (a, b) = (s * rng.uniform(0.3, 0.6), s * rng.uniform(0.4, 0.9));
                 let (lx, ly) = (rng.uniform(-0.7, 0.7), rng.uniform(-0.7, 0.3));
-                cv.shade_ellipse(cx, cy, a, b, angle, 1.0, 1, |u, v| {
+                cv.shade_ellipse(Ellipse::new(cx, cy, a, b, angle), (1.0, 1), |u, v| {
                     let r2 = u * u + v * v;
                     let nz = (1.0 - r2).max(0.0).sqrt();
                     let sh = 0.55 + 0.45 * (u * lx + v * ly + nz * 0.7).max(0.0);
@@ -99,7 +99,7 @@ pub fn distractors(cv: &mut Canvas, rng: &mut Xorshift, spec: &SyntheticSpec, ev
                 // A shaded ball.
                 let c = rng.color();
                 let r = s * 0.5;
-                cv.shade_ellipse(cx, cy, r, r, 0.0, 1.0, 1, |u, v| {
+                cv.shade_ellipse(Ellipse::new(cx, cy, r, r, 0.0), (1.0, 1), |u, v| {
                     let r2 = u * u + v * v;
                     let nz = (1.0 - r2).max(0.0).sqrt();
                     let sh = 0.35 + 0.75 * (-0.4 * u - 0.4 * v + 0.8 * nz).max(0.0);
@@ -113,7 +113,7 @@ pub fn distractors(cv: &mut Canvas, rng: &mut Xorshift, spec: &SyntheticSpec, ev
                 let c2 = rng.color();
                 let rings = rng.uniform(2.0, 6.0);
                 let r = s * 0.5;
-                cv.shade_ellipse(cx, cy, r, r, 0.0, 1.0, 1, |u, v| {
+                cv.shade_ellipse(Ellipse::new(cx, cy, r, r, 0.0), (1.0, 1), |u, v| {
                     let d = (u * u + v * v).sqrt();
                     let c = if ((d * rings) as i32) % 2 == 0 {
                         c1
@@ -129,13 +129,8 @@ pub fn distractors(cv: &mut Canvas, rng: &mut Xorshift, spec: &SyntheticSpec, ev
                 let dark = scale(rng.color(), 0.25);
                 let r = s * 0.5;
                 cv.shade_ellipse(
-                    cx,
-                    cy,
-                    r,
-                    r * rng.uniform(0.8, 1.2),
-                    angle,
-                    1.0,
-                    2,
+                    Ellipse::new(cx, cy, r, r * rng.uniform(0.8, 1.2), angle),
+                    (1.0, 2),
                     |u, v| {
                         let dot =
                             |x: f32, y: f32, rr: f32| (u - x).powi(2) + (v - y).powi(2) < rr * rr;
@@ -155,7 +150,7 @@ pub fn distractors(cv: &mut Canvas, rng: &mut Xorshift, spec: &SyntheticSpec, ev
                 // A hand: a skin ellipse with finger stripes.
                 let skin = skin_tone(rng);
                 let (a, b) = (s * 0.35, s * 0.5);
-                cv.shade_ellipse(cx, cy, a, b, angle, 1.0, 1, |u, v| {
+                cv.shade_ellipse(Ellipse::new(cx, cy, a, b, angle), (1.0, 1), |u, v| {
                     let finger = v < -0.2 && ((u + 1.0) * 4.0).fract() < 0.15;
                     let col = if finger { scale(skin, 0.7) } else { skin };
                     let edge = ((1.0 - (u * u + v * v).sqrt()) * a + 0.5).clamp(0.0, 1.0);
@@ -321,11 +316,7 @@ fn draw_person(cv: &mut Canvas, rng: &mut Xorshift, p: &Person) -> f32 {
     let shirt = rng.color();
     // Body and neck first.
     cv.ellipse(
-        p.cx,
-        p.cy + 2.6 * p.b,
-        2.2 * p.a,
-        1.8 * p.b,
-        p.roll * 0.3,
+        Ellipse::new(p.cx, p.cy + 2.6 * p.b, 2.2 * p.a, 1.8 * p.b, p.roll * 0.3),
         shirt,
         1.0,
     );
@@ -444,7 +435,11 @@ fn draw_person(cv: &mut Canvas, rng: &mut Xorshift, p: &Person) -> f32 {
         }
         Some((c, edge))
     };
-    cv.shade_ellipse(p.cx, p.cy, p.a, p.b, p.roll, 1.12, ss, shader);
+    cv.shade_ellipse(
+        Ellipse::new(p.cx, p.cy, p.a, p.b, p.roll),
+        (1.12, ss),
+        shader,
+    );
 
     // Accessories that hide part of the face.
     let [x1, y1, x2, y2] = p.bbox;

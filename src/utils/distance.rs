@@ -1,7 +1,7 @@
 //! Edit distances, for suggesting the closest valid key or value.
 
 /// Levenshtein distance, for suggesting the closest valid key.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -17,7 +17,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The candidate closest to `text` (ignoring case), if it is close enough to be a typo:
 /// at most a third of its length away, and at least 1 for short names.
-pub(crate) fn closest<'a>(text: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+pub fn closest<'a>(text: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
     let t = text.to_ascii_lowercase();
     candidates
         .map(|c| (edit_distance(&t, &c.to_ascii_lowercase()), c))
