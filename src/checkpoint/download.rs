@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::CheckpointError;
+use super::error::CheckpointError;
 
 /// Whether `spec` names a remote checkpoint rather than a local path.
 pub fn is_url(spec: &str) -> bool {

@@ -2,6 +2,7 @@
 //! a state dict into the model's parameters with a report of what did not fit.
 
 pub mod download;
+mod error;
 mod pickle;
 mod torch;
 
@@ -12,23 +13,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::layers::params::ParamStore;
-
-/// What is wrong with a checkpoint; `path` is empty for one read from memory.
-#[derive(Debug, thiserror::Error)]
-#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
-pub struct CheckpointError {
-    pub path: String,
-    pub message: String,
-}
-
-impl From<String> for CheckpointError {
-    fn from(message: String) -> Self {
-        Self {
-            path: String::new(),
-            message,
-        }
-    }
-}
+pub use error::CheckpointError;
 
 fn err(path: &Path, message: impl Into<String>) -> CheckpointError {
     CheckpointError {

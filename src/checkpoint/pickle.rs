@@ -41,7 +41,7 @@ pub struct TensorRef {
     pub stride: Vec<usize>,
 }
 
-pub type PResult<T> = std::result::Result<T, String>;
+pub(crate) type PResult<T> = std::result::Result<T, String>;
 
 impl Value {
     pub fn as_str(&self) -> Option<&str> {

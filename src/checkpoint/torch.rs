@@ -183,7 +183,7 @@ pub fn is_legacy(data: &[u8]) -> bool {
 
 /// The legacy format: magic, protocol version, system info, the object, the storage key
 /// list, then for each key an i64 element count and the raw little-endian data.
-pub fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+pub(crate) fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     let mut pos = 0;
     match pickle::load(data, &mut pos)? {
         Value::BigInt(m) if m == LEGACY_MAGIC => {}
@@ -242,7 +242,7 @@ pub fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
 }
 
 /// The zip format: `ARCHIVE/data.pkl` plus one entry `ARCHIVE/data/KEY` per storage.
-pub fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+pub(crate) fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data))
         .map_err(|e| format!("invalid zip archive: {e}"))?;
     let pkl_name = archive
