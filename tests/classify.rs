@@ -9,35 +9,17 @@ fn classify_top5_and_dump_match_pytorch() {
     let Some(shared) = common::shared("classify_top5_and_dump_match_pytorch") else {
         return;
     };
-    let dir = common::tmp_dir("classify");
-    let dump = dir.join("dump.safetensors");
-    let out = Command::new(env!("CARGO_BIN_EXE_classify"))
-        .arg("--weights")
-        .arg(shared.join("pretrained/mobilenet_v2-b0353104.pth"))
-        .arg(shared.join("reference/astronaut.png"))
-        .arg("--dump")
-        .arg(&dump)
-        .args(["--", "OUTPUT_DIR"])
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let weights = shared.join("pretrained/mobilenet_v2-b0353104.pth");
+    let (stdout, ours, theirs, dir) = common::classify_reference(
+        &shared,
+        "classify",
+        &["--weights".as_ref(), weights.as_os_str()],
     );
     let want = common::reference_top5(&shared);
     let got = common::classify_top5(&stdout);
     assert_eq!(got, want, "{stdout}");
     assert!(stdout.contains("bobsled"), "{stdout}");
     // The preprocessing reproduces PyTorch's input, and the dump holds every map.
-    let ours = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
-    let theirs = candle_core::safetensors::load(
-        shared.join("reference/astronaut_mnv2.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
     for name in ["input", "res2", "res3", "res4", "res5", "logits"] {
         let (diff, _) = common::max_abs_diff(&ours[name], &theirs[name]);
         assert!(diff <= 1e-3, "{name}: {diff}");

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 use candle_core::{DType, Tensor};
 use candletron::checkpoint::read_checkpoint;
@@ -101,38 +100,18 @@ fn classify_with_the_shipped_weights_matches_pytorch_top5() {
     else {
         return;
     };
-    let dir = common::tmp_dir("shipped-classify");
-    let dump = dir.join("dump.safetensors");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // The config names the shipped file relative to the repository root.
-    let out = Command::new(env!("CARGO_BIN_EXE_classify"))
-        .current_dir(&root)
-        .args([
-            "--config-file",
-            "configs/imagenet/mobilenet_v2_classifier.yaml",
-        ])
-        .arg(shared.join("reference/astronaut.png"))
-        .arg("--dump")
-        .arg(&dump)
-        .args(["--", "OUTPUT_DIR"])
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, ours, theirs, _) = common::classify_reference(
+        &shared,
+        "shipped-classify",
+        &[
+            "--config-file".as_ref(),
+            "configs/imagenet/mobilenet_v2_classifier.yaml".as_ref(),
+        ],
     );
     let want = common::reference_top5(&shared);
     let got = common::classify_top5(&stdout);
     assert_eq!(got, want, "{stdout}");
-    let ours = candle_core::safetensors::load(&dump, &candle_core::Device::Cpu).unwrap();
-    let theirs = candle_core::safetensors::load(
-        shared.join("reference/astronaut_mnv2.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
     let (diff, scale) = common::max_abs_diff(&ours["logits"], &theirs["logits"]);
     eprintln!("logits with f16 weights: max |diff| {diff:.3e} (max |ref| {scale:.2})");
     assert!(diff <= 1e-2 * scale, "logits: {diff} of {scale}");

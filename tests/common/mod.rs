@@ -89,3 +89,42 @@ pub fn classify_top5(stdout: &str) -> Vec<u64> {
         .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
         .collect()
 }
+
+/// Runs `classify` from the repository root on the reference image with `args` (weights or
+/// a config) and `--dump`, with `OUTPUT_DIR` under `tmp_dir(name)`; asserts it succeeded and
+/// returns its stdout, its dump, PyTorch's reference tensors and the folder.
+pub fn classify_reference(
+    shared: &std::path::Path,
+    name: &str,
+    args: &[&std::ffi::OsStr],
+) -> (
+    String,
+    std::collections::HashMap<String, candle_core::Tensor>,
+    std::collections::HashMap<String, candle_core::Tensor>,
+    PathBuf,
+) {
+    let dir = tmp_dir(name);
+    let dump = dir.join("dump.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_classify"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .arg(shared.join("reference/astronaut.png"))
+        .arg("--dump")
+        .arg(&dump)
+        .args(["--", "OUTPUT_DIR"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cpu = candle_core::Device::Cpu;
+    let ours = candle_core::safetensors::load(&dump, &cpu).unwrap();
+    let theirs =
+        candle_core::safetensors::load(shared.join("reference/astronaut_mnv2.safetensors"), &cpu)
+            .unwrap();
+    (stdout, ours, theirs, dir)
+}
