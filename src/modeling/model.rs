@@ -110,10 +110,14 @@ impl Model {
         Ok((Tensor::stack(&padded, 0)?, sizes))
     }
 
+    fn preprocess_inputs(&self, inputs: &[ModelInput]) -> Result<(Tensor, Vec<(usize, usize)>)> {
+        let images: Vec<Tensor> = inputs.iter().map(|i| i.image.clone()).collect();
+        self.preprocess_image(&images)
+    }
+
     /// The network's batch for `inputs`, with their targets when every input has them.
     pub fn batch(&self, inputs: &[ModelInput]) -> Result<Batch> {
-        let images: Vec<Tensor> = inputs.iter().map(|i| i.image.clone()).collect();
-        let (images, image_sizes) = self.preprocess_image(&images)?;
+        let (images, image_sizes) = self.preprocess_inputs(inputs)?;
         let targets = if inputs.iter().all(|i| i.instances.is_some()) {
             Some(Targets::Instances(
                 inputs.iter().filter_map(|i| i.instances.clone()).collect(),
@@ -151,10 +155,11 @@ impl Model {
     /// `output_size`, or a classifier's logits. Call it on the [`fused`](Self::fused) copy
     /// for speed; it gives the same results up to rounding.
     pub fn inference(&self, inputs: &[ModelInput]) -> Result<Vec<Prediction>> {
-        let batch = self.batch(inputs)?;
+        let (images, image_sizes) = self.preprocess_inputs(inputs)?;
         let batch = Batch {
+            images,
             targets: None,
-            ..batch
+            image_sizes,
         };
         let out = self.arch.forward(&batch, false)?;
         postprocess(out, inputs, &batch.image_sizes)
