@@ -132,6 +132,8 @@ fn loss_falls_resume_is_exact_and_evaluation_runs() {
     assert_eq!(std::fs::read_dir(inf.join("vis")).unwrap().count(), 2);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("easy"), "{stdout}");
+    // The table's columns in the protocol's order, as README and widerface_eval give them.
+    assert!(stdout.contains("| easy | medium | hard |"), "{stdout}");
 
     // Loss falls: without augmentation, a longer run on the same six images fits them.
     let long = root.join("long");

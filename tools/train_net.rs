@@ -8,6 +8,7 @@ use clap::Parser;
 
 use candletron::config::Config;
 use candletron::engine::{DefaultTrainer, TrainOutcome};
+use candletron::evaluation::widerface::SETTINGS;
 
 #[derive(Parser)]
 #[command(
@@ -32,22 +33,28 @@ struct Args {
     opts: Vec<String>,
 }
 
-/// The metrics as a table and as one JSON line (the last line of the output).
+/// The metrics as a table and as one JSON line (the last line of the output). The WIDER
+/// FACE settings come in the protocol's order (easy, medium, hard), the rest by name.
 fn print_metrics(cfg: &Config, metrics: &BTreeMap<String, f64>) -> Result<()> {
+    let rank = |k: &str| {
+        let setting = k.rsplit('/').next().unwrap_or(k);
+        SETTINGS
+            .iter()
+            .position(|s| *s == setting)
+            .unwrap_or(SETTINGS.len())
+    };
+    let mut rows: Vec<(&String, &f64)> = metrics.iter().collect();
+    // Stable: keys of equal rank (several datasets, or non-WIDER metrics) keep their order.
+    rows.sort_by_key(|(k, _)| {
+        let dataset = k.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        (dataset.to_string(), rank(k))
+    });
     println!("evaluation results ({}):", cfg.datasets.test.join(", "));
-    println!(
-        "| {} |",
-        metrics.keys().cloned().collect::<Vec<_>>().join(" | ")
-    );
-    println!("|{}|", vec!["---"; metrics.len()].join("|"));
-    println!(
-        "| {} |",
-        metrics
-            .values()
-            .map(|v| format!("{v:.4}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
+    let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    println!("| {} |", keys.join(" | "));
+    println!("|{}|", vec!["---"; rows.len()].join("|"));
+    let values: Vec<String> = rows.iter().map(|(_, v)| format!("{v:.4}")).collect();
+    println!("| {} |", values.join(" | "));
     println!("{}", serde_json::to_string(metrics)?);
     Ok(())
 }
