@@ -1,5 +1,5 @@
-//! Run a trained detector on one image through the library API and print its detections
-//! in the image's own pixels.
+//! Run a trained detector on one image through the library's `Predictor` and print its
+//! detections in the image's own pixels.
 //!
 //! ```sh
 //! cargo run --release --bin train_net -- --config-file configs/synthetic_faces/ssdlite_mnv2_fpn.yaml
@@ -9,12 +9,8 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use candletron::config::Config;
-use candletron::data::augmentation::{resize, shortest_edge_size};
-use candletron::data::transforms::image_to_tensor;
-use candletron::modeling::{build_model, Prediction};
-use candletron::structures::{Instances, ModelInput};
+use candletron::engine::{Predicted, Predictor};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,33 +20,25 @@ fn main() -> Result<()> {
     // The config the model was trained with (train_net saves it as OUTPUT_DIR/config.yaml).
     let mut cfg = Config::from_file(config)?;
     cfg.model.weights = weights.clone();
-    let (model, _) = build_model(&cfg, 0)?;
-    // Norms folded into the convolutions: the fast inference path.
-    let model = model.fused()?;
+    // Loads the weights (they must fit the model), folds the norms into the convolutions.
+    let predictor = Predictor::from_config(&cfg)?.with_class_names(vec!["face".into()])?;
 
-    let img = image::open(image)
-        .with_context(|| format!("cannot read {image}"))?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    // Test-time resizing as in evaluation: the short side to INPUT.MIN_SIZE_TEST (0 keeps
-    // the size), the long side at most INPUT.MAX_SIZE_TEST.
-    let img = if cfg.input.min_size_test > 0 {
-        let (nw, nh) = shortest_edge_size(w, h, cfg.input.min_size_test, cfg.input.max_size_test);
-        resize(&img, &mut Instances::default(), nw, nh)
-    } else {
-        img
-    };
-    // The model normalises, pads and maps its boxes back to the original size itself.
-    let input = ModelInput::new(image_to_tensor(&img, &Device::Cpu)?)
-        .with_output_size(h as usize, w as usize);
-    let Some(Prediction::Detections(dets)) = model.inference(&[input])?.pop() else {
+    let img = image::open(image).with_context(|| format!("cannot read {image}"))?;
+    // Test-time resizing as in evaluation; boxes come back in the original image's pixels.
+    let Predicted::Detections(dets) = predictor.predict(&img)? else {
         bail!("{} is not a detector", cfg.model.meta_architecture);
     };
-    println!("{image}: {} detections ({w}x{h})", dets.boxes.len());
-    for ((b, s), c) in dets.boxes.iter().zip(&dets.scores).zip(&dets.classes) {
+    println!(
+        "{image}: {} detections ({}x{})",
+        dets.len(),
+        img.width(),
+        img.height()
+    );
+    for d in dets.iter().filter(|d| d.score >= 0.5) {
+        let [x1, y1, x2, y2] = d.bbox;
         println!(
-            "  class {c}  score {s:.3}  box [{:.1}, {:.1}, {:.1}, {:.1}]",
-            b[0], b[1], b[2], b[3]
+            "  {} {:.3}  [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}]",
+            d.class_name, d.score
         );
     }
     Ok(())

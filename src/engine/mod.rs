@@ -4,7 +4,9 @@
 pub mod checkpointer;
 pub mod default_trainer;
 pub mod defaults;
+pub mod predictor;
 pub mod trainer;
 
 pub use default_trainer::{DefaultTrainer, TrainOutcome};
 pub use defaults::default_setup;
+pub use predictor::{Detection, Predicted, Predictor};
