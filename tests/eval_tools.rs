@@ -150,7 +150,8 @@ fn demo_draws_prediction_boxes() {
         stderr.contains("broken.jpg"),
         "a corrupt image is reported: {stderr}"
     );
-    let img = image::open(dir.join("out/a.png")).unwrap().to_rgb8();
+    // The output keeps the image's path under --input.
+    let img = image::open(dir.join("out/0--Synth/a.png")).unwrap().to_rgb8();
     let bg = image::Rgb([90, 90, 90]);
     // The kept box's left edge is drawn, the low-score box is not.
     assert_ne!(*img.get_pixel(40, 100), bg);

@@ -7,17 +7,19 @@ use clap::Parser;
 use image::RgbImage;
 
 use candletron::config::Config;
-use candletron::data::{imagenet_classes, transforms};
+use candletron::engine::{Predicted, Predictor};
 use candletron::evaluation::predictions::parse_prediction_file;
-use candletron::modeling::{build_model, Prediction};
-use candletron::structures::ModelInput;
-use candletron::utils::visualizer::{draw_detections, draw_label, BLACK, PALETTE, WHITE};
+use candletron::utils::visualizer::{
+    draw_detections, draw_label, draw_labeled_boxes, LabeledBox, BLACK, PALETTE, WHITE,
+};
 
 #[derive(Parser)]
-#[command(about = "Draw detections (with scores) or classifications onto images and save them")]
+#[command(
+    about = "Run a detector or classifier on images and draw its results (or draw a WIDER prediction folder)"
+)]
 struct Args {
-    /// Config file (defaults in code otherwise).
-    #[arg(long)]
+    /// Config file (defaults in code otherwise): the one the model was trained with.
+    #[arg(long, visible_alias = "config-file")]
     config: Option<PathBuf>,
     /// Model weights; overrides MODEL.WEIGHTS.
     #[arg(long)]
@@ -34,6 +36,14 @@ struct Args {
     /// Draw boxes from a WIDER prediction folder (EVENT/IMAGE.txt) instead of running a model.
     #[arg(long)]
     predictions: Option<PathBuf>,
+    /// Also write every image's detections to this file, in COCO results format
+    /// (`image_id` is the image's path under --input; boxes in its own pixels).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Class names, comma-separated (the training dataset's; default `class N`, or
+    /// ImageNet's for a 1000-class classifier).
+    #[arg(long, value_delimiter = ',')]
+    class_names: Vec<String>,
     /// Config overrides `KEY VALUE ...`, after `--`.
     #[arg(last = true)]
     opts: Vec<String>,
@@ -97,30 +107,49 @@ fn main() -> Result<()> {
     if let Some(w) = &args.weights {
         cfg.model.weights = w.display().to_string();
     }
+    if let Some(pred) = &args.predictions {
+        if !pred.is_dir() {
+            bail!("--predictions {} is not a folder", pred.display());
+        }
+    }
     let images = images_in(&args.input)?;
     if images.is_empty() {
         bail!("no .jpg/.jpeg/.png images under {}", args.input.display());
     }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let model = if args.predictions.is_none() {
+    let predictor = if args.predictions.is_none() {
         if cfg.model.weights.is_empty() {
             bail!("no weights: pass --weights, set MODEL.WEIGHTS, or draw a prediction folder with --predictions");
         }
-        Some(build_model(&cfg, 0)?.0)
+        let p = Predictor::from_config(&cfg)?;
+        Some(if args.class_names.is_empty() {
+            p
+        } else {
+            p.with_class_names(args.class_names.clone())?
+        })
     } else {
         None
     };
+    let mut results = Vec::new();
     let mut failures = 0;
     for path in &images {
-        let mut img: RgbImage = match image::open(path) {
-            Ok(i) => i.to_rgb8(),
+        // The image's path under --input, so that A/x.png and B/x.png stay apart.
+        let rel = path.strip_prefix(&args.input).unwrap_or(path);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(path.file_name().unwrap_or_default())
+        } else {
+            rel
+        };
+        let decoded = match image::open(path) {
+            Ok(i) => i,
             Err(e) => {
                 eprintln!("skipping {}: {e}", path.display());
                 failures += 1;
                 continue;
             }
         };
+        let mut img: RgbImage = decoded.to_rgb8();
         let mut summary = String::new();
         if let Some(pred) = &args.predictions {
             match prediction_file(pred, path) {
@@ -137,50 +166,71 @@ fn main() -> Result<()> {
                 }
                 None => summary = "no prediction file".into(),
             }
-        } else if let Some(model) = &model {
-            // Only the classifier exists today; detectors will draw boxes here.
-            let crop = transforms::resize_short_center_crop(
-                &img,
-                cfg.input.resize_short,
-                cfg.input.crop_size,
-            )
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            let x = transforms::image_to_tensor(&crop, &candle_core::Device::Cpu)?;
-            let Some(Prediction::Logits(scores)) = model.inference(&[ModelInput::new(x)])?.pop()
-            else {
-                bail!("{} produced no class scores", cfg.model.meta_architecture);
-            };
-            let logits = candle_core::Tensor::new(scores.as_slice(), &candle_core::Device::Cpu)?
-                .unsqueeze(0)?;
-            let probs: Vec<f32> = candle_nn::ops::softmax(&logits, candle_core::D::Minus1)?
-                .squeeze(0)?
-                .to_vec1()?;
-            let classes = imagenet_classes();
-            let mut order: Vec<usize> = (0..probs.len()).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-            let scale = (img.width().min(img.height()) / 250).clamp(1, 4);
-            for (row, &c) in order.iter().take(3).enumerate() {
-                let name = classes.get(c).copied().unwrap_or("?");
-                let label = format!("{name} {:.2}", probs[c]);
-                draw_label(
-                    &mut img,
-                    4,
-                    4 + row as i32 * (8 * scale as i32 + 6),
-                    &label,
-                    scale,
-                    WHITE,
-                    BLACK,
-                );
+        } else if let Some(predictor) = &predictor {
+            match predictor.predict(&decoded)? {
+                Predicted::Detections(dets) => {
+                    let boxes: Vec<LabeledBox> = dets
+                        .iter()
+                        .map(|d| {
+                            let [x1, y1, x2, y2] = d.bbox.map(|v| v as f64);
+                            LabeledBox {
+                                xywh: [x1, y1, x2 - x1, y2 - y1],
+                                score: d.score as f64,
+                                label: format!("{} {:.2}", d.class_name, d.score),
+                                color: PALETTE[d.class_id % PALETTE.len()],
+                            }
+                        })
+                        .collect();
+                    draw_labeled_boxes(&mut img, &boxes, args.confidence_threshold);
+                    for (d, b) in dets.iter().zip(&boxes) {
+                        results.push(serde_json::json!({
+                            "image_id": rel.display().to_string(),
+                            "category_id": d.class_id,
+                            "bbox": b.xywh,
+                            "score": d.score,
+                        }));
+                    }
+                    let shown = boxes
+                        .iter()
+                        .filter(|b| b.score >= args.confidence_threshold)
+                        .count();
+                    summary = format!("{shown} of {} detections", dets.len());
+                }
+                Predicted::Probabilities(probs) => {
+                    let names = predictor.class_names();
+                    let mut order: Vec<usize> = (0..probs.len()).collect();
+                    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+                    let scale = (img.width().min(img.height()) / 250).clamp(1, 4);
+                    for (row, &c) in order.iter().take(3).enumerate() {
+                        let label = format!("{} {:.2}", names[c], probs[c]);
+                        draw_label(
+                            &mut img,
+                            4,
+                            4 + row as i32 * (8 * scale as i32 + 6),
+                            &label,
+                            scale,
+                            WHITE,
+                            BLACK,
+                        );
+                    }
+                    summary = format!("top-1 {}", names[order[0]]);
+                }
             }
-            summary = format!("top-1 {}", classes.get(order[0]).copied().unwrap_or("?"));
         }
-        let out = args.output.join(format!(
-            "{}.png",
-            path.file_stem().and_then(|s| s.to_str()).unwrap_or("image")
-        ));
+        let out = args.output.join(rel).with_extension("png");
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         img.save(&out)
             .with_context(|| format!("cannot write {}", out.display()))?;
         println!("{} -> {} ({summary})", path.display(), out.display());
+    }
+    if let Some(json) = &args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        candletron::utils::fs::write_atomic(json, text.as_bytes())
+            .with_context(|| format!("cannot write {}", json.display()))?;
+        println!("wrote {} detections to {}", results.len(), json.display());
     }
     if failures > 0 {
         eprintln!("{failures} image(s) could not be read and were skipped");

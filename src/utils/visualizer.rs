@@ -87,24 +87,46 @@ pub fn draw_box(img: &mut RgbImage, b: [f64; 4], color: Rgb<u8>, thickness: u32)
 
 /// Draws detections (x, y, w, h, score) at or above `threshold`, each with its score.
 pub fn draw_detections(img: &mut RgbImage, dets: &[[f64; 5]], threshold: f64, color: Rgb<u8>) {
+    let labeled: Vec<LabeledBox> = dets
+        .iter()
+        .map(|d| LabeledBox {
+            xywh: [d[0], d[1], d[2], d[3]],
+            score: d[4],
+            label: format!("{:.2}", d[4]),
+            color,
+        })
+        .collect();
+    draw_labeled_boxes(img, &labeled, threshold);
+}
+
+/// A box (x, y, w, h) to draw with its label text and colour.
+pub struct LabeledBox {
+    pub xywh: [f64; 4],
+    pub score: f64,
+    pub label: String,
+    pub color: Rgb<u8>,
+}
+
+/// Draws the boxes scoring at least `threshold`, lowest first so that the most confident
+/// boxes and labels end up on top; line width and text size grow with the image.
+pub fn draw_labeled_boxes(img: &mut RgbImage, boxes: &[LabeledBox], threshold: f64) {
     let short = img.width().min(img.height());
     let thickness = (short / 250).clamp(2, 6);
     let scale = (short / 256).clamp(2, 4);
-    let mut sorted: Vec<&[f64; 5]> = dets.iter().filter(|d| d[4] >= threshold).collect();
-    // Lowest first, so the most confident boxes and labels end up on top.
-    sorted.sort_by(|a, b| a[4].total_cmp(&b[4]));
+    let mut sorted: Vec<&LabeledBox> = boxes.iter().filter(|d| d.score >= threshold).collect();
+    sorted.sort_by(|a, b| a.score.total_cmp(&b.score));
     for d in sorted {
-        draw_box(img, [d[0], d[1], d[2], d[3]], color, thickness);
-        let label = format!("{:.2}", d[4]);
-        let (_, th) = text_size(&label, scale);
+        let [x, y, _, _] = d.xywh;
+        draw_box(img, d.xywh, d.color, thickness);
+        let (_, th) = text_size(&d.label, scale);
         draw_label(
             img,
-            d[0] as i32,
-            d[1] as i32 - th as i32 - 2,
-            &label,
+            x as i32,
+            y as i32 - th as i32 - 2,
+            &d.label,
             scale,
             BLACK,
-            color,
+            d.color,
         );
     }
 }
