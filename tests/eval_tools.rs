@@ -151,7 +151,9 @@ fn demo_draws_prediction_boxes() {
         "a corrupt image is reported: {stderr}"
     );
     // The output keeps the image's path under --input.
-    let img = image::open(dir.join("out/0--Synth/a.png")).unwrap().to_rgb8();
+    let img = image::open(dir.join("out/0--Synth/a.png"))
+        .unwrap()
+        .to_rgb8();
     let bg = image::Rgb([90, 90, 90]);
     // The kept box's left edge is drawn, the low-score box is not.
     assert_ne!(*img.get_pixel(40, 100), bg);
