@@ -40,11 +40,17 @@ fn blocked_matmul<T: WithDType>(
 
 /// The (n, c, hw, o) of a 1x1 conv, checked.
 fn geometry(op: &str, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, usize)> {
-    let d = ConvGeometry::default().dense_dims(xl.shape(), wl.shape())?;
-    if d.k != 1 {
-        candle_core::bail!("{op}: weight {:?} is not 1x1", wl.shape());
-    }
+    let d = dims(op, xl.shape(), wl.shape())?;
     Ok((d.n, d.c, d.in_plane(), d.o))
+}
+
+/// The dims of a 1x1 conv, checked.
+fn dims(op: &str, x: &Shape, w: &Shape) -> Result<ConvDims> {
+    let d = ConvGeometry::default().dense_dims(x, w)?;
+    if d.k != 1 {
+        candle_core::bail!("{op}: weight {w:?} is not 1x1");
+    }
+    Ok(d)
 }
 
 impl ConvEpilogue for PointwiseBiasAct {
@@ -55,11 +61,7 @@ impl ConvEpilogue for PointwiseBiasAct {
     }
 
     fn dims(&self, x: &Shape, w: &Shape) -> Result<ConvDims> {
-        let d = ConvGeometry::default().dense_dims(x, w)?;
-        if d.k != 1 {
-            candle_core::bail!("{}: weight {w:?} is not 1x1", Self::NAME);
-        }
-        Ok(d)
+        dims(Self::NAME, x, w)
     }
 
     fn forward_with(
