@@ -6,11 +6,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use image::RgbImage;
 
-use candletron::config::Config;
-use candletron::engine::{Predicted, Predictor};
+use candletron::engine::{inference_config, Predicted, Predictor};
 use candletron::evaluation::predictions::parse_prediction_file;
+use candletron::utils::fs::image_files;
 use candletron::utils::visualizer::{
-    draw_detections, draw_label, draw_labeled_boxes, LabeledBox, BLACK, PALETTE, WHITE,
+    draw_detections, draw_label, draw_labeled_boxes, label_px, LabeledBox, BLACK, PALETTE, WHITE,
 };
 
 #[derive(Parser)]
@@ -18,7 +18,8 @@ use candletron::utils::visualizer::{
     about = "Run a detector or classifier on images and draw its results (or draw a WIDER prediction folder)"
 )]
 struct Args {
-    /// Config file (defaults in code otherwise): the one the model was trained with.
+    /// Config file: the one the model was trained with. Without it, the config stored in
+    /// --weights when training wrote them, else the defaults.
     #[arg(long, visible_alias = "config-file")]
     config: Option<PathBuf>,
     /// Model weights; overrides MODEL.WEIGHTS.
@@ -40,43 +41,13 @@ struct Args {
     /// (`image_id` is the image's path under --input; boxes in its own pixels).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Class names, comma-separated (the training dataset's; default `class N`, or
-    /// ImageNet's for a 1000-class classifier).
+    /// Class names, comma-separated (default: those stored in weights written by training,
+    /// else ImageNet's for a 1000-class classifier, else `class N`).
     #[arg(long, value_delimiter = ',')]
     class_names: Vec<String>,
     /// Config overrides `KEY VALUE ...`, after `--`.
     #[arg(last = true)]
     opts: Vec<String>,
-}
-
-fn images_in(input: &Path) -> Result<Vec<PathBuf>> {
-    let is_image = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-    };
-    if input.is_file() {
-        return Ok(vec![input.to_path_buf()]);
-    }
-    if !input.is_dir() {
-        bail!("input {} does not exist", input.display());
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![input.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
-        {
-            let p = entry?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// `PRED/EVENT/STEM.txt` where EVENT is the image's folder name, else the first
@@ -103,16 +74,14 @@ fn prediction_file(pred: &Path, image: &Path) -> Option<PathBuf> {
 fn main() -> Result<()> {
     candletron::utils::logging::init();
     let args = Args::parse();
-    let mut cfg = Config::from_args(args.config.as_deref(), &args.opts)?;
-    if let Some(w) = &args.weights {
-        cfg.model.weights = w.display().to_string();
-    }
+    let cfg = inference_config(args.config.as_deref(), args.weights.as_deref(), &args.opts)?;
     if let Some(pred) = &args.predictions {
         if !pred.is_dir() {
             bail!("--predictions {} is not a folder", pred.display());
         }
     }
-    let images = images_in(&args.input)?;
+    let images = image_files(&args.input)
+        .with_context(|| format!("cannot list --input {}", args.input.display()))?;
     if images.is_empty() {
         bail!("no .jpg/.jpeg/.png images under {}", args.input.display());
     }
@@ -200,15 +169,15 @@ fn main() -> Result<()> {
                     let names = predictor.class_names();
                     let mut order: Vec<usize> = (0..probs.len()).collect();
                     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-                    let scale = (img.width().min(img.height()) / 250).clamp(1, 4);
+                    let px = label_px(&img);
                     for (row, &c) in order.iter().take(3).enumerate() {
                         let label = format!("{} {:.2}", names[c], probs[c]);
                         draw_label(
                             &mut img,
                             4,
-                            4 + row as i32 * (8 * scale as i32 + 6),
+                            4 + row as i32 * (1.5 * px) as i32,
                             &label,
-                            scale,
+                            px,
                             WHITE,
                             BLACK,
                         );

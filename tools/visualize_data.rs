@@ -157,7 +157,7 @@ fn main() -> Result<()> {
             inst.len(),
             inst.len() - inst.num_trainable()
         );
-        draw_label(&mut canvas, 2, 2, &label, 2, WHITE, BLACK);
+        draw_label(&mut canvas, 2, 2, &label, 16.0, WHITE, BLACK);
         let name = format!("{i:04}_{}.png", sample.image_id.replace(['/', '\\'], "_"));
         let path = out.join(name);
         canvas

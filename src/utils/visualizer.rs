@@ -1,10 +1,15 @@
 //! Pictures: detections drawn on images, and precision/recall curves, as PNG.
 //!
-//! Text uses an embedded 8x8 bitmap font scaled up, so no font file is needed at run time.
+//! Text is drawn with an embedded TrueType font (DejaVu Sans Bold, licence in
+//! `assets/fonts/`), anti-aliased and readable at any size.
 
-use font8x8::{UnicodeFonts, BASIC_FONTS};
+use std::sync::LazyLock;
+
+use ab_glyph::{FontRef, PxScale};
 use image::{Rgb, RgbImage};
-use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_line_segment_mut};
+use imageproc::drawing::{
+    draw_filled_rect_mut, draw_hollow_rect_mut, draw_line_segment_mut, draw_text_mut,
+};
 use imageproc::rect::Rect;
 
 pub const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
@@ -18,39 +23,24 @@ pub const PALETTE: [Rgb<u8>; 4] = [
     Rgb([214, 39, 40]),
 ];
 
-/// Pixel size of `text` at `scale` (each font pixel becomes `scale` x `scale`).
-pub fn text_size(text: &str, scale: u32) -> (u32, u32) {
-    (text.chars().count() as u32 * 8 * scale, 8 * scale)
+/// The label font, compiled into the binary so that drawing needs no file at run time.
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
+
+fn font() -> &'static FontRef<'static> {
+    static FONT: LazyLock<FontRef<'static>> = LazyLock::new(|| {
+        FontRef::try_from_slice(FONT_BYTES).expect("the embedded DejaVu Sans Bold parses")
+    });
+    &FONT
 }
 
-pub fn draw_text(img: &mut RgbImage, x: i32, y: i32, text: &str, scale: u32, color: Rgb<u8>) {
-    let scale = scale.max(1) as i32;
-    for (i, ch) in text.chars().enumerate() {
-        let Some(glyph) = BASIC_FONTS.get(ch).or_else(|| BASIC_FONTS.get('?')) else {
-            continue;
-        };
-        for (row, bits) in glyph.iter().enumerate() {
-            for col in 0..8 {
-                if bits & (1 << col) == 0 {
-                    continue;
-                }
-                let px = x + (i as i32 * 8 + col) * scale;
-                let py = y + row as i32 * scale;
-                for dy in 0..scale {
-                    for dx in 0..scale {
-                        let (qx, qy) = (px + dx, py + dy);
-                        if qx >= 0
-                            && qy >= 0
-                            && (qx as u32) < img.width()
-                            && (qy as u32) < img.height()
-                        {
-                            img.put_pixel(qx as u32, qy as u32, color);
-                        }
-                    }
-                }
-            }
-        }
-    }
+/// Pixel size (width, line height) of `text` drawn `px` pixels high.
+pub fn text_size(text: &str, px: f32) -> (u32, u32) {
+    imageproc::drawing::text_size(PxScale::from(px), font(), text)
+}
+
+/// Anti-aliased text whose line box starts at (x, y); `px` is the font size in pixels.
+pub fn draw_text(img: &mut RgbImage, x: i32, y: i32, text: &str, px: f32, color: Rgb<u8>) {
+    draw_text_mut(img, color, x, y, PxScale::from(px), font(), text);
 }
 
 /// Text on a filled background box, kept inside the image.
@@ -59,15 +49,17 @@ pub fn draw_label(
     x: i32,
     y: i32,
     text: &str,
-    scale: u32,
+    px: f32,
     fg: Rgb<u8>,
     bg: Rgb<u8>,
 ) {
-    let (w, h) = text_size(text, scale);
-    let x = x.clamp(0, (img.width() as i32 - w as i32 - 2).max(0));
-    let y = y.clamp(0, (img.height() as i32 - h as i32 - 2).max(0));
-    draw_filled_rect_mut(img, Rect::at(x, y).of_size(w + 2, h + 2), bg);
-    draw_text(img, x + 1, y + 1, text, scale, fg);
+    let (w, h) = text_size(text, px);
+    let pad = (px / 8.0).ceil() as u32;
+    let (bw, bh) = (w + 2 * pad, h + 2 * pad);
+    let x = x.clamp(0, (img.width() as i32 - bw as i32).max(0));
+    let y = y.clamp(0, (img.height() as i32 - bh as i32).max(0));
+    draw_filled_rect_mut(img, Rect::at(x, y).of_size(bw, bh), bg);
+    draw_text(img, x + pad as i32, y + pad as i32, text, px, fg);
 }
 
 /// A box outline `thickness` pixels wide; (x, y, w, h) in pixels.
@@ -107,25 +99,42 @@ pub struct LabeledBox {
     pub color: Rgb<u8>,
 }
 
+/// Black or white, whichever reads better on `bg` (by its luma, ITU-R BT.601).
+pub fn text_color_on(bg: Rgb<u8>) -> Rgb<u8> {
+    let [r, g, b] = bg.0.map(f32::from);
+    if 0.299 * r + 0.587 * g + 0.114 * b > 140.0 {
+        BLACK
+    } else {
+        WHITE
+    }
+}
+
+/// The label size for an image: about 1/40 of the short side, at least 14 px so that it
+/// stays legible on small images and at most 40 px so that it does not hide the objects.
+pub fn label_px(img: &RgbImage) -> f32 {
+    (img.width().min(img.height()) as f32 / 40.0).clamp(14.0, 40.0)
+}
+
 /// Draws the boxes scoring at least `threshold`, lowest first so that the most confident
 /// boxes and labels end up on top; line width and text size grow with the image.
 pub fn draw_labeled_boxes(img: &mut RgbImage, boxes: &[LabeledBox], threshold: f64) {
     let short = img.width().min(img.height());
     let thickness = (short / 250).clamp(2, 6);
-    let scale = (short / 256).clamp(2, 4);
+    let px = label_px(img);
     let mut sorted: Vec<&LabeledBox> = boxes.iter().filter(|d| d.score >= threshold).collect();
     sorted.sort_by(|a, b| a.score.total_cmp(&b.score));
     for d in sorted {
         let [x, y, _, _] = d.xywh;
         draw_box(img, d.xywh, d.color, thickness);
-        let (_, th) = text_size(&d.label, scale);
+        let (_, th) = text_size(&d.label, px);
+        let pad = (px / 8.0).ceil() as i32;
         draw_label(
             img,
             x as i32,
-            y as i32 - th as i32 - 2,
+            y as i32 - th as i32 - 2 * pad,
             &d.label,
-            scale,
-            BLACK,
+            px,
+            text_color_on(d.color),
             d.color,
         );
     }
@@ -158,34 +167,51 @@ pub fn plot_pr_curves(series: &[Series], title: &str) -> RgbImage {
         draw_line_segment_mut(&mut img, (x, top as f32), (x, (top + ph) as f32), GRAY);
         draw_line_segment_mut(&mut img, (left as f32, y), ((left + pw) as f32, y), GRAY);
         let tick = format!("{v:.1}");
-        draw_text(&mut img, x as i32 - 12, top + ph + 8, &tick, 1, BLACK);
-        draw_text(&mut img, left - 32, y as i32 - 4, &tick, 1, BLACK);
+        let (tw, th) = text_size(&tick, 14.0);
+        draw_text(
+            &mut img,
+            x as i32 - tw as i32 / 2,
+            top + ph + 6,
+            &tick,
+            14.0,
+            BLACK,
+        );
+        draw_text(
+            &mut img,
+            left - tw as i32 - 6,
+            y as i32 - th as i32 / 2,
+            &tick,
+            14.0,
+            BLACK,
+        );
     }
     draw_hollow_rect_mut(
         &mut img,
         Rect::at(left, top).of_size(pw as u32, ph as u32),
         BLACK,
     );
+    let (rw, _) = text_size("Recall", 18.0);
     draw_text(
         &mut img,
-        left + pw / 2 - 48,
+        left + pw / 2 - rw as i32 / 2,
         top + ph + 30,
         "Recall",
-        2,
+        18.0,
         BLACK,
     );
     for (i, ch) in "Precision".chars().enumerate() {
+        let (cw, _) = text_size(&ch.to_string(), 18.0);
         draw_text(
             &mut img,
-            8,
-            top + ph / 2 - 72 + i as i32 * 16,
+            18 - cw as i32 / 2,
+            top + ph / 2 - 90 + i as i32 * 20,
             &ch.to_string(),
-            2,
+            18.0,
             BLACK,
         );
     }
-    let (tw, _) = text_size(title, 2);
-    draw_text(&mut img, (w as i32 - tw as i32) / 2, 14, title, 2, BLACK);
+    let (tw, _) = text_size(title, 20.0);
+    draw_text(&mut img, (w as i32 - tw as i32) / 2, 14, title, 20.0, BLACK);
     for (si, s) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
         let mut pts: Vec<(f64, f64)> = s
@@ -206,7 +232,7 @@ pub fn plot_pr_curves(series: &[Series], title: &str) -> RgbImage {
         let ly = top + ph - 14 - (series.len() - si) as i32 * 24;
         let lx = left + 14;
         draw_filled_rect_mut(&mut img, Rect::at(lx, ly + 4).of_size(24, 6), color);
-        draw_text(&mut img, lx + 32, ly, &s.label, 2, BLACK);
+        draw_text(&mut img, lx + 32, ly - 3, &s.label, 16.0, BLACK);
     }
     img
 }
