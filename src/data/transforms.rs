@@ -106,7 +106,8 @@ pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
 
 /// torchvision's `Resize(short)` then `CenterCrop(crop)` on a PIL image: the short side
 /// goes to `short` (the long side to `int(short * long / short_side)`), resampled as
-/// [`resize_bilinear`]; the crop offsets are `round((size - crop) / 2)`.
+/// [`resize_bilinear`]; the crop offsets are Python's `int(round((size - crop) / 2))`,
+/// which rounds halves to even: a margin of 105 starts the crop at 52, not 53.
 pub fn resize_short_center_crop(
     img: &RgbImage,
     short: usize,
@@ -127,8 +128,8 @@ pub fn resize_short_center_crop(
         ));
     }
     let resized = resize_bilinear(img, nw, nh);
-    let left = ((nw - crop) as f64 / 2.0).round() as u32;
-    let top = ((nh - crop) as f64 / 2.0).round() as u32;
+    let left = ((nw - crop) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((nh - crop) as f64 / 2.0).round_ties_even() as u32;
     Ok(image::imageops::crop_imm(&resized, left, top, crop as u32, crop as u32).to_image())
 }
 
