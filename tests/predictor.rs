@@ -3,10 +3,10 @@
 
 mod common;
 
-use candletron::checkpoint::write_safetensors;
+use candletron::checkpoint::{read_trained_with, write_safetensors};
 use candletron::config::Config;
 use candletron::data::catalog::get_dataset;
-use candletron::engine::{DefaultTrainer, Predicted, Predictor, TrainOutcome};
+use candletron::engine::{inference_config, DefaultTrainer, Predicted, Predictor, TrainOutcome};
 use candletron::evaluation::predictions::parse_prediction_file;
 
 #[test]
@@ -117,4 +117,91 @@ fn predictor_refuses_missing_or_unfitting_weights() {
     cfg.model.weights = "weights/mobilenet_v2_imagenet_f16.safetensors".into();
     let e = Predictor::from_config(&cfg).err().unwrap().to_string();
     assert!(e.contains("does not fit") && e.contains("missing"), "{e}");
+}
+
+/// A checkpoint written by training carries its config and the dataset's class names:
+/// `--weights model_final.safetensors` alone rebuilds the model and names its classes.
+#[test]
+fn a_trained_checkpoint_alone_rebuilds_the_predictor() {
+    let root = common::tmp_dir("predictor-stored-config");
+    let out = root.join("out");
+    let mut cfg = Config::from_file("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml").unwrap();
+    cfg.merge_from_list(&[
+        "DATASETS.ROOT",
+        root.to_str().unwrap(),
+        "DATASETS.SYNTHETIC.NUM_TRAIN",
+        "2",
+        "DATASETS.SYNTHETIC.NUM_VAL",
+        "1",
+        "DATASETS.SYNTHETIC.IMAGE_SIZE",
+        "96",
+        "DATASETS.TEST",
+        "[]",
+        "INPUT.TRAIN_SIZE",
+        "96",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "MODEL.WEIGHTS",
+        "",
+        "SOLVER.MAX_ITER",
+        "1",
+        "OUTPUT_DIR",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut trainer = DefaultTrainer::from_config(&cfg).unwrap();
+    trainer.train().unwrap();
+    let weights = out.join("model_final.safetensors");
+
+    let stored = read_trained_with(&weights)
+        .unwrap()
+        .expect("training stores its run");
+    assert_eq!(stored.class_names, vec!["face".to_string()]);
+    let rebuilt = inference_config(None, Some(&weights), &[]).unwrap();
+    assert_eq!(rebuilt.model.weights, weights.display().to_string());
+    let mut expected = cfg.clone();
+    expected.model.weights = rebuilt.model.weights.clone();
+    assert_eq!(rebuilt.to_yaml(), expected.to_yaml());
+    // An explicit config file still wins over the stored one.
+    let explicit = inference_config(
+        Some(std::path::Path::new(
+            "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+        )),
+        Some(&weights),
+        &[],
+    )
+    .unwrap();
+    assert_ne!(explicit.output_dir, cfg.output_dir);
+
+    let predictor = Predictor::from_config(&rebuilt).unwrap();
+    assert_eq!(predictor.class_names(), ["face".to_string()]);
+
+    // The demo with nothing but the weights.
+    let img = root.join("in.png");
+    image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    })
+    .save(&img)
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--input")
+        .arg(&img)
+        .arg("--output")
+        .arg(root.join("drawn"))
+        .arg("--json")
+        .arg(root.join("d.json"))
+        .args(["--confidence-threshold", "0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(root.join("drawn/in.png").is_file());
+
+    // Weights without a stored run (a converted checkpoint) and no config: the defaults.
+    assert!(read_trained_with(std::path::Path::new(
+        "weights/mobilenet_v2_imagenet_f16.safetensors"
+    ))
+    .unwrap()
+    .is_none());
 }

@@ -5,6 +5,7 @@ pub mod download;
 mod error;
 mod pickle;
 mod torch;
+mod trained_with;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,6 +15,7 @@ use candle_core::Tensor;
 
 use crate::layers::params::ParamStore;
 pub use error::CheckpointError;
+pub use trained_with::{read_trained_with, TrainedWith};
 
 fn err(path: &Path, message: impl Into<String>) -> CheckpointError {
     CheckpointError {

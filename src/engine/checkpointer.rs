@@ -1,13 +1,14 @@
 //! Training checkpoints: one safetensors file holding the model (parameters and norm
 //! buffers under their own names), the optimizer state (`optimizer.*`) and, in the
-//! header metadata, the iteration and seed. Files are written to a temporary name and
+//! header metadata, the iteration, the seed and (see [`TrainedWith`]) the config and
+//! class names. Files are written to a temporary name and
 //! renamed, then `last_checkpoint` (also atomic) points at the newest one, so a crash at
 //! any moment leaves the previous checkpoint usable.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointError, TrainedWith};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -15,8 +16,10 @@ use crate::modeling::Model;
 use crate::solver::Optimizer;
 use crate::utils::fs::write_atomic;
 
+#[derive(Debug, Clone)]
 pub struct Checkpointer {
     pub dir: PathBuf,
+    trained_with: Option<TrainedWith>,
 }
 
 /// What a checkpoint restores besides the weights.
@@ -29,7 +32,16 @@ pub struct CheckpointMeta {
 
 impl Checkpointer {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            trained_with: None,
+        }
+    }
+
+    /// Every checkpoint written from now on records the config and class names.
+    pub fn with_trained_with(mut self, info: TrainedWith) -> Self {
+        self.trained_with = Some(info);
+        self
     }
 
     /// Writes `{name}.safetensors` and points `last_checkpoint` at it.
@@ -51,13 +63,16 @@ impl Checkpointer {
                 tensors.push((n, t.to_device(&Device::Cpu)?));
             }
         }
-        let metadata: HashMap<String, String> = [
+        let mut metadata: HashMap<String, String> = [
             ("iteration".to_string(), meta.iteration.to_string()),
             ("seed".to_string(), meta.seed.to_string()),
             ("format".to_string(), "candletron-checkpoint-1".to_string()),
         ]
         .into_iter()
         .collect();
+        if let Some(info) = &self.trained_with {
+            metadata.extend(info.to_metadata());
+        }
         let map: std::collections::BTreeMap<&str, &Tensor> =
             tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let bytes = safetensors::serialize(map, Some(metadata))

@@ -12,6 +12,7 @@ use super::trainer::{
     install_interrupt_handler, EvalHook, Hook, MetricsPrinter, PeriodicCheckpointer, TrainEnd,
     Trainer,
 };
+use crate::checkpoint::TrainedWith;
 use crate::config::{Config, ConfigError};
 use crate::data::build::build_detection_train_loader;
 use crate::data::catalog::registered_datasets;
@@ -148,7 +149,7 @@ impl DefaultTrainer {
 
     /// The default hooks: metrics (`metrics.json` and the console line from one record
     /// per step), periodic and final checkpoints, evaluation every `TEST.EVAL_PERIOD`.
-    fn build_hooks(cfg: &Config) -> Vec<Box<dyn Hook + '_>> {
+    fn build_hooks(cfg: &Config, checkpointer: Checkpointer) -> Vec<Box<dyn Hook + '_>> {
         let out_dir = PathBuf::from(&cfg.output_dir);
         let metrics_file = out_dir.join("metrics.json");
         vec![
@@ -157,7 +158,7 @@ impl DefaultTrainer {
                 cfg.solver.log_period,
             )),
             Box::new(PeriodicCheckpointer {
-                checkpointer: Checkpointer::new(&out_dir),
+                checkpointer,
                 period: cfg.solver.checkpoint_period,
             }),
             Box::new(EvalHook {
@@ -175,14 +176,20 @@ impl DefaultTrainer {
         if self.start_iter < max_iter {
             install_interrupt_handler();
             let scheduler = LrScheduler::from_config(&self.cfg)?;
-            let (loader, _) = build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
+            let (loader, metadata) =
+                build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
+            let checkpointer =
+                Checkpointer::new(&self.cfg.output_dir).with_trained_with(TrainedWith {
+                    config_yaml: self.cfg.to_yaml(),
+                    class_names: metadata.thing_classes,
+                });
             let mut trainer = Trainer {
                 model: &self.model,
                 optimizer: &mut self.optimizer,
                 scheduler,
                 loader,
-                checkpointer: Checkpointer::new(&self.cfg.output_dir),
-                hooks: Self::build_hooks(&self.cfg),
+                checkpointer: checkpointer.clone(),
+                hooks: Self::build_hooks(&self.cfg, checkpointer),
                 seed: self.seed,
             };
             let t = Instant::now();

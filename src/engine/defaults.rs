@@ -1,8 +1,9 @@
 //! What every run does first, as Detectron2's `default_setup`: create `OUTPUT_DIR`,
 //! save the resolved config there, and resolve the seed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::checkpoint::read_trained_with;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -25,4 +26,37 @@ pub fn default_setup(cfg: &Config) -> Result<u64> {
     };
     tracing::info!("using seed {seed}");
     Ok(seed)
+}
+
+/// The config an inference tool runs with. With `config_file`: defaults, the file, then
+/// `opts`. Without one, when `weights` was written by training, the config stored in it
+/// (so `--weights model_final.safetensors` alone is enough); otherwise the defaults. In
+/// every case `weights` then sets `MODEL.WEIGHTS`.
+pub fn inference_config(
+    config_file: Option<&Path>,
+    weights: Option<&Path>,
+    opts: &[String],
+) -> Result<Config> {
+    let stored = match (config_file, weights) {
+        (None, Some(w)) => read_trained_with(w)?,
+        _ => None,
+    };
+    let mut cfg = match stored {
+        Some(info) => {
+            let w = weights.expect("stored configs come from the weights");
+            tracing::info!("using the config stored in {}", w.display());
+            let mut cfg = Config::default();
+            cfg.merge_from_str(
+                &info.config_yaml,
+                &format!("{} (stored config)", w.display()),
+            )?;
+            cfg.merge_from_list(opts)?;
+            cfg
+        }
+        None => Config::from_args(config_file, opts)?,
+    };
+    if let Some(w) = weights {
+        cfg.merge_from_list(&["MODEL.WEIGHTS".to_string(), w.display().to_string()])?;
+    }
+    Ok(cfg)
 }

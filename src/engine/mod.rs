@@ -8,5 +8,5 @@ pub mod predictor;
 pub mod trainer;
 
 pub use default_trainer::{DefaultTrainer, TrainOutcome};
-pub use defaults::default_setup;
+pub use defaults::{default_setup, inference_config};
 pub use predictor::{Detection, Predicted, Predictor};

@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor, D};
 use image::DynamicImage;
 
+use crate::checkpoint::read_trained_with;
 use crate::config::Config;
 use crate::data::catalog::DatasetRecord;
 use crate::data::imagenet_classes;
@@ -46,16 +47,30 @@ impl Predictor {
     /// error here, since predictions of a half-loaded model mean nothing) and keeps its
     /// inference copy (norms folded, fused kernels).
     pub fn from_config(cfg: &Config) -> Result<Self> {
+        Self::build(cfg, true)
+    }
+
+    /// As [`Self::from_config`], but weights that leave parameters missing or mismatched
+    /// are only reported (a warning): for looking at a partly trained or foreign model.
+    pub fn from_config_allowing_unmatched(cfg: &Config) -> Result<Self> {
+        Self::build(cfg, false)
+    }
+
+    fn build(cfg: &Config, strict: bool) -> Result<Self> {
         if cfg.model.weights.is_empty() {
             return Err(Error::run("Predictor needs MODEL.WEIGHTS"));
         }
         let (model, report) = build_model(cfg, 0)?;
         if let Some(r) = &report {
             if !r.missing.is_empty() || !r.mismatched.is_empty() || r.loaded == 0 {
-                return Err(Error::run(format!(
+                let message = format!(
                     "MODEL.WEIGHTS {} does not fit {}: {r}",
                     cfg.model.weights, cfg.model.meta_architecture
-                )));
+                );
+                if strict || r.loaded == 0 {
+                    return Err(Error::run(message));
+                }
+                tracing::warn!("{message}");
             }
         }
         let classifier = cfg.model.meta_architecture == "Classifier";
@@ -72,7 +87,21 @@ impl Predictor {
             cfg.model.ssdlite.num_classes
         };
         let imagenet = imagenet_classes();
-        let class_names = if classifier && count == imagenet.len() {
+        let stored = crate::checkpoint::resolve(&cfg.model.weights)
+            .and_then(|p| read_trained_with(&p))?
+            .map(|t| t.class_names)
+            .filter(|names| !names.is_empty());
+        let class_names = if let Some(names) = stored {
+            if names.len() != count {
+                return Err(Error::run(format!(
+                    "MODEL.WEIGHTS {} was trained on {} classes ({}) but the model has {count}",
+                    cfg.model.weights,
+                    names.len(),
+                    names.join(", ")
+                )));
+            }
+            names
+        } else if classifier && count == imagenet.len() {
             imagenet.iter().map(|s| s.to_string()).collect()
         } else {
             (0..count).map(|i| format!("class {i}")).collect()
@@ -85,8 +114,8 @@ impl Predictor {
         })
     }
 
-    /// Names the classes (the dataset's `thing_classes`); the default is ImageNet's for a
-    /// 1000-class classifier and `class {id}` otherwise.
+    /// Names the classes. The default: the training data's names stored in a checkpoint
+    /// written by training, else ImageNet's for a 1000-class classifier, else `class {id}`.
     pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self> {
         if names.len() != self.class_names.len() {
             return Err(Error::run(format!(
