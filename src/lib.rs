@@ -12,6 +12,7 @@ pub mod error;
 pub mod evaluation;
 pub mod layers;
 pub mod modeling;
+pub mod onnx;
 pub mod ops;
 pub mod solver;
 pub mod structures;

@@ -3,6 +3,7 @@
 //! Every convolution of the models goes through [`conv2d`], so the depthwise case can be
 //! routed to a dedicated kernel without touching the modules.
 
+use crate::onnx::{Attr, OnnxGraph};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
@@ -284,6 +285,31 @@ impl Conv2d {
 
     pub fn out_channels(&self) -> usize {
         self.out_channels
+    }
+
+    /// This layer as ONNX nodes after `x`: its inference form (norm folded) as one `Conv`
+    /// with bias, then the activation. Returns the output's name.
+    pub fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<String> {
+        let c = self.fused()?;
+        let w = g.tensor("conv.weight", &c.weight)?;
+        let b = match &c.bias {
+            Some(b) => g.tensor("conv.bias", b)?,
+            None => g.floats("conv.bias", &[c.out_channels], &vec![0.0; c.out_channels]),
+        };
+        let geo = c.cfg.geometry;
+        let (k, p) = (c.cfg.kernel as i64, geo.padding as i64);
+        let y = g.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+                ("strides", Attr::Ints(vec![geo.stride as i64; 2])),
+                ("dilations", Attr::Ints(vec![geo.dilation as i64; 2])),
+                ("group", Attr::Int(c.cfg.groups as i64)),
+            ],
+        );
+        Ok(c.activation.export_onnx(g, &y))
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {

@@ -5,6 +5,7 @@ pub mod anchor_generator;
 pub mod backbone;
 pub mod box_regression;
 mod device;
+mod export;
 pub mod heads;
 pub mod helpers;
 pub mod matcher;
@@ -16,4 +17,5 @@ pub mod roi_heads;
 pub mod sampling;
 
 pub use device::parse_device;
+pub use export::{ExportBatch, OnnxExportSpec};
 pub use model::{build_model, Model, Prediction};

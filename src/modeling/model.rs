@@ -31,8 +31,8 @@ pub struct Model {
     pub arch: Box<dyn MetaArch>,
     pub params: Arc<ParamStore>,
     pub device: Device,
-    pixel_mean: Tensor,
-    pixel_std: Tensor,
+    pub(super) pixel_mean: Tensor,
+    pub(super) pixel_std: Tensor,
 }
 
 impl Model {
@@ -163,6 +163,15 @@ impl Model {
         };
         let out = self.arch.forward(&batch, false)?;
         postprocess(out, inputs, &batch.image_sizes)
+    }
+}
+
+impl Model {
+    /// The network's outputs before post-processing (see `MetaArch::raw_outputs`) for a
+    /// batch of inputs, as a raw ONNX export computes them.
+    pub fn raw_outputs(&self, inputs: &[ModelInput]) -> Result<Vec<(String, Tensor)>> {
+        let (images, _) = self.preprocess_inputs(inputs)?;
+        Ok(self.arch.raw_outputs(&images)?)
     }
 }
 

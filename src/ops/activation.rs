@@ -19,6 +19,24 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// This activation as ONNX nodes after `x`: ReLU6 as `Clip(0, 6)`, Mish as
+    /// `x * tanh(softplus(x))`, since opset 18's `Mish` is missing from many runtimes.
+    pub fn export_onnx(&self, g: &mut crate::onnx::OnnxGraph, x: &str) -> String {
+        match self {
+            Self::Identity => x.to_string(),
+            Self::ReLU => g.node("Relu", &[x], vec![]),
+            Self::ReLU6 => {
+                let (lo, hi) = (g.scalar("relu6_min", 0.0), g.scalar("relu6_max", 6.0));
+                g.node("Clip", &[x, &lo, &hi], vec![])
+            }
+            Self::Mish => {
+                let sp = g.node("Softplus", &[x], vec![]);
+                let t = g.node("Tanh", &[&sp], vec![]);
+                g.node("Mul", &[x, &t], vec![])
+            }
+        }
+    }
+
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::ReLU => x.relu(),

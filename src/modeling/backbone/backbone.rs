@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::layers::ShapeSpec;
+use crate::onnx::OnnxGraph;
 use crate::utils::registry::Registry;
 
 pub trait Backbone: Send + Sync {
@@ -23,6 +24,11 @@ pub trait Backbone: Send + Sync {
     /// Parameter-name prefixes that are frozen: no gradient, not given to the optimizer.
     fn frozen_prefixes(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// The inference computation as ONNX nodes after `x` (the normalised images), one
+    /// value per output feature, as `forward_t(x, false)` returns them.
+    fn export_onnx(&self, _g: &mut OnnxGraph, _x: &str) -> Result<BTreeMap<String, String>> {
+        candle_core::bail!("this backbone has no ONNX export")
     }
 }
 

@@ -15,6 +15,7 @@ use super::backbone::{register_builder, Backbone, BackboneBuilder};
 use super::build::build_backbone_named;
 use crate::config::Config;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+use crate::onnx::{Attr, OnnxGraph};
 use crate::ops::upsample_nearest_2x;
 use crate::utils::registry::Registry;
 
@@ -32,6 +33,16 @@ impl OutputConv {
         match self {
             Self::Plain(c) => c.forward_t(x, train),
             Self::Separable(dw, pw) => pw.forward_t(&dw.forward_t(x, train)?, train),
+        }
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<String> {
+        match self {
+            Self::Plain(c) => c.export_onnx(g, x),
+            Self::Separable(dw, pw) => {
+                let y = dw.export_onnx(g, x)?;
+                pw.export_onnx(g, &y)
+            }
         }
     }
 
@@ -230,6 +241,66 @@ impl Backbone for Fpn {
                 let src = &feats[&self.in_features[n - 1]];
                 let y6 = p6.forward_t(src, train)?;
                 let y7 = p7.forward_t(&y6.relu()?, train)?;
+                outs.push(y6);
+                outs.push(y7);
+            }
+            _ => {}
+        }
+        Ok(self.names.iter().cloned().zip(outs).collect())
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<BTreeMap<String, String>> {
+        let feats = self.bottom_up.export_onnx(g, x)?;
+        let n = self.in_features.len();
+        let mut outs: Vec<String> = Vec::with_capacity(n);
+        let mut prev: Option<String> = None;
+        for i in (0..n).rev() {
+            let Some(input) = feats.get(&self.in_features[i]) else {
+                candle_core::bail!("FPN: the bottom-up export has no `{}`", self.in_features[i]);
+            };
+            let lat = self.lateral[i].export_onnx(g, input)?;
+            let merged = match prev {
+                None => lat,
+                Some(p) => {
+                    // Nearest 2x: output pixel (y, x) reads input (y / 2, x / 2), as
+                    // `upsample_nearest_2x` does.
+                    let scales = g.floats("upsample_scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+                    let up = g.node(
+                        "Resize",
+                        &[&p, "", &scales],
+                        vec![
+                            ("mode", Attr::String("nearest".into())),
+                            (
+                                "coordinate_transformation_mode",
+                                Attr::String("asymmetric".into()),
+                            ),
+                            ("nearest_mode", Attr::String("floor".into())),
+                        ],
+                    );
+                    g.node("Add", &[&lat, &up], vec![])
+                }
+            };
+            outs.push(self.output[i].export_onnx(g, &merged)?);
+            prev = Some(merged);
+        }
+        outs.reverse();
+        match (self.top_block, &self.p6p7) {
+            (TopBlockKind::LastLevelMaxPool, _) => {
+                let last = outs.last().expect("at least one level").clone();
+                outs.push(g.node(
+                    "MaxPool",
+                    &[&last],
+                    vec![
+                        ("kernel_shape", Attr::Ints(vec![1, 1])),
+                        ("strides", Attr::Ints(vec![2, 2])),
+                    ],
+                ));
+            }
+            (TopBlockKind::P6P7, Some((p6, p7))) => {
+                let src = &feats[&self.in_features[n - 1]];
+                let y6 = p6.export_onnx(g, src)?;
+                let r = g.node("Relu", &[&y6], vec![]);
+                let y7 = p7.export_onnx(g, &r)?;
                 outs.push(y6);
                 outs.push(y7);
             }

@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use super::backbone::{register_builder, Backbone, BackboneBuilder};
 use crate::config::Config;
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+use crate::onnx::OnnxGraph;
 use crate::utils::registry::Registry;
 
 /// torchvision's inverted residual settings: expansion t, channels c, repeats n, stride s.
@@ -135,6 +136,18 @@ impl InvertedResidual {
         })
     }
 
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<String> {
+        let mut y = x.to_string();
+        for c in &self.convs {
+            y = c.export_onnx(g, &y)?;
+        }
+        Ok(if self.use_residual {
+            g.node("Add", &[&y, x], vec![])
+        } else {
+            y
+        })
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = crate::layers::forward_chain_t(&self.convs, x, train)?;
         if self.use_residual {
@@ -163,6 +176,13 @@ impl Feature {
         match self {
             Self::Conv(c) => c.forward_t(x, train),
             Self::Block(b) => b.forward_t(x, train),
+        }
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<String> {
+        match self {
+            Self::Conv(c) => c.export_onnx(g, x),
+            Self::Block(b) => b.export_onnx(g, x),
         }
     }
 }
@@ -328,6 +348,23 @@ impl Backbone for MobileNetV2 {
 
     fn frozen_prefixes(&self) -> Vec<String> {
         self.frozen_prefixes.clone()
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut y = x.to_string();
+        let mut next = 0;
+        for (idx, feature) in self.features.iter().enumerate() {
+            if next == self.outputs.len() {
+                break;
+            }
+            y = feature.export_onnx(g, &y)?;
+            while next < self.outputs.len() && self.outputs[next].1 == idx {
+                out.insert(self.outputs[next].0.clone(), y.clone());
+                next += 1;
+            }
+        }
+        Ok(out)
     }
 }
 

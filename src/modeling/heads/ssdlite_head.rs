@@ -8,6 +8,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+use crate::onnx::{Attr, OnnxGraph};
 
 /// 3x3 depthwise conv + norm + ReLU6 under `vb.depthwise`.
 fn depthwise(c: usize, norm: Option<NormKind>, vb: &VarBuilder) -> Result<Conv2d> {
@@ -80,6 +81,16 @@ impl Branch {
         }
         self.pred
             .forward_t(&self.pred_dw.forward_t(&x, train)?, train)
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str) -> Result<String> {
+        let mut y = x.to_string();
+        for (dw, pw) in &self.blocks {
+            let d = dw.export_onnx(g, &y)?;
+            y = pw.export_onnx(g, &d)?;
+        }
+        let d = self.pred_dw.export_onnx(g, &y)?;
+        self.pred.export_onnx(g, &d)
     }
 
     fn fused(&self) -> Result<Self> {
@@ -179,6 +190,34 @@ impl SsdLiteHead {
             deltas.push(flat(bx.forward_t(f, train)?, 4)?);
         }
         Ok((Tensor::cat(&scores, 1)?, Tensor::cat(&deltas, 1)?))
+    }
+
+    /// [`Self::forward_t`] as ONNX nodes: (scores, deltas) values of shapes (N, R, S)
+    /// and (N, R, 4).
+    pub fn export_onnx(&self, g: &mut OnnxGraph, features: &[String]) -> Result<(String, String)> {
+        let mut scores = Vec::new();
+        let mut deltas = Vec::new();
+        for (i, f) in features.iter().enumerate() {
+            let (cls, bx) = &self.branches[if self.branches.len() == 1 { 0 } else { i }];
+            let flat = |g: &mut OnnxGraph, t: String, k: i64| {
+                let p = g.node(
+                    "Transpose",
+                    &[&t],
+                    vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+                );
+                let shape = g.int_list("shape", &[0, -1, k]);
+                g.node("Reshape", &[&p, &shape], vec![])
+            };
+            let c = cls.export_onnx(g, f)?;
+            scores.push(flat(g, c, self.num_scores as i64));
+            let b = bx.export_onnx(g, f)?;
+            deltas.push(flat(g, b, 4));
+        }
+        let cat = |g: &mut OnnxGraph, v: &[String]| {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            g.node("Concat", &refs, vec![("axis", Attr::Int(1))])
+        };
+        Ok((cat(g, &scores), cat(g, &deltas)))
     }
 
     pub fn fused(&self) -> Result<Self> {

@@ -10,6 +10,8 @@ use candle_nn::{Init, Linear, Module, VarBuilder};
 use super::meta_arch::{MetaArch, Outputs};
 use crate::config::Config;
 use crate::modeling::backbone::{build_backbone, Backbone};
+use crate::modeling::OnnxExportSpec;
+use crate::onnx::{Attr, DataType, Dim, OnnxGraph};
 use crate::structures::{Batch, Targets};
 
 pub struct Classifier {
@@ -95,6 +97,35 @@ impl MetaArch for Classifier {
 
     fn size_divisibility(&self) -> usize {
         self.backbone.size_divisibility()
+    }
+
+    fn raw_outputs(&self, images: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![("logits".into(), self.logits(images, false)?)])
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str, spec: &OnnxExportSpec) -> Result<String> {
+        let feats = self.backbone.export_onnx(g, x)?;
+        let Some(f) = feats.get(&self.feature) else {
+            candle_core::bail!("Classifier: the backbone export has no `{}`", self.feature);
+        };
+        let pooled = g.node("GlobalAveragePool", &[f], vec![]);
+        let flat = g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))]);
+        let w = g.tensor("classifier.1.weight", self.linear.weight())?;
+        let Some(b) = self.linear.bias() else {
+            candle_core::bail!("Classifier: the linear layer has no bias");
+        };
+        let b = g.tensor("classifier.1.bias", b)?;
+        let logits = g.node("Gemm", &[&flat, &w, &b], vec![("transB", Attr::Int(1))]);
+        let classes = self.linear.weight().dim(0)?;
+        g.output(
+            &logits,
+            "logits",
+            DataType::Float,
+            vec![spec.batch.dim(), Dim::Fixed(classes)],
+        );
+        Ok(format!(
+            "logits: float32 (batch, {classes}), before softmax"
+        ))
     }
 
     fn fused(&self) -> Result<Box<dyn MetaArch>> {

@@ -5,6 +5,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::Config;
+use crate::modeling::OnnxExportSpec;
+use crate::onnx::OnnxGraph;
 use crate::structures::{Batch, InstanceDetections, LossMap};
 
 #[derive(Debug, Clone, Default)]
@@ -26,6 +28,16 @@ pub trait MetaArch: Send + Sync {
     /// An inference-only copy with norms folded into convolutions; fuse again after
     /// the weights change.
     fn fused(&self) -> Result<Box<dyn MetaArch>>;
+    /// The network's outputs before any post-processing, named as a raw ONNX export
+    /// names them (a detector's head outputs; a classifier's logits).
+    fn raw_outputs(&self, _images: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        candle_core::bail!("this meta-architecture does not expose raw outputs")
+    }
+    /// Adds the inference computation after `x` (the normalised images) and the graph
+    /// outputs to `g`; returns a description of the outputs for the file's metadata.
+    fn export_onnx(&self, _g: &mut OnnxGraph, _x: &str, _spec: &OnnxExportSpec) -> Result<String> {
+        candle_core::bail!("this meta-architecture has no ONNX export")
+    }
 }
 
 pub type MetaArchBuilder = dyn Fn(&Config, VarBuilder) -> Result<Box<dyn MetaArch>> + Send + Sync;

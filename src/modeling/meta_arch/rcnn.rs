@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::modeling::backbone::{build_backbone, Backbone};
 use crate::modeling::proposal_generator::Rpn;
 use crate::modeling::roi_heads::StandardRoiHeads;
+use crate::modeling::OnnxExportSpec;
+use crate::onnx::OnnxGraph;
 use crate::structures::Instances;
 use crate::structures::{Batch, Targets};
 
@@ -105,6 +107,18 @@ impl MetaArch for GeneralizedRcnn {
 
     fn size_divisibility(&self) -> usize {
         self.backbone.size_divisibility()
+    }
+
+    fn export_onnx(&self, _g: &mut OnnxGraph, _x: &str, _spec: &OnnxExportSpec) -> Result<String> {
+        // The backbone, FPN and RPN head export as SSDLite's do; the second stage does not
+        // yet: proposals have data-dependent counts, each is pooled from the FPN level its
+        // size assigns it (a gather per level), and tract, the pure-Rust runtime the
+        // exports are verified with in CI, has no RoiAlign.
+        candle_core::bail!(
+            "GeneralizedRCNN (Faster R-CNN) has no ONNX export: its second stage (proposals \
+             of data-dependent count, RoIAlign per FPN level) is not written yet; export an \
+             SSDLite detector or a classifier"
+        )
     }
 
     fn fused(&self) -> Result<Box<dyn MetaArch>> {

@@ -7,6 +7,8 @@
 //! built from the head's tensors by `index_select`/`gather`, so gradients flow only
 //! through the selected anchors.
 
+mod export;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Result, Tensor, D};
@@ -23,6 +25,8 @@ use crate::modeling::heads::ssdlite_head::SsdLiteHeadConfig;
 use crate::modeling::heads::SsdLiteHead;
 use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
+use crate::modeling::OnnxExportSpec;
+use crate::onnx::OnnxGraph;
 use crate::structures::boxes::{clip, Box4};
 use crate::structures::Instances;
 use crate::structures::{Batch, InstanceDetections, LossMap, Targets};
@@ -374,6 +378,15 @@ impl MetaArch for SsdLite {
 
     fn size_divisibility(&self) -> usize {
         self.backbone.size_divisibility()
+    }
+
+    fn export_onnx(&self, g: &mut OnnxGraph, x: &str, spec: &OnnxExportSpec) -> Result<String> {
+        self.export(g, x, spec)
+    }
+
+    fn raw_outputs(&self, images: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let (scores, deltas, _, _) = self.run(images, false)?;
+        Ok(vec![("scores".into(), scores), ("deltas".into(), deltas)])
     }
 
     fn fused(&self) -> Result<Box<dyn MetaArch>> {
