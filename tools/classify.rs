@@ -81,7 +81,7 @@ fn main() -> Result<()> {
     let names = predictor.class_names();
     let mut failures = 0usize;
     for (i, path) in paths.iter().enumerate() {
-        let img = match image::open(path) {
+        let img = match candletron::data::image_io::read_image(path) {
             Ok(img) => img,
             Err(e) => {
                 eprintln!("skipping {}: {e}", path.display());

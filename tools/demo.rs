@@ -110,7 +110,7 @@ fn main() -> Result<()> {
         } else {
             rel
         };
-        let decoded = match image::open(path) {
+        let decoded = match candletron::data::image_io::read_image(path) {
             Ok(i) => i,
             Err(e) => {
                 eprintln!("skipping {}: {e}", path.display());

@@ -108,9 +108,7 @@ fn main() -> Result<()> {
     if let Some(path) = &args.reference {
         let image = match &args.reference_image {
             Some(p) => {
-                let img = image::open(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?
-                    .to_rgb8();
+                let img = candletron::data::image_io::read_image(p)?.to_rgb8();
                 image::imageops::resize(
                     &img,
                     width as u32,

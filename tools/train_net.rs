@@ -17,18 +17,26 @@ use candletron::evaluation::widerface::SETTINGS;
 (checkpoints every SOLVER.CHECKPOINT_PERIOD, evaluation every TEST.EVAL_PERIOD, metrics in \
 OUTPUT_DIR/metrics.json), then evaluate on DATASETS.TEST: the WIDER FACE protocol for face datasets, \
 COCO-style AP otherwise. Writes OUTPUT_DIR/inference/{dataset}/ (predictions in the submission \
-layout, pr_curves.png, vis/) and OUTPUT_DIR/eval_results.json. Ctrl-C writes a checkpoint; \
---resume continues from OUTPUT_DIR/last_checkpoint."
+layout, pr_curves.png, vis/) and OUTPUT_DIR/eval_results.json. Ctrl-C or SIGTERM writes a \
+checkpoint and exits cleanly; --resume continues from the newest valid checkpoint. A new run \
+refuses an OUTPUT_DIR holding another run's results unless --overwrite."
 )]
 struct Args {
     #[arg(long)]
     config_file: PathBuf,
-    /// Continue from OUTPUT_DIR/last_checkpoint (weights, optimizer, iteration).
+    /// Continue the run in OUTPUT_DIR from its newest valid checkpoint (weights,
+    /// optimizer, iteration).
     #[arg(long)]
     resume: bool,
-    /// Only evaluate: MODEL.WEIGHTS, or the last checkpoint with --resume.
+    /// Start a new run in an OUTPUT_DIR that holds another run's results, deleting them.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Only evaluate: MODEL.WEIGHTS, or the newest checkpoint with --resume.
     #[arg(long)]
     eval_only: bool,
+    /// With --eval-only: evaluate even when the weights leave parameters unloaded.
+    #[arg(long, requires = "eval_only")]
+    allow_unmatched_weights: bool,
     /// Config overrides `KEY VALUE ...`.
     opts: Vec<String>,
 }
@@ -65,10 +73,20 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let cfg = Config::from_args(Some(&args.config_file), &args.opts)?;
     tracing::info!("{threads} compute threads");
-    let mut trainer = DefaultTrainer::from_config(&cfg)?.resume_or_load(args.resume)?;
+    let trainer = DefaultTrainer::from_config(&cfg)?;
     if args.eval_only {
-        return print_metrics(&cfg, &trainer.test()?);
+        // Evaluation writes inference/ and eval_results.json only: no config.yaml, no
+        // check for a training run's results (evaluating one is the point).
+        let trainer = if args.resume {
+            trainer.resume_or_load(true)?
+        } else {
+            trainer
+        };
+        return print_metrics(&cfg, &trainer.eval_only(args.allow_unmatched_weights)?);
     }
+    let mut trainer = trainer
+        .with_overwrite(args.overwrite)
+        .resume_or_load(args.resume)?;
     match trainer.train()? {
         TrainOutcome::Finished(metrics) => print_metrics(&cfg, &metrics),
         TrainOutcome::Interrupted {

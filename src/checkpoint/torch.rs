@@ -51,7 +51,8 @@ fn materialize(t: &TensorRef, bytes: &[u8], name: &str) -> Result<Tensor, String
         ));
     }
     // Element indices in row-major order of the logical shape.
-    let mut indices = Vec::with_capacity(numel);
+    // The shape is untrusted (a zero stride repeats storage): reserve by the storage.
+    let mut indices = Vec::with_capacity(numel.min(numel_storage.max(1)));
     let mut idx = vec![0usize; t.shape.len()];
     for _ in 0..numel {
         indices.push(t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>());
@@ -255,7 +256,8 @@ pub(crate) fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
         let mut f = archive
             .by_name(name)
             .map_err(|e| format!("zip entry {name}: {e}"))?;
-        let mut buf = Vec::with_capacity(f.size() as usize);
+        // The size is the zip header's claim: reserve at most 64 MiB up front.
+        let mut buf = Vec::with_capacity((f.size() as usize).min(64 << 20));
         f.read_to_end(&mut buf)
             .map_err(|e| format!("zip entry {name}: {e}"))?;
         Ok(buf)

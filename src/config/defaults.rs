@@ -308,6 +308,9 @@ config_group! {
         /// `linear` or `constant`.
         warmup_method: WarmupMethod = WarmupMethod::Linear,
         checkpoint_period: usize = 5000,
+        /// How many periodic checkpoints (`model_NNNNNNN`) to keep, newest first; older
+        /// ones are deleted after each save (`model_final` is always kept). 0 keeps all.
+        checkpoint_max_keep: usize = 0,
         /// Iterations between `metrics.json` lines and console progress lines.
         log_period: usize = 20,
         /// Learning-rate multiplier of biases.

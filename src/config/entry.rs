@@ -15,6 +15,9 @@ pub trait ConfigEntry {
     fn emit(&self, indent: usize, out: &mut String);
     /// Full dotted paths of all leaves below `path` (a leaf returns just `path`).
     fn leaf_paths(&self, path: &str, out: &mut Vec<String>);
+    /// Every numeric leaf below `path` with its values (a list gives all its numbers), for
+    /// the range checks.
+    fn numeric_leaves(&self, _path: &str, _out: &mut Vec<(String, Vec<f64>)>) {}
     fn is_group(&self) -> bool {
         false
     }
@@ -151,9 +154,60 @@ macro_rules! leaf_entry {
             fn leaf_paths(&self, path: &str, out: &mut Vec<String>) {
                 out.push(path.to_string());
             }
+            fn numeric_leaves(&self, path: &str, out: &mut Vec<(String, Vec<f64>)>) {
+                if let Some(v) = Numbers::numbers(self) {
+                    out.push((path.to_string(), v));
+                }
+            }
         }
     )*};
 }
+
+/// The numbers in a leaf value, if it holds numbers.
+trait Numbers {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        None
+    }
+}
+
+impl Numbers for f64 {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(vec![*self])
+    }
+}
+impl Numbers for i64 {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(vec![*self as f64])
+    }
+}
+impl Numbers for usize {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(vec![*self as f64])
+    }
+}
+impl Numbers for Vec<f64> {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(self.clone())
+    }
+}
+impl Numbers for Vec<i64> {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(self.iter().map(|&v| v as f64).collect())
+    }
+}
+impl Numbers for Vec<usize> {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(self.iter().map(|&v| v as f64).collect())
+    }
+}
+impl Numbers for Vec<Vec<f64>> {
+    fn numbers(&self) -> Option<Vec<f64>> {
+        Some(self.iter().flatten().copied().collect())
+    }
+}
+impl Numbers for bool {}
+impl Numbers for String {}
+impl Numbers for Vec<String> {}
 
 leaf_entry!(
     f64,
@@ -263,6 +317,12 @@ macro_rules! config_group {
             fn leaf_paths(&self, path: &str, out: &mut Vec<String>) {
                 use $crate::config::entry::join;
                 $( self.$field.leaf_paths(
+                    &join(path, &stringify!($field).to_ascii_uppercase()), out); )*
+            }
+
+            fn numeric_leaves(&self, path: &str, out: &mut Vec<(String, Vec<f64>)>) {
+                use $crate::config::entry::join;
+                $( self.$field.numeric_leaves(
                     &join(path, &stringify!($field).to_ascii_uppercase()), out); )*
             }
 

@@ -34,6 +34,13 @@ pub enum ConfigError {
         allowed: String,
         suggestion: Option<String>,
     },
+    /// `key` is already located (`file:line: KEY`).
+    #[error("{key} = {found} is out of range; allowed: {allowed}")]
+    Range {
+        key: String,
+        found: String,
+        allowed: String,
+    },
     #[error("{from}: _BASE_ file {path} does not exist")]
     MissingBase { path: PathBuf, from: Origin },
     #[error("_BASE_ cycle: {}", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]

@@ -10,6 +10,7 @@ pub mod entry;
 pub(crate) mod error;
 mod origin;
 mod origins;
+mod ranges;
 #[doc(hidden)]
 pub mod yaml;
 
@@ -115,6 +116,16 @@ impl Config {
     /// Applies `KEY VALUE ...` overrides; values are YAML scalars or flow lists (`[res4,res5]`)
     /// and are checked against the key's type.
     pub fn merge_from_list<S: AsRef<str>>(&mut self, opts: &[S]) -> Result<(), ConfigError> {
+        // A forgotten value shifts every later pair; the key that lost its value is the
+        // one followed by another key, so name that one rather than the last word.
+        let keys = self.keys();
+        for pair in opts.chunks(2) {
+            if let [key, value] = pair {
+                if keys.iter().any(|k| k == value.as_ref()) {
+                    return Err(ConfigError::OddOverrides(key.as_ref().to_string()));
+                }
+            }
+        }
         if opts.len() % 2 == 1 {
             return Err(ConfigError::OddOverrides(
                 opts[opts.len() - 1].as_ref().to_string(),
@@ -172,7 +183,7 @@ impl Config {
             other => other,
         })?;
         self.origins.record("", node);
-        Ok(())
+        ranges::check_ranges(self)
     }
 
     /// All leaf keys, dotted.

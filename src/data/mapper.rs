@@ -106,12 +106,7 @@ impl DatasetMapper {
 
     /// Reads and decodes the record's image; the error names the file.
     pub fn read_image(rec: &DatasetRecord) -> Result<RgbImage, DataError> {
-        let img = image::ImageReader::open(&rec.file_name)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| DataError::new(format!("cannot open {}: {e}", rec.file_name.display())))?
-            .decode()
-            .map_err(|e| DataError::new(format!("cannot decode {}: {e}", rec.file_name.display())))?
-            .into_rgb8();
+        let img = crate::data::image_io::read_image(&rec.file_name)?.into_rgb8();
         if rec.width > 0 && (rec.width, rec.height) != img.dimensions() {
             return Err(DataError::new(format!(
                 "{} is {}x{} but its annotation says {}x{}",

@@ -4,6 +4,7 @@ pub mod augmentation;
 pub mod build;
 pub mod catalog;
 pub mod datasets;
+pub mod image_io;
 pub mod loader;
 pub mod mapper;
 pub mod rng;

@@ -111,6 +111,64 @@ impl Checkpointer {
         p.is_file().then_some(p)
     }
 
+    /// `model_*.safetensors` in the folder with their iteration from the name
+    /// (`model_final` last of all), newest first.
+    fn checkpoints(&self) -> Vec<(usize, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(usize, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stem = name.strip_prefix("model_")?.strip_suffix(".safetensors")?;
+                let iter = if stem == "final" {
+                    usize::MAX
+                } else {
+                    stem.parse().ok()?
+                };
+                Some((iter, e.path()))
+            })
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        found
+    }
+
+    /// What `--resume` tries, in order: the file `last_checkpoint` names, then every
+    /// `model_*.safetensors`, newest first. A missing or truncated newest file (a crash
+    /// while copying, a disk that filled up) then costs one checkpoint period, not the run.
+    pub fn resume_candidates(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.last_checkpoint().into_iter().collect();
+        for (_, p) in self.checkpoints() {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Deletes periodic checkpoints beyond the newest `keep` (`model_final` and the file
+    /// `last_checkpoint` names always stay); `keep` 0 keeps all. Returns what it deleted.
+    pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>> {
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
+        let last = self.last_checkpoint();
+        let mut removed = Vec::new();
+        let periodic = self
+            .checkpoints()
+            .into_iter()
+            .filter(|(iter, _)| *iter != usize::MAX);
+        for (_, p) in periodic.skip(keep) {
+            if Some(&p) == last.as_ref() {
+                continue;
+            }
+            std::fs::remove_file(&p).map_err(|e| Error::io("cannot delete", &p, e))?;
+            removed.push(p);
+        }
+        Ok(removed)
+    }
+
     /// Loads weights and optimizer state from a checkpoint written by [`Self::save`].
     pub fn load(
         path: &Path,

@@ -3,16 +3,16 @@
 //! `DefaultTrainer::from_config(&cfg)?.resume_or_load(resume)?.train()`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::checkpointer::Checkpointer;
-use super::defaults::default_setup;
+use super::defaults::{resolve_seed, write_config};
 use super::trainer::{
     install_interrupt_handler, EvalHook, Hook, MetricsPrinter, PeriodicCheckpointer, TrainEnd,
     Trainer,
 };
-use crate::checkpoint::TrainedWith;
+use crate::checkpoint::{LoadReport, TrainedWith};
 use crate::config::{Config, ConfigError};
 use crate::data::build::build_detection_train_loader;
 use crate::data::catalog::registered_datasets;
@@ -23,7 +23,7 @@ use crate::modeling::meta_arch::META_ARCH_REGISTRY;
 use crate::modeling::{build_model, Model};
 use crate::solver::{LrScheduler, Optimizer};
 use crate::utils::distance::closest;
-use crate::utils::fs::write_atomic;
+use crate::utils::fs::{remove_atomic_temporaries, write_atomic};
 
 /// Every name the run resolves through a registry (meta-architecture, backbone, the
 /// datasets of `DATASETS.TRAIN` and `DATASETS.TEST`) is registered, checked before anything
@@ -76,15 +76,69 @@ pub struct DefaultTrainer {
     checkpointer: Checkpointer,
     seed: u64,
     start_iter: usize,
+    /// How `MODEL.WEIGHTS` fitted the model (`None`: no weights given).
+    load_report: Option<LoadReport>,
+    /// `OUTPUT_DIR` checked and its `config.yaml` written ([`Self::resume_or_load`]).
+    prepared: bool,
+    overwrite: bool,
+}
+
+/// What marks a folder as holding a run's results.
+fn run_results(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = ["last_checkpoint", "metrics.json", "eval_results.json"]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut models: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("model_") && n.ends_with(".safetensors"))
+            })
+            .collect();
+        models.sort();
+        found.extend(models);
+    }
+    found
+}
+
+/// Keeps the `metrics.json` records of iterations before `start_iter`: those after the
+/// checkpoint a run resumes from were written by the run that stopped, and the resumed run
+/// writes them again. Returns how many records it dropped.
+fn truncate_metrics(path: &Path, start_iter: usize) -> Result<usize> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(0);
+    };
+    let mut kept = String::new();
+    let mut dropped = 0;
+    for line in text.lines() {
+        let iter = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()));
+        if iter.is_some_and(|i| i as usize >= start_iter) {
+            dropped += 1;
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if dropped > 0 {
+        write_atomic(path, kept.as_bytes()).map_err(|e| Error::io("cannot write", path, e))?;
+    }
+    Ok(dropped)
 }
 
 impl DefaultTrainer {
-    /// Creates `OUTPUT_DIR` (with its `config.yaml`), builds the model with
-    /// `MODEL.WEIGHTS` loaded (a checkpoint that matches no parameter is an error) and
-    /// the optimizer over the trainable parameters.
+    /// Builds the model with `MODEL.WEIGHTS` loaded (a checkpoint that matches no
+    /// parameter is an error) and the optimizer over the trainable parameters. Nothing is
+    /// written until [`Self::resume_or_load`] (or [`Self::train`]) has checked `OUTPUT_DIR`.
     pub fn from_config(cfg: &Config) -> Result<Self> {
         check_names(cfg)?;
-        let seed = default_setup(cfg)?;
+        let seed = resolve_seed(cfg);
         let (model, report) = build_model(cfg, seed)?;
         if let Some(r) = &report {
             tracing::info!("loaded MODEL.WEIGHTS {}: {r}", cfg.model.weights);
@@ -110,32 +164,167 @@ impl DefaultTrainer {
             optimizer,
             seed,
             start_iter: 0,
+            load_report: report,
+            prepared: false,
+            overwrite: false,
         })
     }
 
-    /// With `resume`, continues from `OUTPUT_DIR/last_checkpoint` (weights, optimizer
-    /// state, iteration, seed) when there is one; otherwise keeps `MODEL.WEIGHTS`.
+    /// Lets a new run replace the results of another run in `OUTPUT_DIR` (its
+    /// checkpoints, metrics, evaluation results and `inference/` are deleted first).
+    pub fn with_overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// With `resume`, continues from the newest valid checkpoint in `OUTPUT_DIR` (the one
+    /// `last_checkpoint` names, else the newest `model_*` that loads; weights, optimizer
+    /// state, iteration, seed), dropping the `metrics.json` records written after it;
+    /// without a checkpoint it starts fresh. Without `resume`, `OUTPUT_DIR` must not hold
+    /// another run's results (unless [`Self::with_overwrite`]). Either way, temporary
+    /// files of an interrupted write are removed and `OUTPUT_DIR/config.yaml` is written.
     pub fn resume_or_load(mut self, resume: bool) -> Result<Self> {
-        if !resume {
-            return Ok(self);
-        }
-        match self.checkpointer.last_checkpoint() {
-            Some(p) => {
-                let meta = Checkpointer::load(&p, &self.model, Some(&mut self.optimizer))?;
-                self.start_iter = meta.iteration + 1;
-                self.seed = meta.seed;
-                tracing::info!(
-                    "resumed from {} at iteration {}",
-                    p.display(),
-                    self.start_iter
-                );
-            }
-            None => tracing::info!(
-                "--resume: no checkpoint in {}, starting fresh",
-                self.checkpointer.dir.display()
-            ),
-        }
+        self.prepare(resume)?;
         Ok(self)
+    }
+
+    fn prepare(&mut self, resume: bool) -> Result<()> {
+        let dir = PathBuf::from(&self.cfg.output_dir);
+        for p in remove_atomic_temporaries(&dir).map_err(|e| Error::io("cannot clean", &dir, e))? {
+            tracing::info!("removed {} (left by an interrupted write)", p.display());
+        }
+        if resume {
+            self.resume(&dir)?;
+        } else {
+            self.check_new_run(&dir)?;
+        }
+        write_config(&self.cfg)?;
+        self.prepared = true;
+        Ok(())
+    }
+
+    fn check_new_run(&self, dir: &Path) -> Result<()> {
+        let found = run_results(dir);
+        if found.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = found
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        if !self.overwrite {
+            return Err(Error::run(format!(
+                "OUTPUT_DIR {} holds another run's results ({}); continue that run with \
+                 --resume, or choose a new OUTPUT_DIR, or pass --overwrite to replace them",
+                dir.display(),
+                names.join(", ")
+            )));
+        }
+        for p in &found {
+            std::fs::remove_file(p).map_err(|e| Error::io("cannot delete", p, e))?;
+        }
+        let inference = dir.join("inference");
+        if inference.is_dir() {
+            std::fs::remove_dir_all(&inference)
+                .map_err(|e| Error::io("cannot delete", &inference, e))?;
+        }
+        tracing::warn!(
+            "--overwrite: deleted the previous run's {} in {}",
+            names.join(", "),
+            dir.display()
+        );
+        Ok(())
+    }
+
+    fn resume(&mut self, dir: &Path) -> Result<()> {
+        let candidates = self.checkpointer.resume_candidates();
+        if candidates.is_empty() {
+            tracing::info!(
+                "--resume: no checkpoint in {}, starting fresh",
+                dir.display()
+            );
+            return Ok(());
+        }
+        let pointer = dir.join("last_checkpoint");
+        if pointer.exists() && self.checkpointer.last_checkpoint().is_none() {
+            tracing::warn!(
+                "{} names a missing file; trying the checkpoints in the folder",
+                pointer.display()
+            );
+        }
+        let mut failures = Vec::new();
+        for p in &candidates {
+            match Checkpointer::load(p, &self.model, Some(&mut self.optimizer)) {
+                Ok(meta) => {
+                    self.start_iter = meta.iteration + 1;
+                    self.seed = meta.seed;
+                    if failures.is_empty() {
+                        tracing::info!(
+                            "resumed from {} at iteration {}",
+                            p.display(),
+                            self.start_iter
+                        );
+                    } else {
+                        tracing::warn!(
+                            "resumed from {} at iteration {}, the newest checkpoint that loads",
+                            p.display(),
+                            self.start_iter
+                        );
+                    }
+                    let metrics = dir.join("metrics.json");
+                    let dropped = truncate_metrics(&metrics, self.start_iter)?;
+                    if dropped > 0 {
+                        tracing::info!(
+                            "dropped {dropped} records of iterations >= {} from {} (they are \
+                             trained again)",
+                            self.start_iter,
+                            metrics.display()
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!("cannot resume from {}: {e}", p.display());
+                    failures.push(format!("{}: {e}", p.display()));
+                }
+            }
+        }
+        Err(Error::run(format!(
+            "--resume: no checkpoint in {} loads:\n  {}",
+            dir.display(),
+            failures.join("\n  ")
+        )))
+    }
+
+    /// Evaluation of the model as built (`MODEL.WEIGHTS`, or the checkpoint
+    /// `resume_or_load(true)` found) without training, as `train_net --eval-only`: weights
+    /// that leave parameters missing or mismatched are an error unless
+    /// `allow_unmatched`, since the metrics of random heads mean nothing.
+    pub fn eval_only(&self, allow_unmatched: bool) -> Result<BTreeMap<String, f64>> {
+        let resumed = self.start_iter > 0;
+        match (&self.load_report, resumed) {
+            (_, true) => {}
+            (None, false) => {
+                return Err(Error::run(
+                    "--eval-only needs trained weights: set MODEL.WEIGHTS or pass --resume",
+                ))
+            }
+            (Some(r), false) => {
+                if !r.missing.is_empty() || !r.mismatched.is_empty() {
+                    let message = format!(
+                        "MODEL.WEIGHTS {} does not fit {}: {r}",
+                        self.cfg.model.weights, self.cfg.model.meta_architecture
+                    );
+                    if !allow_unmatched {
+                        return Err(Error::run(format!(
+                            "{message}\n(pass --allow-unmatched-weights to evaluate anyway)"
+                        )));
+                    }
+                    tracing::warn!("{message}");
+                }
+            }
+        }
+        self.test()
     }
 
     pub fn model(&self) -> &Model {
@@ -160,6 +349,7 @@ impl DefaultTrainer {
             Box::new(PeriodicCheckpointer {
                 checkpointer,
                 period: cfg.solver.checkpoint_period,
+                max_keep: cfg.solver.checkpoint_max_keep,
             }),
             Box::new(EvalHook {
                 period: cfg.test.eval_period,
@@ -173,6 +363,9 @@ impl DefaultTrainer {
     /// evaluates on `DATASETS.TEST` ([`Self::test`]). Ctrl-C checkpoints and returns.
     pub fn train(&mut self) -> Result<TrainOutcome> {
         let max_iter = self.cfg.solver.max_iter;
+        if !self.prepared {
+            self.prepare(false)?;
+        }
         if self.start_iter < max_iter {
             install_interrupt_handler();
             let scheduler = LrScheduler::from_config(&self.cfg)?;

@@ -10,12 +10,23 @@ use crate::error::{Error, Result};
 /// Creates `OUTPUT_DIR`, writes `OUTPUT_DIR/config.yaml`, and returns the seed to use
 /// (`SEED`, or one from the clock when negative).
 pub fn default_setup(cfg: &Config) -> Result<u64> {
+    write_config(cfg)?;
+    Ok(resolve_seed(cfg))
+}
+
+/// Creates `OUTPUT_DIR` and writes the resolved config to `OUTPUT_DIR/config.yaml`.
+pub fn write_config(cfg: &Config) -> Result<()> {
     let out = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&out).map_err(|e| Error::io("cannot create OUTPUT_DIR", &out, e))?;
     let path = out.join("config.yaml");
     cfg.save(&path)
         .map_err(|e| Error::io("cannot write", &path, e))?;
     tracing::info!("full config saved to {}", path.display());
+    Ok(())
+}
+
+/// `SEED`, or one from the clock when negative.
+pub fn resolve_seed(cfg: &Config) -> u64 {
     let seed = if cfg.seed >= 0 {
         cfg.seed as u64
     } else {
@@ -25,7 +36,7 @@ pub fn default_setup(cfg: &Config) -> Result<u64> {
             .unwrap_or(0)
     };
     tracing::info!("using seed {seed}");
-    Ok(seed)
+    seed
 }
 
 /// The config an inference tool runs with. With `config_file`: defaults, the file, then

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -55,23 +54,7 @@ pub trait Hook {
     }
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Routes Ctrl-C to a flag the loop checks between steps.
-pub fn install_interrupt_handler() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub use crate::utils::interrupt::{install_interrupt_handler, interrupted};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +178,8 @@ impl<'a> Trainer<'a> {
 pub struct PeriodicCheckpointer {
     pub checkpointer: Checkpointer,
     pub period: usize,
+    /// Periodic checkpoints kept (0: all).
+    pub max_keep: usize,
 }
 
 impl Hook for PeriodicCheckpointer {
@@ -203,6 +188,9 @@ impl Hook for PeriodicCheckpointer {
         if self.period > 0 && next.is_multiple_of(self.period) && next < ctx.max_iter {
             self.checkpointer
                 .save_iteration(ctx.iter, ctx.seed, ctx.model, ctx.optimizer)?;
+            for p in self.checkpointer.prune(self.max_keep)? {
+                tracing::info!("deleted {} (SOLVER.CHECKPOINT_MAX_KEEP)", p.display());
+            }
         }
         Ok(())
     }

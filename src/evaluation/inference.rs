@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::data::build::build_detection_test_loader;
 use crate::data::catalog::{Dataset, EvaluatorType};
 use crate::modeling::{Model, Prediction};
+use crate::utils::interrupt::interrupted;
 use crate::utils::visualizer::{draw_detections, PALETTE};
 
 fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEvaluator>> {
@@ -67,6 +68,7 @@ pub fn inference_on_datasets(
     let mut all = BTreeMap::new();
     for name in &cfg.datasets.test {
         let (loader, dataset) = build_detection_test_loader(cfg, name)?;
+        let dataset_len = dataset.records.len();
         let dir = out_dir.join(name);
         let vis_dir = dir.join("vis");
         std::fs::create_dir_all(&vis_dir).map_err(|e| Error::io("cannot create", &vis_dir, e))?;
@@ -82,6 +84,9 @@ pub fn inference_on_datasets(
         let failures = {
             let mut loader = loader;
             for batch in loader.by_ref() {
+                if interrupted() {
+                    bail!("evaluation of {name} interrupted after {images} images");
+                }
                 let batch = batch?;
                 if batch.samples.is_empty() {
                     continue;
@@ -138,6 +143,13 @@ pub fn inference_on_datasets(
         };
         for (p, e) in &failures {
             tracing::warn!("evaluation skipped {}: {e}", p.display());
+        }
+        if images == 0 {
+            bail!(
+                "{name}: no image could be evaluated ({} of {} unreadable); no metrics written",
+                failures.len(),
+                dataset_len
+            );
         }
         let secs = start.elapsed().as_secs_f64();
         tracing::info!(

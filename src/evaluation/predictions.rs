@@ -28,7 +28,8 @@ pub fn parse_prediction_file(text: &str, path: &Path) -> Result<Vec<[f64; 5]>, D
             format!("expected the detection count, found `{}`", count.trim()),
         )
     })?;
-    let mut dets = Vec::with_capacity(count);
+    // The count is untrusted: never reserve more than the text could hold.
+    let mut dets = Vec::with_capacity(count.min(text.len() / 10 + 1));
     for (ln, line) in lines {
         let vals: Vec<&str> = line.split_whitespace().collect();
         if vals.len() != 5 {
@@ -70,20 +71,29 @@ pub fn read_predictions(
     }
     let mut out = HashMap::with_capacity(gt.images.len());
     let mut missing = Vec::new();
+    let mut negative = 0usize;
     for img in &gt.images {
         let path = dir.join(&img.event).join(format!("{}.txt", img.name));
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                out.insert(
-                    (img.event.clone(), img.name.clone()),
-                    parse_prediction_file(&text, &path)?,
-                );
+                let dets = parse_prediction_file(&text, &path)?;
+                negative += dets.iter().filter(|d| d[2] < 0.0 || d[3] < 0.0).count();
+                out.insert((img.event.clone(), img.name.clone()), dets);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 missing.push(format!("{}/{}", img.event, img.name))
             }
             Err(e) => return Err(format!("{}: {e}", path.display()).into()),
         }
+    }
+    if negative > 0 {
+        // The official evaluation keeps them (they match nothing); say so, since a
+        // negative width usually means x2 was written where w belongs.
+        tracing::warn!(
+            "{negative} predictions in {} have a negative width or height (the format is \
+             x y w h); they match no face",
+            dir.display()
+        );
     }
     Ok((out, missing))
 }

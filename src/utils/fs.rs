@@ -3,6 +3,36 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Between a temporary file's target name and the writer's process id.
+const TEMP_MARK: &str = ".tmp";
+
+/// Whether `name` is a temporary file of [`write_atomic`] (`.NAME.tmpPID`).
+pub fn is_atomic_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && name.rsplit_once(TEMP_MARK).is_some_and(|(target, pid)| {
+            target.len() > 1 && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Deletes the temporary files that a killed [`write_atomic`] left in `dir` (their
+/// targets are intact: the rename never happened) and returns their paths. Only for
+/// folders one process writes at a time, such as a run's output folder.
+pub fn remove_atomic_temporaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(removed);
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_atomic_temporary(&name) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash or Ctrl-C never leaves a half-written file where a good one was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -15,7 +45,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -60,4 +90,19 @@ pub fn image_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_temporaries_are_recognised_by_name() {
+        assert!(is_atomic_temporary(".model_0000019.safetensors.tmp4242"));
+        assert!(is_atomic_temporary(".last_checkpoint.tmp1"));
+        assert!(!is_atomic_temporary("model_0000019.safetensors"));
+        assert!(!is_atomic_temporary(".hidden"));
+        assert!(!is_atomic_temporary(".x.tmp"));
+        assert!(!is_atomic_temporary(".x.tmp12a"));
+    }
 }

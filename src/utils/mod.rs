@@ -2,6 +2,7 @@
 
 pub mod distance;
 pub mod fs;
+pub mod interrupt;
 pub mod logging;
 pub mod registry;
 pub mod threads;

@@ -85,8 +85,15 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, DataE
             i += 1;
             continue;
         }
-        if !name.contains('.') || name.split_whitespace().count() != 1 {
-            return Err(err(i + 1, format!("expected an image path, found `{name}`")).into());
+        // The whole line is the path (spaces are legal in file names); what tells it from
+        // a face or count line is its image extension.
+        let lower = name.to_ascii_lowercase();
+        if ![".jpg", ".jpeg", ".png"].iter().any(|e| lower.ends_with(e)) {
+            return Err(err(
+                i + 1,
+                format!("expected an image path (.jpg, .jpeg or .png), found `{name}`"),
+            )
+            .into());
         }
         let count_line = lines
             .get(i + 1)
@@ -99,7 +106,8 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, DataE
         })?;
         // A 0-face image still has one (all-zero) line.
         let rows = count.max(1);
-        let mut faces = Vec::with_capacity(count);
+        // The count is untrusted: reserve no more than the lines that are there.
+        let mut faces = Vec::with_capacity(count.min(lines.len().saturating_sub(i + 2)));
         for r in 0..rows {
             let ln = i + 2 + r;
             let line = lines.get(ln).ok_or_else(|| {
