@@ -106,6 +106,33 @@ fn predictor_gives_the_detections_of_evaluation() {
         }
     }
     assert!(compared > 0);
+
+    // RGBA and 16-bit versions of an image are read as its 8-bit RGB pixels, as the loader
+    // reads files; a grey image as its grey value in all three channels.
+    let rgb = images[0].to_rgb8();
+    let want = predictor
+        .predict(&image::DynamicImage::ImageRgb8(rgb.clone()))
+        .unwrap();
+    let rgba =
+        image::DynamicImage::ImageRgba8(image::DynamicImage::ImageRgb8(rgb.clone()).to_rgba8());
+    assert_eq!(predictor.predict(&rgba).unwrap(), want);
+    let rgb16 = image::DynamicImage::ImageRgb8(rgb.clone()).to_rgb16();
+    assert_eq!(
+        predictor
+            .predict(&image::DynamicImage::ImageRgb16(rgb16))
+            .unwrap(),
+        want
+    );
+    let grey = image::DynamicImage::ImageRgb8(rgb).to_luma8();
+    let grey_as_rgb = image::DynamicImage::ImageLuma8(grey.clone()).to_rgb8();
+    assert_eq!(
+        predictor
+            .predict(&image::DynamicImage::ImageLuma8(grey))
+            .unwrap(),
+        predictor
+            .predict(&image::DynamicImage::ImageRgb8(grey_as_rgb))
+            .unwrap()
+    );
 }
 
 #[test]
