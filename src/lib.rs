@@ -10,6 +10,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod evaluation;
+pub mod fuzzing;
 pub mod layers;
 pub mod modeling;
 pub mod onnx;

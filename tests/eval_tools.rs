@@ -116,6 +116,26 @@ fn widerface_eval_on_a_bbx_gt_file_reports_missing_files() {
         !out.status.success() && stderr.contains("b.txt:3") && stderr.contains("`zz`"),
         "{stderr}"
     );
+
+    // Predictions with a negative width or height (x2 written for w) are counted and
+    // reported; they still evaluate.
+    std::fs::write(
+        dir.join("pred/0--Synth/b.txt"),
+        "b\n2\n5 5 30 30 0.5\n35 35 -30 -30 0.4\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
+        .arg("--pred")
+        .arg(dir.join("pred"))
+        .arg("--gt")
+        .arg(dir.join("gt.txt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("1 predictions") && stderr.contains("negative"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -29,6 +29,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    candletron::utils::logging::init();
     let args = Args::parse();
     let start = Instant::now();
     let gt = if args.gt.is_dir() {

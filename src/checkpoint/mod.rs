@@ -15,7 +15,7 @@ use candle_core::Tensor;
 
 use crate::layers::params::ParamStore;
 pub use error::CheckpointError;
-pub use trained_with::{read_trained_with, TrainedWith};
+pub use trained_with::{parse_trained_with, read_trained_with, TrainedWith};
 
 fn err(path: &Path, message: impl Into<String>) -> CheckpointError {
     CheckpointError {

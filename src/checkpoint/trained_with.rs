@@ -39,6 +39,46 @@ impl TrainedWith {
     }
 }
 
+/// The entries in a safetensors header (the JSON after the 8-byte length), if any.
+fn from_header(header: &[u8]) -> Result<Option<TrainedWith>, String> {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return Ok(None);
+    };
+    let Some(md) = json.get("__metadata__").and_then(|m| m.as_object()) else {
+        return Ok(None);
+    };
+    let Some(config_yaml) = md.get(CONFIG_KEY).and_then(|v| v.as_str()) else {
+        return Ok(None);
+    };
+    let class_names = match md.get(CLASS_NAMES_KEY).and_then(|v| v.as_str()) {
+        Some(s) => serde_json::from_str::<Vec<String>>(s)
+            .map_err(|e| format!("bad `{CLASS_NAMES_KEY}` metadata: {e}"))?,
+        None => Vec::new(),
+    };
+    Ok(Some(TrainedWith {
+        config_yaml: config_yaml.to_string(),
+        class_names,
+    }))
+}
+
+/// The header length a file of `file_len` bytes may have, if `len` is one.
+fn header_len(len: [u8; 8], file_len: u64) -> Option<u64> {
+    let n = u64::from_le_bytes(len);
+    // A zip or legacy PyTorch file starts with bytes that read as an absurd length.
+    (n > 0 && n <= MAX_HEADER && n <= file_len.saturating_sub(8)).then_some(n)
+}
+
+/// [`read_trained_with`] on a checkpoint's bytes.
+pub fn parse_trained_with(data: &[u8]) -> Result<Option<TrainedWith>, String> {
+    let Some(len) = data.get(..8) else {
+        return Ok(None);
+    };
+    let Some(n) = header_len(len.try_into().expect("8 bytes"), data.len() as u64) else {
+        return Ok(None);
+    };
+    from_header(&data[8..8 + n as usize])
+}
+
 /// Reads only the safetensors header of `path` (not the tensors). `Ok(None)` for a
 /// safetensors file without the entries (a converted or foreign checkpoint) and for files
 /// of other formats (`.pth`); an error when the file cannot be read or its header is
@@ -57,30 +97,11 @@ pub fn read_trained_with(path: &Path) -> Result<Option<TrainedWith>, CheckpointE
     if f.read_exact(&mut len).is_err() {
         return Ok(None);
     }
-    let n = u64::from_le_bytes(len);
-    // A zip or legacy PyTorch file starts with bytes that read as an absurd length.
-    if n == 0 || n > MAX_HEADER || n > file_len - 8 {
+    let Some(n) = header_len(len, file_len) else {
         return Ok(None);
-    }
+    };
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header)
         .map_err(|e| err(format!("cannot read the header: {e}")))?;
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&header) else {
-        return Ok(None);
-    };
-    let Some(md) = json.get("__metadata__").and_then(|m| m.as_object()) else {
-        return Ok(None);
-    };
-    let Some(config_yaml) = md.get(CONFIG_KEY).and_then(|v| v.as_str()) else {
-        return Ok(None);
-    };
-    let class_names = match md.get(CLASS_NAMES_KEY).and_then(|v| v.as_str()) {
-        Some(s) => serde_json::from_str::<Vec<String>>(s)
-            .map_err(|e| err(format!("bad `{CLASS_NAMES_KEY}` metadata: {e}")))?,
-        None => Vec::new(),
-    };
-    Ok(Some(TrainedWith {
-        config_yaml: config_yaml.to_string(),
-        class_names,
-    }))
+    from_header(&header).map_err(err)
 }

@@ -77,11 +77,19 @@ impl MatValue {
             return Err(format!("expected a numeric array, found {}", self.kind()).into());
         };
         let r = dims.first().copied().unwrap_or(0);
-        let c: usize = dims.iter().skip(1).product();
-        if data.len() != r * c {
+        let c = dims
+            .iter()
+            .skip(1)
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        let Some(c) = c.filter(|&c| r.checked_mul(c) == Some(data.len())) else {
             return Err(
                 format!("numeric array of dims {dims:?} holds {} values", data.len()).into(),
             );
+        };
+        // An r x 0 matrix holds no values, so nothing in the file backs r: bound the rows
+        // made for it (WIDER FACE's empty box lists are 0 x 4).
+        if c == 0 && r > 1 << 20 {
+            return Err(format!("numeric array of dims {dims:?}: too many empty rows").into());
         }
         Ok((0..r)
             .map(|i| (0..c).map(|j| data[j * r + i]).collect())
@@ -301,6 +309,9 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), DataError>
     Ok((name, value))
 }
 
+/// The largest decompressed element read (WIDER FACE's files inflate to a few MiB).
+const MAX_INFLATED: u64 = 1 << 30;
+
 /// Reads every top-level variable of a MAT-file.
 pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, DataError> {
     if bytes.len() < 128 {
@@ -324,10 +335,20 @@ pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, DataError> {
         let (ty, payload) = c.element().map_err(|e| format!("at offset {at}: {e}"))?;
         let (name, value) = match ty {
             MI_COMPRESSED => {
+                // Decompressed size is the data's claim: stop at a bound far above any
+                // annotation file rather than inflate a crafted element without end.
                 let mut raw = Vec::new();
                 flate2::read::ZlibDecoder::new(payload)
+                    .take(MAX_INFLATED + 1)
                     .read_to_end(&mut raw)
                     .map_err(|e| format!("at offset {at}: corrupt compressed element: {e}"))?;
+                if raw.len() as u64 > MAX_INFLATED {
+                    return Err(format!(
+                        "at offset {at}: compressed element inflates beyond {} MiB",
+                        MAX_INFLATED >> 20
+                    )
+                    .into());
+                }
                 let mut inner = Cursor { data: &raw, pos: 0 };
                 let (ty, p) = inner
                     .element()
