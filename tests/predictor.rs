@@ -153,29 +153,10 @@ fn a_trained_checkpoint_alone_rebuilds_the_predictor() {
     let root = common::tmp_dir("predictor-stored-config");
     let out = root.join("out");
     let mut cfg = Config::from_file("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml").unwrap();
-    cfg.merge_from_list(&[
-        "DATASETS.ROOT",
-        root.to_str().unwrap(),
-        "DATASETS.SYNTHETIC.NUM_TRAIN",
-        "2",
-        "DATASETS.SYNTHETIC.NUM_VAL",
-        "1",
-        "DATASETS.SYNTHETIC.IMAGE_SIZE",
-        "96",
-        "DATASETS.TEST",
-        "[]",
-        "INPUT.TRAIN_SIZE",
-        "96",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "MODEL.WEIGHTS",
-        "",
-        "SOLVER.MAX_ITER",
-        "1",
-        "OUTPUT_DIR",
-        out.to_str().unwrap(),
-    ])
-    .unwrap();
+    cfg.merge_from_list(&common::tiny_run_overrides(&root, &out))
+        .unwrap();
+    cfg.merge_from_list(&["DATASETS.TEST", "[]", "SOLVER.MAX_ITER", "1"])
+        .unwrap();
     let mut trainer = DefaultTrainer::from_config(&cfg).unwrap();
     trainer.train().unwrap();
     let weights = out.join("model_final.safetensors");

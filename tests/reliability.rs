@@ -67,31 +67,9 @@ fn an_override_missing_its_value_blames_its_key() {
 /// A tiny synthetic-faces run: 96-pixel images, two training images.
 fn tiny(root: &Path, out: &Path, extra: &[&str]) -> Config {
     let mut cfg = Config::from_file("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml").unwrap();
-    cfg.merge_from_list(&[
-        "DATASETS.ROOT",
-        root.to_str().unwrap(),
-        "DATASETS.SYNTHETIC.NUM_TRAIN",
-        "2",
-        "DATASETS.SYNTHETIC.NUM_VAL",
-        "2",
-        "DATASETS.SYNTHETIC.IMAGE_SIZE",
-        "96",
-        "INPUT.TRAIN_SIZE",
-        "96",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.LOG_PERIOD",
-        "1",
-        "MODEL.WEIGHTS",
-        "",
-        "TEST.VIS_NUM",
-        "0",
-        "SEED",
-        "3",
-        "OUTPUT_DIR",
-        out.to_str().unwrap(),
-    ])
-    .unwrap();
+    cfg.merge_from_list(&common::tiny_run_overrides(root, out))
+        .unwrap();
+    cfg.merge_from_list(&["SEED", "3"]).unwrap();
     cfg.merge_from_list(extra).unwrap();
     cfg
 }
@@ -275,28 +253,8 @@ fn sigterm_checkpoints_and_exits_cleanly() {
             "--config-file",
             "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
         ])
-        .args([
-            "DATASETS.ROOT",
-            root.to_str().unwrap(),
-            "DATASETS.SYNTHETIC.NUM_TRAIN",
-            "2",
-            "DATASETS.SYNTHETIC.NUM_VAL",
-            "1",
-            "DATASETS.SYNTHETIC.IMAGE_SIZE",
-            "96",
-            "INPUT.TRAIN_SIZE",
-            "96",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "SOLVER.LOG_PERIOD",
-            "1",
-            "SOLVER.MAX_ITER",
-            "100000",
-            "MODEL.WEIGHTS",
-            "",
-            "OUTPUT_DIR",
-            out.to_str().unwrap(),
-        ])
+        .args(common::tiny_run_overrides(&root, &out))
+        .args(["SOLVER.MAX_ITER", "100000"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

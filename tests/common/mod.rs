@@ -44,6 +44,36 @@ pub fn tmp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Overrides for a tiny synthetic-faces SSDLite run in `root` writing to `out`: two
+/// 96-pixel training images (two validation images), batch 2, random initialisation, a
+/// metrics line per iteration. Runs in well under a second per iteration.
+pub fn tiny_run_overrides(root: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+    [
+        "DATASETS.ROOT",
+        root.to_str().unwrap(),
+        "DATASETS.SYNTHETIC.NUM_TRAIN",
+        "2",
+        "DATASETS.SYNTHETIC.NUM_VAL",
+        "2",
+        "DATASETS.SYNTHETIC.IMAGE_SIZE",
+        "96",
+        "INPUT.TRAIN_SIZE",
+        "96",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.LOG_PERIOD",
+        "1",
+        "MODEL.WEIGHTS",
+        "",
+        "TEST.VIS_NUM",
+        "0",
+        "OUTPUT_DIR",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The first CUDA device, or `None` after printing that the calling test is skipped.
 #[cfg(feature = "cuda")]
 pub fn cuda_device() -> Option<candle_core::Device> {
