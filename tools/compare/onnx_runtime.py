@@ -50,13 +50,13 @@ def candletron_ms(config, size, iters, env, weights=None):
     return json.loads(run(cmd, env).strip().splitlines()[-1])["median_ms"]
 
 
-def ort_ms(session, feed, iters):
+def ort_ms(runner, feed, iters):
     for _ in range(5):
-        session.run(None, feed)
+        runner.run(None, feed)
     times = []
     for _ in range(iters):
         t = time.perf_counter()
-        session.run(None, feed)
+        runner.run(None, feed)
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 
@@ -119,12 +119,12 @@ def main():
                 cmd += ["--reference-image", picture]
             run(cmd, env)
             onnx.checker.check_model(onnx.load(str(model)), full_check=True)
-            session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+            runner = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
             reference = load_file(str(ref))
             feed = {"image": reference["image"]}
-            outs = session.run(None, feed)
-            names = [o.name for o in session.get_outputs()]
-            t_ort = ort_ms(session, feed, args.iters)
+            outs = runner.run(None, feed)
+            names = [o.name for o in runner.get_outputs()]
+            t_ort = ort_ms(runner, feed, args.iters)
             t_ours = candletron_ms(config, size, args.iters, env, weights)
             print(f"| {name} | {size}x{size} | {agreement(names, outs, reference)} | "
                   f"{t_ort:.1f} | {t_ours:.1f} |")
