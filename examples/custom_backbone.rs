@@ -108,7 +108,11 @@ fn main() -> Result<()> {
         "OUTPUT_DIR",
         "output/custom_backbone",
     ])?;
-    let mut trainer = DefaultTrainer::from_config(&cfg)?;
+    // The example's folder is scratch: each run replaces the previous one's results
+    // (without `with_overwrite`, a second run would refuse to touch them).
+    let mut trainer = DefaultTrainer::from_config(&cfg)?
+        .with_overwrite(true)
+        .resume_or_load(false)?;
     if let TrainOutcome::Finished(metrics) = trainer.train()? {
         println!("{metrics:?}");
     }

@@ -36,7 +36,11 @@ fn main() -> Result<()> {
     // Class count, schedule and the rest as `KEY VALUE` pairs, e.g. MODEL.SSDLITE.NUM_CLASSES 3.
     cfg.merge_from_list(overrides)?;
 
-    let mut trainer = DefaultTrainer::from_config(&cfg)?.resume_or_load(false)?;
+    // The example's folder is scratch: each run replaces the previous one's results
+    // (without `with_overwrite`, a second run would refuse to touch them).
+    let mut trainer = DefaultTrainer::from_config(&cfg)?
+        .with_overwrite(true)
+        .resume_or_load(false)?;
     match trainer.train()? {
         TrainOutcome::Finished(metrics) => println!("{metrics:?}"),
         TrainOutcome::Interrupted { checkpoint, .. } => {

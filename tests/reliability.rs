@@ -179,6 +179,23 @@ fn results_are_never_replaced_and_resume_falls_back_to_a_valid_checkpoint() {
         ["model_0000002.safetensors", "model_final.safetensors"]
     );
     assert_eq!(iterations(&out.join("metrics.json")), vec![0, 1, 2, 3]);
+
+    // Evaluating the run's newest checkpoint (`--eval-only --resume`) writes no config.
+    let config_before = std::fs::read(out.join("config.yaml")).unwrap();
+    let mut eval_cfg = cfg_keep.clone();
+    eval_cfg
+        .merge_from_list(&["DATASETS.TEST", "[synthetic_faces_val]"])
+        .unwrap();
+    let t = DefaultTrainer::from_config(&eval_cfg)
+        .unwrap()
+        .load_newest_checkpoint()
+        .unwrap();
+    assert_eq!(t.start_iter(), 4);
+    assert!(t.eval_only(false).unwrap().contains_key("easy"));
+    assert_eq!(
+        std::fs::read(out.join("config.yaml")).unwrap(),
+        config_before
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn main() -> Result<()> {
         // Evaluation writes inference/ and eval_results.json only: no config.yaml, no
         // check for a training run's results (evaluating one is the point).
         let trainer = if args.resume {
-            trainer.resume_or_load(true)?
+            trainer.load_newest_checkpoint()?
         } else {
             trainer
         };

@@ -188,13 +188,21 @@ impl DefaultTrainer {
         Ok(self)
     }
 
+    /// Loads `OUTPUT_DIR`'s newest valid checkpoint as `resume_or_load(true)` does, but
+    /// writes nothing: for evaluating a run's checkpoint without touching its folder.
+    pub fn load_newest_checkpoint(mut self) -> Result<Self> {
+        let dir = PathBuf::from(&self.cfg.output_dir);
+        self.resume(&dir, false)?;
+        Ok(self)
+    }
+
     fn prepare(&mut self, resume: bool) -> Result<()> {
         let dir = PathBuf::from(&self.cfg.output_dir);
         for p in remove_atomic_temporaries(&dir).map_err(|e| Error::io("cannot clean", &dir, e))? {
             tracing::info!("removed {} (left by an interrupted write)", p.display());
         }
         if resume {
-            self.resume(&dir)?;
+            self.resume(&dir, true)?;
         } else {
             self.check_new_run(&dir)?;
         }
@@ -236,7 +244,8 @@ impl DefaultTrainer {
         Ok(())
     }
 
-    fn resume(&mut self, dir: &Path) -> Result<()> {
+    /// `for_training`: also drop the `metrics.json` records the resumed run will redo.
+    fn resume(&mut self, dir: &Path, for_training: bool) -> Result<()> {
         let candidates = self.checkpointer.resume_candidates();
         if candidates.is_empty() {
             tracing::info!(
@@ -270,6 +279,9 @@ impl DefaultTrainer {
                             p.display(),
                             self.start_iter
                         );
+                    }
+                    if !for_training {
+                        return Ok(());
                     }
                     let metrics = dir.join("metrics.json");
                     let dropped = truncate_metrics(&metrics, self.start_iter)?;
