@@ -5,25 +5,12 @@ mod common;
 
 use std::process::Command;
 
-use candletron::checkpoint::write_safetensors;
-use candletron::config::Config;
-
 #[test]
 fn demo_draws_a_detector_keeps_relative_paths_and_writes_coco_json() {
     let root = common::tmp_dir("demo-detector");
     // Random (seeded) weights for the default detector, saved as a checkpoint.
-    let cfg = Config::from_file("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml").unwrap();
-    let mut random = cfg.clone();
-    random.model.weights = String::new();
-    let (model, _) = candletron::modeling::build_model(&random, 3).unwrap();
-    let tensors: Vec<_> = model
-        .params
-        .vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
     let weights = root.join("w.safetensors");
-    write_safetensors(&tensors, &weights).unwrap();
+    common::save_random_weights("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml", 3, &weights);
     // Two images with the same file name in two folders.
     let input = root.join("in");
     for (dir, shade) in [("A", 90u8), ("B", 200u8)] {

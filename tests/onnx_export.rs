@@ -2,6 +2,8 @@
 //! gives candletron's logits, and the exported SSDLite its raw head outputs (max |diff|
 //! <= 1e-4) and the same detections after NMS.
 
+mod common;
+
 use candle_core::Device;
 use candletron::config::Config;
 use candletron::data::transforms::image_to_tensor;
@@ -278,17 +280,8 @@ fn export_tool_writes_onnx_with_metadata_and_refuses_what_it_cannot_export() {
 
     // Faster R-CNN (random weights that fit it) is not exported, and says so.
     let frcnn = "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml";
-    let mut cfg = Config::from_file(frcnn).unwrap();
-    cfg.model.weights = String::new();
-    let (m, _) = build_model(&cfg, 1).unwrap();
-    let tensors: Vec<_> = m
-        .params
-        .vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
     let weights = dir.join("frcnn.safetensors");
-    candletron::checkpoint::write_safetensors(&tensors, &weights).unwrap();
+    common::save_random_weights(frcnn, 1, &weights);
     let o = run(&[
         "--config-file".as_ref(),
         frcnn.as_ref(),

@@ -74,6 +74,21 @@ pub fn tiny_run_overrides(root: &std::path::Path, out: &std::path::Path) -> Vec<
     .to_vec()
 }
 
+/// Writes the seeded random initial weights of the model `config` describes to `path`
+/// (a checkpoint that fits the model exactly, for tools that refuse partial weights).
+pub fn save_random_weights(config: &str, seed: u64, path: &std::path::Path) {
+    let mut cfg = candletron::config::Config::from_file(config).unwrap();
+    cfg.model.weights = String::new();
+    let (model, _) = candletron::modeling::build_model(&cfg, seed).unwrap();
+    let tensors: Vec<_> = model
+        .params
+        .vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    candletron::checkpoint::write_safetensors(&tensors, path).unwrap();
+}
+
 /// The first CUDA device, or `None` after printing that the calling test is skipped.
 #[cfg(feature = "cuda")]
 pub fn cuda_device() -> Option<candle_core::Device> {
