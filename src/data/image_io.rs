@@ -20,17 +20,107 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-/// Decodes an image file's bytes (format from the content); `path` names it in errors.
-pub fn decode_image(bytes: &[u8], path: &Path) -> Result<DynamicImage, DataError> {
-    let format = image::guess_format(bytes)
-        .map_err(|e| DataError::new(format!("cannot decode {}: {e}", path.display())))?;
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(DataError::new(format!(
-            "cannot decode {}: truncated JPEG (the image data ends before its end marker)",
-            path.display()
-        )));
+/// Pillow's `Image.MAX_IMAGE_PIXELS` (about 89.5 Mpx, a 9459 x 9459 image): larger images
+/// are refused before decoding. A few hundred bytes of JPEG or PNG can claim a 65535 x 65535
+/// picture; decoding one costs gigabytes and tens of seconds, so the claim is checked
+/// against the header first.
+pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// Why image bytes were refused; the variants let a caller answer each differently (an
+/// HTTP server: 415 for an unknown format, 400 for the rest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageDecodeError {
+    /// No bytes at all.
+    Empty,
+    /// Not a format the decoder recognises (JPEG and PNG are built in).
+    UnknownFormat,
+    /// A format the decoder recognises but was built without (GIF, WebP, ...).
+    UnsupportedFormat(String),
+    /// The header's width or height is zero.
+    ZeroSized { width: u32, height: u32 },
+    /// The header claims more than the allowed pixels.
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    /// A JPEG whose data ends before its end marker.
+    Truncated,
+    /// The decoder's own error.
+    Decode(String),
+}
+
+impl std::fmt::Display for ImageDecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => write!(f, "the file is empty"),
+            Self::UnknownFormat => write!(f, "not a JPEG or PNG image (unknown format)"),
+            Self::UnsupportedFormat(name) => {
+                write!(f, "{name} images are not supported (JPEG and PNG are)")
+            }
+            Self::ZeroSized { width, height } => {
+                write!(f, "the image has no pixels ({width} x {height})")
+            }
+            Self::TooLarge {
+                width,
+                height,
+                max_pixels,
+            } => write!(
+                f,
+                "the image is {width} x {height} = {} pixels, more than the limit of {max_pixels}",
+                *width as u64 * *height as u64
+            ),
+            Self::Truncated => {
+                write!(
+                    f,
+                    "truncated JPEG (the image data ends before its end marker)"
+                )
+            }
+            Self::Decode(e) => write!(f, "{e}"),
+        }
     }
-    image::load_from_memory_with_format(bytes, format)
+}
+
+impl std::error::Error for ImageDecodeError {}
+
+/// Decodes image bytes (format from the content), refusing more than `max_pixels` pixels
+/// before any pixel is decoded.
+pub fn decode_image_bytes(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImageDecodeError> {
+    if bytes.is_empty() {
+        return Err(ImageDecodeError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageDecodeError::UnknownFormat)?;
+    if !format.reading_enabled() {
+        return Err(ImageDecodeError::UnsupportedFormat(
+            format!("{format:?}").to_uppercase(),
+        ));
+    }
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageDecodeError::Truncated);
+    }
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (width, height) = reader()
+        .into_dimensions()
+        .map_err(|e| ImageDecodeError::Decode(e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(ImageDecodeError::ZeroSized { width, height });
+    }
+    if width as u64 * height as u64 > max_pixels {
+        return Err(ImageDecodeError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    reader()
+        .decode()
+        .map_err(|e| ImageDecodeError::Decode(e.to_string()))
+}
+
+/// Decodes an image file's bytes (format from the content, at most [`MAX_IMAGE_PIXELS`]);
+/// `path` names it in errors.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<DynamicImage, DataError> {
+    decode_image_bytes(bytes, MAX_IMAGE_PIXELS)
         .map_err(|e| DataError::new(format!("cannot decode {}: {e}", path.display())))
 }
 
@@ -65,5 +155,53 @@ mod tests {
         padded.extend_from_slice(b"trailer");
         assert!(decode_image(&padded, p).is_ok());
         assert!(decode_image(b"not an image", p).is_err());
+    }
+
+    #[test]
+    fn the_pixel_limit_and_degenerate_inputs_are_refused_before_decoding() {
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(40, 30))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode_image_bytes(&png, 1200).unwrap().height(), 30);
+        assert_eq!(
+            decode_image_bytes(&png, 1199).unwrap_err(),
+            ImageDecodeError::TooLarge {
+                width: 40,
+                height: 30,
+                max_pixels: 1199
+            }
+        );
+        assert_eq!(
+            decode_image_bytes(&[], 10).unwrap_err(),
+            ImageDecodeError::Empty
+        );
+        assert_eq!(
+            decode_image_bytes(b"GIF89a....", 10).unwrap_err(),
+            ImageDecodeError::UnsupportedFormat("GIF".into())
+        );
+        assert_eq!(
+            decode_image_bytes(b"hello", 10).unwrap_err(),
+            ImageDecodeError::UnknownFormat
+        );
+        // A JPEG whose header claims 60000 x 60000 pixels (fuzzing found a 729-byte one
+        // claiming 2571 x 65519 that took 24 s to decode): refused from the header.
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(16, 16))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        assert_eq!(
+            decode_image_bytes(&jpeg, MAX_IMAGE_PIXELS).unwrap_err(),
+            ImageDecodeError::TooLarge {
+                width: 60000,
+                height: 60000,
+                max_pixels: MAX_IMAGE_PIXELS
+            }
+        );
     }
 }

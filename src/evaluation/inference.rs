@@ -112,7 +112,7 @@ pub fn inference_on_datasets(
                         })
                         .collect();
                     if drawn < cfg.test.vis_num {
-                        if let Ok(img) = image::open(&s.file_name) {
+                        if let Ok(img) = crate::data::image_io::read_image(&s.file_name) {
                             let mut img = img.to_rgb8();
                             let boxes: Vec<[f64; 5]> = detections
                                 .iter()
