@@ -15,6 +15,7 @@ pub mod layers;
 pub mod modeling;
 pub mod onnx;
 pub mod ops;
+pub mod serve;
 pub mod solver;
 pub mod structures;
 pub mod utils;

@@ -99,6 +99,18 @@ impl LoadReport {
     }
 }
 
+/// Names shown per list in a [`LoadReport`]: enough to see the pattern (a prefix that does
+/// not match, another architecture) without burying the message under hundreds of names.
+const NAMES_SHOWN: usize = 8;
+
+fn write_names(f: &mut fmt::Formatter<'_>, names: &[String]) -> fmt::Result {
+    write!(f, "{}", names[..names.len().min(NAMES_SHOWN)].join(", "))?;
+    if names.len() > NAMES_SHOWN {
+        write!(f, ", ... ({} more)", names.len() - NAMES_SHOWN)?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "loaded {} tensors", self.loaded)?;
@@ -109,20 +121,12 @@ impl fmt::Display for LoadReport {
             }
         }
         if !self.missing.is_empty() {
-            write!(
-                f,
-                "\n  missing in checkpoint ({}): {}",
-                self.missing.len(),
-                self.missing.join(", ")
-            )?;
+            write!(f, "\n  missing in checkpoint ({}): ", self.missing.len())?;
+            write_names(f, &self.missing)?;
         }
         if !self.unexpected.is_empty() {
-            write!(
-                f,
-                "\n  not used by the model ({}): {}",
-                self.unexpected.len(),
-                self.unexpected.join(", ")
-            )?;
+            write!(f, "\n  not used by the model ({}): ", self.unexpected.len())?;
+            write_names(f, &self.unexpected)?;
         }
         Ok(())
     }

@@ -63,10 +63,16 @@ impl Predictor {
         let (model, report) = build_model(cfg, 0)?;
         if let Some(r) = &report {
             if !r.missing.is_empty() || !r.mismatched.is_empty() || r.loaded == 0 {
-                let message = format!(
+                let mut message = format!(
                     "MODEL.WEIGHTS {} does not fit {}: {r}",
                     cfg.model.weights, cfg.model.meta_architecture
                 );
+                if r.loaded == 0 {
+                    message.push_str(
+                        "\n  no name matches: the weights are another model's; give the \
+                         config file they were trained with",
+                    );
+                }
                 if strict || r.loaded == 0 {
                     return Err(Error::run(message));
                 }
@@ -143,26 +149,21 @@ impl Predictor {
         Ok(out.pop().expect("one prediction per image"))
     }
 
-    /// Several images of any sizes as one batch; the same results as one call each.
+    /// Several images of any sizes as one batch, padded to the largest (as evaluation
+    /// batches them); images of one size give exactly the results of one call each.
     pub fn predict_batch(&self, images: &[DynamicImage]) -> Result<Vec<Predicted>> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
         let inputs = images
             .iter()
-            .map(|img| self.input(img))
+            .map(|img| self.prepare(img))
             .collect::<Result<Vec<_>>>()?;
-        self.model
-            .inference(&inputs)?
-            .into_iter()
-            .map(|p| self.named(p))
-            .collect()
+        self.predict_prepared(&inputs)
     }
 
     /// The model's input for `img`: evaluation's test-time resize for a detector
     /// (`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`, the same code path), torchvision's
-    /// resize and center crop for a classifier.
-    fn input(&self, img: &DynamicImage) -> Result<ModelInput> {
+    /// resize and center crop for a classifier. Split from [`Self::predict_prepared`] so a
+    /// server can prepare images on many threads and batch those of one input size.
+    pub fn prepare(&self, img: &DynamicImage) -> Result<ModelInput> {
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         if w == 0 || h == 0 {
@@ -188,6 +189,28 @@ impl Predictor {
                 Ok(ModelInput::new(image_to_tensor(&crop, &Device::Cpu)?))
             }
         }
+    }
+
+    /// Runs inputs from [`Self::prepare`] as one batch.
+    pub fn predict_prepared(&self, inputs: &[ModelInput]) -> Result<Vec<Predicted>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.model
+            .inference(inputs)?
+            .into_iter()
+            .map(|p| self.named(p))
+            .collect()
+    }
+
+    /// Whether the model is a classifier (answers probabilities) rather than a detector.
+    pub fn is_classifier(&self) -> bool {
+        self.mapper.is_none()
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     fn named(&self, p: Prediction) -> Result<Predicted> {
