@@ -55,7 +55,7 @@ struct Job {
     reply: oneshot::Sender<Result<Predicted, BatchError>>,
     /// Held until the answer is computed: a request whose client went away still
     /// occupies its place while its image waits in the channel.
-    _admission: Admission,
+    admission: Admission,
 }
 
 pub struct Batcher {
@@ -114,7 +114,7 @@ impl Batcher {
             input,
             enqueued: Instant::now(),
             reply,
-            _admission: admission,
+            admission,
         };
         {
             let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,8 +218,14 @@ fn model_loop(
                 }
             };
             for (job, answer) in group.into_iter().zip(answers) {
+                // The place is given back before the answer leaves: a client that sends
+                // its next request on receiving this answer finds the place free.
+                let Job {
+                    reply, admission, ..
+                } = job;
+                drop(admission);
                 // The client may have gone away; its answer is then dropped.
-                let _ = job.reply.send(answer);
+                let _ = reply.send(answer);
             }
         }
     }
