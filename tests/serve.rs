@@ -29,20 +29,19 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `serve` on port 0 and waits for its `listening on` line.
+    /// Starts `serve` with the detector of `CONFIG`, `weights` and one class, `face`.
     fn start(weights: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--config-file", CONFIG, "--class-names", "face", "--weights"];
+        args.push(weights.to_str().unwrap());
+        args.extend_from_slice(extra);
+        Self::spawn(&args)
+    }
+
+    /// Starts `serve ARGS --port 0` and waits for its `listening on` line.
+    fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_serve"))
-            .args([
-                "--config-file",
-                CONFIG,
-                "--port",
-                "0",
-                "--class-names",
-                "face",
-            ])
-            .arg("--weights")
-            .arg(weights)
-            .args(extra)
+            .args(args)
+            .args(["--port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -412,6 +411,64 @@ fn answers_equal_the_predictor_and_bad_requests_get_their_status() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(last.ends_with(", 0 unanswered"), "{last}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_classifier_answers_its_predictors_top_k() {
+    let config = "configs/imagenet/mobilenet_v2_classifier.yaml";
+    let cfg = inference_config(Some(Path::new(config)), None, &[]).unwrap();
+    let p = Predictor::from_config(&cfg).unwrap();
+    let server = Server::spawn(&["--config-file", config, "--name", "mobilenet_v2"]);
+    let a = server.addr;
+    let info = http::get(a, "/v1/model").json();
+    assert_eq!(info["task"], "classify");
+    assert_eq!(info["classes"].as_array().unwrap().len(), 1000);
+    let png = encode(picture(300, 200, 7), image::ImageFormat::Png);
+    let img = image::load_from_memory(&png).unwrap();
+    let Predicted::Probabilities(probs) = p.predict(&img).unwrap() else {
+        panic!("a classifier")
+    };
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]).then(i.cmp(&j)));
+    for (query, k) in [("", 5), ("?topk=3", 3), ("?topk=1000", 1000)] {
+        let r = http::post(a, &format!("/v1/classify{query}"), "image/png", &png);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["model"], "mobilenet_v2");
+        let got = j["predictions"].as_array().unwrap();
+        assert_eq!(got.len(), k);
+        for (g, &want) in got.iter().zip(&order) {
+            assert_eq!(g["class_id"].as_u64(), Some(want as u64));
+            assert_eq!(g["class_name"].as_str(), Some(p.class_names()[want].as_str()));
+            assert_eq!(g["probability"].as_f64().unwrap() as f32, probs[want]);
+        }
+    }
+    assert_error(
+        &http::post(a, "/v1/classify?topk=1001", "image/png", &png),
+        400,
+        "topk must be",
+        "topk over the class count",
+    );
+    assert_error(
+        &http::post(a, "/v1/detect", "image/png", &png),
+        404,
+        "is a classifier",
+        "detect on a classifier",
+    );
+}
+
+#[test]
+fn a_model_that_cannot_load_is_an_error_before_listening() {
+    let o = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args(["--config-file", CONFIG, "--weights", "no/such/weights.safetensors"])
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("listening on"), "{out}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no/such/weights.safetensors"), "{err}");
 }
 
 #[test]

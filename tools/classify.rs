@@ -49,6 +49,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    candletron::utils::threads::configure();
     candletron::utils::logging::init();
     let args = Args::parse();
     let cfg = inference_config(

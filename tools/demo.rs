@@ -72,6 +72,7 @@ fn prediction_file(pred: &Path, image: &Path) -> Option<PathBuf> {
 }
 
 fn main() -> Result<()> {
+    candletron::utils::threads::configure();
     candletron::utils::logging::init();
     let args = Args::parse();
     let cfg = inference_config(args.config.as_deref(), args.weights.as_deref(), &args.opts)?;

@@ -56,6 +56,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    candletron::utils::threads::configure();
     candletron::utils::logging::init();
     let args = Args::parse();
     let Format::Onnx = args.format;
