@@ -31,7 +31,13 @@ struct Server {
 impl Server {
     /// Starts `serve` with the detector of `CONFIG`, `weights` and one class, `face`.
     fn start(weights: &Path, extra: &[&str]) -> Self {
-        let mut args = vec!["--config-file", CONFIG, "--class-names", "face", "--weights"];
+        let mut args = vec![
+            "--config-file",
+            CONFIG,
+            "--class-names",
+            "face",
+            "--weights",
+        ];
         args.push(weights.to_str().unwrap());
         args.extend_from_slice(extra);
         Self::spawn(&args)
@@ -439,7 +445,10 @@ fn a_classifier_answers_its_predictors_top_k() {
         assert_eq!(got.len(), k);
         for (g, &want) in got.iter().zip(&order) {
             assert_eq!(g["class_id"].as_u64(), Some(want as u64));
-            assert_eq!(g["class_name"].as_str(), Some(p.class_names()[want].as_str()));
+            assert_eq!(
+                g["class_name"].as_str(),
+                Some(p.class_names()[want].as_str())
+            );
             assert_eq!(g["probability"].as_f64().unwrap() as f32, probs[want]);
         }
     }
@@ -460,7 +469,12 @@ fn a_classifier_answers_its_predictors_top_k() {
 #[test]
 fn a_model_that_cannot_load_is_an_error_before_listening() {
     let o = Command::new(env!("CARGO_BIN_EXE_serve"))
-        .args(["--config-file", CONFIG, "--weights", "no/such/weights.safetensors"])
+        .args([
+            "--config-file",
+            CONFIG,
+            "--weights",
+            "no/such/weights.safetensors",
+        ])
         .args(["--port", "0"])
         .output()
         .unwrap();

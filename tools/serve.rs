@@ -30,11 +30,11 @@ struct Args {
     /// Port; 0 picks a free one (see the `listening on` line).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Most images per model call; 1 turns dynamic batching off. Default: 1 on CPU (there
-    /// a batch costs as much per image as single images, and batches of 8 lowered
-    /// throughput by a fifth on 2 cores), 8 on a GPU.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    max_batch: Option<u16>,
+    /// Most images per model call; 1 turns dynamic batching off. Batches are where a GPU
+    /// gains throughput; on CPU they are about even with single images (see the load table
+    /// in docs/benchmarks.md).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_batch: u16,
     /// Longest a request waits for others to join its batch, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     max_wait_ms: u64,
@@ -112,14 +112,7 @@ fn main() -> Result<()> {
             .clone()
             .unwrap_or_else(|| model_name(&cfg.model.weights)),
         batching: BatchingConfig {
-            max_batch: args
-                .max_batch
-                .map(usize::from)
-                .unwrap_or(if cfg.model.device.starts_with("cpu") {
-                    1
-                } else {
-                    8
-                }),
+            max_batch: args.max_batch as usize,
             max_wait: Duration::from_millis(args.max_wait_ms),
             queue: args.queue as usize,
         },
