@@ -102,6 +102,9 @@ config_choice! {
         Ssd = "ssd",
         /// Detectron2's ResizeShortestEdge + RandomFlip.
         ResizeShortestEdge = "resize_shortest_edge",
+        /// torchvision's classification training: RandomResizedCrop to `INPUT.CROP_SIZE`
+        /// (area fraction in `RRC_SCALE`, aspect ratio in `RRC_RATIO`) + RandomFlip.
+        RandomResizedCrop = "random_resized_crop",
     }
 }
 

@@ -236,6 +236,10 @@ config_group! {
         crop_scales: Vec<f64> = vec![0.3, 0.45, 0.6, 0.8, 1.0],
         /// SSD's photometric distortion (brightness, contrast, saturation, hue).
         photometric: bool = true,
+        /// `random_resized_crop`: the crop's area as a fraction of the image, [min, max].
+        rrc_scale: Vec<f64> = vec![0.08, 1.0],
+        /// `random_resized_crop`: the crop's aspect ratio (width / height), [min, max].
+        rrc_ratio: Vec<f64> = vec![3.0 / 4.0, 4.0 / 3.0],
     }
 }
 

@@ -163,6 +163,8 @@ pub const RANGES: &[(&str, Range)] = &[
     ("INPUT.CROP_SIZE", ge(16.0)),
     ("INPUT.TRAIN_SIZE", ge(16.0)),
     ("INPUT.CROP_SCALES", open_closed(0.0, 1.0)),
+    ("INPUT.RRC_SCALE", open_closed(0.0, 1.0)),
+    ("INPUT.RRC_RATIO", gt(0.0)),
     ("DATASETS.FACE_FILTER.MIN_SIZE", ge(0.0)),
     ("DATASETS.SYNTHETIC.SEED", ge(0.0)),
     ("DATASETS.SYNTHETIC.NUM_TRAIN", ge(1.0)),

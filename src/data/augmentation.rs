@@ -58,6 +58,49 @@ pub fn resize(img: &RgbImage, inst: &mut Instances, new_w: u32, new_h: u32) -> R
     resize_bilinear(img, new_w as usize, new_h as usize)
 }
 
+/// torchvision's `RandomResizedCrop.get_params`: up to 10 tries of an area fraction
+/// uniform in `scale` and an aspect ratio log-uniform in `ratio`, sides rounded
+/// (`int(round(...))`), kept when the crop fits; else the center crop of the image clamped
+/// to the ratio range. Returns `[x0, y0, x1, y1]`.
+pub fn random_resized_crop_roi(
+    w: u32,
+    h: u32,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+    rng: &mut SampleRng,
+) -> [u32; 4] {
+    let uniform = |rng: &mut SampleRng, lo: f64, hi: f64| {
+        if hi > lo {
+            rng.uniform(lo as f32, hi as f32) as f64
+        } else {
+            lo
+        }
+    };
+    let area = w as f64 * h as f64;
+    let (log_lo, log_hi) = (ratio[0].ln(), ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * uniform(rng, scale[0], scale[1]);
+        let aspect = uniform(rng, log_lo, log_hi).exp();
+        let cw = (target * aspect).sqrt().round() as u32;
+        let ch = (target / aspect).sqrt().round() as u32;
+        if cw > 0 && ch > 0 && cw <= w && ch <= h {
+            let y0 = rng.below((h - ch + 1) as usize) as u32;
+            let x0 = rng.below((w - cw + 1) as usize) as u32;
+            return [x0, y0, x0 + cw, y0 + ch];
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (cw, ch) = if in_ratio < ratio[0] {
+        (w, ((w as f64 / ratio[0]).round() as u32).clamp(1, h))
+    } else if in_ratio > ratio[1] {
+        (((h as f64 * ratio[1]).round() as u32).clamp(1, w), h)
+    } else {
+        (w, h)
+    };
+    let (x0, y0) = ((w - cw) / 2, (h - ch) / 2);
+    [x0, y0, x0 + cw, y0 + ch]
+}
+
 /// Pads right and bottom to a square filled with `fill`; boxes are unchanged.
 pub fn pad_to_square(img: &RgbImage, fill: [u8; 3]) -> RgbImage {
     let (w, h) = img.dimensions();
@@ -216,6 +259,31 @@ fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_resized_crop_follows_torchvision_bounds_and_fallback() {
+        let mut rng = SampleRng::new(3);
+        let (w, h) = (200u32, 120u32);
+        for _ in 0..500 {
+            let [x0, y0, x1, y1] =
+                random_resized_crop_roi(w, h, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+            assert!(x1 <= w && y1 <= h && x0 < x1 && y0 < y1);
+            let (cw, ch) = ((x1 - x0) as f64, (y1 - y0) as f64);
+            // Sides are rounded: area and ratio within the ranges up to a pixel.
+            let area = cw * ch / (w as f64 * h as f64);
+            assert!(area > 0.08 * 0.9 && area <= 1.0, "{area}");
+            let ratio = cw / ch;
+            assert!(ratio > 0.75 * 0.95 && ratio < 4.0 / 3.0 * 1.05, "{ratio}");
+        }
+        // A ratio no crop of the whole area can have: torchvision's fallback, the center
+        // crop clamped to the ratio range (200 x 120 is 1.67 > 4/3: height kept, width 160).
+        let roi = random_resized_crop_roi(w, h, [1.0, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+        assert_eq!(roi, [20, 0, 180, 120]);
+        // Inside the range, the whole image up to the rounding of a drawn ratio.
+        let [x0, y0, x1, y1] =
+            random_resized_crop_roi(120, 100, [1.0, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+        assert!((x1 - x0) * (y1 - y0) >= 118 * 100, "{:?}", [x0, y0, x1, y1]);
+    }
 
     fn inst(boxes: &[[f32; 4]]) -> Instances {
         Instances {

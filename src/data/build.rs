@@ -8,8 +8,8 @@ use super::mapper::DatasetMapper;
 use crate::config::Config;
 
 /// The endless, shuffled, augmented stream over `DATASETS.TRAIN` in batches of
-/// `SOLVER.IMS_PER_BATCH`. Images without any trainable box are dropped first when
-/// `DATALOADER.FILTER_EMPTY_ANNOTATIONS` is set.
+/// `SOLVER.IMS_PER_BATCH`. Detection images without any trainable box are dropped first
+/// when `DATALOADER.FILTER_EMPTY_ANNOTATIONS` is set.
 pub fn build_detection_train_loader(
     cfg: &Config,
     seed: u64,
@@ -18,7 +18,10 @@ pub fn build_detection_train_loader(
     let mut dataset = get_datasets(&cfg.datasets.train, cfg)?;
     if cfg.dataloader.filter_empty_annotations {
         let before = dataset.records.len();
-        dataset.records.retain(|r| r.num_trainable() > 0);
+        // A classification image has a label and no boxes: it is never empty.
+        dataset
+            .records
+            .retain(|r| r.label.is_some() || r.num_trainable() > 0);
         let dropped = before - dataset.records.len();
         if dropped > 0 {
             tracing::info!("removed {dropped} of {before} training images without trainable boxes");

@@ -5,7 +5,8 @@
 //! - `widerface_{train,val}`: `widerface/WIDER_{split}/images/` and
 //!   `widerface/wider_face_split/wider_face_{split}_bbx_gt.txt`;
 //! - `synthetic_faces_{train,val}`: generated on first use under `synthetic_faces/`;
-//! - `coco_2017_{train,val}`: `coco/{split}2017/` and `coco/annotations/instances_{split}2017.json`.
+//! - `coco_2017_{train,val}`: `coco/{split}2017/` and `coco/annotations/instances_{split}2017.json`;
+//! - `folder:PATH`: an image folder (one subfolder per class), PATH absolute or under the root.
 //!
 //! Other datasets are registered from code with [`register_widerface`] or
 //! [`register_coco_instances`] before the model or loader is built.
@@ -18,7 +19,7 @@ pub use super::datasets::record::{
 };
 pub use super::datasets::root::dataset_root;
 
-use super::datasets::{coco, synthetic, widerface};
+use super::datasets::{coco, image_folder, synthetic, widerface};
 use crate::config::Config;
 use crate::utils::registry::Registry;
 
@@ -126,6 +127,15 @@ pub fn registered_datasets() -> Vec<String> {
 
 /// Loads a registered dataset by name.
 pub fn get_dataset(name: &str, cfg: &Config) -> Result<Dataset, DataError> {
+    if let Some(path) = name.strip_prefix(image_folder::PREFIX) {
+        let path = Path::new(path);
+        let root = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            dataset_root(cfg).join(path)
+        };
+        return image_folder::load_image_folder(name, &root);
+    }
     let builder = DATASET_CATALOG
         .get(name)
         .map_err(|e| DataError::new(e.to_string()))?;

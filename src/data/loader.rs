@@ -307,6 +307,9 @@ pub fn collate(samples: Vec<Sample>, train: bool) -> Result<ImageBatch, DataErro
             .and_then(|t| t.permute((2, 0, 1))?.to_dtype(DType::F32))
             .map_err(|e| DataError::new(format!("cannot build the image tensor: {e}")))?;
         let mut input = ModelInput::new(hwc).with_instances(s.instances);
+        if let Some(label) = s.label {
+            input = input.with_label(label);
+        }
         if !train {
             let (ow, oh) = s.original_size;
             input = input.with_output_size(oh as usize, ow as usize);

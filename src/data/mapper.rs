@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use image::RgbImage;
 
 use super::augmentation::{
-    crop, hflip, pad_to_square, photometric_distort, random_square_crop, resize,
-    shortest_edge_size, Instances,
+    crop, hflip, pad_to_square, photometric_distort, random_resized_crop_roi, random_square_crop,
+    resize, shortest_edge_size, Instances,
 };
 use super::catalog::{DataError, DatasetRecord};
 use super::rng::SampleRng;
+use super::transforms::resize_short_center_crop;
 use crate::config::{Augmentation, Config, RandomFlip};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,15 @@ pub enum Pipeline {
     },
     /// Evaluation: ResizeShortestEdge to one size; `short == 0` keeps the original size.
     Test { short: usize, max_size: usize },
+    /// torchvision's classification training: RandomResizedCrop to `size` + RandomFlip.
+    RandomResizedCrop {
+        size: u32,
+        scale: [f64; 2],
+        ratio: [f64; 2],
+        flip: bool,
+    },
+    /// torchvision's classification evaluation: Resize(`short`) + CenterCrop(`crop`).
+    CenterCrop { short: usize, crop: usize },
 }
 
 /// A mapped image with its boxes in the mapped image's pixels.
@@ -44,6 +54,8 @@ pub struct Sample {
     /// Mapped size / original size per axis: divide predictions by it to get back to the
     /// original image (meaningful for the test pipeline; crops make it local in training).
     pub scale: (f32, f32),
+    /// The class index, for classification.
+    pub label: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +69,20 @@ impl DatasetMapper {
     pub fn from_config(cfg: &Config, is_train: bool) -> Result<Self, DataError> {
         let i = &cfg.input;
         let flip = i.random_flip == RandomFlip::Horizontal;
-        let pipeline = if !is_train {
+        let classifier = cfg.model.meta_architecture == "Classifier";
+        let pipeline = if !is_train && classifier {
+            if i.crop_size > i.resize_short {
+                return Err(DataError::new(format!(
+                    "INPUT.CROP_SIZE {} is larger than INPUT.RESIZE_SHORT {}: the center crop \
+                     would not fit",
+                    i.crop_size, i.resize_short
+                )));
+            }
+            Pipeline::CenterCrop {
+                short: i.resize_short,
+                crop: i.crop_size,
+            }
+        } else if !is_train {
             Pipeline::Test {
                 short: i.min_size_test,
                 max_size: i.max_size_test,
@@ -77,6 +102,22 @@ impl DatasetMapper {
                         size: i.train_size as u32,
                         crop_scales: i.crop_scales.clone(),
                         photometric: i.photometric,
+                        flip,
+                    }
+                }
+                Augmentation::RandomResizedCrop => {
+                    let pair = |key: &str, v: &[f64]| -> Result<[f64; 2], DataError> {
+                        match v {
+                            [lo, hi] if lo <= hi => Ok([*lo, *hi]),
+                            _ => Err(DataError::new(format!(
+                                "INPUT.{key} must be [min, max] with min <= max, got {v:?}"
+                            ))),
+                        }
+                    };
+                    Pipeline::RandomResizedCrop {
+                        size: i.crop_size as u32,
+                        scale: pair("RRC_SCALE", &i.rrc_scale)?,
+                        ratio: pair("RRC_RATIO", &i.rrc_ratio)?,
                         flip,
                     }
                 }
@@ -166,6 +207,27 @@ impl DatasetMapper {
                 }
                 img
             }
+            Pipeline::RandomResizedCrop {
+                size,
+                scale,
+                ratio,
+                flip,
+            } => {
+                let (w, h) = img.dimensions();
+                let roi = random_resized_crop_roi(w, h, *scale, *ratio, rng);
+                let img = crop(&img, &mut inst, roi);
+                let img = resize(&img, &mut inst, *size, *size);
+                if *flip && rng.coin() {
+                    hflip(&img, &mut inst)
+                } else {
+                    img
+                }
+            }
+            Pipeline::CenterCrop { short, crop: side } => {
+                // Cannot fail: `from_config` checked that the crop fits the resized image.
+                resize_short_center_crop(&img, *short, *side)
+                    .unwrap_or_else(|_| resize(&img, &mut inst, *side as u32, *side as u32))
+            }
             Pipeline::Test { short, max_size } => {
                 if *short == 0 {
                     img
@@ -186,6 +248,7 @@ impl DatasetMapper {
             file_name: rec.file_name.clone(),
             original_size,
             scale,
+            label: rec.label,
         }
     }
 }

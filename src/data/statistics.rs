@@ -130,6 +130,7 @@ mod tests {
                     a([0.0, 0.0, 20.0, 20.0], true),
                     a([0.0, 0.0, 600.0, 600.0], false),
                 ],
+                label: None,
             },
             DatasetRecord {
                 file_name: PathBuf::from("b"),
@@ -137,6 +138,7 @@ mod tests {
                 width: 0,
                 height: 0,
                 annotations: vec![],
+                label: None,
             },
         ];
         let s = DatasetStats::from_records(&recs);

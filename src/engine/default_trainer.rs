@@ -41,12 +41,17 @@ fn check_names(cfg: &Config) -> Result<()> {
         ("DATASETS.TRAIN", &cfg.datasets.train),
         ("DATASETS.TEST", &cfg.datasets.test),
     ] {
-        if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+        let folder = crate::data::datasets::image_folder::PREFIX;
+        if let Some(bad) = names
+            .iter()
+            .find(|n| !known.contains(n) && !n.starts_with(folder))
+        {
             let suggestion = closest(bad, known.iter().map(String::as_str))
                 .map(|s| format!("; did you mean `{s}`?"))
                 .unwrap_or_default();
             return Err(ConfigError::Invalid(format!(
-                "{}: no dataset named `{bad}` is registered; registered: {}{suggestion}",
+                "{}: no dataset named `{bad}` is registered; registered: {} (or `folder:PATH` \
+                 for an image folder){suggestion}",
                 key(k),
                 known.join(", ")
             ))
@@ -383,6 +388,19 @@ impl DefaultTrainer {
             let scheduler = LrScheduler::from_config(&self.cfg)?;
             let (loader, metadata) =
                 build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
+            let classes = metadata.thing_classes.len();
+            if self.cfg.model.meta_architecture == "Classifier"
+                && classes != self.cfg.model.classifier.num_classes
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: the model has {} classes but DATASETS.TRAIN has {classes} ({}); set \
+                     MODEL.CLASSIFIER.NUM_CLASSES {classes}",
+                    self.cfg.located("MODEL.CLASSIFIER.NUM_CLASSES"),
+                    self.cfg.model.classifier.num_classes,
+                    metadata.thing_classes.join(", ")
+                ))
+                .into());
+            }
             let checkpointer =
                 Checkpointer::new(&self.cfg.output_dir).with_trained_with(TrainedWith {
                     config_yaml: self.cfg.to_yaml(),

@@ -177,6 +177,7 @@ impl Predictor {
                     width: w,
                     height: h,
                     annotations: Vec::new(),
+                    label: None,
                 };
                 let sample = mapper.apply(rgb, &rec, &mut SampleRng::new(0));
                 let x = image_to_tensor(&sample.image, &Device::Cpu)?;

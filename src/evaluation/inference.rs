@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::run_bail as bail;
 
+use super::classification::evaluate_classification;
 use super::coco::CocoGt;
 use super::evaluator::{
     CocoEvaluator, DatasetEvaluator, Detection, ImageDetections, WiderFaceEvaluator,
@@ -17,6 +18,7 @@ use super::widerface::GroundTruth;
 use crate::config::Config;
 use crate::data::build::build_detection_test_loader;
 use crate::data::catalog::{Dataset, EvaluatorType};
+use crate::data::loader::DataLoader;
 use crate::modeling::{Model, Prediction};
 use crate::utils::interrupt::interrupted;
 use crate::utils::visualizer::{draw_detections, PALETTE};
@@ -53,7 +55,75 @@ fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEva
             }
             Box::new(CocoEvaluator::new(gts))
         }
+        EvaluatorType::Classification => {
+            bail!("classification datasets are evaluated by evaluate_classifier")
+        }
     })
+}
+
+/// Top-1/top-5 accuracy and per-class F1 of a classifier over one test dataset.
+fn evaluate_classifier(
+    model: &Model,
+    name: &str,
+    mut loader: DataLoader,
+    dataset: &Dataset,
+) -> Result<BTreeMap<String, f64>> {
+    let classes = &dataset.metadata.thing_classes;
+    let start = Instant::now();
+    let (mut labels, mut scores) = (Vec::new(), Vec::new());
+    for batch in loader.by_ref() {
+        if interrupted() {
+            bail!(
+                "evaluation of {name} interrupted after {} images",
+                labels.len()
+            );
+        }
+        let batch = batch?;
+        if batch.inputs.is_empty() {
+            continue;
+        }
+        for (input, p) in batch.inputs.iter().zip(model.inference(&batch.inputs)?) {
+            let Prediction::Logits(l) = p else {
+                bail!("{name} is a classification dataset but the model gives no class scores");
+            };
+            if l.len() != classes.len() {
+                bail!(
+                    "the model has {} classes but {name} has {} ({}): set \
+                     MODEL.CLASSIFIER.NUM_CLASSES {}",
+                    l.len(),
+                    classes.len(),
+                    classes.join(", "),
+                    classes.len()
+                );
+            }
+            let Some(label) = input.label else {
+                bail!("{name}: an image without a class label");
+            };
+            labels.push(label);
+            scores.push(l);
+        }
+    }
+    let failures = loader.failures();
+    for (p, e) in &failures {
+        tracing::warn!("evaluation skipped {}: {e}", p.display());
+    }
+    if labels.is_empty() {
+        bail!(
+            "{name}: no image could be evaluated ({} of {} unreadable); no metrics written",
+            failures.len(),
+            dataset.records.len()
+        );
+    }
+    let m = evaluate_classification(&labels, &scores, classes.len());
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        "{name}: {} images in {secs:.1} s: top-1 {:.4}, top-5 {:.4}, macro-F1 {:.4}",
+        labels.len(),
+        m.top1,
+        m.top5,
+        m.macro_f1
+    );
+    Ok(m.to_map(classes))
 }
 
 /// Evaluates `model` on every dataset of `DATASETS.TEST`; results go under
@@ -68,6 +138,17 @@ pub fn inference_on_datasets(
     let mut all = BTreeMap::new();
     for name in &cfg.datasets.test {
         let (loader, dataset) = build_detection_test_loader(cfg, name)?;
+        let prefix = if cfg.datasets.test.len() > 1 {
+            format!("{name}/")
+        } else {
+            String::new()
+        };
+        if dataset.metadata.evaluator_type == EvaluatorType::Classification {
+            for (k, v) in evaluate_classifier(&model, name, loader, &dataset)? {
+                all.insert(format!("{prefix}{k}"), v);
+            }
+            continue;
+        }
         let dataset_len = dataset.records.len();
         let dir = out_dir.join(name);
         let vis_dir = dir.join("vis");
@@ -157,11 +238,6 @@ pub fn inference_on_datasets(
             1000.0 * secs / images.max(1) as f64
         );
         let metrics = evaluator.evaluate()?;
-        let prefix = if cfg.datasets.test.len() > 1 {
-            format!("{name}/")
-        } else {
-            String::new()
-        };
         for (k, v) in metrics {
             all.insert(format!("{prefix}{k}"), v);
         }

@@ -1,6 +1,8 @@
-//! Evaluation: the official WIDER FACE protocol, COCO-style box AP, and the
+//! Evaluation: the official WIDER FACE protocol, COCO-style box AP, classification
+//! accuracy and F1, and the
 //! `DatasetEvaluator` interface training calls on a schedule.
 
+pub mod classification;
 pub mod matfile;
 pub mod predictions;
 pub mod widerface;

@@ -118,11 +118,8 @@ impl Model {
     /// The network's batch for `inputs`, with their targets when every input has them.
     pub fn batch(&self, inputs: &[ModelInput]) -> Result<Batch> {
         let (images, image_sizes) = self.preprocess_inputs(inputs)?;
-        let targets = if inputs.iter().all(|i| i.instances.is_some()) {
-            Some(Targets::Instances(
-                inputs.iter().filter_map(|i| i.instances.clone()).collect(),
-            ))
-        } else if inputs.iter().all(|i| i.label.is_some()) {
+        // Labels first: a classification input carries no boxes, but an empty box list.
+        let targets = if inputs.iter().all(|i| i.label.is_some()) {
             let labels: Vec<u32> = inputs
                 .iter()
                 .filter_map(|i| i.label)
@@ -132,6 +129,10 @@ impl Model {
                 labels.as_slice(),
                 &self.device,
             )?))
+        } else if inputs.iter().all(|i| i.instances.is_some()) {
+            Some(Targets::Instances(
+                inputs.iter().filter_map(|i| i.instances.clone()).collect(),
+            ))
         } else {
             None
         };

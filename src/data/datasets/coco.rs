@@ -90,6 +90,7 @@ pub fn parse_coco_json(
             width: im.width,
             height: im.height,
             annotations: Vec::new(),
+            label: None,
         });
     }
     for a in &file.annotations {

@@ -58,6 +58,8 @@ pub struct DatasetRecord {
     pub width: u32,
     pub height: u32,
     pub annotations: Vec<ObjectAnnotation>,
+    /// The class index of a classification dataset's image.
+    pub label: Option<usize>,
 }
 
 impl DatasetRecord {
@@ -73,6 +75,8 @@ pub enum EvaluatorType {
     WiderFace { gt: PathBuf },
     /// COCO-style box AP against the dataset's own records.
     Coco,
+    /// Single-label classification: accuracy, per-class precision / recall / F1.
+    Classification,
 }
 
 #[derive(Debug, Clone, PartialEq)]

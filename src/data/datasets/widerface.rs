@@ -222,6 +222,7 @@ pub fn to_dataset_records(
             image_id: format!("{}/{}", r.event(), r.stem()),
             width: 0,
             height: 0,
+            label: None,
             annotations: r
                 .faces
                 .iter()

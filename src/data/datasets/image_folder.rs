@@ -1,0 +1,110 @@
+//! torchvision's `ImageFolder`: one subfolder per class, class names (and ids, in sorted
+//! order) from the folder names, every image at any depth below a class folder. Used
+//! from a config as `folder:PATH` in `DATASETS.TRAIN` / `DATASETS.TEST`.
+
+use std::path::Path;
+
+use super::record::{DataError, Dataset, DatasetMetadata, DatasetRecord, EvaluatorType};
+use crate::utils::fs::image_files;
+
+/// The dataset name prefix that loads an image folder.
+pub const PREFIX: &str = "folder:";
+
+/// Loads `root/CLASS/**/*.{jpg,jpeg,png}`. Hidden folders are not classes; a class folder
+/// without images is an error (as in torchvision), as is a root without class folders.
+/// Unreadable images are found, reported and skipped by the loader that reads them.
+pub fn load_image_folder(name: &str, root: &Path) -> Result<Dataset, DataError> {
+    let entries = std::fs::read_dir(root).map_err(|e| {
+        DataError::new(format!(
+            "dataset `{name}`: cannot read the image folder {}: {e}",
+            root.display()
+        ))
+    })?;
+    let mut classes: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(DataError::new(format!(
+            "dataset `{name}`: {} has no class folders (one subfolder of images per class)",
+            root.display()
+        )));
+    }
+    let mut records = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let dir = root.join(class);
+        let files = image_files(&dir)
+            .map_err(|e| DataError::new(format!("dataset `{name}`: {}: {e}", dir.display())))?;
+        if files.is_empty() {
+            return Err(DataError::new(format!(
+                "dataset `{name}`: class folder {} holds no .jpg, .jpeg or .png image",
+                dir.display()
+            )));
+        }
+        for f in files {
+            let image_id = f
+                .strip_prefix(root)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .replace('\\', "/");
+            records.push(DatasetRecord {
+                file_name: f,
+                image_id,
+                width: 0,
+                height: 0,
+                annotations: Vec::new(),
+                label: Some(label),
+            });
+        }
+    }
+    Ok(Dataset {
+        name: name.to_string(),
+        records,
+        metadata: DatasetMetadata {
+            thing_classes: classes,
+            evaluator_type: EvaluatorType::Classification,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_sorted_folders_and_images_are_found_at_any_depth() {
+        let root = std::env::temp_dir().join(format!("candletron-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (dir, file) in [("dog", "a.png"), ("cat/deep", "b.JPG"), ("cat", "c.jpeg")] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join(file), b"x").unwrap();
+        }
+        std::fs::create_dir_all(root.join(".cache")).unwrap();
+        std::fs::write(root.join("dog/notes.txt"), b"x").unwrap();
+        let d = load_image_folder("pets", &root).unwrap();
+        assert_eq!(d.metadata.thing_classes, ["cat", "dog"]);
+        let got: Vec<(String, Option<usize>)> = d
+            .records
+            .iter()
+            .map(|r| (r.image_id.clone(), r.label))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cat/c.jpeg".to_string(), Some(0)),
+                ("cat/deep/b.JPG".to_string(), Some(0)),
+                ("dog/a.png".to_string(), Some(1))
+            ]
+        );
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        let e = load_image_folder("pets", &root).unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains("holds no"), "{e}");
+        let e = load_image_folder("x", &root.join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the image folder"), "{e}");
+    }
+}
