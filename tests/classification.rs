@@ -140,3 +140,34 @@ fn a_class_count_that_does_not_match_the_folder_names_its_key() {
         "{e}"
     );
 }
+
+#[test]
+fn the_synthetic_shapes_are_generated_once_as_an_imbalanced_image_folder() {
+    let root = common::tmp_dir("classification-shapes");
+    let mut cfg = Config::from_file("configs/classification/synthetic_mnv2.yaml").unwrap();
+    cfg.merge_from_list(&[
+        "DATASETS.ROOT",
+        root.to_str().unwrap(),
+        "DATASETS.SYNTHETIC_SHAPES.NUM_TRAIN",
+        "42",
+        "DATASETS.SYNTHETIC_SHAPES.NUM_VAL",
+        "8",
+        "DATASETS.SYNTHETIC_SHAPES.IMAGE_SIZE",
+        "40",
+    ])
+    .unwrap();
+    let train = candletron::data::catalog::get_dataset("synthetic_shapes_train", &cfg).unwrap();
+    assert_eq!(
+        train.metadata.thing_classes,
+        ["disc", "square", "star", "triangle"]
+    );
+    let count = |c: usize| train.records.iter().filter(|r| r.label == Some(c)).count();
+    // 42 images shared 8.1 : 4.1 : 3.1 : 5.5.
+    assert_eq!([count(0), count(1), count(2), count(3)], [16, 8, 6, 11]);
+    let first = std::fs::read(&train.records[0].file_name).unwrap();
+    let val = candletron::data::catalog::get_dataset("synthetic_shapes_val", &cfg).unwrap();
+    assert_eq!(val.records.len(), 8);
+    // A second load reuses the cache: the same file, byte for byte.
+    let again = candletron::data::catalog::get_dataset("synthetic_shapes_train", &cfg).unwrap();
+    assert_eq!(std::fs::read(&again.records[0].file_name).unwrap(), first);
+}

@@ -131,6 +131,7 @@ fn main() -> Result<()> {
                     max_size: 0,
                 },
                 fill: mapper.fill,
+                classify_test: None,
             }
             .apply(img, rec, &mut rng)
         };

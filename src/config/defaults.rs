@@ -252,6 +252,19 @@ config_group! {
         root: String = s("datasets"),
         face_filter: FaceFilterConfig = FaceFilterConfig::default(),
         synthetic: SyntheticConfig = SyntheticConfig::default(),
+        /// The embedded classification dataset (`synthetic_shapes_{train,val}`).
+        synthetic_shapes: SyntheticShapesConfig = SyntheticShapesConfig::default(),
+    }
+}
+
+config_group! {
+    pub struct SyntheticShapesConfig {
+        seed: usize = 0,
+        /// Images over the four classes, shared 8.1 : 4.1 : 3.1 : 5.5.
+        num_train: usize = 2080,
+        num_val: usize = 416,
+        /// Side of the square images.
+        image_size: usize = 96,
     }
 }
 

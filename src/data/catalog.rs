@@ -5,6 +5,7 @@
 //! - `widerface_{train,val}`: `widerface/WIDER_{split}/images/` and
 //!   `widerface/wider_face_split/wider_face_{split}_bbx_gt.txt`;
 //! - `synthetic_faces_{train,val}`: generated on first use under `synthetic_faces/`;
+//! - `synthetic_shapes_{train,val}`: four shape classes, generated under `synthetic_shapes/`;
 //! - `coco_2017_{train,val}`: `coco/{split}2017/` and `coco/annotations/instances_{split}2017.json`;
 //! - `folder:PATH`: an image folder (one subfolder per class), PATH absolute or under the root.
 //!
@@ -19,7 +20,7 @@ pub use super::datasets::record::{
 };
 pub use super::datasets::root::dataset_root;
 
-use super::datasets::{coco, image_folder, synthetic, widerface};
+use super::datasets::{coco, image_folder, synthetic, synthetic_shapes, widerface};
 use crate::config::Config;
 use crate::utils::registry::Registry;
 
@@ -51,6 +52,16 @@ static DATASET_CATALOG: LazyLock<Registry<DatasetBuilder>> = LazyLock::new(|| {
                     &dir.join(format!("wider_face_split/wider_face_{split}_bbx_gt.txt")),
                     &dir.join(format!("WIDER_{split}/images")),
                     cfg,
+                )
+            }),
+        );
+        reg.register(
+            &format!("synthetic_shapes_{split}"),
+            Arc::new(move |cfg: &Config| {
+                let dir = synthetic_shapes::ensure_generated(cfg)?;
+                image_folder::load_image_folder(
+                    &format!("synthetic_shapes_{split}"),
+                    &dir.join(split),
                 )
             }),
         );

@@ -63,26 +63,16 @@ pub struct DatasetMapper {
     pub pipeline: Pipeline,
     /// Fill of pixels that a pad adds (the pixel mean, so it normalises to 0).
     pub fill: [u8; 3],
+    /// Evaluation's pipeline for images with a class label (classification datasets):
+    /// torchvision's Resize + CenterCrop, whatever the detection test sizes say.
+    pub classify_test: Option<Pipeline>,
 }
 
 impl DatasetMapper {
     pub fn from_config(cfg: &Config, is_train: bool) -> Result<Self, DataError> {
         let i = &cfg.input;
         let flip = i.random_flip == RandomFlip::Horizontal;
-        let classifier = cfg.model.meta_architecture == "Classifier";
-        let pipeline = if !is_train && classifier {
-            if i.crop_size > i.resize_short {
-                return Err(DataError::new(format!(
-                    "INPUT.CROP_SIZE {} is larger than INPUT.RESIZE_SHORT {}: the center crop \
-                     would not fit",
-                    i.crop_size, i.resize_short
-                )));
-            }
-            Pipeline::CenterCrop {
-                short: i.resize_short,
-                crop: i.crop_size,
-            }
-        } else if !is_train {
+        let pipeline = if !is_train {
             Pipeline::Test {
                 short: i.min_size_test,
                 max_size: i.max_size_test,
@@ -142,7 +132,27 @@ impl DatasetMapper {
                 .round()
                 .clamp(0.0, 255.0) as u8
         });
-        Ok(Self { pipeline, fill })
+        let classify_test = if is_train {
+            None
+        } else if i.crop_size <= i.resize_short {
+            Some(Pipeline::CenterCrop {
+                short: i.resize_short,
+                crop: i.crop_size,
+            })
+        } else if cfg.model.meta_architecture == "Classifier" {
+            return Err(DataError::new(format!(
+                "INPUT.CROP_SIZE {} is larger than INPUT.RESIZE_SHORT {}: the center crop \
+                 would not fit",
+                i.crop_size, i.resize_short
+            )));
+        } else {
+            None
+        };
+        Ok(Self {
+            pipeline,
+            fill,
+            classify_test,
+        })
     }
 
     /// Reads and decodes the record's image; the error names the file.
@@ -174,7 +184,11 @@ impl DatasetMapper {
             classes: rec.annotations.iter().map(|a| a.category_id).collect(),
             ignore: rec.annotations.iter().map(|a| a.ignore).collect(),
         };
-        let img = match &self.pipeline {
+        let pipeline = match (&self.classify_test, rec.label) {
+            (Some(p), Some(_)) => p,
+            _ => &self.pipeline,
+        };
+        let img = match pipeline {
             Pipeline::Ssd {
                 size,
                 crop_scales,

@@ -5,4 +5,5 @@ pub mod image_folder;
 pub mod record;
 pub mod root;
 pub mod synthetic;
+pub mod synthetic_shapes;
 pub mod widerface;

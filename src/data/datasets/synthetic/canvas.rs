@@ -155,6 +155,41 @@ impl Canvas {
         });
     }
 
+    /// A filled polygon (even-odd rule) with edges anti-aliased over about one pixel.
+    pub fn polygon(&mut self, pts: &[(f32, f32)], c: Rgb, alpha: f32) {
+        let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for &(x, y) in pts {
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+        }
+        let (w, h) = (self.w, self.h);
+        let clampx = |v: f32| (v.max(0.0) as usize).min(w);
+        let clampy = |v: f32| (v.max(0.0) as usize).min(h);
+        let n = pts.len();
+        for y in clampy(y0 - 1.0)..clampy(y1 + 2.0) {
+            for x in clampx(x0 - 1.0)..clampx(x1 + 2.0) {
+                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+                let mut inside = false;
+                let mut dist = f32::MAX;
+                for i in 0..n {
+                    let (ax, ay) = pts[i];
+                    let (bx, by) = pts[(i + 1) % n];
+                    if (ay > py) != (by > py) && px < ax + (py - ay) * (bx - ax) / (by - ay) {
+                        inside = !inside;
+                    }
+                    let (dx, dy) = (bx - ax, by - ay);
+                    let t = (((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy).max(1e-9))
+                        .clamp(0.0, 1.0);
+                    dist =
+                        dist.min(((px - ax - t * dx).powi(2) + (py - ay - t * dy).powi(2)).sqrt());
+                }
+                let cover = if inside { 0.5 + dist } else { 0.5 - dist };
+                if cover > 0.0 {
+                    self.blend(x, y, c, alpha * cover.min(1.0));
+                }
+            }
+        }
+    }
+
     /// An axis-aligned rectangle, clipped to the canvas.
     pub fn rect(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, c: Rgb, alpha: f32) {
         let xa = x0.round().clamp(0.0, self.w as f32) as usize;

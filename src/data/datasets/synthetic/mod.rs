@@ -14,7 +14,7 @@
 //! Each image is drawn from its own seed (global seed, split, index), so the output does
 //! not depend on the number of threads.
 
-mod canvas;
+pub(crate) mod canvas;
 mod face;
 mod spec;
 
