@@ -105,6 +105,11 @@ fn an_image_folder_fine_tunes_the_imagenet_classifier_and_reports_accuracy() {
             .unwrap_or_else(|| panic!("{key} in {results}"));
         assert!((0.0..=1.0).contains(&v), "{key}: {v}");
     }
+    // Pictures: the confusion matrix and a grid of correctly classified images.
+    let pictures = out.join("inference/folder_colours_val");
+    let cm = image::open(pictures.join("confusion_matrix.png")).unwrap();
+    assert!(cm.width() > 200 && cm.height() > 200);
+    assert!(image::open(pictures.join("correct.png")).is_ok());
     // The checkpoint names the classes, in folder order.
     let stored = candletron::checkpoint::read_trained_with(&out.join("model_final.safetensors"))
         .unwrap()

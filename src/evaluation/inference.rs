@@ -21,7 +21,7 @@ use crate::data::catalog::{Dataset, EvaluatorType};
 use crate::data::loader::DataLoader;
 use crate::modeling::{Model, Prediction};
 use crate::utils::interrupt::interrupted;
-use crate::utils::visualizer::{draw_detections, PALETTE};
+use crate::utils::visualizer::{draw_detections, image_grid, plot_confusion_matrix, PALETTE};
 
 fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEvaluator>> {
     Ok(match &dataset.metadata.evaluator_type {
@@ -61,16 +61,20 @@ fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEva
     })
 }
 
-/// Top-1/top-5 accuracy and per-class F1 of a classifier over one test dataset.
+/// Top-1/top-5 accuracy and per-class F1 of a classifier over one test dataset; writes
+/// `confusion_matrix.png` and grids of the first `vis_num` correctly (`correct.png`) and
+/// wrongly (`wrong.png`) classified images into `dir`.
 fn evaluate_classifier(
     model: &Model,
     name: &str,
     mut loader: DataLoader,
     dataset: &Dataset,
+    dir: &Path,
+    vis_num: usize,
 ) -> Result<BTreeMap<String, f64>> {
     let classes = &dataset.metadata.thing_classes;
     let start = Instant::now();
-    let (mut labels, mut scores) = (Vec::new(), Vec::new());
+    let (mut labels, mut scores, mut files) = (Vec::new(), Vec::new(), Vec::new());
     for batch in loader.by_ref() {
         if interrupted() {
             bail!(
@@ -82,7 +86,8 @@ fn evaluate_classifier(
         if batch.inputs.is_empty() {
             continue;
         }
-        for (input, p) in batch.inputs.iter().zip(model.inference(&batch.inputs)?) {
+        let predictions = model.inference(&batch.inputs)?;
+        for ((input, p), s) in batch.inputs.iter().zip(predictions).zip(&batch.samples) {
             let Prediction::Logits(l) = p else {
                 bail!("{name} is a classification dataset but the model gives no class scores");
             };
@@ -101,6 +106,7 @@ fn evaluate_classifier(
             };
             labels.push(label);
             scores.push(l);
+            files.push(s.file_name.clone());
         }
     }
     let failures = loader.failures();
@@ -123,7 +129,52 @@ fn evaluate_classifier(
         m.top5,
         m.macro_f1
     );
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    let save = |img: image::RgbImage, file: &str| -> Result<()> {
+        let p = dir.join(file);
+        img.save(&p)
+            .map_err(|e| Error::run(format!("cannot write {}: {e}", p.display())))
+    };
+    save(
+        plot_confusion_matrix(&m.confusion, classes, &format!("{name}: confusion matrix")),
+        "confusion_matrix.png",
+    )?;
+    if vis_num > 0 {
+        let (mut right, mut wrong) = (Vec::new(), Vec::new());
+        for ((&label, s), file) in labels.iter().zip(&scores).zip(&files) {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = s.iter().map(|v| (v - max).exp()).sum();
+            let pred = s.iter().position(|&v| v == max).unwrap_or(0);
+            let prob = 1.0 / sum;
+            let (list, caption, color) = if pred == label {
+                (
+                    &mut right,
+                    format!("{} {prob:.2}", classes[pred]),
+                    PALETTE[2],
+                )
+            } else {
+                let text = format!("{} -> {} {prob:.2}", classes[label], classes[pred]);
+                (&mut wrong, text, PALETTE[3])
+            };
+            if list.len() < vis_num {
+                if let Ok(img) = crate::data::image_io::read_image(file) {
+                    list.push((img.to_rgb8(), caption, color));
+                }
+            }
+        }
+        for (items, file) in [(right, "correct.png"), (wrong, "wrong.png")] {
+            if !items.is_empty() {
+                save(image_grid(&items, 4, 128), file)?;
+            }
+        }
+    }
     Ok(m.to_map(classes))
+}
+
+/// The folder of a dataset's results: its name, with the separators of a `folder:PATH`
+/// name replaced so that it stays one folder.
+fn folder_name(name: &str) -> String {
+    name.replace(['/', '\\', ':'], "_")
 }
 
 /// Evaluates `model` on every dataset of `DATASETS.TEST`; results go under
@@ -144,13 +195,15 @@ pub fn inference_on_datasets(
             String::new()
         };
         if dataset.metadata.evaluator_type == EvaluatorType::Classification {
-            for (k, v) in evaluate_classifier(&model, name, loader, &dataset)? {
+            let dir = out_dir.join(folder_name(name));
+            let vis = cfg.test.vis_num;
+            for (k, v) in evaluate_classifier(&model, name, loader, &dataset, &dir, vis)? {
                 all.insert(format!("{prefix}{k}"), v);
             }
             continue;
         }
         let dataset_len = dataset.records.len();
-        let dir = out_dir.join(name);
+        let dir = out_dir.join(folder_name(name));
         let vis_dir = dir.join("vis");
         std::fs::create_dir_all(&vis_dir).map_err(|e| Error::io("cannot create", &vis_dir, e))?;
         let mut evaluator = evaluator_for(&dataset, &dir)?;

@@ -1,4 +1,5 @@
-//! Pictures: detections drawn on images, and precision/recall curves, as PNG.
+//! Pictures: detections drawn on images, precision/recall curves, confusion matrices and
+//! captioned image grids, as PNG.
 //!
 //! Text is drawn with an embedded TrueType font (DejaVu Sans Bold, licence in
 //! `assets/fonts/`), anti-aliased and readable at any size.
@@ -147,6 +148,122 @@ pub struct Series<'a> {
     pub precision: &'a [f64],
 }
 
+/// A confusion matrix as a heat map: rows are the true classes, columns the predicted
+/// ones, each cell shaded by its share of the row (white to blue) and labelled with its
+/// image count, so a class that is rare in the data is read as clearly as a common one.
+pub fn plot_confusion_matrix(
+    confusion: &[Vec<u64>],
+    class_names: &[String],
+    title: &str,
+) -> RgbImage {
+    let n = confusion.len().max(1);
+    let cell = (480 / n as u32).clamp(28, 72);
+    let px = (cell as f32 * 0.3).clamp(11.0, 18.0);
+    let name_w = class_names
+        .iter()
+        .map(|c| text_size(c, px).0)
+        .max()
+        .unwrap_or(0);
+    let (left, top) = (name_w as i32 + 40, 70i32);
+    let (w, h) = (
+        (left as u32 + cell * n as u32 + 20).max(360),
+        top as u32 + cell * n as u32 + name_w + 40,
+    );
+    let mut img = RgbImage::from_pixel(w, h, WHITE);
+    draw_text(&mut img, 10, 10, title, 18.0, BLACK);
+    draw_text(&mut img, left, 40, "predicted", 14.0, BLACK);
+    draw_text(&mut img, 10, 40, "true", 14.0, BLACK);
+    for (r, row) in confusion.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        let y = top + (r as u32 * cell) as i32;
+        let name = class_names.get(r).map(String::as_str).unwrap_or("?");
+        let (tw, th) = text_size(name, px);
+        draw_text(
+            &mut img,
+            left - 8 - tw as i32,
+            y + (cell as i32 - th as i32) / 2,
+            name,
+            px,
+            BLACK,
+        );
+        for (c, &v) in row.iter().enumerate() {
+            let share = if total == 0 {
+                0.0
+            } else {
+                v as f32 / total as f32
+            };
+            let shade = |full: f32| (255.0 - share * (255.0 - full)) as u8;
+            let bg = Rgb([shade(31.0), shade(119.0), shade(180.0)]);
+            let x = left + (c as u32 * cell) as i32;
+            draw_filled_rect_mut(&mut img, Rect::at(x, y).of_size(cell, cell), bg);
+            draw_hollow_rect_mut(&mut img, Rect::at(x, y).of_size(cell, cell), GRAY);
+            let t = v.to_string();
+            let (tw, th) = text_size(&t, px);
+            draw_text(
+                &mut img,
+                x + (cell as i32 - tw as i32) / 2,
+                y + (cell as i32 - th as i32) / 2,
+                &t,
+                px,
+                text_color_on(bg),
+            );
+        }
+    }
+    // Column names below the matrix, one per line, under their column's left edge.
+    for (c, name) in class_names.iter().enumerate().take(n) {
+        let x = left + (c as u32 * cell) as i32;
+        let y = top + (n as u32 * cell) as i32 + 6 + (c as i32 % 2) * (px as i32 + 4);
+        draw_text(&mut img, x, y, name, px, BLACK);
+    }
+    img
+}
+
+/// Images as a grid of `tile` x `tile` thumbnails (aspect kept, letterboxed in grey), each
+/// with a caption in its colour below: for looking at what a classifier got right and wrong.
+pub fn image_grid(items: &[(RgbImage, String, Rgb<u8>)], cols: usize, tile: u32) -> RgbImage {
+    let cols = cols.max(1);
+    let rows = items.len().div_ceil(cols).max(1);
+    let px = (tile as f32 / 9.0).clamp(10.0, 16.0);
+    let caption = px as u32 + 8;
+    let (cw, ch) = (tile + 8, tile + caption + 8);
+    let mut img = RgbImage::from_pixel(cw * cols as u32, ch * rows as u32, WHITE);
+    for (i, (thumb, text, color)) in items.iter().enumerate() {
+        let (x0, y0) = ((i % cols) as u32 * cw + 4, (i / cols) as u32 * ch + 4);
+        let scale = tile as f32 / thumb.width().max(thumb.height()).max(1) as f32;
+        let (tw, th) = (
+            ((thumb.width() as f32 * scale) as u32).max(1),
+            ((thumb.height() as f32 * scale) as u32).max(1),
+        );
+        let small = image::imageops::resize(thumb, tw, th, image::imageops::FilterType::Triangle);
+        draw_filled_rect_mut(
+            &mut img,
+            Rect::at(x0 as i32, y0 as i32).of_size(tile, tile),
+            GRAY,
+        );
+        image::imageops::overlay(
+            &mut img,
+            &small,
+            (x0 + (tile - tw) / 2) as i64,
+            (y0 + (tile - th) / 2) as i64,
+        );
+        // The caption shrinks (down to 8 px) to fit under its thumbnail.
+        let mut size = px;
+        while size > 8.0 && text_size(text, size).0 + size as u32 / 2 > tile {
+            size -= 1.0;
+        }
+        draw_label(
+            &mut img,
+            x0 as i32,
+            (y0 + tile + 2) as i32,
+            text,
+            size,
+            text_color_on(*color),
+            *color,
+        );
+    }
+    img
+}
+
 /// Precision (y) against recall (x) on [0, 1]^2 with grid, axis labels, title and a
 /// legend, as the official WIDER FACE plots show them.
 pub fn plot_pr_curves(series: &[Series], title: &str) -> RgbImage {
@@ -235,4 +352,26 @@ pub fn plot_pr_curves(series: &[Series], title: &str) -> RgbImage {
         draw_text(&mut img, lx + 32, ly - 3, &s.label, 16.0, BLACK);
     }
     img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_cells_are_shaded_by_their_share_of_the_row() {
+        let names = vec!["a".to_string(), "b".to_string()];
+        let img = plot_confusion_matrix(&[vec![9, 1], vec![0, 4]], &names, "t");
+        // Cells of 72 px (480 / 2, clamped) right of the names, 70 px from the top.
+        let px = (72.0f32 * 0.3).clamp(11.0, 18.0);
+        let left = text_size("a", px).0 + 40;
+        let at = |r: u32, c: u32| *img.get_pixel(left + c * 72 + 3, 70 + r * 72 + 3);
+        // A whole row's diagonal is the palette blue, an empty cell white, 1 of 10 light.
+        assert_eq!(at(1, 1), Rgb([31, 119, 180]));
+        assert_eq!(at(1, 0), WHITE);
+        let light = at(0, 1);
+        assert!(light.0[0] > 200 && light.0[0] < 255, "{light:?}");
+        let grid = image_grid(&[(RgbImage::new(40, 20), "x".into(), BLACK)], 4, 32);
+        assert_eq!(grid.dimensions(), (40 * 4, 32 + 18 + 8));
+    }
 }
