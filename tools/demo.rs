@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use image::RgbImage;
 
-use candletron::engine::{inference_config, Predicted, Predictor};
+use candletron::engine::{inference_config, Detection, Predicted, Predictor};
 use candletron::evaluation::predictions::parse_prediction_file;
 use candletron::utils::fs::image_files;
 use candletron::utils::visualizer::{
@@ -139,18 +139,7 @@ fn main() -> Result<()> {
         } else if let Some(predictor) = &predictor {
             match predictor.predict(&decoded)? {
                 Predicted::Detections(dets) => {
-                    let boxes: Vec<LabeledBox> = dets
-                        .iter()
-                        .map(|d| {
-                            let [x1, y1, x2, y2] = d.bbox.map(|v| v as f64);
-                            LabeledBox {
-                                xywh: [x1, y1, x2 - x1, y2 - y1],
-                                score: d.score as f64,
-                                label: format!("{} {:.2}", d.class_name, d.score),
-                                color: PALETTE[d.class_id % PALETTE.len()],
-                            }
-                        })
-                        .collect();
+                    let boxes: Vec<LabeledBox> = dets.iter().map(Detection::labeled_box).collect();
                     draw_labeled_boxes(&mut img, &boxes, args.confidence_threshold);
                     for (d, b) in dets.iter().zip(&boxes) {
                         results.push(serde_json::json!({

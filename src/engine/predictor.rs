@@ -14,6 +14,7 @@ use crate::data::transforms::{image_to_tensor, resize_short_center_crop};
 use crate::error::{Error, Result};
 use crate::modeling::{build_model, Model, Prediction};
 use crate::structures::ModelInput;
+use crate::utils::visualizer::{LabeledBox, PALETTE};
 
 /// One detected object, in the original image's pixels.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,19 @@ pub struct Detection {
     pub score: f32,
     pub class_id: usize,
     pub class_name: String,
+}
+
+impl Detection {
+    /// The box as `demo` and `serve` draw it: "NAME 0.93" in the class's colour.
+    pub fn labeled_box(&self) -> LabeledBox {
+        let [x1, y1, x2, y2] = self.bbox.map(|v| v as f64);
+        LabeledBox {
+            xywh: [x1, y1, x2 - x1, y2 - y1],
+            score: self.score as f64,
+            label: format!("{} {:.2}", self.class_name, self.score),
+            color: PALETTE[self.class_id % PALETTE.len()],
+        }
+    }
 }
 
 /// What the model says about one image.

@@ -22,7 +22,7 @@ use super::request::{classify_topk, image_bytes, DetectParams};
 use crate::data::image_io::{decode_image_bytes, ImageDecodeError};
 use crate::engine::{Detection, Predicted, Predictor};
 use crate::structures::ModelInput;
-use crate::utils::visualizer::{draw_labeled_boxes, LabeledBox, PALETTE};
+use crate::utils::visualizer::{draw_labeled_boxes, LabeledBox};
 
 /// Limits on what one request may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,18 +331,7 @@ async fn detect(State(state): State<Arc<AppState>>, req: Request) -> Result<Resp
 /// The image with its detections drawn as `demo` draws them, as PNG bytes.
 fn draw_png(image: DynamicImage, dets: &[Detection]) -> Result<Vec<u8>, ApiError> {
     let mut rgb = image.into_rgb8();
-    let boxes: Vec<LabeledBox> = dets
-        .iter()
-        .map(|d| {
-            let [x1, y1, x2, y2] = d.bbox.map(|v| v as f64);
-            LabeledBox {
-                xywh: [x1, y1, x2 - x1, y2 - y1],
-                score: d.score as f64,
-                label: format!("{} {:.2}", d.class_name, d.score),
-                color: PALETTE[d.class_id % PALETTE.len()],
-            }
-        })
-        .collect();
+    let boxes: Vec<LabeledBox> = dets.iter().map(Detection::labeled_box).collect();
     draw_labeled_boxes(&mut rgb, &boxes, f64::NEG_INFINITY);
     let mut png = Vec::new();
     DynamicImage::ImageRgb8(rgb)

@@ -1,6 +1,7 @@
 //! Dataset formats and the synthetic face generator.
 
 pub mod coco;
+pub mod generated;
 pub mod image_folder;
 pub mod record;
 pub mod root;

@@ -9,10 +9,10 @@
 //! texture say nothing: the network must see shape, at several scales.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::generated::cached_dataset;
 use super::record::DataError;
 use super::root::dataset_root;
 use super::synthetic::canvas::{splitmix, Canvas, Ellipse, Rgb, Xorshift};
@@ -169,41 +169,19 @@ pub fn generate(spec: &ShapesSpec, dir: &Path) -> Result<(), DataError> {
     std::fs::write(&marker, spec.tag()).map_err(|e| io(&marker, e.to_string()))
 }
 
-/// The dataset folder for the config's spec, generated first if missing or incomplete
-/// (into a temporary folder renamed into place, as the synthetic faces).
+/// The dataset folder for the config's spec, generated first if missing or incomplete.
 pub fn ensure_generated(cfg: &Config) -> Result<PathBuf, DataError> {
     let spec = ShapesSpec::from_config(cfg)?;
-    let base = dataset_root(cfg).join("synthetic_shapes");
-    let dir = base.join(spec.tag());
-    let complete =
-        |d: &Path| std::fs::read_to_string(d.join("SPEC")).is_ok_and(|t| t == spec.tag());
-    if complete(&dir) {
-        return Ok(dir);
-    }
-    let tmp = base.join(format!(".{}.tmp{}", spec.tag(), std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    tracing::info!(
-        "generating the synthetic shapes dataset ({} train + {} val images) into {}",
-        spec.num_train,
-        spec.num_val,
-        dir.display()
+    let what = format!(
+        "the synthetic shapes dataset ({} train + {} val images)",
+        spec.num_train, spec.num_val
     );
-    let t = Instant::now();
-    generate(&spec, &tmp)?;
-    if dir.exists() && !complete(&dir) {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        if !complete(&dir) {
-            return Err(DataError::new(format!(
-                "cannot move the generated dataset to {}: {e}",
-                dir.display()
-            )));
-        }
-    }
-    tracing::info!("generated in {:.1} s", t.elapsed().as_secs_f64());
-    Ok(dir)
+    cached_dataset(
+        &dataset_root(cfg).join("synthetic_shapes"),
+        &spec.tag(),
+        &what,
+        |dir| generate(&spec, dir),
+    )
 }
 
 #[cfg(test)]

@@ -22,12 +22,12 @@ pub use spec::SyntheticSpec;
 
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
 use rayon::prelude::*;
 
+use super::generated::cached_dataset;
 use super::record::DataError;
 use super::root::dataset_root;
 use super::widerface::{format_bbx_gt, FaceAnnotation, WiderRecord};
@@ -123,36 +123,14 @@ pub fn generate(spec: &SyntheticSpec, dir: &Path) -> Result<(), DataError> {
 /// leaves a half-written dataset that looks complete.
 pub fn ensure_generated(cfg: &Config) -> Result<PathBuf, DataError> {
     let spec = SyntheticSpec::from_config(cfg)?;
-    let base = dataset_root(cfg).join("synthetic_faces");
-    let dir = base.join(spec.tag());
-    let complete =
-        |d: &Path| std::fs::read_to_string(d.join("SPEC")).is_ok_and(|t| t == spec.tag());
-    if complete(&dir) {
-        return Ok(dir);
-    }
-    let tmp = base.join(format!(".{}.tmp{}", spec.tag(), std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    tracing::info!(
-        "generating the synthetic face dataset ({} train + {} val images) into {}",
-        spec.num_train,
-        spec.num_val,
-        dir.display()
+    let what = format!(
+        "the synthetic face dataset ({} train + {} val images)",
+        spec.num_train, spec.num_val
     );
-    let t = Instant::now();
-    generate(&spec, &tmp)?;
-    if dir.exists() && !complete(&dir) {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        // Another process may have finished the same dataset first.
-        if !complete(&dir) {
-            return Err(DataError::new(format!(
-                "cannot move the generated dataset to {}: {e}",
-                dir.display()
-            )));
-        }
-    }
-    tracing::info!("generated in {:.1} s", t.elapsed().as_secs_f64());
-    Ok(dir)
+    cached_dataset(
+        &dataset_root(cfg).join("synthetic_faces"),
+        &spec.tag(),
+        &what,
+        |dir| generate(&spec, dir),
+    )
 }
