@@ -38,20 +38,6 @@ impl Histogram {
         self.count += 1;
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Observations above `bound` (which must be one of the bucket bounds).
-    pub fn count_above(&self, bound: f64) -> u64 {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| b == bound)
-            .expect("a bucket bound");
-        self.counts[i + 1..].iter().sum()
-    }
-
     fn write(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
@@ -129,15 +115,6 @@ impl Metrics {
         m.inference_seconds
             .get_or_insert_with(|| Histogram::new(&LATENCY_BOUNDS))
             .observe(seconds);
-    }
-
-    /// Requests answered with `status` on `route` so far.
-    pub fn requests(&self, route: &str, status: u16) -> u64 {
-        self.lock()
-            .requests
-            .get(&(route.to_string(), status))
-            .copied()
-            .unwrap_or(0)
     }
 
     /// Requests answered so far, all routes and statuses.
@@ -227,8 +204,6 @@ mod tests {
             "x_bucket{le=\"1\"} 2\nx_bucket{le=\"2\"} 2\nx_bucket{le=\"4\"} 3\n\
              x_bucket{le=\"+Inf\"} 4\nx_sum 14\nx_count 4\n"
         );
-        assert_eq!(h.count_above(1.0), 2);
-        assert_eq!(h.count_above(4.0), 1);
     }
 
     #[test]
@@ -246,6 +221,6 @@ mod tests {
         assert!(text.contains("candletron_batch_size_bucket{le=\"2\"} 0\n"));
         assert!(text.contains("candletron_batch_size_bucket{le=\"4\"} 1\n"));
         assert!(text.contains("candletron_model_ready 1\n"));
-        assert_eq!(m.requests("/v1/detect", 200), 2);
+        assert_eq!(m.answered(), 3);
     }
 }
