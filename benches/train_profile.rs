@@ -23,6 +23,7 @@ fn main() {
         images,
         targets: Some(Targets::Labels(labels)),
         image_sizes: Vec::new(),
+        seeds: Vec::new(),
     };
     let mut opt = SGD::new(
         model.trainable_vars().into_iter().map(|(_, v)| v).collect(),

@@ -252,6 +252,7 @@ fn freeze_at_keeps_frozen_weights_bit_identical_after_a_step() {
         images,
         targets: Some(Targets::Labels(labels)),
         image_sizes: Vec::new(),
+        seeds: Vec::new(),
     };
     let mut opt = SGD::new(trainable.into_iter().map(|(_, v)| v).collect(), 0.1).unwrap();
     let out = model.arch.forward(&batch, true).unwrap();

@@ -35,11 +35,8 @@ fn write_folder(root: &Path) {
     }
 }
 
-#[test]
-fn an_image_folder_fine_tunes_the_imagenet_classifier_and_reports_accuracy() {
-    let root = common::tmp_dir("classification-folder");
-    write_folder(&root.join("colours"));
-    let out = root.join("out");
+/// The colour folder's fine-tuning config, with `extra` overrides after it.
+fn folder_config(root: &Path, out: &Path, extra: &[&str]) -> Config {
     let mut cfg = Config::from_file("configs/imagenet/mobilenet_v2_classifier.yaml").unwrap();
     cfg.merge_from_list(&[
         "DATASETS.ROOT",
@@ -81,6 +78,16 @@ fn an_image_folder_fine_tunes_the_imagenet_classifier_and_reports_accuracy() {
         out.to_str().unwrap(),
     ])
     .unwrap();
+    cfg.merge_from_list(extra).unwrap();
+    cfg
+}
+
+#[test]
+fn an_image_folder_fine_tunes_the_imagenet_classifier_and_reports_accuracy() {
+    let root = common::tmp_dir("classification-folder");
+    write_folder(&root.join("colours"));
+    let out = root.join("out");
+    let cfg = folder_config(&root, &out, &[]);
     let outcome = DefaultTrainer::from_config(&cfg)
         .unwrap()
         .resume_or_load(false)
@@ -115,6 +122,202 @@ fn an_image_folder_fine_tunes_the_imagenet_classifier_and_reports_accuracy() {
         .unwrap()
         .unwrap();
     assert_eq!(stored.class_names, ["blue", "green", "red"]);
+}
+
+fn records(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.json"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (iteration, total_loss, lr) of every step record.
+fn steps(out: &Path) -> Vec<(u64, f64, f64)> {
+    records(out)
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["iteration"].as_u64()?,
+                r["total_loss"].as_f64()?,
+                r["lr"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+fn train(cfg: &Config, resume: bool) -> TrainOutcome {
+    DefaultTrainer::from_config(cfg)
+        .unwrap()
+        .resume_or_load(resume)
+        .unwrap()
+        .train()
+        .unwrap()
+}
+
+/// Epoch-based evaluation drives ReduceLROnPlateau, the best checkpoint and the curves;
+/// all of it resumes exactly, mid-epoch. The watched metric is top-5 of 3 classes, always
+/// 1: only the first evaluation improves, which makes every decision predictable.
+#[test]
+fn plateau_best_model_and_epoch_curves_resume_exactly() {
+    let root = common::tmp_dir("classification-plateau");
+    write_folder(&root.join("colours"));
+    // 30 images, batch 6: 5 iterations per epoch.
+    let watch = [
+        "SOLVER.LR_SCHEDULER_NAME",
+        "ReduceLROnPlateau",
+        "SOLVER.PLATEAU.PATIENCE",
+        "0",
+        "SOLVER.PLATEAU.FACTOR",
+        "0.5",
+        "TEST.EVAL_PERIOD",
+        "1",
+        "TEST.EVAL_PERIOD_UNIT",
+        "epochs",
+        "TEST.VAL_METRIC",
+        "top5",
+        "TEST.BEST_CHECKPOINT",
+        "True",
+        "SOLVER.LOG_PERIOD",
+        "1",
+    ];
+    let whole = root.join("whole");
+    let cfg = |out: &Path, iters: &str| {
+        let mut extra = watch.to_vec();
+        extra.extend(["SOLVER.MAX_ITER", iters]);
+        folder_config(&root, out, &extra)
+    };
+    let TrainOutcome::Finished(m) = train(&cfg(&whole, "20"), false) else {
+        panic!("interrupted")
+    };
+    assert_eq!(m["top5"], 1.0);
+    // The rate halves after every evaluation but the first: epochs 1 and 2 at the base
+    // rate, then 1/2, then 1/4.
+    let lrs: Vec<f64> = steps(&whole).iter().map(|s| s.2).collect();
+    assert_eq!(lrs.len(), 20);
+    for (i, lr) in lrs.iter().enumerate() {
+        let want = 0.001 * [1.0, 1.0, 0.5, 0.25][i / 5];
+        assert!(
+            (lr - want).abs() < 1e-15,
+            "iteration {i}: lr {lr}, want {want}"
+        );
+    }
+    let all = records(&whole);
+    let evals: Vec<u64> = all
+        .iter()
+        .filter(|r| r.get("eval/top5").is_some())
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        evals,
+        [4, 9, 14, 19],
+        "after every epoch, the last at the end"
+    );
+    let epochs: Vec<&serde_json::Value> = all.iter().filter(|r| r.get("epoch").is_some()).collect();
+    assert_eq!(epochs.len(), 4);
+    for e in &epochs {
+        let acc = e["train/accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc) && e["train/loss"].as_f64().unwrap() > 0.0);
+    }
+    assert!(all.iter().any(|r| r.get("eval/loss").is_some()));
+    // model_best: the first evaluation's model (none later was strictly better), with no
+    // optimizer state; last_checkpoint still names model_final.
+    let best = whole.join("model_best.safetensors");
+    let bytes = std::fs::read(&best).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let md = header.metadata().clone().unwrap();
+    assert_eq!(md["iteration"], "4");
+    assert_eq!(md["best_metric"], "top5");
+    assert!(header
+        .tensors()
+        .keys()
+        .all(|k| !k.starts_with("optimizer.")));
+    assert_eq!(
+        std::fs::read_to_string(whole.join("last_checkpoint")).unwrap(),
+        "model_final.safetensors"
+    );
+    let curves = image::open(whole.join("training_curves.png")).unwrap();
+    assert_eq!(curves.width(), 2 * curves.height() * 4 / 3);
+
+    // The same run in two parts, cut in the middle of epoch 3: the same losses, rates and
+    // epoch statistics.
+    let parts = root.join("parts");
+    train(&cfg(&parts, "12"), false);
+    train(&cfg(&parts, "20"), true);
+    let (a, b) = (steps(&whole), steps(&parts));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "uninterrupted vs resumed");
+    }
+    let epoch_stats = |out: &Path| -> Vec<String> {
+        records(out)
+            .iter()
+            .filter(|r| r.get("epoch").is_some())
+            .map(|r| r.to_string())
+            .collect()
+    };
+    assert_eq!(epoch_stats(&whole), epoch_stats(&parts));
+}
+
+/// Early stopping: with nothing improving after the first evaluation, patience 1 stops
+/// after the second; `model_final` is that iteration's model, and `--resume` does not
+/// train further.
+#[test]
+fn early_stopping_ends_the_run_and_stays_ended() {
+    let root = common::tmp_dir("classification-early");
+    write_folder(&root.join("colours"));
+    let out = root.join("out");
+    let cfg = folder_config(
+        &root,
+        &out,
+        &[
+            "TEST.EVAL_PERIOD",
+            "1",
+            "TEST.EVAL_PERIOD_UNIT",
+            "epochs",
+            "TEST.VAL_METRIC",
+            "top5",
+            "TEST.EARLY_STOP_PATIENCE",
+            "1",
+            "SOLVER.LOG_PERIOD",
+            "1",
+            "SOLVER.MAX_ITER",
+            "40",
+        ],
+    );
+    let TrainOutcome::Finished(m) = train(&cfg, false) else {
+        panic!("interrupted")
+    };
+    assert_eq!(m["top5"], 1.0);
+    let bytes = std::fs::read(out.join("model_final.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(header.metadata().clone().unwrap()["iteration"], "9");
+    let last_step = steps(&out).last().unwrap().0;
+    assert_eq!(last_step, 9);
+    train(&cfg, true);
+    assert_eq!(
+        steps(&out).last().unwrap().0,
+        9,
+        "a resumed run does not go on"
+    );
+    // Early stopping counts evaluations: without any during training it is an error.
+    let mut bad = cfg.clone();
+    bad.merge_from_list(&[
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        root.join("bad").to_str().unwrap(),
+    ])
+    .unwrap();
+    let e = DefaultTrainer::from_config(&bad)
+        .unwrap()
+        .train()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TEST.EARLY_STOP_PATIENCE") && e.contains("TEST.EVAL_PERIOD"),
+        "{e}"
+    );
 }
 
 #[test]

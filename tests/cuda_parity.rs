@@ -166,6 +166,7 @@ fn detector_losses_match_cpu() {
                 images: images.to_device(&model.device).unwrap(),
                 targets: Some(Targets::Instances(vec![inst.clone(); 2])),
                 image_sizes: Vec::new(),
+                seeds: Vec::new(),
             };
             let out = model.arch.forward(&batch, true).unwrap();
             let values: Vec<(String, f32)> = out

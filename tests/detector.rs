@@ -218,6 +218,7 @@ fn ssdlite_inference_respects_limits_and_training_returns_named_losses() {
             images,
             targets: None,
             image_sizes,
+            seeds: Vec::new(),
         };
         let out = model.arch.fused().unwrap().forward(&batch, false).unwrap();
         let dets = out.detections.unwrap();
@@ -368,6 +369,7 @@ fn faster_rcnn_names_losses_gradients_and_inference_limits() {
             images,
             targets: Some(Targets::Instances(rcnn_targets(k))),
             image_sizes,
+            seeds: Vec::new(),
         };
         let out = model.arch.forward(&batch, true).unwrap();
         let keys: Vec<&String> = out.losses.keys().collect();

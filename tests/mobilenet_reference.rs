@@ -83,6 +83,7 @@ fn features_and_logits_match_pytorch() {
                 images: input.clone(),
                 targets: None,
                 image_sizes: Vec::new(),
+                seeds: Vec::new(),
             },
             false,
         )

@@ -77,6 +77,37 @@ config_choice! {
     pub enum LrSchedulerName {
         WarmupMultiStep = "WarmupMultiStepLR",
         WarmupCosine = "WarmupCosineLR",
+        /// PyTorch's `ReduceLROnPlateau` on `TEST.VAL_METRIC` (with warmup), stepped at
+        /// every evaluation.
+        ReduceLrOnPlateau = "ReduceLROnPlateau",
+    }
+}
+
+config_choice! {
+    /// Whether a higher or a lower validation metric is better.
+    pub enum MetricMode {
+        Max = "max",
+        Min = "min",
+    }
+}
+
+config_choice! {
+    /// How `ReduceLROnPlateau` measures an improvement (PyTorch's `threshold_mode`).
+    pub enum ThresholdMode {
+        /// Better than `best * (1 + threshold)` (max) or `best * (1 - threshold)` (min).
+        Rel = "rel",
+        /// Better than `best + threshold` (max) or `best - threshold` (min).
+        Abs = "abs",
+    }
+}
+
+config_choice! {
+    /// The unit of `TEST.EVAL_PERIOD`.
+    pub enum PeriodUnit {
+        Iterations = "iterations",
+        /// Passes over `DATASETS.TRAIN` (its image count over `SOLVER.IMS_PER_BATCH`,
+        /// rounded down).
+        Epochs = "epochs",
     }
 }
 

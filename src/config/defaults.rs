@@ -4,8 +4,8 @@
 //! normalisation scaled by 255, so ImageNet-pretrained weights see the inputs they expect.
 
 use super::choices::{
-    Augmentation, BoxLossType, ClsLoss, InputFormat, LrSchedulerName, OptimizerName, PoolerType,
-    RandomFlip, TopBlock, WarmupMethod,
+    Augmentation, BoxLossType, ClsLoss, InputFormat, LrSchedulerName, MetricMode, OptimizerName,
+    PeriodUnit, PoolerType, RandomFlip, ThresholdMode, TopBlock, WarmupMethod,
 };
 use super::origins::Origins;
 use crate::config_group;
@@ -308,7 +308,7 @@ config_group! {
     pub struct SolverConfig {
         /// `SGD` or `AdamW`.
         optimizer: OptimizerName = OptimizerName::Sgd,
-        /// `WarmupMultiStepLR` or `WarmupCosineLR`.
+        /// `WarmupMultiStepLR`, `WarmupCosineLR` or `ReduceLROnPlateau`.
         lr_scheduler_name: LrSchedulerName = LrSchedulerName::WarmupMultiStep,
         base_lr: f64 = 0.01,
         momentum: f64 = 0.9,
@@ -335,6 +335,22 @@ config_group! {
         /// AdamW betas.
         betas: Vec<f64> = vec![0.9, 0.999],
         clip_gradients: ClipGradientsConfig = ClipGradientsConfig::default(),
+        plateau: PlateauConfig = PlateauConfig::default(),
+    }
+}
+
+config_group! {
+    /// `ReduceLROnPlateau` (PyTorch's semantics and defaults): after more than `PATIENCE`
+    /// evaluations without an improvement of `TEST.VAL_METRIC` the rate is multiplied by
+    /// `FACTOR` (not below `MIN_LR`), then `COOLDOWN` evaluations pass before counting again.
+    pub struct PlateauConfig {
+        factor: f64 = 0.1,
+        patience: usize = 10,
+        threshold: f64 = 1e-4,
+        /// `rel` or `abs`.
+        threshold_mode: ThresholdMode = ThresholdMode::Rel,
+        cooldown: usize = 0,
+        min_lr: f64 = 0.0,
     }
 }
 
@@ -348,8 +364,21 @@ config_group! {
 
 config_group! {
     pub struct TestConfig {
-        /// Evaluate every N iterations during training; 0 only at the end.
+        /// Evaluate every N iterations (or epochs) during training; 0 only at the end.
         eval_period: usize = 0,
+        /// `iterations` or `epochs`.
+        eval_period_unit: PeriodUnit = PeriodUnit::Iterations,
+        /// The evaluation metric that `ReduceLROnPlateau`, `BEST_CHECKPOINT` and early
+        /// stopping watch (a key of `eval_results.json`); empty: the task's headline metric
+        /// (`top1`, `mAP`, `AP` or WIDER FACE's `easy`).
+        val_metric: String = s(""),
+        /// `max` or `min` (for a loss).
+        val_metric_mode: MetricMode = MetricMode::Max,
+        /// Keep the best evaluated model as `model_best` (Detectron2's `BestCheckpointer`).
+        best_checkpoint: bool = false,
+        /// Stop training after this many evaluations in a row without a better
+        /// `VAL_METRIC`; 0 never stops early.
+        early_stop_patience: usize = 0,
         detections_per_image: usize = 100,
         /// Validation images drawn with their detections into `OUTPUT_DIR/vis/`.
         vis_num: usize = 8,

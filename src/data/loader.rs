@@ -267,7 +267,10 @@ impl Shared {
             let rec = &self.records[idx];
             let mut rng = SampleRng::new(seed.wrapping_add(attempt as u64));
             match self.mapper.map(rec, &mut rng) {
-                Ok(s) => return Ok(Some(s)),
+                Ok(mut s) => {
+                    s.seed = seed;
+                    return Ok(Some(s));
+                }
                 Err(e) => {
                     self.note_failure(rec, &e);
                     if !self.opts.train {
@@ -310,7 +313,9 @@ pub fn collate(samples: Vec<Sample>, train: bool) -> Result<ImageBatch, DataErro
         if let Some(label) = s.label {
             input = input.with_label(label);
         }
-        if !train {
+        if train {
+            input = input.with_seed(s.seed);
+        } else {
             let (ow, oh) = s.original_size;
             input = input.with_output_size(oh as usize, ow as usize);
         }

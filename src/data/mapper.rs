@@ -56,6 +56,9 @@ pub struct Sample {
     pub scale: (f32, f32),
     /// The class index, for classification.
     pub label: Option<usize>,
+    /// The sample's seed in the training stream (0 in evaluation), for the model's own
+    /// randomness (dropout).
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,7 @@ impl DatasetMapper {
             original_size,
             scale,
             label: rec.label,
+            seed: 0,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::checkpoint::{CheckpointError, TrainedWith};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
+use super::train_state::TrainState;
 use crate::modeling::Model;
 use crate::solver::Optimizer;
 use crate::utils::fs::write_atomic;
@@ -28,6 +29,8 @@ pub struct CheckpointMeta {
     /// The last completed iteration (training resumes at `iteration + 1`).
     pub iteration: usize,
     pub seed: u64,
+    /// Evaluation history and epoch sums (empty in checkpoints that predate it).
+    pub state: TrainState,
 }
 
 impl Checkpointer {
@@ -52,6 +55,34 @@ impl Checkpointer {
         optimizer: Option<&Optimizer>,
         meta: &CheckpointMeta,
     ) -> Result<PathBuf> {
+        self.write(name, model, optimizer, meta, &[], true)
+    }
+
+    /// Writes `model_best.safetensors`: the weights, the iteration and the metric, no
+    /// optimizer state. `last_checkpoint` keeps naming the newest training checkpoint,
+    /// so `--resume` never goes back to the best iteration (which Detectron2's does).
+    pub fn save_best(
+        &self,
+        model: &Model,
+        meta: &CheckpointMeta,
+        metric: (&str, f64),
+    ) -> Result<PathBuf> {
+        let extra = [
+            ("best_metric".to_string(), metric.0.to_string()),
+            ("best_value".to_string(), metric.1.to_string()),
+        ];
+        self.write("model_best", model, None, meta, &extra, false)
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        model: &Model,
+        optimizer: Option<&Optimizer>,
+        meta: &CheckpointMeta,
+        extra: &[(String, String)],
+        point: bool,
+    ) -> Result<PathBuf> {
         let mut tensors: Vec<(String, Tensor)> = model
             .params
             .vars()
@@ -67,8 +98,10 @@ impl Checkpointer {
             ("iteration".to_string(), meta.iteration.to_string()),
             ("seed".to_string(), meta.seed.to_string()),
             ("format".to_string(), "candletron-checkpoint-1".to_string()),
+            ("train_state".to_string(), meta.state.to_json()),
         ]
         .into_iter()
+        .chain(extra.iter().cloned())
         .collect();
         if let Some(info) = &self.trained_with {
             metadata.extend(info.to_metadata());
@@ -81,6 +114,9 @@ impl Checkpointer {
         let file = format!("{name}.safetensors");
         let path = self.dir.join(&file);
         write_atomic(&path, &bytes).map_err(|e| Error::io("cannot write", &path, e))?;
+        if !point {
+            return Ok(path);
+        }
         let pointer = self.dir.join("last_checkpoint");
         write_atomic(&pointer, file.as_bytes())
             .map_err(|e| Error::io("cannot write", &pointer, e))?;
@@ -90,17 +126,16 @@ impl Checkpointer {
     /// The periodic/interrupt checkpoint after iteration `iteration`: `model_{iteration:07}`.
     pub fn save_iteration(
         &self,
-        iteration: usize,
-        seed: u64,
+        meta: &CheckpointMeta,
         model: &Model,
         optimizer: &Optimizer,
     ) -> Result<PathBuf> {
-        let meta = CheckpointMeta { iteration, seed };
+        let iteration = meta.iteration;
         self.save(
             &format!("model_{iteration:07}"),
             model,
             Some(optimizer),
-            &meta,
+            meta,
         )
     }
 
@@ -194,9 +229,14 @@ impl Checkpointer {
                 .parse::<u64>()
                 .map_err(|e| err(format!("bad `{k}`: {e}")))?)
         };
+        let state = match md.get("train_state") {
+            Some(text) => TrainState::from_json(text).map_err(err)?,
+            None => TrainState::default(),
+        };
         let meta = CheckpointMeta {
             iteration: get("iteration")? as usize,
             seed: get("seed")?,
+            state,
         };
         let tensors =
             crate::checkpoint::read_checkpoint_bytes(&bytes).map_err(|e| err(e.message))?;

@@ -8,12 +8,11 @@ use std::time::Instant;
 
 use super::checkpointer::Checkpointer;
 use super::defaults::{resolve_seed, write_config};
-use super::trainer::{
-    install_interrupt_handler, EvalHook, Hook, MetricsPrinter, PeriodicCheckpointer, TrainEnd,
-    Trainer,
-};
+use super::hooks::{BestCheckpointer, EpochStats, EvalHook, MetricsPrinter, TrainingCurves};
+use super::train_state::{TrainState, ValMetric};
+use super::trainer::{install_interrupt_handler, Hook, TrainEnd, Trainer};
 use crate::checkpoint::{LoadReport, TrainedWith};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, PeriodUnit};
 use crate::data::build::build_detection_train_loader;
 use crate::data::catalog::registered_datasets;
 use crate::error::{Error, Result};
@@ -64,8 +63,8 @@ fn check_names(cfg: &Config) -> Result<()> {
 /// How a [`DefaultTrainer::train`] call ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainOutcome {
-    /// Trained to `SOLVER.MAX_ITER` (or was there already) and evaluated on
-    /// `DATASETS.TEST`: the metrics, also in `OUTPUT_DIR/eval_results.json`.
+    /// Trained to `SOLVER.MAX_ITER` (or was there already, or stopped early) and
+    /// evaluated on `DATASETS.TEST`: the metrics, also in `OUTPUT_DIR/eval_results.json`.
     Finished(BTreeMap<String, f64>),
     /// Stopped by Ctrl-C after writing `checkpoint`; `--resume` continues from it.
     Interrupted {
@@ -81,6 +80,8 @@ pub struct DefaultTrainer {
     checkpointer: Checkpointer,
     seed: u64,
     start_iter: usize,
+    /// The resumed run's evaluation history and epoch sums.
+    state: TrainState,
     /// How `MODEL.WEIGHTS` fitted the model (`None`: no weights given).
     load_report: Option<LoadReport>,
     /// `OUTPUT_DIR` checked and its `config.yaml` written ([`Self::resume_or_load`]).
@@ -169,6 +170,7 @@ impl DefaultTrainer {
             optimizer,
             seed,
             start_iter: 0,
+            state: TrainState::default(),
             load_report: report,
             prepared: false,
             overwrite: false,
@@ -272,6 +274,7 @@ impl DefaultTrainer {
                 Ok(meta) => {
                     self.start_iter = meta.iteration + 1;
                     self.seed = meta.seed;
+                    self.state = meta.state;
                     if failures.is_empty() {
                         tracing::info!(
                             "resumed from {} at iteration {}",
@@ -353,87 +356,164 @@ impl DefaultTrainer {
         self.start_iter
     }
 
-    /// The default hooks: metrics (`metrics.json` and the console line from one record
-    /// per step), periodic and final checkpoints, evaluation every `TEST.EVAL_PERIOD`.
-    fn build_hooks(cfg: &Config, checkpointer: Checkpointer) -> Vec<Box<dyn Hook + '_>> {
+    /// The checks that need the whole config: what watches the validation metric needs
+    /// evaluations during training.
+    fn check_schedule(cfg: &Config) -> Result<()> {
+        if cfg.test.eval_period == 0 && cfg.test.early_stop_patience > 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{}: early stopping counts evaluations, but {} is 0 (evaluation only at the end)",
+                cfg.located("TEST.EARLY_STOP_PATIENCE"),
+                cfg.located("TEST.EVAL_PERIOD")
+            ))
+            .into());
+        }
+        LrScheduler::from_config(cfg)?;
+        Ok(())
+    }
+
+    /// The default hooks, in order: metrics (`metrics.json` and the console line), epoch
+    /// statistics, evaluation every `TEST.EVAL_PERIOD` and at the end, the best model
+    /// (`TEST.BEST_CHECKPOINT`), the training curves.
+    fn build_hooks(
+        cfg: &Config,
+        checkpointer: Checkpointer,
+        eval_period: usize,
+    ) -> Vec<Box<dyn Hook + '_>> {
         let out_dir = PathBuf::from(&cfg.output_dir);
         let metrics_file = out_dir.join("metrics.json");
-        vec![
+        let metric = ValMetric::from_config(cfg);
+        let watched = cfg.test.best_checkpoint
+            || cfg.test.early_stop_patience > 0
+            || LrScheduler::from_config(cfg).is_ok_and(|s| s.needs_metric());
+        let mut hooks: Vec<Box<dyn Hook + '_>> = vec![
             Box::new(MetricsPrinter::new(
                 metrics_file.clone(),
                 cfg.solver.log_period,
             )),
-            Box::new(PeriodicCheckpointer {
-                checkpointer,
-                period: cfg.solver.checkpoint_period,
-                max_keep: cfg.solver.checkpoint_max_keep,
+            Box::new(EpochStats {
+                metrics_file: metrics_file.clone(),
             }),
             Box::new(EvalHook {
-                period: cfg.test.eval_period,
+                period: eval_period,
                 eval: move |m: &Model| inference_on_datasets(cfg, m, &out_dir.join("inference")),
-                metrics_file,
+                metrics_file: metrics_file.clone(),
+                watched: watched.then(|| metric.clone()),
             }),
-        ]
+        ];
+        if cfg.test.best_checkpoint {
+            hooks.push(Box::new(BestCheckpointer::new(
+                checkpointer,
+                metric.clone(),
+            )));
+        }
+        hooks.push(Box::new(TrainingCurves {
+            output: PathBuf::from(&cfg.output_dir).join("training_curves.png"),
+            metrics_file,
+            metric,
+        }));
+        hooks
     }
 
-    /// Trains from the start (or resumed) iteration to `SOLVER.MAX_ITER`, then
-    /// evaluates on `DATASETS.TEST` ([`Self::test`]). Ctrl-C checkpoints and returns.
+    /// Trains from the start (or resumed) iteration to `SOLVER.MAX_ITER` (or until early
+    /// stopping), evaluating every `TEST.EVAL_PERIOD` and at the end; the final metrics
+    /// are also written to `eval_results.json`. Ctrl-C checkpoints and returns.
     pub fn train(&mut self) -> Result<TrainOutcome> {
         let max_iter = self.cfg.solver.max_iter;
+        Self::check_schedule(&self.cfg)?;
         if !self.prepared {
             self.prepare(false)?;
         }
-        if self.start_iter < max_iter {
-            install_interrupt_handler();
-            let scheduler = LrScheduler::from_config(&self.cfg)?;
-            let (loader, metadata) =
-                build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
-            let classes = metadata.thing_classes.len();
-            if self.cfg.model.meta_architecture == "Classifier"
-                && classes != self.cfg.model.classifier.num_classes
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "{}: the model has {} classes but DATASETS.TRAIN has {classes} ({}); set \
-                     MODEL.CLASSIFIER.NUM_CLASSES {classes}",
-                    self.cfg.located("MODEL.CLASSIFIER.NUM_CLASSES"),
-                    self.cfg.model.classifier.num_classes,
-                    metadata.thing_classes.join(", ")
-                ))
-                .into());
+        let metric = ValMetric::from_config(&self.cfg);
+        let patience = self.cfg.test.early_stop_patience;
+        let stopped_before = patience > 0
+            && !self.state.evals.is_empty()
+            && metric.evals_without_improvement(&self.state.evals)? >= patience;
+        if stopped_before {
+            tracing::info!(
+                "the run stopped early after iteration {} (TEST.EARLY_STOP_PATIENCE)",
+                self.start_iter
+            );
+            return Ok(TrainOutcome::Finished(self.test()?));
+        }
+        if self.start_iter >= max_iter {
+            tracing::info!("the checkpoint is already at SOLVER.MAX_ITER {max_iter}");
+            return Ok(TrainOutcome::Finished(self.test()?));
+        }
+        install_interrupt_handler();
+        let scheduler = LrScheduler::from_config(&self.cfg)?;
+        let (loader, metadata) =
+            build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
+        let classes = metadata.thing_classes.len();
+        if self.cfg.model.meta_architecture == "Classifier"
+            && classes != self.cfg.model.classifier.num_classes
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{}: the model has {} classes but DATASETS.TRAIN has {classes} ({}); set \
+                 MODEL.CLASSIFIER.NUM_CLASSES {classes}",
+                self.cfg.located("MODEL.CLASSIFIER.NUM_CLASSES"),
+                self.cfg.model.classifier.num_classes,
+                metadata.thing_classes.join(", ")
+            ))
+            .into());
+        }
+        let iters_per_epoch = loader.batches_per_epoch();
+        let eval_period = match self.cfg.test.eval_period_unit {
+            PeriodUnit::Iterations => self.cfg.test.eval_period,
+            PeriodUnit::Epochs => self.cfg.test.eval_period * iters_per_epoch,
+        };
+        tracing::info!(
+            "{iters_per_epoch} iterations per epoch; evaluation every {}",
+            if eval_period == 0 {
+                "run (at the end)".to_string()
+            } else {
+                format!("{eval_period} iterations")
             }
-            let checkpointer =
-                Checkpointer::new(&self.cfg.output_dir).with_trained_with(TrainedWith {
-                    config_yaml: self.cfg.to_yaml(),
-                    class_names: metadata.thing_classes,
-                });
-            let mut trainer = Trainer {
-                model: &self.model,
-                optimizer: &mut self.optimizer,
-                scheduler,
-                loader,
-                checkpointer: checkpointer.clone(),
-                hooks: Self::build_hooks(&self.cfg, checkpointer),
-                seed: self.seed,
-            };
-            let t = Instant::now();
-            let end = trainer.train(self.start_iter, max_iter)?;
-            if let TrainEnd::Interrupted {
+        );
+        let checkpointer = Checkpointer::new(&self.cfg.output_dir).with_trained_with(TrainedWith {
+            config_yaml: self.cfg.to_yaml(),
+            class_names: metadata.thing_classes,
+        });
+        let mut trainer = Trainer {
+            model: &self.model,
+            optimizer: &mut self.optimizer,
+            scheduler,
+            loader,
+            checkpointer: checkpointer.clone(),
+            hooks: Self::build_hooks(&self.cfg, checkpointer, eval_period),
+            seed: self.seed,
+            checkpoint_period: self.cfg.solver.checkpoint_period,
+            max_keep: self.cfg.solver.checkpoint_max_keep,
+            state: std::mem::take(&mut self.state),
+            val_metric: metric,
+            early_stop_patience: patience,
+        };
+        let t = Instant::now();
+        let end = trainer.train(self.start_iter, max_iter)?;
+        let state = std::mem::take(&mut trainer.state);
+        drop(trainer);
+        self.state = state;
+        let last = match end {
+            TrainEnd::Interrupted {
                 iteration,
                 checkpoint,
-            } = end
-            {
+            } => {
                 self.start_iter = iteration + 1;
                 return Ok(TrainOutcome::Interrupted {
                     iteration,
                     checkpoint,
                 });
             }
-            self.start_iter = max_iter;
-            tracing::info!("training took {:.1} s", t.elapsed().as_secs_f64());
-        } else {
-            tracing::info!("the checkpoint is already at SOLVER.MAX_ITER {max_iter}");
-        }
-        Ok(TrainOutcome::Finished(self.test()?))
+            TrainEnd::StoppedEarly { iteration } => iteration,
+            TrainEnd::Finished => max_iter - 1,
+        };
+        self.start_iter = last + 1;
+        tracing::info!("training took {:.1} s", t.elapsed().as_secs_f64());
+        let Some(final_eval) = self.state.evals.last().filter(|e| e.iteration == last) else {
+            return Err(Error::run("the final evaluation is missing"));
+        };
+        let metrics = final_eval.metrics.clone();
+        self.write_results(&metrics)?;
+        Ok(TrainOutcome::Finished(metrics))
     }
 
     /// Evaluates the model on `DATASETS.TEST` and writes `OUTPUT_DIR/eval_results.json`
@@ -441,10 +521,15 @@ impl DefaultTrainer {
     pub fn test(&self) -> Result<BTreeMap<String, f64>> {
         let out = PathBuf::from(&self.cfg.output_dir);
         let metrics = inference_on_datasets(&self.cfg, &self.model, &out.join("inference"))?;
+        self.write_results(&metrics)?;
+        Ok(metrics)
+    }
+
+    fn write_results(&self, metrics: &BTreeMap<String, f64>) -> Result<()> {
+        let out = PathBuf::from(&self.cfg.output_dir);
         let json = serde_json::to_string_pretty(&metrics)
             .map_err(|e| Error::run(format!("cannot serialise the metrics: {e}")))?;
         let path = out.join("eval_results.json");
-        write_atomic(&path, json.as_bytes()).map_err(|e| Error::io("cannot write", &path, e))?;
-        Ok(metrics)
+        write_atomic(&path, json.as_bytes()).map_err(|e| Error::io("cannot write", &path, e))
     }
 }

@@ -4,7 +4,9 @@
 pub mod checkpointer;
 pub mod default_trainer;
 pub mod defaults;
+pub mod hooks;
 pub mod predictor;
+pub mod train_state;
 pub mod trainer;
 
 pub use default_trainer::{DefaultTrainer, TrainOutcome};

@@ -1,13 +1,19 @@
 //! The training loop with hooks, as Detectron2's `SimpleTrainer` + `HookBase`:
 //! data -> forward -> named losses -> backward -> optimizer step, then every hook's
-//! `after_step` (checkpoints, evaluation, metrics, progress).
+//! `after_step` (metrics, evaluation, best model, curves), then the loop's own
+//! checkpoint, early-stopping and Ctrl-C checks.
+//!
+//! Checkpoints are written by the loop after the hooks, not by a hook before them (as
+//! Detectron2 orders its `PeriodicCheckpointer`): a checkpoint then holds the evaluation
+//! of its own iteration, which `ReduceLROnPlateau`, the best model and early stopping of
+//! the resumed run depend on. `model_final` is written before the final evaluation, so
+//! a failed or interrupted evaluation never costs the trained model.
 //!
 //! Failure modes are explicit: a non-finite loss stops training with the iteration and
 //! the loss term named (the last checkpoint on disk is untouched); Ctrl-C finishes the
 //! current step, writes a checkpoint and returns.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -16,6 +22,7 @@ use crate::run_bail as bail;
 use candle_core::Tensor;
 
 use super::checkpointer::{CheckpointMeta, Checkpointer};
+use super::train_state::{TrainState, ValMetric};
 use crate::data::loader::DataLoader;
 use crate::modeling::Model;
 use crate::solver::{LrScheduler, Optimizer};
@@ -28,6 +35,8 @@ pub struct StepMetrics {
     pub total_loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// Non-loss statistics of the batch the model reports (e.g. `accuracy`).
+    pub scalars: BTreeMap<String, f64>,
     /// Seconds for the whole step and for waiting on data.
     pub time: f64,
     pub data_time: f64,
@@ -40,16 +49,21 @@ pub struct TrainContext<'a> {
     pub optimizer: &'a Optimizer,
     pub metrics: &'a StepMetrics,
     pub seed: u64,
+    /// Iterations per pass over the training data.
+    pub iters_per_epoch: usize,
+    /// The evaluation history and epoch sums hooks read and extend; saved with every
+    /// checkpoint.
+    pub state: &'a mut TrainState,
 }
 
 pub trait Hook {
     fn before_train(&mut self, _start_iter: usize, _max_iter: usize) -> Result<()> {
         Ok(())
     }
-    fn after_step(&mut self, _ctx: &TrainContext) -> Result<()> {
+    fn after_step(&mut self, _ctx: &mut TrainContext) -> Result<()> {
         Ok(())
     }
-    fn after_train(&mut self, _ctx: &TrainContext) -> Result<()> {
+    fn after_train(&mut self, _ctx: &mut TrainContext) -> Result<()> {
         Ok(())
     }
 }
@@ -60,6 +74,11 @@ pub use crate::utils::interrupt::{install_interrupt_handler, interrupted};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrainEnd {
     Finished,
+    /// `TEST.EARLY_STOP_PATIENCE` evaluations without improvement: `model_final` holds
+    /// the model of this iteration.
+    StoppedEarly {
+        iteration: usize,
+    },
     /// Ctrl-C: the checkpoint written at this iteration resumes the run.
     Interrupted {
         iteration: usize,
@@ -75,6 +94,14 @@ pub struct Trainer<'a> {
     pub checkpointer: Checkpointer,
     pub hooks: Vec<Box<dyn Hook + 'a>>,
     pub seed: u64,
+    /// `model_{iter}` every this many iterations (0: none), keeping the newest
+    /// `max_keep` (0: all).
+    pub checkpoint_period: usize,
+    pub max_keep: usize,
+    pub state: TrainState,
+    pub val_metric: ValMetric,
+    /// Evaluations without improvement that stop the run (0: never).
+    pub early_stop_patience: usize,
 }
 
 fn add_all(losses: &BTreeMap<String, Tensor>) -> Result<Tensor> {
@@ -90,12 +117,35 @@ fn add_all(losses: &BTreeMap<String, Tensor>) -> Result<Tensor> {
 }
 
 impl<'a> Trainer<'a> {
+    fn meta(&self, iteration: usize) -> CheckpointMeta {
+        CheckpointMeta {
+            iteration,
+            seed: self.seed,
+            state: self.state.clone(),
+        }
+    }
+
+    /// Whether the evaluation history says stop: the latest evaluation is
+    /// `early_stop_patience` past the best one.
+    pub fn should_stop(&self) -> Result<bool> {
+        if self.early_stop_patience == 0 {
+            return Ok(false);
+        }
+        let n = self
+            .val_metric
+            .evals_without_improvement(&self.state.evals)?;
+        Ok(n >= self.early_stop_patience)
+    }
+
     /// Trains iterations `start_iter..max_iter`.
     pub fn train(&mut self, start_iter: usize, max_iter: usize) -> Result<TrainEnd> {
         for h in &mut self.hooks {
             h.before_train(start_iter, max_iter)?;
         }
+        let iters_per_epoch = self.loader.batches_per_epoch();
         let mut last = StepMetrics::default();
+        let mut last_iter = max_iter.saturating_sub(1);
+        let mut stopped = false;
         for iter in start_iter..max_iter {
             let t0 = Instant::now();
             let data = self
@@ -103,9 +153,9 @@ impl<'a> Trainer<'a> {
                 .next()
                 .ok_or_else(|| Error::run("the training loader ended"))??;
             let data_time = t0.elapsed().as_secs_f64();
-            let loss_map = self.model.losses(&data.inputs)?;
+            let out = self.model.forward_train(&data.inputs)?;
             let mut losses = BTreeMap::new();
-            for (name, l) in &loss_map {
+            for (name, l) in &out.losses {
                 let v = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 if !v.is_finite() {
                     bail!(
@@ -118,9 +168,21 @@ impl<'a> Trainer<'a> {
                 }
                 losses.insert(name.clone(), v);
             }
-            let total = add_all(&loss_map)?;
+            let mut scalars = BTreeMap::new();
+            for (name, t) in &out.scalars {
+                scalars.insert(
+                    name.clone(),
+                    t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
+                );
+            }
+            let total = add_all(&out.losses)?;
             let grads = total.backward()?;
-            let lr = self.scheduler.lr(iter);
+            let observed = if self.scheduler.needs_metric() {
+                self.val_metric.history(&self.state.evals)?
+            } else {
+                Vec::new()
+            };
+            let lr = self.scheduler.lr(iter, &observed);
             let grad_norm = self.optimizer.step(&grads, lr)?;
             last = StepMetrics {
                 iteration: iter,
@@ -128,24 +190,39 @@ impl<'a> Trainer<'a> {
                 losses,
                 lr,
                 grad_norm,
+                scalars,
                 time: t0.elapsed().as_secs_f64(),
                 data_time,
             };
-            let ctx = TrainContext {
+            let mut ctx = TrainContext {
                 iter,
                 max_iter,
                 model: self.model,
                 optimizer: self.optimizer,
                 metrics: &last,
                 seed: self.seed,
+                iters_per_epoch,
+                state: &mut self.state,
             };
             for h in &mut self.hooks {
-                h.after_step(&ctx)?;
+                h.after_step(&mut ctx)?;
+            }
+            let next = iter + 1;
+            let evaluated_now = self.state.evals.last().is_some_and(|e| e.iteration == iter);
+            if evaluated_now && next < max_iter && self.should_stop()? {
+                tracing::warn!(
+                    "stopping early after iteration {next}: {} evaluations without a better \
+                     {} (TEST.EARLY_STOP_PATIENCE)",
+                    self.early_stop_patience,
+                    self.val_metric.label()
+                );
+                last_iter = iter;
+                stopped = true;
+                break;
             }
             if interrupted() {
                 let path = self.checkpointer.save_iteration(
-                    iter,
-                    self.seed,
+                    &self.meta(iter),
                     self.model,
                     self.optimizer,
                 )?;
@@ -158,176 +235,43 @@ impl<'a> Trainer<'a> {
                     checkpoint: path,
                 });
             }
+            if self.checkpoint_period > 0
+                && next.is_multiple_of(self.checkpoint_period)
+                && next < max_iter
+            {
+                self.checkpointer
+                    .save_iteration(&self.meta(iter), self.model, self.optimizer)?;
+                for p in self.checkpointer.prune(self.max_keep)? {
+                    tracing::info!("deleted {} (SOLVER.CHECKPOINT_MAX_KEEP)", p.display());
+                }
+            }
         }
-        let ctx = TrainContext {
-            iter: max_iter.saturating_sub(1),
+        let p = self.checkpointer.save(
+            "model_final",
+            self.model,
+            Some(self.optimizer),
+            &self.meta(last_iter),
+        )?;
+        tracing::info!("wrote {}", p.display());
+        let mut ctx = TrainContext {
+            iter: last_iter,
             max_iter,
             model: self.model,
             optimizer: self.optimizer,
             metrics: &last,
             seed: self.seed,
+            iters_per_epoch,
+            state: &mut self.state,
         };
         for h in &mut self.hooks {
-            h.after_train(&ctx)?;
+            h.after_train(&mut ctx)?;
         }
-        Ok(TrainEnd::Finished)
-    }
-}
-
-/// Writes `model_{iter}` every `period` iterations and `model_final` at the end.
-pub struct PeriodicCheckpointer {
-    pub checkpointer: Checkpointer,
-    pub period: usize,
-    /// Periodic checkpoints kept (0: all).
-    pub max_keep: usize,
-}
-
-impl Hook for PeriodicCheckpointer {
-    fn after_step(&mut self, ctx: &TrainContext) -> Result<()> {
-        let next = ctx.iter + 1;
-        if self.period > 0 && next.is_multiple_of(self.period) && next < ctx.max_iter {
-            self.checkpointer
-                .save_iteration(ctx.iter, ctx.seed, ctx.model, ctx.optimizer)?;
-            for p in self.checkpointer.prune(self.max_keep)? {
-                tracing::info!("deleted {} (SOLVER.CHECKPOINT_MAX_KEEP)", p.display());
+        Ok(if stopped {
+            TrainEnd::StoppedEarly {
+                iteration: last_iter,
             }
-        }
-        Ok(())
-    }
-
-    fn after_train(&mut self, ctx: &TrainContext) -> Result<()> {
-        let meta = CheckpointMeta {
-            iteration: ctx.iter,
-            seed: ctx.seed,
-        };
-        let p = self
-            .checkpointer
-            .save("model_final", ctx.model, Some(ctx.optimizer), &meta)?;
-        tracing::info!("wrote {}", p.display());
-        Ok(())
-    }
-}
-
-/// Runs `eval` every `period` iterations (not at the end: the caller evaluates the
-/// final model) and records its metrics in `metrics.json`.
-pub struct EvalHook<F: FnMut(&Model) -> Result<BTreeMap<String, f64>>> {
-    pub period: usize,
-    pub eval: F,
-    pub metrics_file: PathBuf,
-}
-
-impl<F: FnMut(&Model) -> Result<BTreeMap<String, f64>>> Hook for EvalHook<F> {
-    fn after_step(&mut self, ctx: &TrainContext) -> Result<()> {
-        let next = ctx.iter + 1;
-        if self.period > 0 && next.is_multiple_of(self.period) && next < ctx.max_iter {
-            let m = (self.eval)(ctx.model)?;
-            tracing::info!("evaluation at iteration {}: {m:?}", ctx.iter);
-            let mut obj = serde_json::Map::new();
-            obj.insert("iteration".into(), ctx.iter.into());
-            for (k, v) in m {
-                obj.insert(format!("eval/{k}"), v.into());
-            }
-            append_line(
-                &self.metrics_file,
-                &serde_json::Value::Object(obj).to_string(),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-fn append_line(path: &PathBuf, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io("cannot open", path, e))?;
-    writeln!(f, "{line}").map_err(|e| Error::io("cannot write", path, e))
-}
-
-/// JSON lines in `metrics.json` every `period` iterations, and a console line with a
-/// progress bar, losses, learning rate and ETA (from the median step time of the run).
-pub struct MetricsPrinter {
-    pub metrics_file: PathBuf,
-    pub period: usize,
-    start_iter: usize,
-    times: Vec<f64>,
-}
-
-impl MetricsPrinter {
-    pub fn new(metrics_file: PathBuf, period: usize) -> Self {
-        Self {
-            metrics_file,
-            period: period.max(1),
-            start_iter: 0,
-            times: Vec::new(),
-        }
-    }
-}
-
-fn hms(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
-impl Hook for MetricsPrinter {
-    fn before_train(&mut self, start_iter: usize, _max_iter: usize) -> Result<()> {
-        self.start_iter = start_iter;
-        Ok(())
-    }
-
-    fn after_step(&mut self, ctx: &TrainContext) -> Result<()> {
-        let m = ctx.metrics;
-        self.times.push(m.time);
-        let next = ctx.iter + 1;
-        if !next.is_multiple_of(self.period) && next != ctx.max_iter && ctx.iter != self.start_iter
-        {
-            return Ok(());
-        }
-        let mut obj = serde_json::Map::new();
-        obj.insert("iteration".into(), ctx.iter.into());
-        obj.insert("total_loss".into(), m.total_loss.into());
-        for (k, v) in &m.losses {
-            obj.insert(k.clone(), (*v).into());
-        }
-        obj.insert("lr".into(), m.lr.into());
-        obj.insert("grad_norm".into(), m.grad_norm.into());
-        obj.insert("time".into(), m.time.into());
-        obj.insert("data_time".into(), m.data_time.into());
-        append_line(
-            &self.metrics_file,
-            &serde_json::Value::Object(obj).to_string(),
-        )?;
-
-        // Skip the first step (allocation warm-up) in the ETA once there are others.
-        let recent: Vec<f64> = if self.times.len() > 1 {
-            self.times[1..].to_vec()
         } else {
-            self.times.clone()
-        };
-        let mut sorted = recent.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        let eta = median * (ctx.max_iter - next) as f64;
-        let frac = next as f64 / ctx.max_iter.max(1) as f64;
-        let filled = (frac * 24.0).round() as usize;
-        let losses: Vec<String> = m
-            .losses
-            .iter()
-            .map(|(k, v)| format!("{k}: {v:.4}"))
-            .collect();
-        tracing::info!(
-            "[{}{}] iter {next}/{} eta {}  total_loss: {:.4}  {}  lr: {:.2e}  time: {:.3}  data_time: {:.3}",
-            "#".repeat(filled),
-            "-".repeat(24 - filled.min(24)),
-            ctx.max_iter,
-            hms(eta),
-            m.total_loss,
-            losses.join("  "),
-            m.lr,
-            m.time,
-            m.data_time
-        );
-        Ok(())
+            TrainEnd::Finished
+        })
     }
 }

@@ -100,9 +100,29 @@ impl ClassificationMetrics {
     }
 }
 
+/// The mean softmax cross-entropy of `logits[i]` against class `labels[i]` (the
+/// validation loss that training curves compare with the training loss; no smoothing).
+pub fn mean_cross_entropy(labels: &[usize], logits: &[Vec<f32>]) -> f64 {
+    let mut sum = 0.0f64;
+    for (&label, s) in labels.iter().zip(logits) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + s.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        sum += lse - s.get(label).copied().unwrap_or(f32::NAN) as f64;
+    }
+    sum / labels.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_entropy_by_hand() {
+        assert!((mean_cross_entropy(&[0], &[vec![0.0, 0.0]]) - 2f64.ln()).abs() < 1e-12);
+        // -log softmax([1000, 0])[1] = 1000 without overflow.
+        let ce = mean_cross_entropy(&[1, 0], &[vec![1000.0, 0.0], vec![1000.0, 0.0]]);
+        assert!((ce - 500.0).abs() < 1e-9, "{ce}");
+    }
 
     #[test]
     fn hand_computed_case() {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::run_bail as bail;
 
-use super::classification::evaluate_classification;
+use super::classification::{evaluate_classification, mean_cross_entropy};
 use super::coco::CocoGt;
 use super::evaluator::{
     CocoEvaluator, DatasetEvaluator, Detection, ImageDetections, WiderFaceEvaluator,
@@ -168,7 +168,9 @@ fn evaluate_classifier(
             }
         }
     }
-    Ok(m.to_map(classes))
+    let mut map = m.to_map(classes);
+    map.insert("loss".into(), mean_cross_entropy(&labels, &scores));
+    Ok(map)
 }
 
 /// The folder of a dataset's results: its name, with the separators of a `folder:PATH`

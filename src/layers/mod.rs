@@ -3,6 +3,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod dropout;
 pub mod losses;
 pub mod params;
 pub mod shape_spec;

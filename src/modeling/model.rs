@@ -136,20 +136,27 @@ impl Model {
         } else {
             None
         };
+        let seeds = inputs.iter().map(|i| i.seed).collect::<Option<Vec<_>>>();
         Ok(Batch {
             images,
             targets,
             image_sizes,
+            seeds: seeds.unwrap_or_default(),
         })
     }
 
     /// Training: the named losses of a batch of inputs that all carry targets.
     pub fn losses(&self, inputs: &[ModelInput]) -> Result<LossMap> {
+        Ok(self.forward_train(inputs)?.losses)
+    }
+
+    /// Training: the losses and the training statistics (`Outputs::scalars`).
+    pub fn forward_train(&self, inputs: &[ModelInput]) -> Result<Outputs> {
         let batch = self.batch(inputs)?;
         if batch.targets.is_none() {
             bail!("training needs targets (instances or labels) on every input");
         }
-        Ok(self.arch.forward(&batch, true)?.losses)
+        Ok(self.arch.forward(&batch, true)?)
     }
 
     /// Inference on a batch of inputs: per image, detections rescaled to its
@@ -161,6 +168,7 @@ impl Model {
             images,
             targets: None,
             image_sizes,
+            seeds: Vec::new(),
         };
         let out = self.arch.forward(&batch, false)?;
         postprocess(out, inputs, &batch.image_sizes)

@@ -20,6 +20,8 @@ pub struct Batch {
     pub targets: Option<Targets>,
     /// (height, width) of each image before padding; empty means the whole tensor.
     pub image_sizes: Vec<(usize, usize)>,
+    /// Each image's training seed when every input has one (see `ModelInput::seed`).
+    pub seeds: Vec<u64>,
 }
 
 impl Batch {
@@ -28,6 +30,7 @@ impl Batch {
             images,
             targets,
             image_sizes: Vec::new(),
+            seeds: Vec::new(),
         }
     }
 

@@ -17,6 +17,9 @@ pub struct ModelInput {
     /// (height, width) to report detections in, usually the original image's; `None`
     /// reports them in `image`'s pixels.
     pub output_size: Option<(usize, usize)>,
+    /// The training sample's seed, for randomness inside the model (dropout) that must
+    /// not depend on the batch it is in.
+    pub seed: Option<u64>,
 }
 
 impl ModelInput {
@@ -27,7 +30,13 @@ impl ModelInput {
             instances: None,
             label: None,
             output_size: None,
+            seed: None,
         }
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     pub fn with_instances(mut self, instances: Instances) -> Self {

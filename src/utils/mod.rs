@@ -1,5 +1,6 @@
 //! Small helpers shared by every part of the crate.
 
+pub mod curves;
 pub mod distance;
 pub mod fs;
 pub mod interrupt;

@@ -9,6 +9,7 @@ use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use super::meta_arch::{MetaArch, Outputs};
 use crate::config::Config;
+use crate::layers::dropout::dropout_rows;
 use crate::modeling::backbone::{build_backbone, Backbone};
 use crate::modeling::OnnxExportSpec;
 use crate::onnx::{Attr, DataType, Dim, OnnxGraph};
@@ -64,11 +65,13 @@ impl Classifier {
         )
     }
 
-    pub fn logits(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+    /// `seeds`: one per image for a reproducible dropout mask in training (see
+    /// [`dropout_rows`]).
+    pub fn logits(&self, images: &Tensor, train: bool, seeds: &[u64]) -> Result<Tensor> {
         let features = self.backbone.forward_t(images, train)?;
         let x = features[&self.feature].mean(D::Minus1)?.mean(D::Minus1)?;
-        let x = if train && self.dropout > 0.0 {
-            candle_nn::ops::dropout(&x, self.dropout)?
+        let x = if train {
+            dropout_rows(&x, self.dropout, seeds)?
         } else {
             x
         };
@@ -78,7 +81,7 @@ impl Classifier {
 
 impl MetaArch for Classifier {
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
-        let logits = self.logits(&batch.images, train)?;
+        let logits = self.logits(&batch.images, train, &batch.seeds)?;
         let mut out = Outputs::default();
         if train {
             let Some(Targets::Labels(labels)) = &batch.targets else {
@@ -86,6 +89,11 @@ impl MetaArch for Classifier {
             };
             let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
             out.losses.insert("loss_cls".to_string(), loss);
+            let hits = logits.detach().argmax(D::Minus1)?.eq(labels)?;
+            out.scalars.insert(
+                "accuracy".to_string(),
+                hits.to_dtype(candle_core::DType::F32)?.mean_all()?,
+            );
         }
         out.logits = Some(logits);
         Ok(out)
@@ -100,7 +108,7 @@ impl MetaArch for Classifier {
     }
 
     fn raw_outputs(&self, images: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![("logits".into(), self.logits(images, false)?)])
+        Ok(vec![("logits".into(), self.logits(images, false, &[])?)])
     }
 
     fn export_onnx(&self, g: &mut OnnxGraph, x: &str, spec: &OnnxExportSpec) -> Result<String> {

@@ -13,6 +13,9 @@ use crate::structures::{Batch, InstanceDetections, LossMap};
 pub struct Outputs {
     /// Filled in training.
     pub losses: LossMap,
+    /// Training statistics that are not losses (Detectron2's `put_scalar`), e.g. a
+    /// classifier's batch `accuracy`: logged and averaged per epoch, never differentiated.
+    pub scalars: std::collections::BTreeMap<String, Tensor>,
     /// Class scores (N, classes) before softmax, for classifiers.
     pub logits: Option<Tensor>,
     /// Per image, in inference, for detectors.

@@ -98,6 +98,7 @@ impl MetaArch for GeneralizedRcnn {
             losses,
             logits: None,
             detections,
+            ..Default::default()
         })
     }
 
