@@ -369,7 +369,13 @@ fn the_synthetic_shapes_are_generated_once_as_an_imbalanced_image_folder() {
         train.metadata.thing_classes,
         ["disc", "square", "star", "triangle"]
     );
-    let count = |c: usize| train.records.iter().filter(|r| r.label == Some(c)).count();
+    let count = |c: usize| {
+        train
+            .records
+            .iter()
+            .filter(|r| r.label == Some(candletron::structures::ClassLabel::Single(c)))
+            .count()
+    };
     // 42 images shared 8.1 : 4.1 : 3.1 : 5.5.
     assert_eq!([count(0), count(1), count(2), count(3)], [16, 8, 6, 11]);
     let first = std::fs::read(&train.records[0].file_name).unwrap();
@@ -378,4 +384,192 @@ fn the_synthetic_shapes_are_generated_once_as_an_imbalanced_image_folder() {
     // A second load reuses the cache: the same file, byte for byte.
     let again = candletron::data::catalog::get_dataset("synthetic_shapes_train", &cfg).unwrap();
     assert_eq!(std::fs::read(&again.records[0].file_name).unwrap(), first);
+}
+
+/// `root/coco/`: 24 images with a red, a green and a blue square each present or not
+/// (at least one), described as COCO instances with non-contiguous category ids.
+fn write_coco_multilabel(root: &Path) {
+    let img_dir = root.join("coco/val2017");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    std::fs::create_dir_all(root.join("coco/annotations")).unwrap();
+    let (mut images, mut anns) = (Vec::new(), Vec::new());
+    for i in 0..24u32 {
+        let present = [
+            (i % 2 == 0) as u32,
+            (i / 2 % 2 == 0) as u32,
+            (i / 4 % 2 == 0 || i % 7 == 1) as u32,
+        ];
+        let present = if present == [0, 0, 0] {
+            [1, 0, 1]
+        } else {
+            present
+        };
+        let mut img = image::RgbImage::from_fn(48, 48, |x, y| {
+            let v = ((x * 7 + y * 13 + i * 31) % 40 + 90) as u8;
+            image::Rgb([v, v, v])
+        });
+        for (c, &p) in present.iter().enumerate() {
+            if p == 0 {
+                continue;
+            }
+            let (x0, y0) = (2 + 15 * c as u32, 4 + (i * 5 + c as u32 * 11) % 24);
+            for y in y0..y0 + 14 {
+                for x in x0..x0 + 14 {
+                    let mut px = [30u8, 30, 30];
+                    px[c] = 240;
+                    img.put_pixel(x, y, image::Rgb(px));
+                }
+            }
+            let category = [2, 5, 9][c];
+            anns.push(serde_json::json!({
+                "id": anns.len() + 1, "image_id": i + 1, "bbox": [x0, y0, 14, 14],
+                "category_id": category, "area": 196, "iscrowd": 0
+            }));
+        }
+        let name = format!("{i:03}.png");
+        img.save(img_dir.join(&name)).unwrap();
+        images.push(serde_json::json!({"id": i + 1, "file_name": name, "width": 48, "height": 48}));
+    }
+    let json = serde_json::json!({
+        "images": images, "annotations": anns,
+        "categories": [{"id": 2, "name": "red"}, {"id": 5, "name": "green"}, {"id": 9, "name": "blue"}]
+    });
+    std::fs::write(
+        root.join("coco/annotations/instances_val2017.json"),
+        json.to_string(),
+    )
+    .unwrap();
+}
+
+/// The multi-label config (focal loss, dilated output stride 16, frozen early layers,
+/// repeat factors, plateau, model_best) on a small COCO-format fixture: it trains and
+/// reports mAP and F1.
+#[test]
+fn coco_multi_label_config_trains_and_reports_map_and_f1() {
+    let root = common::tmp_dir("classification-multilabel");
+    write_coco_multilabel(&root);
+    let out = root.join("out");
+    let mut cfg = Config::from_file("configs/classification/coco_multilabel_mnv2.yaml").unwrap();
+    cfg.merge_from_list(&[
+        "DATASETS.ROOT",
+        root.to_str().unwrap(),
+        "DATASETS.TRAIN",
+        "[coco_2017_val]",
+        "MODEL.CLASSIFIER.NUM_CLASSES",
+        "3",
+        "INPUT.RESIZE_SHORT",
+        "48",
+        "INPUT.CROP_SIZE",
+        "48",
+        "INPUT.RRC_SCALE",
+        "[0.8, 1.0]",
+        "SOLVER.IMS_PER_BATCH",
+        "6",
+        "SOLVER.MAX_ITER",
+        "24",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.BASE_LR",
+        "0.01",
+        "DATALOADER.NUM_WORKERS",
+        "1",
+        "TEST.EVAL_PERIOD",
+        "2",
+        "SEED",
+        "0",
+        "OUTPUT_DIR",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    let TrainOutcome::Finished(m) = train(&cfg, false) else {
+        panic!("interrupted")
+    };
+    for k in [
+        "mAP",
+        "micro_f1",
+        "macro_f1",
+        "best_threshold",
+        "best_micro_f1",
+        "AP/red",
+        "f1/blue",
+        "loss",
+    ] {
+        assert!(
+            m.get(k).is_some_and(|v| v.is_finite()),
+            "{k} missing in {m:?}"
+        );
+    }
+    // Three easy colours: far above the prevalence of the classes (chance mAP ~0.55).
+    assert!(m["mAP"] >= 0.8, "{m:?}");
+    assert!(out.join("model_best.safetensors").is_file());
+    // Single-label cross-entropy cannot train on several labels per image.
+    cfg.merge_from_list(&["MODEL.CLASSIFIER.LOSS", "ce"])
+        .unwrap();
+    let e = DefaultTrainer::from_config(&cfg)
+        .unwrap()
+        .train()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("MODEL.CLASSIFIER.LOSS") && e.contains("bce or focal"),
+        "{e}"
+    );
+}
+
+/// The CIFAR-10 config at width 0.5 on a fixture in CIFAR's binary format: a few
+/// generated records per batch file load, train a few iterations and evaluate.
+#[test]
+fn cifar10_binary_fixture_trains_at_width_half() {
+    let root = common::tmp_dir("classification-cifar");
+    let dir = root.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |label: u8, k: u32| {
+        let mut r = vec![label];
+        for plane in 0..3u32 {
+            r.extend(
+                (0..1024u32).map(|p| ((p * (label as u32 + 1) + plane * 50 + k * 3) % 256) as u8),
+            );
+        }
+        r
+    };
+    for (file, n) in [
+        ("data_batch_1.bin", 8),
+        ("data_batch_2.bin", 8),
+        ("data_batch_3.bin", 8),
+        ("data_batch_4.bin", 8),
+        ("data_batch_5.bin", 8),
+        ("test_batch.bin", 10),
+    ] {
+        let bytes: Vec<u8> = (0..n).flat_map(|k| record((k % 10) as u8, k)).collect();
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    let out = root.join("out");
+    let mut cfg = Config::from_file("configs/classification/cifar10_mnv2_w0.5.yaml").unwrap();
+    cfg.merge_from_list(&[
+        "DATASETS.ROOT",
+        root.to_str().unwrap(),
+        "SOLVER.IMS_PER_BATCH",
+        "8",
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "DATALOADER.NUM_WORKERS",
+        "1",
+        "OUTPUT_DIR",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    let TrainOutcome::Finished(m) = train(&cfg, false) else {
+        panic!("interrupted")
+    };
+    assert!(
+        (0.0..=1.0).contains(&m["top1"]) && m["loss"].is_finite(),
+        "{m:?}"
+    );
+    let stored = candletron::checkpoint::read_trained_with(&out.join("model_final.safetensors"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.class_names[0], "airplane");
+    assert!(out.join("training_curves.png").is_file());
 }

@@ -43,6 +43,7 @@ fn loader_opts(workers: usize, train: bool) -> LoaderOptions {
         seed: 7,
         train,
         start: 0,
+        sampler: candletron::data::samplers::SamplerSpec::Shuffle,
     }
 }
 
@@ -285,6 +286,62 @@ fn collect(loader: DataLoader, n: usize) -> Vec<BatchContent> {
             )
         })
         .collect()
+}
+
+/// The class-balanced and repeat-factor samplers keep the loader's promises: the same
+/// batches for any worker count, and a resumed stream is the tail of the whole one.
+#[test]
+fn weighted_samplers_are_deterministic_and_resume_mid_stream() {
+    use candletron::data::samplers::SamplerSpec;
+    use candletron::structures::ClassLabel;
+    let root = common::tmp_dir("loader-samplers");
+    let cfg = tiny_cfg(&root);
+    let d = get_dataset("synthetic_faces_train", &cfg).unwrap();
+    // Labels 0 for the first 8 images, 1 for the last 2: balanced draws favour the two.
+    let mut labelled = d.records.clone();
+    for (i, r) in labelled.iter_mut().enumerate() {
+        r.label = Some(ClassLabel::Single((i >= 8) as usize));
+    }
+    let mapper = DatasetMapper::from_config(&cfg, true).unwrap();
+    for (records, sampler) in [
+        (labelled, SamplerSpec::ClassBalanced),
+        (
+            d.records.clone(),
+            SamplerSpec::RepeatFactor {
+                threshold: 1.0,
+                sqrt: false,
+            },
+        ),
+    ] {
+        let records = Arc::new(records);
+        let run = |workers, start| {
+            let opts = LoaderOptions {
+                start,
+                sampler,
+                ..loader_opts(workers, true)
+            };
+            collect(
+                DataLoader::new(records.clone(), mapper.clone(), opts).unwrap(),
+                8 - start / 3,
+            )
+        };
+        let whole = run(0, 0);
+        assert_eq!(whole, run(2, 0), "{sampler:?}");
+        assert_eq!(whole[3..], run(2, 9)[..], "{sampler:?}");
+        if sampler == SamplerSpec::ClassBalanced {
+            let ids: Vec<&String> = whole.iter().flat_map(|b| &b.2).collect();
+            let rare = ids
+                .iter()
+                .filter(|id| records[8..].iter().any(|r| &r.image_id == **id))
+                .count();
+            // 24 draws, half expected from the 2 rare images (vs 24 * 2/10 unweighted).
+            assert!(
+                rare >= 8,
+                "{rare} of {} draws from the rare class",
+                ids.len()
+            );
+        }
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use candletron::layers::NormKind;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
 use candletron::structures::Instances;
-use candletron::structures::{Batch, InstanceDetections, Targets};
+use candletron::structures::{Batch, InstanceDetections, ModelInput, Targets};
 
 fn fpn_cfg(top: &str, depthwise: bool) -> Config {
     let mut cfg = Config::default();
@@ -476,4 +476,85 @@ fn faster_rcnn_config_errors_name_the_key() {
     cfg.model.roi_heads.in_features = vec!["p2".into(), "p4".into()];
     let e = build_model(&cfg, 0).err().unwrap().to_string();
     assert!(e.contains("consecutive"), "{e}");
+}
+
+/// An output-stride-16 backbone under the FPN: res4 and res5 share stride 16, so the
+/// top-down path adds without upsampling, the levels keep their names and parameters,
+/// and both detectors train and detect (the ONNX export too, checked elsewhere on the
+/// same graph code).
+#[test]
+fn detectors_run_on_a_dilated_backbone_under_the_fpn() {
+    for mut cfg in [ssdlite_cfg(), rcnn_cfg()] {
+        cfg.model.mobilenet.output_stride = 16;
+        let (model, _) = build_model(&cfg, 0).unwrap();
+        let (plain, _) = {
+            let mut c = cfg.clone();
+            c.model.mobilenet.output_stride = 32;
+            build_model(&c, 0).unwrap()
+        };
+        // The same parameter names and shapes as the undilated model.
+        let names = |m: &candletron::modeling::Model| {
+            m.params
+                .vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().dims().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&model), names(&plain));
+        let (images, image_sizes) = model.preprocess_image(&two_images()).unwrap();
+        let k = 1;
+        let targets = if cfg.model.meta_architecture == "SSDLite" {
+            vec![
+                Instances {
+                    boxes: vec![[10.0, 10.0, 40.0, 50.0]],
+                    classes: vec![0],
+                    ignore: vec![false],
+                },
+                Instances::default(),
+            ]
+        } else {
+            rcnn_targets(k)
+        };
+        let mut rcfg = cfg.clone();
+        rcfg.model.roi_heads.num_classes = k;
+        let (model, _) = build_model(&rcfg, 0).unwrap();
+        let batch = Batch {
+            images: images.clone(),
+            targets: Some(Targets::Instances(targets)),
+            image_sizes: image_sizes.clone(),
+            seeds: Vec::new(),
+        };
+        let out = model.arch.forward(&batch, true).unwrap();
+        let mut total = None::<Tensor>;
+        for l in out.losses.values() {
+            assert!(l.to_scalar::<f32>().unwrap().is_finite());
+            total = Some(match total {
+                None => l.clone(),
+                Some(t) => (t + l).unwrap(),
+            });
+        }
+        let grads = total.unwrap().backward().unwrap();
+        let w = model
+            .params
+            .vars()
+            .into_iter()
+            .find(|(n, _)| n.contains("features.16.conv.1.0.weight"))
+            .unwrap()
+            .1;
+        let g = grads
+            .get(w.as_tensor())
+            .expect("a dilated depthwise weight gets a gradient");
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+        let inputs: Vec<ModelInput> = two_images().into_iter().map(ModelInput::new).collect();
+        let preds = model.fused().unwrap().inference(&inputs).unwrap();
+        assert_eq!(preds.len(), 2, "{}", cfg.model.meta_architecture);
+    }
 }

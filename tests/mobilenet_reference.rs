@@ -90,3 +90,72 @@ fn features_and_logits_match_pytorch() {
         .unwrap();
     check("logits", out.logits.as_ref().unwrap(), &reference["logits"]);
 }
+
+/// The output-stride option against PyTorch: torchvision's network with the same
+/// strides turned into dilations (`tools/compare/dilated_mnv2_reference.py`, on the
+/// weights shipped in `weights/`), at output strides 16 and 8.
+#[test]
+fn output_stride_16_and_8_match_dilated_pytorch() {
+    let reference =
+        candle_core::safetensors::load("tests/data/mnv2_output_stride.safetensors", &Device::Cpu)
+            .unwrap();
+    let tensors = read_checkpoint(std::path::Path::new(
+        "weights/mobilenet_v2_imagenet_f16.safetensors",
+    ))
+    .unwrap();
+    for os in [16usize, 8] {
+        let mut cfg = Config::default();
+        cfg.model.mobilenet.out_features = ["res3", "res4", "res5"].map(String::from).to_vec();
+        cfg.model.mobilenet.output_stride = os;
+        let store = Arc::new(ParamStore::new(0));
+        let backbone = MobileNetV2::from_config(
+            &cfg,
+            store.var_builder(DType::F32, &Device::Cpu),
+            candletron::layers::ShapeSpec {
+                channels: 3,
+                stride: 1,
+            },
+        )
+        .unwrap();
+        load_state_dict(&store, &tensors).unwrap();
+        let shapes = backbone.output_shape();
+        let strides: Vec<usize> = ["res3", "res4", "res5"]
+            .iter()
+            .map(|n| shapes[*n].stride)
+            .collect();
+        assert_eq!(strides, [8, 16.min(os), os], "output stride {os}");
+        let out = backbone.forward_t(&reference["input"], false).unwrap();
+        for name in ["res4", "res5"] {
+            check(
+                &format!("os{os}.{name}"),
+                &out[name],
+                &reference[&format!("os{os}.{name}")],
+            );
+        }
+        // The fused inference copy (BN folded, fused depthwise kernels) dilates alike.
+        let fused = backbone
+            .fused()
+            .unwrap()
+            .forward_t(&reference["input"], false)
+            .unwrap();
+        check(
+            &format!("fused os{os}.res5"),
+            &fused["res5"],
+            &reference[&format!("os{os}.res5")],
+        );
+    }
+    let mut cfg = Config::default();
+    cfg.model.mobilenet.output_stride = 4;
+    let store = Arc::new(ParamStore::new(0));
+    let e = candletron::modeling::backbone::build_backbone(
+        &cfg,
+        store.var_builder(DType::F32, &Device::Cpu),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("MODEL.MOBILENET.OUTPUT_STRIDE must be 8, 16 or 32"),
+        "{e}"
+    );
+}

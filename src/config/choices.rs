@@ -84,6 +84,30 @@ config_choice! {
 }
 
 config_choice! {
+    /// A classifier's training loss.
+    pub enum ClassifierLoss {
+        /// Softmax cross-entropy (one class per image), with `LABEL_SMOOTHING`.
+        CrossEntropy = "ce",
+        /// Binary cross-entropy on each class's logit (multi-label).
+        Bce = "bce",
+        /// Sigmoid focal loss on each class's logit (multi-label, many easy negatives).
+        Focal = "focal",
+    }
+}
+
+config_choice! {
+    /// How training draws records (Detectron2's `DATALOADER.SAMPLER_TRAIN`).
+    pub enum SamplerName {
+        /// Every record once per epoch, reshuffled each epoch.
+        Training = "TrainingSampler",
+        /// Records drawn with replacement, weighted by 1 / their class's image count.
+        ClassBalanced = "ClassBalancedSampler",
+        /// Images of rare categories repeated (LVIS), `DATALOADER.REPEAT_THRESHOLD`.
+        RepeatFactor = "RepeatFactorTrainingSampler",
+    }
+}
+
+config_choice! {
     /// Whether a higher or a lower validation metric is better.
     pub enum MetricMode {
         Max = "max",

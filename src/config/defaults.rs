@@ -4,8 +4,9 @@
 //! normalisation scaled by 255, so ImageNet-pretrained weights see the inputs they expect.
 
 use super::choices::{
-    Augmentation, BoxLossType, ClsLoss, InputFormat, LrSchedulerName, MetricMode, OptimizerName,
-    PeriodUnit, PoolerType, RandomFlip, ThresholdMode, TopBlock, WarmupMethod,
+    Augmentation, BoxLossType, ClassifierLoss, ClsLoss, InputFormat, LrSchedulerName, MetricMode,
+    OptimizerName, PeriodUnit, PoolerType, RandomFlip, SamplerName, ThresholdMode, TopBlock,
+    WarmupMethod,
 };
 use super::origins::Origins;
 use crate::config_group;
@@ -203,6 +204,9 @@ config_group! {
         /// `ReLU6`, `ReLU`, `Mish` or `Identity`.
         activation: Activation = Activation::ReLU6,
         out_features: Vec<String> = strings(&["res2", "res3", "res4", "res5"]),
+        /// 32 (torchvision's), 16 or 8: the later strides become dilations (DeepLabV3's
+        /// output stride), for denser features with the same weights.
+        output_stride: usize = 32,
     }
 }
 
@@ -210,6 +214,14 @@ config_group! {
     pub struct ClassifierConfig {
         num_classes: usize = 1000,
         dropout: f64 = 0.2,
+        /// `ce` (single-label), `bce` or `focal` (multi-label).
+        loss: ClassifierLoss = ClassifierLoss::CrossEntropy,
+        /// `ce`: the target puts this much mass uniformly on all classes (PyTorch's
+        /// `label_smoothing`).
+        label_smoothing: f64 = 0.0,
+        /// `focal`: torchvision's `sigmoid_focal_loss` alpha and gamma.
+        focal_alpha: f64 = 0.25,
+        focal_gamma: f64 = 2.0,
     }
 }
 
@@ -254,6 +266,13 @@ config_group! {
         synthetic: SyntheticConfig = SyntheticConfig::default(),
         /// The embedded classification dataset (`synthetic_shapes_{train,val}`).
         synthetic_shapes: SyntheticShapesConfig = SyntheticShapesConfig::default(),
+        /// COCO instances datasets load as multi-label classification: each image is
+        /// labelled with the categories of its boxes.
+        multi_label: bool = false,
+        /// `folder:PATH@train` / `folder:PATH@val`: this share of each class's images
+        /// (seeded by `FOLDER_SPLIT_SEED`) is the validation part.
+        folder_val_fraction: f64 = 0.2,
+        folder_split_seed: usize = 0,
     }
 }
 
@@ -301,6 +320,12 @@ config_group! {
         prefetch: usize = 4,
         /// Drop training images without any (non-ignored) box.
         filter_empty_annotations: bool = true,
+        /// `TrainingSampler`, `ClassBalancedSampler` or `RepeatFactorTrainingSampler`.
+        sampler_train: SamplerName = SamplerName::Training,
+        /// `RepeatFactorTrainingSampler`: categories in fewer than this fraction of the
+        /// images are repeated, by `sqrt(threshold / frequency)` (`REPEAT_SQRT`).
+        repeat_threshold: f64 = 0.0,
+        repeat_sqrt: bool = true,
     }
 }
 
@@ -384,5 +409,7 @@ config_group! {
         vis_num: usize = 8,
         /// Score above which drawn detections are shown.
         vis_threshold: f64 = 0.5,
+        /// Multi-label: a class is predicted when its probability is at least this.
+        multi_label_threshold: f64 = 0.5,
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::catalog::{get_dataset, get_datasets, DataError, Dataset, DatasetMetadata};
 use super::loader::{DataLoader, LoaderOptions};
 use super::mapper::DatasetMapper;
+use super::samplers::SamplerSpec;
 use crate::config::Config;
 
 /// The endless, shuffled, augmented stream over `DATASETS.TRAIN` in batches of
@@ -38,6 +39,7 @@ pub fn build_detection_train_loader(
             seed,
             train: true,
             start: start_iter * cfg.solver.ims_per_batch,
+            sampler: SamplerSpec::from_config(cfg),
         },
     )?;
     Ok((loader, dataset.metadata))
@@ -60,6 +62,7 @@ pub fn build_detection_test_loader(
             seed: 0,
             train: false,
             start: 0,
+            sampler: SamplerSpec::Shuffle,
         },
     )?;
     Ok((loader, dataset))

@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 pub use super::datasets::record::{
-    DataError, Dataset, DatasetMetadata, DatasetRecord, EvaluatorType, ObjectAnnotation,
+    ClassLabel, DataError, Dataset, DatasetMetadata, DatasetRecord, EvaluatorType, ObjectAnnotation,
 };
 pub use super::datasets::root::dataset_root;
 
-use super::datasets::{coco, image_folder, synthetic, synthetic_shapes, widerface};
+use super::datasets::{cifar, coco, image_folder, synthetic, synthetic_shapes, widerface};
 use crate::config::Config;
 use crate::utils::registry::Registry;
 
@@ -28,6 +28,19 @@ pub type DatasetBuilder = dyn Fn(&Config) -> Result<Dataset, DataError> + Send +
 
 static DATASET_CATALOG: LazyLock<Registry<DatasetBuilder>> = LazyLock::new(|| {
     let reg: Registry<DatasetBuilder> = Registry::new("dataset");
+    for split in ["train", "test"] {
+        reg.register(
+            &format!("cifar10_{split}"),
+            Arc::new(move |cfg: &Config| {
+                let dir = dataset_root(cfg).join("cifar-10-batches-bin");
+                cifar::load_cifar(
+                    &format!("cifar10_{split}"),
+                    &dir,
+                    &cifar::split_files(split),
+                )
+            }),
+        );
+    }
     for split in ["train", "val"] {
         reg.register(
             &format!("widerface_{split}"),
@@ -138,19 +151,54 @@ pub fn registered_datasets() -> Vec<String> {
 
 /// Loads a registered dataset by name.
 pub fn get_dataset(name: &str, cfg: &Config) -> Result<Dataset, DataError> {
-    if let Some(path) = name.strip_prefix(image_folder::PREFIX) {
+    let dataset = if let Some(spec) = name.strip_prefix(image_folder::PREFIX) {
+        let (path, part) = image_folder::parse_part(spec);
         let path = Path::new(path);
         let root = if path.is_absolute() {
             path.to_path_buf()
         } else {
             dataset_root(cfg).join(path)
         };
-        return image_folder::load_image_folder(name, &root);
+        let whole = image_folder::load_image_folder(name, &root)?;
+        match part {
+            None => whole,
+            Some(p) => {
+                let d = &cfg.datasets;
+                let (fraction, seed) = (d.folder_val_fraction, d.folder_split_seed as u64);
+                image_folder::split(whole, p, fraction, seed)
+            }
+        }
+    } else {
+        let builder = DATASET_CATALOG
+            .get(name)
+            .map_err(|e| DataError::new(e.to_string()))?;
+        builder(cfg)?
+    };
+    if cfg.datasets.multi_label {
+        return as_multi_label(dataset);
     }
-    let builder = DATASET_CATALOG
-        .get(name)
-        .map_err(|e| DataError::new(e.to_string()))?;
-    builder(cfg)
+    Ok(dataset)
+}
+
+/// A COCO instances dataset as multi-label classification: each image labelled with the
+/// categories of its boxes (crowd regions included: the category is in the picture;
+/// an image without boxes is a valid all-negative example), the boxes dropped.
+pub fn as_multi_label(mut dataset: Dataset) -> Result<Dataset, DataError> {
+    if dataset.metadata.evaluator_type != EvaluatorType::Coco {
+        return Err(DataError::new(format!(
+            "DATASETS.MULTI_LABEL reads COCO instances datasets, but `{}` is not one",
+            dataset.name
+        )));
+    }
+    for r in &mut dataset.records {
+        let mut classes: Vec<usize> = r.annotations.iter().map(|a| a.category_id).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        r.label = Some(ClassLabel::Multi(classes));
+        r.annotations.clear();
+    }
+    dataset.metadata.evaluator_type = EvaluatorType::MultiLabel;
+    Ok(dataset)
 }
 
 /// Loads and concatenates several datasets; they must share their classes.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use image::DynamicImage;
 
-use super::datasets::record::DataError;
+use super::datasets::record::{DataError, EmbeddedImage};
 
 /// Whether JPEG `bytes` end their last scan: the last end-of-image marker (FF D9) comes
 /// after the last start-of-scan marker (FF DA). Inside scan data every FF byte is
@@ -129,6 +129,25 @@ pub fn read_image(path: &Path) -> Result<DynamicImage, DataError> {
     let bytes = std::fs::read(path)
         .map_err(|e| DataError::new(format!("cannot open {}: {e}", path.display())))?;
     decode_image(&bytes, path)
+}
+
+/// Reads the planar RGB pixels `e` describes from `path` (a CIFAR batch record's image).
+pub fn read_embedded(path: &Path, e: EmbeddedImage) -> Result<image::RgbImage, DataError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let plane = e.width as usize * e.height as usize;
+    let mut raw = vec![0u8; 3 * plane];
+    let what = || format!("{} (image at byte {})", path.display(), e.offset);
+    let mut f = std::fs::File::open(path)
+        .map_err(|err| DataError::new(format!("cannot open {}: {err}", path.display())))?;
+    f.seek(SeekFrom::Start(e.offset))
+        .and_then(|_| f.read_exact(&mut raw))
+        .map_err(|err| DataError::new(format!("cannot read {}: {err}", what())))?;
+    let mut rgb = Vec::with_capacity(3 * plane);
+    for i in 0..plane {
+        rgb.extend([raw[i], raw[plane + i], raw[2 * plane + i]]);
+    }
+    image::RgbImage::from_raw(e.width, e.height, rgb)
+        .ok_or_else(|| DataError::new(format!("bad image size in {}", what())))
 }
 
 #[cfg(test)]

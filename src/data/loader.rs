@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use candle_core::{DType, Device, Tensor};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use super::catalog::{DataError, DatasetRecord};
 use super::mapper::{DatasetMapper, Sample};
 use super::rng::{mix_seed, SampleRng};
+use super::samplers::{EpochSampler, SamplerSpec};
 use crate::structures::ModelInput;
 
 /// Replacement attempts for a training sample whose image cannot be read.
@@ -37,6 +36,8 @@ pub struct LoaderOptions {
     /// Training: samples of the stream already consumed (a resumed run starts at
     /// `iteration * batch_size` and sees exactly the batches it would have seen).
     pub start: usize,
+    /// Training: how each epoch draws the records.
+    pub sampler: SamplerSpec,
 }
 
 /// One batch: the model's inputs and where each image came from.
@@ -79,10 +80,13 @@ pub struct DataLoader {
     pending: HashMap<usize, Result<ImageBatch, DataError>>,
     next_job: usize,
     next_out: usize,
-    /// Training stream position (samples handed out so far) and the current epoch's order.
+    /// Training stream position (samples handed out so far), the current epoch's order,
+    /// its number and the position it starts at.
     position: usize,
+    sampler: EpochSampler,
     order: Vec<usize>,
-    order_epoch: Option<usize>,
+    epoch: usize,
+    epoch_start: usize,
 }
 
 impl DataLoader {
@@ -97,6 +101,12 @@ impl DataLoader {
         if opts.batch_size == 0 {
             return Err(DataError::new("batch size must be at least 1"));
         }
+        let sampler = if opts.train {
+            EpochSampler::new(opts.sampler, &records)?
+        } else {
+            EpochSampler::new(SamplerSpec::Shuffle, &records)?
+        };
+        let order = sampler.epoch(opts.seed, 0);
         let shared = Arc::new(Shared {
             records,
             mapper,
@@ -133,8 +143,10 @@ impl DataLoader {
             next_job: 0,
             next_out: 0,
             position: 0,
-            order: Vec::new(),
-            order_epoch: None,
+            sampler,
+            order,
+            epoch: 0,
+            epoch_start: 0,
         };
         if loader.shared.opts.train {
             loader.position = loader.shared.opts.start;
@@ -147,14 +159,14 @@ impl DataLoader {
         Ok(loader)
     }
 
-    /// Batches in one pass over the data (evaluation), or per epoch (training, rounded down).
+    /// Batches in one pass over the data (evaluation), or per epoch (training, rounded
+    /// down; the mean epoch for repeat factors).
     pub fn batches_per_epoch(&self) -> usize {
-        let n = self.shared.records.len();
         let b = self.shared.opts.batch_size;
         if self.shared.opts.train {
-            (n / b).max(1)
+            (self.sampler.epoch_len() / b).max(1)
         } else {
-            n.div_ceil(b)
+            self.shared.records.len().div_ceil(b)
         }
     }
 
@@ -180,16 +192,15 @@ impl DataLoader {
         }
         let mut slots = Vec::with_capacity(opts.batch_size);
         for _ in 0..opts.batch_size {
-            let (epoch, k) = (self.position / n, self.position % n);
-            if self.order_epoch != Some(epoch) {
-                // A fresh permutation per epoch, from (seed, epoch) only.
-                let mut rng = rand::rngs::StdRng::seed_from_u64(mix_seed(opts.seed, epoch as u64));
-                self.order = (0..n).collect();
-                self.order.shuffle(&mut rng);
-                self.order_epoch = Some(epoch);
+            // Epochs follow each other in the stream; each one's order comes from (seed,
+            // epoch) only, so a resumed run replays the lengths up to its position.
+            while self.position >= self.epoch_start + self.order.len() {
+                self.epoch_start += self.order.len();
+                self.epoch += 1;
+                self.order = self.sampler.epoch(opts.seed, self.epoch);
             }
             slots.push((
-                self.order[k],
+                self.order[self.position - self.epoch_start],
                 mix_seed(opts.seed ^ 0x5eed, self.position as u64),
             ));
             self.position += 1;
@@ -311,7 +322,7 @@ pub fn collate(samples: Vec<Sample>, train: bool) -> Result<ImageBatch, DataErro
             .map_err(|e| DataError::new(format!("cannot build the image tensor: {e}")))?;
         let mut input = ModelInput::new(hwc).with_instances(s.instances);
         if let Some(label) = s.label {
-            input = input.with_label(label);
+            input = input.with_class_label(label);
         }
         if train {
             input = input.with_seed(s.seed);

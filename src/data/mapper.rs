@@ -9,7 +9,7 @@ use super::augmentation::{
     crop, hflip, pad_to_square, photometric_distort, random_resized_crop_roi, random_square_crop,
     resize, shortest_edge_size, Instances,
 };
-use super::catalog::{DataError, DatasetRecord};
+use super::catalog::{ClassLabel, DataError, DatasetRecord};
 use super::rng::SampleRng;
 use super::transforms::resize_short_center_crop;
 use crate::config::{Augmentation, Config, RandomFlip};
@@ -54,8 +54,8 @@ pub struct Sample {
     /// Mapped size / original size per axis: divide predictions by it to get back to the
     /// original image (meaningful for the test pipeline; crops make it local in training).
     pub scale: (f32, f32),
-    /// The class index, for classification.
-    pub label: Option<usize>,
+    /// The class (or classes), for classification.
+    pub label: Option<ClassLabel>,
     /// The sample's seed in the training stream (0 in evaluation), for the model's own
     /// randomness (dropout).
     pub seed: u64,
@@ -160,6 +160,9 @@ impl DatasetMapper {
 
     /// Reads and decodes the record's image; the error names the file.
     pub fn read_image(rec: &DatasetRecord) -> Result<RgbImage, DataError> {
+        if let Some(e) = rec.embedded {
+            return crate::data::image_io::read_embedded(&rec.file_name, e);
+        }
         let img = crate::data::image_io::read_image(&rec.file_name)?.into_rgb8();
         if rec.width > 0 && (rec.width, rec.height) != img.dimensions() {
             return Err(DataError::new(format!(
@@ -187,7 +190,7 @@ impl DatasetMapper {
             classes: rec.annotations.iter().map(|a| a.category_id).collect(),
             ignore: rec.annotations.iter().map(|a| a.ignore).collect(),
         };
-        let pipeline = match (&self.classify_test, rec.label) {
+        let pipeline = match (&self.classify_test, &rec.label) {
             (Some(p), Some(_)) => p,
             _ => &self.pipeline,
         };
@@ -265,7 +268,7 @@ impl DatasetMapper {
             file_name: rec.file_name.clone(),
             original_size,
             scale,
-            label: rec.label,
+            label: rec.label.clone(),
             seed: 0,
         }
     }

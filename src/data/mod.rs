@@ -8,6 +8,7 @@ pub mod image_io;
 pub mod loader;
 pub mod mapper;
 pub mod rng;
+pub mod samplers;
 pub mod statistics;
 pub mod transforms;
 

@@ -131,6 +131,7 @@ mod tests {
                     a([0.0, 0.0, 600.0, 600.0], false),
                 ],
                 label: None,
+                embedded: None,
             },
             DatasetRecord {
                 file_name: PathBuf::from("b"),
@@ -139,6 +140,7 @@ mod tests {
                 height: 0,
                 annotations: vec![],
                 label: None,
+                embedded: None,
             },
         ];
         let s = DatasetStats::from_records(&recs);

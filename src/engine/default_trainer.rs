@@ -368,6 +368,16 @@ impl DefaultTrainer {
             .into());
         }
         LrScheduler::from_config(cfg)?;
+        if cfg.datasets.multi_label
+            && cfg.model.classifier.loss == crate::config::ClassifierLoss::CrossEntropy
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{}: `ce` needs one class per image, but DATASETS.MULTI_LABEL gives several; \
+                 use bce or focal",
+                cfg.located("MODEL.CLASSIFIER.LOSS")
+            ))
+            .into());
+        }
         Ok(())
     }
 

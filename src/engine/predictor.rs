@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor, D};
 use image::DynamicImage;
 
 use crate::checkpoint::read_trained_with;
-use crate::config::Config;
+use crate::config::{ClassifierLoss, Config};
 use crate::data::catalog::DatasetRecord;
 use crate::data::imagenet_classes;
 use crate::data::mapper::DatasetMapper;
@@ -44,7 +44,8 @@ impl Detection {
 pub enum Predicted {
     /// A detector's objects, best first.
     Detections(Vec<Detection>),
-    /// A classifier's softmax probabilities, by class id.
+    /// A classifier's probabilities by class id: softmax for a single-label model,
+    /// each class's sigmoid for a multi-label one (`MODEL.CLASSIFIER.LOSS` bce or focal).
     Probabilities(Vec<f32>),
 }
 
@@ -192,6 +193,7 @@ impl Predictor {
                     height: h,
                     annotations: Vec::new(),
                     label: None,
+                    embedded: None,
                 };
                 let sample = mapper.apply(rgb, &rec, &mut SampleRng::new(0));
                 let x = image_to_tensor(&sample.image, &Device::Cpu)?;
@@ -249,7 +251,12 @@ impl Predictor {
             ),
             Prediction::Logits(l) => {
                 let t = Tensor::new(l.as_slice(), &Device::Cpu)?;
-                Predicted::Probabilities(candle_nn::ops::softmax(&t, D::Minus1)?.to_vec1()?)
+                let p = if self.cfg.model.classifier.loss == ClassifierLoss::CrossEntropy {
+                    candle_nn::ops::softmax(&t, D::Minus1)?
+                } else {
+                    candle_nn::ops::sigmoid(&t)?
+                };
+                Predicted::Probabilities(p.to_vec1()?)
             }
         })
     }

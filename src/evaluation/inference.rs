@@ -14,6 +14,7 @@ use super::coco::CocoGt;
 use super::evaluator::{
     CocoEvaluator, DatasetEvaluator, Detection, ImageDetections, WiderFaceEvaluator,
 };
+use super::multilabel::{evaluate_multilabel, mean_binary_cross_entropy};
 use super::widerface::GroundTruth;
 use crate::config::Config;
 use crate::data::build::build_detection_test_loader;
@@ -55,7 +56,7 @@ fn evaluator_for(dataset: &Dataset, out_dir: &Path) -> Result<Box<dyn DatasetEva
             }
             Box::new(CocoEvaluator::new(gts))
         }
-        EvaluatorType::Classification => {
+        EvaluatorType::Classification | EvaluatorType::MultiLabel => {
             bail!("classification datasets are evaluated by evaluate_classifier")
         }
     })
@@ -71,6 +72,7 @@ fn evaluate_classifier(
     dataset: &Dataset,
     dir: &Path,
     vis_num: usize,
+    threshold: f64,
 ) -> Result<BTreeMap<String, f64>> {
     let classes = &dataset.metadata.thing_classes;
     let start = Instant::now();
@@ -101,7 +103,7 @@ fn evaluate_classifier(
                     classes.len()
                 );
             }
-            let Some(label) = input.label else {
+            let Some(label) = input.label.clone() else {
                 bail!("{name}: an image without a class label");
             };
             labels.push(label);
@@ -120,6 +122,17 @@ fn evaluate_classifier(
             dataset.records.len()
         );
     }
+    if dataset.metadata.evaluator_type == EvaluatorType::MultiLabel {
+        let sets: Vec<Vec<usize>> = labels.iter().map(|l| l.classes()).collect();
+        return evaluate_multilabel_scores(name, &sets, &scores, classes, threshold, start);
+    }
+    let Some(labels) = labels
+        .iter()
+        .map(|l| l.single())
+        .collect::<Option<Vec<usize>>>()
+    else {
+        bail!("{name}: a single-label dataset with an image of several labels");
+    };
     let m = evaluate_classification(&labels, &scores, classes.len());
     let secs = start.elapsed().as_secs_f64();
     tracing::info!(
@@ -173,6 +186,36 @@ fn evaluate_classifier(
     Ok(map)
 }
 
+/// mAP and F1 of a multi-label classifier from its logits (sigmoid probabilities).
+fn evaluate_multilabel_scores(
+    name: &str,
+    labels: &[Vec<usize>],
+    logits: &[Vec<f32>],
+    classes: &[String],
+    threshold: f64,
+    start: Instant,
+) -> Result<BTreeMap<String, f64>> {
+    let probs: Vec<Vec<f32>> = logits
+        .iter()
+        .map(|l| l.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect())
+        .collect();
+    let m = evaluate_multilabel(labels, &probs, classes.len(), threshold);
+    tracing::info!(
+        "{name}: {} images in {:.1} s: mAP {:.4}, micro-F1 {:.4}, macro-F1 {:.4} at {threshold}; \
+         best micro-F1 {:.4} at {:.2}",
+        labels.len(),
+        start.elapsed().as_secs_f64(),
+        m.map,
+        m.micro_f1,
+        m.macro_f1,
+        m.best_micro_f1,
+        m.best_threshold
+    );
+    let mut map = m.to_map(classes);
+    map.insert("loss".into(), mean_binary_cross_entropy(labels, logits));
+    Ok(map)
+}
+
 /// The folder of a dataset's results: its name, with the separators of a `folder:PATH`
 /// name replaced so that it stays one folder.
 fn folder_name(name: &str) -> String {
@@ -196,10 +239,13 @@ pub fn inference_on_datasets(
         } else {
             String::new()
         };
-        if dataset.metadata.evaluator_type == EvaluatorType::Classification {
+        if matches!(
+            dataset.metadata.evaluator_type,
+            EvaluatorType::Classification | EvaluatorType::MultiLabel
+        ) {
             let dir = out_dir.join(folder_name(name));
-            let vis = cfg.test.vis_num;
-            for (k, v) in evaluate_classifier(&model, name, loader, &dataset, &dir, vis)? {
+            let (vis, t) = (cfg.test.vis_num, cfg.test.multi_label_threshold);
+            for (k, v) in evaluate_classifier(&model, name, loader, &dataset, &dir, vis, t)? {
                 all.insert(format!("{prefix}{k}"), v);
             }
             continue;

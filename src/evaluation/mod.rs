@@ -14,3 +14,4 @@ pub use widerface::{GroundTruth, WiderResult};
 pub mod coco;
 pub mod evaluator;
 pub mod inference;
+pub mod multilabel;

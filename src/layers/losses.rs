@@ -35,6 +35,19 @@ pub fn binary_cross_entropy_with_logits(x: &Tensor, t: &Tensor) -> Result<Tensor
     (x.relu()? - (x * t)?)? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?)
 }
 
+/// Softmax cross-entropy of (N, C) `logits` against (N,) u32 `labels`, averaged over N,
+/// with PyTorch's `label_smoothing` `eps`: the target is `1 - eps` on the label plus
+/// `eps / C` on every class.
+pub fn cross_entropy_smoothed(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = candle_nn::loss::nll(&logp, labels)?;
+    if eps <= 0.0 {
+        return Ok(nll);
+    }
+    let uniform = logp.mean(D::Minus1)?.mean_all()?.neg()?;
+    (nll * (1.0 - eps))? + (uniform * eps)?
+}
+
 /// 1 - GIoU of (P, 4) XYXY boxes.
 pub fn giou_loss(pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
     let col = |t: &Tensor, i: usize| t.narrow(D::Minus1, i, 1);

@@ -119,16 +119,21 @@ impl Model {
     pub fn batch(&self, inputs: &[ModelInput]) -> Result<Batch> {
         let (images, image_sizes) = self.preprocess_inputs(inputs)?;
         // Labels first: a classification input carries no boxes, but an empty box list.
-        let targets = if inputs.iter().all(|i| i.label.is_some()) {
-            let labels: Vec<u32> = inputs
-                .iter()
-                .filter_map(|i| i.label)
-                .map(|l| l as u32)
-                .collect();
+        let singles: Option<Vec<u32>> = inputs
+            .iter()
+            .map(|i| i.label.as_ref()?.single().map(|l| l as u32))
+            .collect();
+        let multis: Option<Vec<Vec<usize>>> = inputs
+            .iter()
+            .map(|i| i.label.as_ref().map(|l| l.classes()))
+            .collect();
+        let targets = if let Some(labels) = singles {
             Some(Targets::Labels(Tensor::new(
                 labels.as_slice(),
                 &self.device,
             )?))
+        } else if let Some(sets) = multis {
+            Some(Targets::MultiLabels(sets))
         } else if inputs.iter().all(|i| i.instances.is_some()) {
             Some(Targets::Instances(
                 inputs.iter().filter_map(|i| i.instances.clone()).collect(),

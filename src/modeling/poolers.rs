@@ -10,7 +10,8 @@ use crate::structures::boxes::{area, Box4};
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoiPooler {
     output_size: (usize, usize),
-    /// Strides of the pooled levels, finest first; consecutive powers of two.
+    /// Strides of the pooled levels, finest first; consecutive powers of two (or equal
+    /// ones past a dilated backbone's output stride).
     strides: Vec<usize>,
     sampling_ratio: usize,
     aligned: bool,
@@ -30,10 +31,13 @@ impl RoiPooler {
         if strides.is_empty() {
             return Err("ROI pooler needs at least one feature level".into());
         }
+        // Levels are numbered by position; each pools at its own stride, which a
+        // dilated backbone keeps equal to the level below.
         for w in strides.windows(2) {
-            if w[1] != 2 * w[0] {
+            if w[1] != 2 * w[0] && w[1] != w[0] {
                 return Err(format!(
-                    "ROI pooler levels must be consecutive (strides doubling), got {strides:?}"
+                    "ROI pooler levels must be consecutive (strides doubling, or equal under a \
+                     dilated backbone), got {strides:?}"
                 ));
             }
         }

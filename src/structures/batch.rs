@@ -11,6 +11,8 @@ pub enum Targets {
     Labels(Tensor),
     /// Boxes (in the batch's input pixels), classes and ignore flags per image, for detectors.
     Instances(Vec<Instances>),
+    /// The classes present in each image, for multi-label classifiers.
+    MultiLabels(Vec<Vec<usize>>),
 }
 
 /// A batch of images, already normalised (`(x - PIXEL_MEAN) / PIXEL_STD`), NCHW.

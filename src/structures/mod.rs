@@ -3,12 +3,14 @@
 
 pub mod batch;
 pub mod boxes;
+pub mod class_label;
 pub mod detections;
 pub mod instances;
 pub mod loss_map;
 pub mod model_input;
 
 pub use batch::{Batch, Targets};
+pub use class_label::ClassLabel;
 pub use detections::InstanceDetections;
 pub use instances::Instances;
 pub use loss_map::LossMap;

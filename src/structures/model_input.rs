@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::class_label::ClassLabel;
 use super::instances::Instances;
 
 /// An image after the data pipeline (decoded, resized, cropped), before the model's own
@@ -12,8 +13,8 @@ pub struct ModelInput {
     pub image: Tensor,
     /// Ground-truth boxes in `image`'s pixels, for training a detector.
     pub instances: Option<Instances>,
-    /// The class index, for training a classifier.
-    pub label: Option<usize>,
+    /// The class (or classes), for training a classifier.
+    pub label: Option<ClassLabel>,
     /// (height, width) to report detections in, usually the original image's; `None`
     /// reports them in `image`'s pixels.
     pub output_size: Option<(usize, usize)>,
@@ -45,6 +46,11 @@ impl ModelInput {
     }
 
     pub fn with_label(mut self, label: usize) -> Self {
+        self.label = Some(ClassLabel::Single(label));
+        self
+    }
+
+    pub fn with_class_label(mut self, label: ClassLabel) -> Self {
         self.label = Some(label);
         self
     }

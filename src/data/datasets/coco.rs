@@ -91,6 +91,7 @@ pub fn parse_coco_json(
             height: im.height,
             annotations: Vec::new(),
             label: None,
+            embedded: None,
         });
     }
     for a in &file.annotations {

@@ -1,14 +1,58 @@
 //! torchvision's `ImageFolder`: one subfolder per class, class names (and ids, in sorted
 //! order) from the folder names, every image at any depth below a class folder. Used
-//! from a config as `folder:PATH` in `DATASETS.TRAIN` / `DATASETS.TEST`.
+//! from a config as `folder:PATH` in `DATASETS.TRAIN` / `DATASETS.TEST`, or as
+//! `folder:PATH@train` and `folder:PATH@val` for the two parts of one folder.
 
 use std::path::Path;
 
+use super::record::ClassLabel;
 use super::record::{DataError, Dataset, DatasetMetadata, DatasetRecord, EvaluatorType};
 use crate::utils::fs::image_files;
 
 /// The dataset name prefix that loads an image folder.
 pub const PREFIX: &str = "folder:";
+
+/// One side of a seeded train/validation split of an image folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Train,
+    Val,
+}
+
+/// `PATH@train` / `PATH@val` -> (PATH, part); any other name is the whole folder.
+pub fn parse_part(spec: &str) -> (&str, Option<Part>) {
+    match spec.rsplit_once('@') {
+        Some((path, "train")) => (path, Some(Part::Train)),
+        Some((path, "val")) => (path, Some(Part::Val)),
+        _ => (spec, None),
+    }
+}
+
+/// Keeps one part of a split made per class (stratified, as scikit-learn's
+/// `train_test_split(stratify=...)`): each class's images are shuffled by `seed` and the
+/// first `round(fraction * n)` of them (at most `n - 1`: training keeps one) are the
+/// validation part. The same seed and fraction give complementary parts.
+pub fn split(mut dataset: Dataset, part: Part, fraction: f64, seed: u64) -> Dataset {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let classes = dataset.metadata.thing_classes.len();
+    let mut keep = vec![false; dataset.records.len()];
+    for c in 0..classes {
+        let mut idx: Vec<usize> = (0..dataset.records.len())
+            .filter(|&i| dataset.records[i].label == Some(ClassLabel::Single(c)))
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37));
+        idx.shuffle(&mut rng);
+        let n_val =
+            ((fraction * idx.len() as f64).round() as usize).min(idx.len().saturating_sub(1));
+        for (k, &i) in idx.iter().enumerate() {
+            keep[i] = (k < n_val) == (part == Part::Val);
+        }
+    }
+    let mut k = keep.into_iter();
+    dataset.records.retain(|_| k.next().unwrap_or(false));
+    dataset
+}
 
 /// Loads `root/CLASS/**/*.{jpg,jpeg,png}`. Hidden folders are not classes; a class folder
 /// without images is an error (as in torchvision), as is a root without class folders.
@@ -56,7 +100,8 @@ pub fn load_image_folder(name: &str, root: &Path) -> Result<Dataset, DataError> 
                 width: 0,
                 height: 0,
                 annotations: Vec::new(),
-                label: Some(label),
+                label: Some(ClassLabel::Single(label)),
+                embedded: None,
             });
         }
     }
@@ -89,7 +134,12 @@ mod tests {
         let got: Vec<(String, Option<usize>)> = d
             .records
             .iter()
-            .map(|r| (r.image_id.clone(), r.label))
+            .map(|r| {
+                (
+                    r.image_id.clone(),
+                    r.label.as_ref().and_then(|l| l.single()),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -99,6 +149,30 @@ mod tests {
                 ("dog/a.png".to_string(), Some(1))
             ]
         );
+        // A seeded split: complementary parts, per class.
+        let (path, part) = parse_part("data/pets@val");
+        assert_eq!((path, part), ("data/pets", Some(Part::Val)));
+        assert_eq!(parse_part("a@b"), ("a@b", None));
+        let mut many = d.clone();
+        many.records = (0..20)
+            .map(|i| {
+                let mut r = d.records[(i % 2) * 2].clone();
+                r.image_id = format!("{i}");
+                r
+            })
+            .collect();
+        let val = split(many.clone(), Part::Val, 0.3, 5);
+        let train = split(many.clone(), Part::Train, 0.3, 5);
+        assert_eq!((val.records.len(), train.records.len()), (6, 14));
+        let ids = |d: &Dataset| {
+            d.records
+                .iter()
+                .map(|r| r.image_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(ids(&val).iter().all(|i| !ids(&train).contains(i)));
+        assert_eq!(ids(&val), ids(&split(many.clone(), Part::Val, 0.3, 5)));
+        assert_ne!(ids(&val), ids(&split(many, Part::Val, 0.3, 6)));
         std::fs::create_dir_all(root.join("empty")).unwrap();
         let e = load_image_folder("pets", &root).unwrap_err().to_string();
         assert!(e.contains("empty") && e.contains("holds no"), "{e}");

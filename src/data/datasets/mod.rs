@@ -1,5 +1,6 @@
 //! Dataset formats and the synthetic face generator.
 
+pub mod cifar;
 pub mod coco;
 pub mod generated;
 pub mod image_folder;

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::structures::ClassLabel;
+
 /// Named per-object attributes of a particular dataset.
 pub type Attributes = Vec<(&'static str, i64)>;
 
@@ -58,8 +60,20 @@ pub struct DatasetRecord {
     pub width: u32,
     pub height: u32,
     pub annotations: Vec<ObjectAnnotation>,
-    /// The class index of a classification dataset's image.
-    pub label: Option<usize>,
+    /// The class (or classes) of a classification dataset's image.
+    pub label: Option<ClassLabel>,
+    /// The image is raw pixels inside `file_name` (CIFAR's binary batches), not an
+    /// image file.
+    pub embedded: Option<EmbeddedImage>,
+}
+
+/// Planar 8-bit RGB pixels (all red, then green, then blue, rows top to bottom) at a
+/// byte offset of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedImage {
+    pub offset: u64,
+    pub width: u32,
+    pub height: u32,
 }
 
 impl DatasetRecord {
@@ -77,6 +91,8 @@ pub enum EvaluatorType {
     Coco,
     /// Single-label classification: accuracy, per-class precision / recall / F1.
     Classification,
+    /// Multi-label classification: mAP over classes, F1 at a threshold.
+    MultiLabel,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -223,6 +223,7 @@ pub fn to_dataset_records(
             width: 0,
             height: 0,
             label: None,
+            embedded: None,
             annotations: r
                 .faces
                 .iter()

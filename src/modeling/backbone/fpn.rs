@@ -64,6 +64,9 @@ pub struct Fpn {
     shapes: BTreeMap<String, ShapeSpec>,
     /// Output names, finest first.
     names: Vec<String>,
+    /// Per input level: whether the coarser level above it is upsampled 2x before the
+    /// sum (false where a dilated backbone keeps both at one stride).
+    upsample: Vec<bool>,
 }
 
 /// `x[:, :, ::2, ::2]` (Detectron2's `max_pool2d(kernel 1, stride 2)`), from a reshape
@@ -106,9 +109,22 @@ impl Fpn {
             };
             specs.push(*s);
         }
-        if specs.windows(2).any(|w| w[1].stride != 2 * w[0].stride) {
-            candle_core::bail!("MODEL.FPN.IN_FEATURES must be consecutive levels (strides doubling), got {specs:?}");
+        // Consecutive levels double the stride, or keep it where a dilated backbone
+        // (MODEL.MOBILENET.OUTPUT_STRIDE) stopped downsampling. Levels are numbered by
+        // position from the first one's stride, so names and parameters stay those of
+        // the undilated network.
+        if specs
+            .windows(2)
+            .any(|w| w[1].stride != 2 * w[0].stride && w[1].stride != w[0].stride)
+        {
+            candle_core::bail!("MODEL.FPN.IN_FEATURES must be consecutive levels (strides doubling, or equal under a dilated backbone), got {specs:?}");
         }
+        let first_level = stage(specs.first().map_or(1, |s| s.stride));
+        let mut upsample: Vec<bool> = specs
+            .windows(2)
+            .map(|w| w[1].stride != w[0].stride)
+            .collect();
+        upsample.push(false);
         // Every FPN conv: the configured norm, or a bias without one.
         let conv = |cin, cout, k| {
             Conv2dConfig::new(cin, cout, k)
@@ -119,8 +135,8 @@ impl Fpn {
         let mut output = Vec::new();
         let mut shapes = BTreeMap::new();
         let mut names = Vec::new();
-        for s in &specs {
-            let st = stage(s.stride);
+        for (i, s) in specs.iter().enumerate() {
+            let st = first_level + i;
             lateral
                 .push(conv(s.channels, out_channels, 1).init(vb.pp(format!("fpn_lateral{st}")))?);
             let v = vb.pp(format!("fpn_output{st}"));
@@ -145,11 +161,12 @@ impl Fpn {
             names.push(name);
         }
         let last_stride = specs.last().map(|s| s.stride).unwrap_or(1);
+        let last_level = first_level + specs.len().saturating_sub(1);
         let mut p6p7 = None;
         match top_block {
             TopBlockKind::None => {}
             TopBlockKind::LastLevelMaxPool => {
-                let st = stage(last_stride * 2);
+                let st = last_level + 1;
                 shapes.insert(
                     format!("p{st}"),
                     ShapeSpec {
@@ -170,8 +187,8 @@ impl Fpn {
                 let p6 = stride2(cin).init(tb.pp("p6"))?;
                 let p7 = stride2(out_channels).init(tb.pp("p7"))?;
                 p6p7 = Some((p6, p7));
-                for k in [2, 4] {
-                    let st = stage(last_stride * k);
+                for (j, k) in [2, 4].into_iter().enumerate() {
+                    let st = last_level + 1 + j;
                     shapes.insert(
                         format!("p{st}"),
                         ShapeSpec {
@@ -192,6 +209,7 @@ impl Fpn {
             p6p7,
             shapes,
             names,
+            upsample,
         })
     }
 
@@ -226,7 +244,8 @@ impl Backbone for Fpn {
             let lat = self.lateral[i].forward_t(&feats[&self.in_features[i]], train)?;
             let merged = match prev {
                 None => lat,
-                Some(p) => (lat + upsample_nearest_2x(&p)?)?,
+                Some(p) if self.upsample[i] => (lat + upsample_nearest_2x(&p)?)?,
+                Some(p) => (lat + p)?,
             };
             outs.push(self.output[i].forward_t(&merged, train)?);
             prev = Some(merged);
@@ -261,6 +280,7 @@ impl Backbone for Fpn {
             let lat = self.lateral[i].export_onnx(g, input)?;
             let merged = match prev {
                 None => lat,
+                Some(p) if !self.upsample[i] => g.node("Add", &[&lat, &p], vec![]),
                 Some(p) => {
                     // Nearest 2x: output pixel (y, x) reads input (y / 2, x / 2), as
                     // `upsample_nearest_2x` does.
@@ -339,6 +359,7 @@ impl Backbone for Fpn {
             },
             shapes: self.shapes.clone(),
             names: self.names.clone(),
+            upsample: self.upsample.clone(),
         }))
     }
 

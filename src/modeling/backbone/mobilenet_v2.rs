@@ -56,6 +56,8 @@ pub struct MobileNetV2Config {
     pub out_features: Vec<String>,
     pub freeze_at: usize,
     pub in_channels: usize,
+    /// 32 (torchvision), 16 or 8: strides past this one become dilations.
+    pub output_stride: usize,
 }
 
 impl MobileNetV2Config {
@@ -68,6 +70,7 @@ impl MobileNetV2Config {
             out_features: m.out_features.clone(),
             freeze_at: cfg.model.backbone.freeze_at,
             in_channels,
+            output_stride: m.output_stride,
         })
     }
 }
@@ -85,6 +88,8 @@ struct BlockSpec {
     inp: usize,
     oup: usize,
     stride: usize,
+    /// Of the depthwise 3x3 conv.
+    dilation: usize,
     expand_ratio: usize,
 }
 
@@ -94,6 +99,7 @@ impl InvertedResidual {
             inp,
             oup,
             stride,
+            dilation,
             expand_ratio,
         } = spec;
         // Every conv of the block: BN (or FrozenBN) and the block's activation.
@@ -114,7 +120,10 @@ impl InvertedResidual {
             idx += 1;
         }
         let v = vb.pp(idx);
-        let dw = conv(hidden, hidden, 3).with_stride(stride).depthwise();
+        let dw = conv(hidden, hidden, 3)
+            .with_stride(stride)
+            .with_dilation(dilation)
+            .depthwise();
         convs.push(dw.init_with_norm_at(v.pp(0), v.pp(1))?);
         // The projection is a bare conv at `conv.{idx+1}` followed by its BN at `conv.{idx+2}`.
         let project = conv(hidden, oup, 1).with_activation(Activation::Identity);
@@ -203,6 +212,12 @@ impl MobileNetV2 {
                 cfg.width_mult
             );
         }
+        if ![8, 16, 32].contains(&cfg.output_stride) {
+            candle_core::bail!(
+                "MODEL.MOBILENET.OUTPUT_STRIDE must be 8, 16 or 32, got {}",
+                cfg.output_stride
+            );
+        }
         let mut outputs = Vec::new();
         for name in &cfg.out_features {
             let Some(&(_, idx)) = OUTPUTS.iter().find(|(n, _)| n == name) else {
@@ -246,6 +261,11 @@ impl MobileNetV2 {
         ));
         channels.push(input_channel);
         strides.push(2);
+        // DeepLab's output stride (TF-slim's `mobilenet_base`, torchvision's
+        // `replace_stride_with_dilation`): once the stride reaches OUTPUT_STRIDE, a block
+        // that would downsample keeps the resolution and dilates at the rate so far; the
+        // blocks after it dilate by the rate times its stride.
+        let (mut current, mut rate) = (2usize, 1usize);
         'build: for (t, c, n, s) in SETTINGS {
             let output_channel = make_divisible(c as f64 * cfg.width_mult, 8);
             for i in 0..n {
@@ -253,11 +273,20 @@ impl MobileNetV2 {
                 if idx > deepest {
                     break 'build;
                 }
-                let stride = if i == 0 { s } else { 1 };
+                let nominal = if i == 0 { s } else { 1 };
+                let (stride, dilation) = if nominal > 1 && current >= cfg.output_stride {
+                    let d = rate;
+                    rate *= nominal;
+                    (1, d)
+                } else {
+                    current *= nominal;
+                    (nominal, rate)
+                };
                 let spec = BlockSpec {
                     inp: input_channel,
                     oup: output_channel,
                     stride,
+                    dilation,
                     expand_ratio: t,
                 };
                 features.push(Feature::Block(InvertedResidual::new(

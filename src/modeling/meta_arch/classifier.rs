@@ -8,18 +8,46 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use super::meta_arch::{MetaArch, Outputs};
-use crate::config::Config;
+use crate::config::{ClassifierLoss, Config};
 use crate::layers::dropout::dropout_rows;
+use crate::layers::losses::{
+    binary_cross_entropy_with_logits, cross_entropy_smoothed, sigmoid_focal_loss,
+};
 use crate::modeling::backbone::{build_backbone, Backbone};
 use crate::modeling::OnnxExportSpec;
 use crate::onnx::{Attr, DataType, Dim, OnnxGraph};
 use crate::structures::{Batch, Targets};
+
+/// The training loss and its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClassifierLossSpec {
+    CrossEntropy { label_smoothing: f64 },
+    Bce,
+    Focal { alpha: f32, gamma: f32 },
+}
+
+impl ClassifierLossSpec {
+    pub fn from_config(cfg: &Config) -> Self {
+        let c = &cfg.model.classifier;
+        match c.loss {
+            ClassifierLoss::CrossEntropy => Self::CrossEntropy {
+                label_smoothing: c.label_smoothing,
+            },
+            ClassifierLoss::Bce => Self::Bce,
+            ClassifierLoss::Focal => Self::Focal {
+                alpha: c.focal_alpha as f32,
+                gamma: c.focal_gamma as f32,
+            },
+        }
+    }
+}
 
 pub struct Classifier {
     backbone: Box<dyn Backbone>,
     feature: String,
     dropout: f32,
     linear: Linear,
+    loss: ClassifierLossSpec,
 }
 
 impl Classifier {
@@ -48,7 +76,15 @@ impl Classifier {
             feature: feature.to_string(),
             dropout: dropout as f32,
             linear: Linear::new(weight, Some(bias)),
+            loss: ClassifierLossSpec::CrossEntropy {
+                label_smoothing: 0.0,
+            },
         })
+    }
+
+    pub fn with_loss(mut self, loss: ClassifierLossSpec) -> Self {
+        self.loss = loss;
+        self
     }
 
     /// The backbone is built with only its last output (`last`), under no prefix.
@@ -56,13 +92,38 @@ impl Classifier {
         let mut cfg = cfg.clone();
         cfg.model.mobilenet.out_features = vec!["last".to_string()];
         let backbone = build_backbone(&cfg, vb.clone())?;
-        Self::new(
+        Ok(Self::new(
             backbone,
             "last",
             cfg.model.classifier.num_classes,
             cfg.model.classifier.dropout,
             vb,
-        )
+        )?
+        .with_loss(ClassifierLossSpec::from_config(&cfg)))
+    }
+
+    /// (N, C) 0/1 targets: the multi-hot of each image's classes (or of its one class).
+    fn multi_hot(&self, targets: &Targets, n: usize) -> Result<Tensor> {
+        let classes = self.linear.weight().dim(0)?;
+        let mut hot = vec![0f32; n * classes];
+        let sets: Vec<Vec<usize>> = match targets {
+            Targets::Labels(l) => l
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|c| vec![c as usize])
+                .collect(),
+            Targets::MultiLabels(sets) => sets.clone(),
+            Targets::Instances(_) => candle_core::bail!("Classifier training needs class labels"),
+        };
+        for (i, set) in sets.iter().enumerate() {
+            for &c in set {
+                if c >= classes {
+                    candle_core::bail!("class {c} of image {i} is outside the {classes} classes");
+                }
+                hot[i * classes + c] = 1.0;
+            }
+        }
+        Tensor::from_vec(hot, (n, classes), self.linear.weight().device())
     }
 
     /// `seeds`: one per image for a reproducible dropout mask in training (see
@@ -84,16 +145,41 @@ impl MetaArch for Classifier {
         let logits = self.logits(&batch.images, train, &batch.seeds)?;
         let mut out = Outputs::default();
         if train {
-            let Some(Targets::Labels(labels)) = &batch.targets else {
+            let Some(targets) = &batch.targets else {
                 candle_core::bail!("Classifier training needs class labels");
             };
-            let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
+            let n = logits.dim(0)?;
+            let loss = match (self.loss, targets) {
+                (ClassifierLossSpec::CrossEntropy { label_smoothing }, Targets::Labels(l)) => {
+                    cross_entropy_smoothed(&logits, l, label_smoothing)?
+                }
+                (ClassifierLossSpec::CrossEntropy { .. }, _) => candle_core::bail!(
+                    "MODEL.CLASSIFIER.LOSS ce needs one class per image; multi-label data \
+                     trains with bce or focal"
+                ),
+                (ClassifierLossSpec::Bce, t) => {
+                    binary_cross_entropy_with_logits(&logits, &self.multi_hot(t, n)?)?.mean_all()?
+                }
+                (ClassifierLossSpec::Focal { alpha, gamma }, t) => {
+                    sigmoid_focal_loss(&logits, &self.multi_hot(t, n)?, alpha, gamma)?.mean_all()?
+                }
+            };
             out.losses.insert("loss_cls".to_string(), loss);
-            let hits = logits.detach().argmax(D::Minus1)?.eq(labels)?;
-            out.scalars.insert(
-                "accuracy".to_string(),
-                hits.to_dtype(candle_core::DType::F32)?.mean_all()?,
-            );
+            let accuracy = match targets {
+                Targets::Labels(l) => Some(logits.detach().argmax(D::Minus1)?.eq(l)?),
+                // Multi-label: the share of (image, class) decisions right at p = 0.5.
+                Targets::MultiLabels(_) => {
+                    let hot = self.multi_hot(targets, n)?;
+                    Some(logits.detach().ge(0.0)?.to_dtype(hot.dtype())?.eq(&hot)?)
+                }
+                Targets::Instances(_) => None,
+            };
+            if let Some(hits) = accuracy {
+                out.scalars.insert(
+                    "accuracy".to_string(),
+                    hits.to_dtype(candle_core::DType::F32)?.mean_all()?,
+                );
+            }
         }
         out.logits = Some(logits);
         Ok(out)
@@ -142,6 +228,7 @@ impl MetaArch for Classifier {
             feature: self.feature.clone(),
             dropout: self.dropout,
             linear: self.linear.clone(),
+            loss: self.loss,
         }))
     }
 }
