@@ -572,4 +572,12 @@ fn cifar10_binary_fixture_trains_at_width_half() {
         .unwrap();
     assert_eq!(stored.class_names[0], "airplane");
     assert!(out.join("training_curves.png").is_file());
+    // The grids read the images out of the batch files.
+    let pictures = out.join("inference/cifar10_test");
+    let grids = ["correct.png", "wrong.png"].map(|f| pictures.join(f).is_file());
+    assert!(
+        grids.iter().any(|&g| g),
+        "no grid in {}",
+        pictures.display()
+    );
 }

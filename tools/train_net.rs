@@ -12,12 +12,14 @@ use candletron::evaluation::widerface::SETTINGS;
 
 #[derive(Parser)]
 #[command(
-    about = "Train a detector, then evaluate it and draw detections",
+    about = "Train a detector or classifier, then evaluate it and draw its results",
     long_about = "Train MODEL.META_ARCHITECTURE on DATASETS.TRAIN for SOLVER.MAX_ITER iterations \
-(checkpoints every SOLVER.CHECKPOINT_PERIOD, evaluation every TEST.EVAL_PERIOD, metrics in \
-OUTPUT_DIR/metrics.json), then evaluate on DATASETS.TEST: the WIDER FACE protocol for face datasets, \
-COCO-style AP otherwise. Writes OUTPUT_DIR/inference/{dataset}/ (predictions in the submission \
-layout, pr_curves.png, vis/) and OUTPUT_DIR/eval_results.json. Ctrl-C or SIGTERM writes a \
+(checkpoints every SOLVER.CHECKPOINT_PERIOD, evaluation every TEST.EVAL_PERIOD iterations or \
+epochs with model_best and early stopping when asked, metrics in OUTPUT_DIR/metrics.json, \
+training_curves.png), then evaluate on DATASETS.TEST: the WIDER FACE protocol for face datasets, \
+COCO-style AP for other detection datasets, top-1/top-5/F1 or mAP/F1 for classification. Writes \
+OUTPUT_DIR/inference/{dataset}/ (predictions in the submission layout, pr_curves.png, vis/; \
+confusion_matrix.png, correct.png, wrong.png) and OUTPUT_DIR/eval_results.json. Ctrl-C or SIGTERM writes a \
 checkpoint and exits cleanly; --resume continues from the newest valid checkpoint. A new run \
 refuses an OUTPUT_DIR holding another run's results unless --overwrite."
 )]

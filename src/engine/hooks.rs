@@ -91,10 +91,9 @@ impl BestCheckpointer {
             return Ok(());
         }
         self.checked = Some(ctx.iter);
-        let value = self.metric.value(&latest.metrics)?;
+        let (label, value) = self.metric.resolve(&latest.metrics)?;
         let earlier = &ctx.state.evals[..ctx.state.evals.len() - 1];
         let previous = self.metric.best(earlier)?;
-        let label = self.metric.label().to_string();
         if !value.is_finite() {
             tracing::warn!("not saving model_best: {label} is {value}");
             return Ok(());

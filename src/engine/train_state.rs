@@ -73,22 +73,30 @@ impl ValMetric {
     /// The watched value in one evaluation's metrics; several test sets prefix their
     /// metrics with the dataset name, and the default then reads the first set's.
     pub fn value(&self, metrics: &BTreeMap<String, f64>) -> Result<f64> {
+        Ok(self.resolve(metrics)?.1)
+    }
+
+    /// The watched metric's key and value in one evaluation's metrics.
+    pub fn resolve(&self, metrics: &BTreeMap<String, f64>) -> Result<(String, f64)> {
         if !self.name.is_empty() {
-            return metrics.get(&self.name).copied().ok_or_else(|| {
-                Error::run(format!(
-                    "TEST.VAL_METRIC `{}` is not among the evaluation's metrics: {}",
-                    self.name,
-                    metrics.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            });
+            return metrics
+                .get(&self.name)
+                .map(|v| (self.name.clone(), *v))
+                .ok_or_else(|| {
+                    Error::run(format!(
+                        "TEST.VAL_METRIC `{}` is not among the evaluation's metrics: {}",
+                        self.name,
+                        metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                });
         }
         for h in HEADLINE_METRICS {
             if let Some(v) = metrics.get(h) {
-                return Ok(*v);
+                return Ok((h.to_string(), *v));
             }
             let suffix = format!("/{h}");
-            if let Some((_, v)) = metrics.iter().find(|(k, _)| k.ends_with(&suffix)) {
-                return Ok(*v);
+            if let Some((k, v)) = metrics.iter().find(|(k, _)| k.ends_with(&suffix)) {
+                return Ok((k.clone(), *v));
             }
         }
         Err(Error::run(format!(

@@ -108,7 +108,7 @@ fn evaluate_classifier(
             };
             labels.push(label);
             scores.push(l);
-            files.push(s.file_name.clone());
+            files.push(s.image_id.clone());
         }
     }
     let failures = loader.failures();
@@ -153,6 +153,13 @@ fn evaluate_classifier(
         "confusion_matrix.png",
     )?;
     if vis_num > 0 {
+        // Through the records: a CIFAR image is pixels inside a batch file, not a file.
+        let records: std::collections::HashMap<&str, &crate::data::catalog::DatasetRecord> =
+            dataset
+                .records
+                .iter()
+                .map(|r| (r.image_id.as_str(), r))
+                .collect();
         let (mut right, mut wrong) = (Vec::new(), Vec::new());
         for ((&label, s), file) in labels.iter().zip(&scores).zip(&files) {
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -170,8 +177,11 @@ fn evaluate_classifier(
                 (&mut wrong, text, PALETTE[3])
             };
             if list.len() < vis_num {
-                if let Ok(img) = crate::data::image_io::read_image(file) {
-                    list.push((img.to_rgb8(), caption, color));
+                let image = records
+                    .get(file.as_str())
+                    .and_then(|r| crate::data::mapper::DatasetMapper::read_image(r).ok());
+                if let Some(img) = image {
+                    list.push((img, caption, color));
                 }
             }
         }
