@@ -24,6 +24,21 @@ fn check(name: &str, ours: &candle_core::Tensor, reference: &candle_core::Tensor
     );
 }
 
+/// The MobileNetV2 backbone of `cfg` on RGB input, with its (freshly initialised) store.
+fn rgb_backbone(cfg: &Config) -> (MobileNetV2, Arc<ParamStore>) {
+    let store = Arc::new(ParamStore::new(0));
+    let backbone = MobileNetV2::from_config(
+        cfg,
+        store.var_builder(DType::F32, &Device::Cpu),
+        candletron::layers::ShapeSpec {
+            channels: 3,
+            stride: 1,
+        },
+    )
+    .unwrap();
+    (backbone, store)
+}
+
 #[test]
 fn features_and_logits_match_pytorch() {
     let Some(shared) = common::shared("features_and_logits_match_pytorch") else {
@@ -40,16 +55,7 @@ fn features_and_logits_match_pytorch() {
     // Backbone alone: every torchvision key but the classifier's is used.
     let mut cfg = Config::default();
     cfg.model.mobilenet.out_features = ["res2", "res3", "res4", "res5"].map(String::from).to_vec();
-    let store = Arc::new(ParamStore::new(0));
-    let backbone = MobileNetV2::from_config(
-        &cfg,
-        store.var_builder(DType::F32, &Device::Cpu),
-        candletron::layers::ShapeSpec {
-            channels: 3,
-            stride: 1,
-        },
-    )
-    .unwrap();
+    let (backbone, store) = rgb_backbone(&cfg);
     let report = load_state_dict(&store, &tensors).unwrap();
     assert!(
         report.missing.is_empty() && report.mismatched.is_empty(),
@@ -107,16 +113,7 @@ fn output_stride_16_and_8_match_dilated_pytorch() {
         let mut cfg = Config::default();
         cfg.model.mobilenet.out_features = ["res3", "res4", "res5"].map(String::from).to_vec();
         cfg.model.mobilenet.output_stride = os;
-        let store = Arc::new(ParamStore::new(0));
-        let backbone = MobileNetV2::from_config(
-            &cfg,
-            store.var_builder(DType::F32, &Device::Cpu),
-            candletron::layers::ShapeSpec {
-                channels: 3,
-                stride: 1,
-            },
-        )
-        .unwrap();
+        let (backbone, store) = rgb_backbone(&cfg);
         load_state_dict(&store, &tensors).unwrap();
         let shapes = backbone.output_shape();
         let strides: Vec<usize> = ["res3", "res4", "res5"]

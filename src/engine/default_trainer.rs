@@ -357,8 +357,9 @@ impl DefaultTrainer {
     }
 
     /// The checks that need the whole config: what watches the validation metric needs
-    /// evaluations during training.
-    fn check_schedule(cfg: &Config) -> Result<()> {
+    /// evaluations during training; multi-label data needs a per-class loss. Returns the
+    /// schedule.
+    fn check_schedule(cfg: &Config) -> Result<LrScheduler> {
         if cfg.test.eval_period == 0 && cfg.test.early_stop_patience > 0 {
             return Err(ConfigError::Invalid(format!(
                 "{}: early stopping counts evaluations, but {} is 0 (evaluation only at the end)",
@@ -367,7 +368,7 @@ impl DefaultTrainer {
             ))
             .into());
         }
-        LrScheduler::from_config(cfg)?;
+        let scheduler = LrScheduler::from_config(cfg)?;
         if cfg.datasets.multi_label
             && cfg.model.classifier.loss == crate::config::ClassifierLoss::CrossEntropy
         {
@@ -378,7 +379,7 @@ impl DefaultTrainer {
             ))
             .into());
         }
-        Ok(())
+        Ok(scheduler)
     }
 
     /// The default hooks, in order: metrics (`metrics.json` and the console line), epoch
@@ -388,13 +389,13 @@ impl DefaultTrainer {
         cfg: &Config,
         checkpointer: Checkpointer,
         eval_period: usize,
+        scheduler_watches: bool,
     ) -> Vec<Box<dyn Hook + '_>> {
         let out_dir = PathBuf::from(&cfg.output_dir);
         let metrics_file = out_dir.join("metrics.json");
         let metric = ValMetric::from_config(cfg);
-        let watched = cfg.test.best_checkpoint
-            || cfg.test.early_stop_patience > 0
-            || LrScheduler::from_config(cfg).is_ok_and(|s| s.needs_metric());
+        let watched =
+            cfg.test.best_checkpoint || cfg.test.early_stop_patience > 0 || scheduler_watches;
         let mut hooks: Vec<Box<dyn Hook + '_>> = vec![
             Box::new(MetricsPrinter::new(
                 metrics_file.clone(),
@@ -429,7 +430,7 @@ impl DefaultTrainer {
     /// are also written to `eval_results.json`. Ctrl-C checkpoints and returns.
     pub fn train(&mut self) -> Result<TrainOutcome> {
         let max_iter = self.cfg.solver.max_iter;
-        Self::check_schedule(&self.cfg)?;
+        let scheduler = Self::check_schedule(&self.cfg)?;
         if !self.prepared {
             self.prepare(false)?;
         }
@@ -450,7 +451,6 @@ impl DefaultTrainer {
             return Ok(TrainOutcome::Finished(self.test()?));
         }
         install_interrupt_handler();
-        let scheduler = LrScheduler::from_config(&self.cfg)?;
         let (loader, metadata) =
             build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
         let classes = metadata.thing_classes.len();
@@ -483,13 +483,14 @@ impl DefaultTrainer {
             config_yaml: self.cfg.to_yaml(),
             class_names: metadata.thing_classes,
         });
+        let watches = scheduler.needs_metric();
         let mut trainer = Trainer {
             model: &self.model,
             optimizer: &mut self.optimizer,
             scheduler,
             loader,
             checkpointer: checkpointer.clone(),
-            hooks: Self::build_hooks(&self.cfg, checkpointer, eval_period),
+            hooks: Self::build_hooks(&self.cfg, checkpointer, eval_period, watches),
             seed: self.seed,
             checkpoint_period: self.cfg.solver.checkpoint_period,
             max_keep: self.cfg.solver.checkpoint_max_keep,
