@@ -191,10 +191,7 @@ pub fn as_multi_label(mut dataset: Dataset) -> Result<Dataset, DataError> {
         )));
     }
     for r in &mut dataset.records {
-        let mut classes: Vec<usize> = r.annotations.iter().map(|a| a.category_id).collect();
-        classes.sort_unstable();
-        classes.dedup();
-        r.label = Some(ClassLabel::Multi(classes));
+        r.label = Some(ClassLabel::Multi(r.box_categories()));
         r.annotations.clear();
     }
     dataset.metadata.evaluator_type = EvaluatorType::MultiLabel;

@@ -56,12 +56,7 @@ pub enum EpochSampler {
 fn classes_of(r: &DatasetRecord) -> Vec<usize> {
     match &r.label {
         Some(l) => l.classes(),
-        None => {
-            let mut c: Vec<usize> = r.annotations.iter().map(|a| a.category_id).collect();
-            c.sort_unstable();
-            c.dedup();
-            c
-        }
+        None => r.box_categories(),
     }
 }
 

@@ -87,16 +87,30 @@ impl ClassificationMetrics {
             ("top5".to_string(), self.top5),
             ("macro_f1".to_string(), self.macro_f1),
         ]);
-        for (c, s) in self.per_class.iter().enumerate() {
-            let name = class_names
-                .get(c)
-                .cloned()
-                .unwrap_or_else(|| format!("class {c}"));
-            m.insert(format!("precision/{name}"), s.precision);
-            m.insert(format!("recall/{name}"), s.recall);
-            m.insert(format!("f1/{name}"), s.f1);
-        }
+        insert_per_class(&mut m, class_names, &self.per_class);
         m
+    }
+}
+
+/// Class `k`'s name (`class K` past the names).
+pub fn class_name(class_names: &[String], k: usize) -> String {
+    class_names
+        .get(k)
+        .cloned()
+        .unwrap_or_else(|| format!("class {k}"))
+}
+
+/// `precision/NAME`, `recall/NAME` and `f1/NAME` of every class, into `m`.
+pub fn insert_per_class(
+    m: &mut BTreeMap<String, f64>,
+    class_names: &[String],
+    per_class: &[ClassScores],
+) {
+    for (c, s) in per_class.iter().enumerate() {
+        let name = class_name(class_names, c);
+        m.insert(format!("precision/{name}"), s.precision);
+        m.insert(format!("recall/{name}"), s.recall);
+        m.insert(format!("f1/{name}"), s.f1);
     }
 }
 

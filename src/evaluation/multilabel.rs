@@ -7,14 +7,16 @@
 
 use std::collections::BTreeMap;
 
+use super::classification::{class_name, insert_per_class, ClassScores};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultiLabelMetrics {
     /// Per class; `None` for a class without positive images (left out of `map`).
     pub ap: Vec<Option<f64>>,
     pub map: f64,
     pub threshold: f64,
-    /// Per class at `threshold`: (precision, recall, F1), 0 where undefined.
-    pub per_class: Vec<(f64, f64, f64)>,
+    /// Per class at `threshold`, 0 where undefined; `support` counts positive images.
+    pub per_class: Vec<ClassScores>,
     pub micro_f1: f64,
     pub macro_f1: f64,
     pub best_threshold: f64,
@@ -106,11 +108,16 @@ pub fn evaluate_multilabel(
     let map = defined.iter().sum::<f64>() / defined.len().max(1) as f64;
     let c = counts(&targets, probs, classes, threshold);
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let per_class: Vec<(f64, f64, f64)> = c
+    let per_class: Vec<ClassScores> = c
         .iter()
-        .map(|&(tp, fp, fn_)| (ratio(tp, tp + fp), ratio(tp, tp + fn_), f1(tp, fp, fn_)))
+        .map(|&(tp, fp, fn_)| ClassScores {
+            precision: ratio(tp, tp + fp),
+            recall: ratio(tp, tp + fn_),
+            f1: f1(tp, fp, fn_),
+            support: tp + fn_,
+        })
         .collect();
-    let macro_f1 = per_class.iter().map(|x| x.2).sum::<f64>() / classes.max(1) as f64;
+    let macro_f1 = per_class.iter().map(|x| x.f1).sum::<f64>() / classes.max(1) as f64;
     let (mut best_threshold, mut best_micro_f1) = (0.05, f64::NEG_INFINITY);
     for step in 1..20 {
         let t = step as f64 * 0.05;
@@ -142,18 +149,12 @@ impl MultiLabelMetrics {
             ("best_threshold".to_string(), self.best_threshold),
             ("best_micro_f1".to_string(), self.best_micro_f1),
         ]);
-        for (k, (p, r, f)) in self.per_class.iter().enumerate() {
-            let name = class_names
-                .get(k)
-                .cloned()
-                .unwrap_or_else(|| format!("class {k}"));
-            if let Some(ap) = self.ap[k] {
-                m.insert(format!("AP/{name}"), ap);
+        for (k, ap) in self.ap.iter().enumerate() {
+            if let Some(ap) = ap {
+                m.insert(format!("AP/{}", class_name(class_names, k)), *ap);
             }
-            m.insert(format!("precision/{name}"), *p);
-            m.insert(format!("recall/{name}"), *r);
-            m.insert(format!("f1/{name}"), *f);
         }
+        insert_per_class(&mut m, class_names, &self.per_class);
         m
     }
 }
@@ -204,9 +205,9 @@ mod tests {
         assert_eq!(m.ap[2], None);
         assert_eq!(m.map, 1.0);
         // At 0.5: class 0 tp 2 fp 1 -> F1 0.8; class 1 tp 1 -> 1; class 2 fp 1 -> 0.
-        assert!((m.per_class[0].2 - 0.8).abs() < 1e-12);
-        assert_eq!(m.per_class[1].2, 1.0);
-        assert_eq!(m.per_class[2].2, 0.0);
+        assert!((m.per_class[0].f1 - 0.8).abs() < 1e-12);
+        assert_eq!(m.per_class[1].f1, 1.0);
+        assert_eq!(m.per_class[2].f1, 0.0);
         assert!((m.macro_f1 - 0.6).abs() < 1e-12);
         // Micro: tp 3, fp 2, fn 0 -> 6 / 8.
         assert!((m.micro_f1 - 0.75).abs() < 1e-12);

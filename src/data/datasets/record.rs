@@ -80,6 +80,14 @@ impl DatasetRecord {
     pub fn num_trainable(&self) -> usize {
         self.annotations.iter().filter(|a| !a.ignore).count()
     }
+
+    /// The categories of the image's boxes (ignored ones included), sorted, once each.
+    pub fn box_categories(&self) -> Vec<usize> {
+        let mut c: Vec<usize> = self.annotations.iter().map(|a| a.category_id).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
 }
 
 /// How a dataset is evaluated.
