@@ -88,12 +88,7 @@ fn an_image_folder_fine_tunes_the_imagenet_classifier_and_reports_accuracy() {
     write_folder(&root.join("colours"));
     let out = root.join("out");
     let cfg = folder_config(&root, &out, &[]);
-    let outcome = DefaultTrainer::from_config(&cfg)
-        .unwrap()
-        .resume_or_load(false)
-        .unwrap()
-        .train()
-        .unwrap();
+    let outcome = train(&cfg, false);
     assert!(matches!(outcome, TrainOutcome::Finished(_)), "{outcome:?}");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval_results.json")).unwrap())
@@ -144,6 +139,14 @@ fn steps(out: &Path) -> Vec<(u64, f64, f64)> {
             ))
         })
         .collect()
+}
+
+fn train_error(cfg: &Config) -> String {
+    DefaultTrainer::from_config(cfg)
+        .unwrap()
+        .train()
+        .unwrap_err()
+        .to_string()
 }
 
 fn train(cfg: &Config, resume: bool) -> TrainOutcome {
@@ -309,11 +312,7 @@ fn early_stopping_ends_the_run_and_stays_ended() {
         root.join("bad").to_str().unwrap(),
     ])
     .unwrap();
-    let e = DefaultTrainer::from_config(&bad)
-        .unwrap()
-        .train()
-        .unwrap_err()
-        .to_string();
+    let e = train_error(&bad);
     assert!(
         e.contains("TEST.EARLY_STOP_PATIENCE") && e.contains("TEST.EVAL_PERIOD"),
         "{e}"
@@ -336,13 +335,7 @@ fn a_class_count_that_does_not_match_the_folder_names_its_key() {
         root.join("out").to_str().unwrap(),
     ])
     .unwrap();
-    let e = DefaultTrainer::from_config(&cfg)
-        .unwrap()
-        .resume_or_load(false)
-        .unwrap()
-        .train()
-        .unwrap_err()
-        .to_string();
+    let e = train_error(&cfg);
     assert!(
         e.contains("MODEL.CLASSIFIER.NUM_CLASSES") && e.contains("blue, green, red"),
         "{e}"
@@ -505,11 +498,7 @@ fn coco_multi_label_config_trains_and_reports_map_and_f1() {
     // Single-label cross-entropy cannot train on several labels per image.
     cfg.merge_from_list(&["MODEL.CLASSIFIER.LOSS", "ce"])
         .unwrap();
-    let e = DefaultTrainer::from_config(&cfg)
-        .unwrap()
-        .train()
-        .unwrap_err()
-        .to_string();
+    let e = train_error(&cfg);
     assert!(
         e.contains("MODEL.CLASSIFIER.LOSS") && e.contains("bce or focal"),
         "{e}"
