@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod evaluation;
