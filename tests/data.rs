@@ -44,6 +44,7 @@ fn loader_opts(workers: usize, train: bool) -> LoaderOptions {
         train,
         start: 0,
         sampler: candletron::data::samplers::SamplerSpec::Shuffle,
+        shard: Default::default(),
     }
 }
 
@@ -286,6 +287,72 @@ fn collect(loader: DataLoader, n: usize) -> Vec<BatchContent> {
             )
         })
         .collect()
+}
+
+/// Data-parallel shards: the ranks' training batches, side by side, are the global
+/// batches of one process (pixels, boxes, order), from the start and resumed; evaluation
+/// shards interleave to the whole dataset.
+#[test]
+fn shards_of_the_stream_make_up_the_global_batches() {
+    use candletron::data::loader::Shard;
+    let root = common::tmp_dir("loader-shards");
+    let cfg = tiny_cfg(&root);
+    let d = get_dataset("synthetic_faces_train", &cfg).unwrap();
+    let records = Arc::new(d.records.clone());
+    let mapper = DatasetMapper::from_config(&cfg, true).unwrap();
+    let run = |rank, world, start, batch| {
+        let opts = LoaderOptions {
+            batch_size: batch,
+            start,
+            shard: Shard { rank, world },
+            ..loader_opts(1, true)
+        };
+        collect(
+            DataLoader::new(records.clone(), mapper.clone(), opts).unwrap(),
+            5,
+        )
+    };
+    for start in [0, 8] {
+        let whole = run(0, 1, start, 4);
+        let (a, b) = (run(0, 2, start, 4), run(1, 2, start, 4));
+        for ((w, a), b) in whole.iter().zip(&a).zip(&b) {
+            let mut joined = a.clone();
+            joined.0.extend(b.0.iter().copied());
+            joined.1.extend(b.1.iter().cloned());
+            joined.2.extend(b.2.iter().cloned());
+            assert_eq!(w, &joined);
+        }
+    }
+    // A global batch that does not split evenly is refused.
+    let opts = LoaderOptions {
+        batch_size: 3,
+        shard: Shard { rank: 0, world: 2 },
+        ..loader_opts(0, true)
+    };
+    let e = DataLoader::new(records.clone(), mapper.clone(), opts)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("3 images"), "{e}");
+    // Evaluation: rank r reads records r, r + world, ...
+    let test_mapper = DatasetMapper::from_config(&cfg, false).unwrap();
+    let ids = |rank, world| -> Vec<String> {
+        let opts = LoaderOptions {
+            batch_size: 1,
+            shard: Shard { rank, world },
+            ..loader_opts(0, false)
+        };
+        DataLoader::new(records.clone(), test_mapper.clone(), opts)
+            .unwrap()
+            .flat_map(|b| b.unwrap().samples.into_iter().map(|s| s.image_id))
+            .collect()
+    };
+    let all = ids(0, 1);
+    let (r0, r1, r2) = (ids(0, 3), ids(1, 3), ids(2, 3));
+    assert_eq!(r0.len() + r1.len() + r2.len(), all.len());
+    for (i, id) in all.iter().enumerate() {
+        let shard = [&r0, &r1, &r2][i % 3];
+        assert_eq!(&shard[i / 3], id);
+    }
 }
 
 /// The class-balanced and repeat-factor samplers keep the loader's promises: the same

@@ -20,8 +20,12 @@ impl Choice for Activation {
 impl_choice!(Activation);
 
 impl Choice for NormKind {
-    const SPELLINGS: &'static [(&'static str, Self)] =
-        &[("BN", Self::BN), ("FrozenBN", Self::FrozenBN)];
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("BN", Self::BN),
+        ("FrozenBN", Self::FrozenBN),
+        ("SyncBN", Self::SyncBN),
+        ("NaiveSyncBN", Self::SyncBN),
+    ];
 }
 impl_choice!(NormKind);
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::catalog::{get_dataset, get_datasets, DataError, Dataset, DatasetMetadata};
-use super::loader::{DataLoader, LoaderOptions};
+use super::loader::{DataLoader, LoaderOptions, Shard};
 use super::mapper::DatasetMapper;
 use super::samplers::SamplerSpec;
 use crate::config::Config;
@@ -40,12 +40,14 @@ pub fn build_detection_train_loader(
             train: true,
             start: start_iter * cfg.solver.ims_per_batch,
             sampler: SamplerSpec::from_config(cfg),
+            shard: Shard::of_process(),
         },
     )?;
     Ok((loader, dataset.metadata))
 }
 
-/// One pass over the test dataset `name`, in order, one image per batch, unaugmented.
+/// One pass over the test dataset `name`, in order, one image per batch, unaugmented;
+/// in a process group, over this rank's shard (every `world`-th image).
 pub fn build_detection_test_loader(
     cfg: &Config,
     name: &str,
@@ -63,6 +65,7 @@ pub fn build_detection_test_loader(
             train: false,
             start: 0,
             sampler: SamplerSpec::Shuffle,
+            shard: Shard::of_process(),
         },
     )?;
     Ok((loader, dataset))

@@ -38,6 +38,34 @@ pub struct LoaderOptions {
     pub start: usize,
     /// Training: how each epoch draws the records.
     pub sampler: SamplerSpec,
+    /// The part of the stream this process reads in data-parallel training.
+    pub shard: Shard,
+}
+
+/// Rank `rank` of `world` reads its share of the one deterministic stream: in training,
+/// the `rank`-th of `world` equal slices of every global batch of `batch_size` (so the
+/// global batches are those a single process sees, whatever the world size); in
+/// evaluation, every `world`-th record from `rank` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// This process's shard in the process group.
+    pub fn of_process() -> Self {
+        Self {
+            rank: crate::distributed::rank(),
+            world: crate::distributed::world_size(),
+        }
+    }
 }
 
 /// One batch: the model's inputs and where each image came from.
@@ -100,6 +128,16 @@ impl DataLoader {
         }
         if opts.batch_size == 0 {
             return Err(DataError::new("batch size must be at least 1"));
+        }
+        let Shard { rank, world } = opts.shard;
+        if world == 0 || rank >= world {
+            return Err(DataError::new(format!("rank {rank} of a world of {world}")));
+        }
+        if opts.train && !opts.batch_size.is_multiple_of(world) {
+            return Err(DataError::new(format!(
+                "the global batch of {} images does not split into {world} equal shards",
+                opts.batch_size
+            )));
         }
         let sampler = if opts.train {
             EpochSampler::new(opts.sampler, &records)?
@@ -182,13 +220,16 @@ impl DataLoader {
     fn next_slots(&mut self) -> Option<Vec<(usize, u64)>> {
         let opts = &self.shared.opts;
         let n = self.shared.records.len();
+        let Shard { rank, world } = opts.shard;
         if !opts.train {
+            // This rank's records are rank, rank + world, ...
+            let local = (n + world - 1 - rank) / world;
             let start = self.next_job * opts.batch_size;
-            if start >= n {
+            if start >= local {
                 return None;
             }
-            let end = (start + opts.batch_size).min(n);
-            return Some((start..end).map(|i| (i, 0)).collect());
+            let end = (start + opts.batch_size).min(local);
+            return Some((start..end).map(|i| (rank + i * world, 0)).collect());
         }
         let mut slots = Vec::with_capacity(opts.batch_size);
         for _ in 0..opts.batch_size {
@@ -205,7 +246,12 @@ impl DataLoader {
             ));
             self.position += 1;
         }
-        Some(slots)
+        let per_rank = opts.batch_size / world;
+        Some(
+            slots
+                .drain(rank * per_rank..(rank + 1) * per_rank)
+                .collect(),
+        )
     }
 
     fn dispatch(&mut self) -> Option<Job> {

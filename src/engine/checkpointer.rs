@@ -83,6 +83,12 @@ impl Checkpointer {
         extra: &[(String, String)],
         point: bool,
     ) -> Result<PathBuf> {
+        let file = format!("{name}.safetensors");
+        let path = self.dir.join(&file);
+        // Data-parallel ranks hold the same model: rank 0 alone writes it.
+        if !crate::distributed::is_main_process() {
+            return Ok(path);
+        }
         let mut tensors: Vec<(String, Tensor)> = model
             .params
             .vars()
@@ -111,8 +117,6 @@ impl Checkpointer {
         let bytes = safetensors::serialize(map, Some(metadata))
             .map_err(|e| Error::run(format!("cannot serialise the checkpoint: {e}")))?;
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("cannot create", &self.dir, e))?;
-        let file = format!("{name}.safetensors");
-        let path = self.dir.join(&file);
         write_atomic(&path, &bytes).map_err(|e| Error::io("cannot write", &path, e))?;
         if !point {
             return Ok(path);
@@ -185,7 +189,7 @@ impl Checkpointer {
     /// Deletes periodic checkpoints beyond the newest `keep` (`model_final` and the file
     /// `last_checkpoint` names always stay); `keep` 0 keeps all. Returns what it deleted.
     pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>> {
-        if keep == 0 {
+        if keep == 0 || !crate::distributed::is_main_process() {
             return Ok(Vec::new());
         }
         let last = self.last_checkpoint();

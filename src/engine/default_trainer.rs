@@ -15,6 +15,7 @@ use crate::checkpoint::{LoadReport, TrainedWith};
 use crate::config::{Config, ConfigError, PeriodUnit};
 use crate::data::build::build_detection_train_loader;
 use crate::data::catalog::registered_datasets;
+use crate::distributed;
 use crate::error::{Error, Result};
 use crate::evaluation::inference::inference_on_datasets;
 use crate::modeling::backbone::BACKBONE_REGISTRY;
@@ -199,11 +200,79 @@ impl DefaultTrainer {
     /// writes nothing: for evaluating a run's checkpoint without touching its folder.
     pub fn load_newest_checkpoint(mut self) -> Result<Self> {
         let dir = PathBuf::from(&self.cfg.output_dir);
-        self.resume(&dir, false)?;
+        if distributed::is_main_process() {
+            self.resume(&dir, false)?;
+        }
+        self.sync_from_main()?;
         Ok(self)
     }
 
     fn prepare(&mut self, resume: bool) -> Result<()> {
+        if distributed::is_main_process() {
+            self.prepare_output_dir(resume)?;
+        }
+        self.sync_from_main()?;
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// Data-parallel ranks start from rank 0's state: its iteration, seed and evaluation
+    /// history, its weights (with BN statistics) and optimizer state, which rank 0 alone
+    /// read from `OUTPUT_DIR` (the other ranks need not see that folder). Weights are
+    /// broadcast even in a fresh run, as DDP does.
+    fn sync_from_main(&mut self) -> Result<()> {
+        if distributed::world_size() == 1 {
+            return Ok(());
+        }
+        let what = "broadcast of the run's state";
+        let head = serde_json::json!({
+            "start_iter": self.start_iter,
+            "seed": self.seed,
+            "state": self.state.to_json(),
+        });
+        let bytes = distributed::broadcast_bytes(head.to_string().as_bytes(), 0, what)?;
+        let head: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::run(format!("{what}: {e}")))?;
+        let (Some(start), Some(seed), Some(state)) = (
+            head["start_iter"].as_u64(),
+            head["seed"].as_u64(),
+            head["state"].as_str(),
+        ) else {
+            return Err(Error::run(format!("{what}: malformed")));
+        };
+        self.start_iter = start as usize;
+        self.seed = seed;
+        self.state =
+            TrainState::from_json(state).map_err(|e| Error::run(format!("{what}: {e}")))?;
+        let vars: Vec<candle_core::Var> = self
+            .model
+            .params
+            .vars()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        distributed::broadcast_vars(&vars, 0)?;
+        let state = self.optimizer.state_tensors()?;
+        let local = if distributed::is_main_process() && !state.is_empty() {
+            let host: Vec<(String, candle_core::Tensor)> = state
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?)))
+                .collect::<candle_core::Result<_>>()?;
+            safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), None)
+                .map_err(|e| Error::run(format!("{what}: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let bytes = distributed::broadcast_bytes(&local, 0, "broadcast of the optimizer state")?;
+        if !distributed::is_main_process() && !bytes.is_empty() {
+            let device = self.model.device.clone();
+            let tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
+            self.optimizer.load_state(&tensors.into_iter().collect())?;
+        }
+        Ok(())
+    }
+
+    fn prepare_output_dir(&mut self, resume: bool) -> Result<()> {
         let dir = PathBuf::from(&self.cfg.output_dir);
         for p in remove_atomic_temporaries(&dir).map_err(|e| Error::io("cannot clean", &dir, e))? {
             tracing::info!("removed {} (left by an interrupted write)", p.display());
@@ -214,7 +283,6 @@ impl DefaultTrainer {
             self.check_new_run(&dir)?;
         }
         write_config(&self.cfg)?;
-        self.prepared = true;
         Ok(())
     }
 
@@ -396,11 +464,17 @@ impl DefaultTrainer {
         let metric = ValMetric::from_config(cfg);
         let watched =
             cfg.test.best_checkpoint || cfg.test.early_stop_patience > 0 || scheduler_watches;
-        let mut hooks: Vec<Box<dyn Hook + '_>> = vec![
-            Box::new(MetricsPrinter::new(
+        // Every rank evaluates (its shard) and keeps the epoch sums; rank 0 alone logs
+        // and writes.
+        let main = distributed::is_main_process();
+        let mut hooks: Vec<Box<dyn Hook + '_>> = Vec::new();
+        if main {
+            hooks.push(Box::new(MetricsPrinter::new(
                 metrics_file.clone(),
                 cfg.solver.log_period,
-            )),
+            )));
+        }
+        hooks.extend([
             Box::new(EpochStats {
                 metrics_file: metrics_file.clone(),
             }),
@@ -409,8 +483,11 @@ impl DefaultTrainer {
                 eval: move |m: &Model| inference_on_datasets(cfg, m, &out_dir.join("inference")),
                 metrics_file: metrics_file.clone(),
                 watched: watched.then(|| metric.clone()),
-            }),
-        ];
+            }) as Box<dyn Hook + '_>,
+        ]);
+        if !main {
+            return hooks;
+        }
         if cfg.test.best_checkpoint {
             hooks.push(Box::new(BestCheckpointer::new(
                 checkpointer,
@@ -537,6 +614,9 @@ impl DefaultTrainer {
     }
 
     fn write_results(&self, metrics: &BTreeMap<String, f64>) -> Result<()> {
+        if !distributed::is_main_process() {
+            return Ok(());
+        }
         let out = PathBuf::from(&self.cfg.output_dir);
         let json = serde_json::to_string_pretty(&metrics)
             .map_err(|e| Error::run(format!("cannot serialise the metrics: {e}")))?;

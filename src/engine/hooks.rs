@@ -264,7 +264,11 @@ impl Hook for TrainingCurves {
     }
 }
 
+/// Appends a record to `metrics.json`; rank 0 alone writes in data-parallel training.
 pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
+    if !crate::distributed::is_main_process() {
+        return Ok(());
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

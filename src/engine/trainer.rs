@@ -24,6 +24,7 @@ use candle_core::Tensor;
 use super::checkpointer::{CheckpointMeta, Checkpointer};
 use super::train_state::{TrainState, ValMetric};
 use crate::data::loader::DataLoader;
+use crate::distributed::{average_gradients, mean_over_ranks};
 use crate::modeling::Model;
 use crate::solver::{LrScheduler, Optimizer};
 
@@ -143,6 +144,8 @@ impl<'a> Trainer<'a> {
             h.before_train(start_iter, max_iter)?;
         }
         let iters_per_epoch = self.loader.batches_per_epoch();
+        // The optimised variables, whose gradients data-parallel ranks average.
+        let vars = self.optimizer.vars();
         let mut last = StepMetrics::default();
         let mut last_iter = max_iter.saturating_sub(1);
         let mut stopped = false;
@@ -154,9 +157,24 @@ impl<'a> Trainer<'a> {
                 .ok_or_else(|| Error::run("the training loader ended"))??;
             let data_time = t0.elapsed().as_secs_f64();
             let out = self.model.forward_train(&data.inputs)?;
+            // Losses and statistics for the logs, averaged over data-parallel ranks with
+            // every rank's stop request, so that all ranks stop at the same iteration.
+            let mut values = Vec::with_capacity(out.losses.len() + out.scalars.len() + 1);
+            for t in out.losses.values().chain(out.scalars.values()) {
+                values.push(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
+            }
+            let distributed = crate::distributed::world_size() > 1;
+            if distributed {
+                values.push(interrupted() as u8 as f64);
+                values = mean_over_ranks(&values, "mean of the losses")?;
+            }
+            let stop_requested = if distributed {
+                values.pop().is_some_and(|v| v > 0.0)
+            } else {
+                false
+            };
             let mut losses = BTreeMap::new();
-            for (name, l) in &out.losses {
-                let v = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            for (name, &v) in out.losses.keys().zip(&values) {
                 if !v.is_finite() {
                     bail!(
                         "iteration {iter}: loss `{name}` is {v}; training stopped. The last good checkpoint is {}",
@@ -168,15 +186,15 @@ impl<'a> Trainer<'a> {
                 }
                 losses.insert(name.clone(), v);
             }
-            let mut scalars = BTreeMap::new();
-            for (name, t) in &out.scalars {
-                scalars.insert(
-                    name.clone(),
-                    t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
-                );
-            }
+            let scalars: BTreeMap<String, f64> = out
+                .scalars
+                .keys()
+                .cloned()
+                .zip(values[out.losses.len()..].iter().copied())
+                .collect();
             let total = add_all(&out.losses)?;
-            let grads = total.backward()?;
+            let mut grads = total.backward()?;
+            average_gradients(&mut grads, &vars)?;
             let observed = if self.scheduler.needs_metric() {
                 self.val_metric.history(&self.state.evals)?
             } else {
@@ -220,7 +238,7 @@ impl<'a> Trainer<'a> {
                 stopped = true;
                 break;
             }
-            if interrupted() {
+            if stop_requested || (!distributed && interrupted()) {
                 let path = self.checkpointer.save_iteration(
                     &self.meta(iter),
                     self.model,

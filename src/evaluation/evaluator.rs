@@ -12,7 +12,7 @@ use super::widerface::{evaluate, GroundTruth, WiderResult, SETTINGS};
 use crate::utils::visualizer::{plot_pr_curves, Series};
 
 /// One detection in original-image pixels.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Detection {
     /// x, y, w, h.
     pub bbox: [f64; 4],
@@ -21,7 +21,7 @@ pub struct Detection {
 }
 
 /// A model's output for one image, with the keys evaluators need to find its ground truth.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageDetections {
     /// Relative path as the dataset names it (`EVENT/NAME.jpg` for WIDER FACE).
     pub file_name: String,

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::data::build::build_detection_test_loader;
 use crate::data::catalog::{Dataset, EvaluatorType};
 use crate::data::loader::DataLoader;
+use crate::distributed;
 use crate::modeling::{Model, Prediction};
 use crate::utils::interrupt::interrupted;
 use crate::utils::visualizer::{draw_detections, image_grid, plot_confusion_matrix, PALETTE};
@@ -115,10 +116,22 @@ fn evaluate_classifier(
     for (p, e) in &failures {
         tracing::warn!("evaluation skipped {}: {e}", p.display());
     }
+    // Data-parallel: every rank classified its shard; rank 0 evaluates them all.
+    let failed = distributed::global_count(failures.len(), "evaluation failures")?;
+    let local: Vec<_> = labels.into_iter().zip(scores).zip(files).collect();
+    let gathered = distributed::gather_interleaved(local, "gather of the predictions")?;
+    if !distributed::is_main_process() {
+        return Ok(BTreeMap::new());
+    }
+    let (mut labels, mut scores, mut files) = (Vec::new(), Vec::new(), Vec::new());
+    for ((l, s), f) in gathered {
+        labels.push(l);
+        scores.push(s);
+        files.push(f);
+    }
     if labels.is_empty() {
         bail!(
-            "{name}: no image could be evaluated ({} of {} unreadable); no metrics written",
-            failures.len(),
+            "{name}: no image could be evaluated ({failed} of {} unreadable); no metrics written",
             dataset.records.len()
         );
     }
@@ -263,10 +276,13 @@ pub fn inference_on_datasets(
         let dataset_len = dataset.records.len();
         let dir = out_dir.join(folder_name(name));
         let vis_dir = dir.join("vis");
-        std::fs::create_dir_all(&vis_dir).map_err(|e| Error::io("cannot create", &vis_dir, e))?;
-        let mut evaluator = evaluator_for(&dataset, &dir)?;
-        evaluator.reset();
+        let main = distributed::is_main_process();
+        if main {
+            std::fs::create_dir_all(&vis_dir)
+                .map_err(|e| Error::io("cannot create", &vis_dir, e))?;
+        }
         let start = Instant::now();
+        let mut local_outputs = Vec::new();
         let mut images = 0usize;
         let mut drawn = 0usize;
         let wider = matches!(
@@ -303,7 +319,7 @@ pub fn inference_on_datasets(
                             }
                         })
                         .collect();
-                    if drawn < cfg.test.vis_num {
+                    if main && drawn < cfg.test.vis_num {
                         if let Ok(img) = crate::data::image_io::read_image(&s.file_name) {
                             let mut img = img.to_rgb8();
                             let boxes: Vec<[f64; 5]> = detections
@@ -329,20 +345,29 @@ pub fn inference_on_datasets(
                     });
                 }
                 images += outputs.len();
-                evaluator.process(&outputs);
+                local_outputs.extend(outputs);
             }
             loader.failures()
         };
         for (p, e) in &failures {
             tracing::warn!("evaluation skipped {}: {e}", p.display());
         }
+        // Data-parallel: every rank ran its shard; rank 0 evaluates them all.
+        let failed = distributed::global_count(failures.len(), "evaluation failures")?;
+        let outputs = distributed::gather_interleaved(local_outputs, "gather of the detections")?;
+        if !main {
+            continue;
+        }
+        let images = outputs.len();
         if images == 0 {
             bail!(
-                "{name}: no image could be evaluated ({} of {} unreadable); no metrics written",
-                failures.len(),
-                dataset_len
+                "{name}: no image could be evaluated ({failed} of {dataset_len} unreadable); no \
+                 metrics written"
             );
         }
+        let mut evaluator = evaluator_for(&dataset, &dir)?;
+        evaluator.reset();
+        evaluator.process(&outputs);
         let secs = start.elapsed().as_secs_f64();
         tracing::info!(
             "{name}: inference on {images} images in {secs:.1} s ({:.1} ms/image)",
@@ -352,6 +377,13 @@ pub fn inference_on_datasets(
         for (k, v) in metrics {
             all.insert(format!("{prefix}{k}"), v);
         }
+    }
+    // Every rank gets rank 0's metrics: what watches them (the LR plateau, early
+    // stopping) must decide alike everywhere.
+    if distributed::world_size() > 1 {
+        let bytes = serde_json::to_vec(&all).map_err(|e| Error::run(e.to_string()))?;
+        let bytes = distributed::broadcast_bytes(&bytes, 0, "broadcast of the metrics")?;
+        all = serde_json::from_slice(&bytes).map_err(|e| Error::run(e.to_string()))?;
     }
     Ok(all)
 }

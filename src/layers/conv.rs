@@ -265,6 +265,9 @@ impl Conv2d {
         let (None, Some(Norm::Batch(norm))) = (&self.bias, &self.norm) else {
             return Ok(None);
         };
+        if norm.synced() {
+            return Ok(None);
+        }
         let Some(conv) = crate::ops::train_conv(&self.weight, self.cfg.geometry, self.cfg.groups)?
         else {
             return Ok(None);

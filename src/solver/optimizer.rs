@@ -94,6 +94,11 @@ impl Optimizer {
 
     /// One update with learning rate `lr`; returns the global gradient L2 norm (before
     /// clipping). Parameters without a gradient are left alone.
+    /// The optimised variables, in a fixed order (the same on every rank).
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|p| p.var.clone()).collect()
+    }
+
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
         let mut sq = 0f64;
         let gs: Vec<Option<&Tensor>> = self

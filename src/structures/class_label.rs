@@ -2,7 +2,7 @@
 
 /// One class (single-label datasets: image folders, CIFAR-10) or a set of classes
 /// (multi-label: the categories present in a COCO image, possibly none).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ClassLabel {
     Single(usize),
     /// Sorted, without repeats.

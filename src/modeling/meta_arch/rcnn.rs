@@ -1,8 +1,9 @@
 //! Detectron2's `GeneralizedRCNN`: backbone -> proposal generator (RPN) -> ROI heads,
 //! whose losses are summed in one map. Selected by `META_ARCHITECTURE: GeneralizedRCNN`.
 //!
-//! The random sampling of anchors and proposals is seeded from the batch's boxes, so a
-//! batch always gets the same sample: runs repeat, and a resumed run continues exactly.
+//! The random sampling of anchors and proposals is seeded per image (the loader's sample
+//! seed), so an image always gets the same sample in whatever batch or rank it is: runs
+//! repeat, a resumed run continues exactly, and data-parallel runs equal one process.
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -53,23 +54,42 @@ fn image_sizes(batch: &Batch) -> Result<Vec<(usize, usize)>> {
         .collect()
 }
 
-/// FNV-1a over the boxes' bits and the image sizes.
-fn batch_seed(targets: &[Instances], sizes: &[(usize, usize)]) -> u64 {
+/// FNV-1a over an image's boxes and size: the sampling seed of an image the loader gave
+/// no seed.
+fn image_seed(inst: &Instances, (y, x): (usize, usize)) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |v: u64| {
         h ^= v;
         h = h.wrapping_mul(0x0100_0000_01b3);
     };
-    for (inst, &(y, x)) in targets.iter().zip(sizes) {
-        eat(y as u64);
-        eat(x as u64);
-        for b in &inst.boxes {
-            for v in b {
-                eat(v.to_bits() as u64);
-            }
+    eat(y as u64);
+    eat(x as u64);
+    for b in &inst.boxes {
+        for v in b {
+            eat(v.to_bits() as u64);
         }
     }
     h
+}
+
+/// One generator per image for the anchor and proposal sampling, from the image's own
+/// seed (the loader's per-sample seed, else its boxes): an image is sampled alike in any
+/// batch, so the split of a global batch over ranks changes nothing.
+fn image_rngs(
+    batch: &Batch,
+    targets: Option<&[Instances]>,
+    sizes: &[(usize, usize)],
+) -> Vec<StdRng> {
+    (0..sizes.len())
+        .map(|i| {
+            let seed = match (batch.seeds.get(i), targets) {
+                (Some(&s), _) => s ^ 0x5a3c_9e17_d4b2_6f01,
+                (None, Some(t)) => image_seed(&t[i], sizes[i]),
+                (None, None) => 0,
+            };
+            StdRng::seed_from_u64(seed)
+        })
+        .collect()
 }
 
 impl MetaArch for GeneralizedRcnn {
@@ -84,15 +104,15 @@ impl MetaArch for GeneralizedRcnn {
             (_, false) => None,
         };
         let sizes = image_sizes(batch)?;
-        let mut rng = StdRng::seed_from_u64(targets.map_or(0, |t| batch_seed(t, &sizes)));
+        let mut rngs = image_rngs(batch, targets, &sizes);
         let feats = self.backbone.forward_t(&batch.images, train)?;
         let (proposals, mut losses) = self
             .proposal_generator
-            .forward(&feats, &sizes, targets, &mut rng)?;
+            .forward(&feats, &sizes, targets, &mut rngs)?;
         let boxes: Vec<_> = proposals.into_iter().map(|p| p.boxes).collect();
         let (detections, roi_losses) = self
             .roi_heads
-            .forward(&feats, &boxes, &sizes, targets, &mut rng)?;
+            .forward(&feats, &boxes, &sizes, targets, &mut rngs)?;
         losses.extend(roi_losses);
         Ok(Outputs {
             losses,

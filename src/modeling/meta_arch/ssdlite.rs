@@ -212,7 +212,10 @@ impl SsdLite {
             labels_all.push(labels);
         }
         let num_pos = pos_idx.len();
-        let norm = num_pos.max(1) as f64;
+        // Normalised by the positives of the global batch (summed over data-parallel
+        // ranks, whose gradients are averaged), so the loss is that of one process.
+        let total_pos = crate::distributed::global_count(num_pos, "SSDLite positive anchors")?;
+        let norm = total_pos.max(1) as f64 / crate::distributed::world_size() as f64;
         let flat_scores = scores.reshape((n * r, c))?;
         let loss_cls = match self.params.cls_loss {
             ClsLoss::CrossEntropy => {

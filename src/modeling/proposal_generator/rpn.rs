@@ -121,7 +121,7 @@ impl Rpn {
         features: &BTreeMap<String, Tensor>,
         image_sizes: &[(usize, usize)],
         targets: Option<&[Instances]>,
-        rng: &mut StdRng,
+        rngs: &mut [StdRng],
     ) -> Result<(Vec<Proposals>, LossMap)> {
         let levels: Vec<Tensor> = self
             .in_features
@@ -153,7 +153,7 @@ impl Rpn {
             train,
         );
         let losses = match targets {
-            Some(t) => self.losses(&logits, &deltas, &anchors, t, rng)?,
+            Some(t) => self.losses(&logits, &deltas, &anchors, t, rngs)?,
             None => LossMap::new(),
         };
         Ok((proposals, losses))
@@ -247,11 +247,15 @@ impl Rpn {
         deltas: &Tensor,
         anchors: &[Box4],
         targets: &[Instances],
-        rng: &mut StdRng,
+        rngs: &mut [StdRng],
     ) -> Result<LossMap> {
         let (n, r) = logits.dims2()?;
-        if targets.len() != n {
-            candle_core::bail!("RPN: {n} images but {} targets", targets.len());
+        if targets.len() != n || rngs.len() != n {
+            candle_core::bail!(
+                "RPN: {n} images but {} targets and {} random generators",
+                targets.len(),
+                rngs.len()
+            );
         }
         let dev = logits.device();
         let mut sampled: Vec<u32> = Vec::new();
@@ -266,7 +270,7 @@ impl Rpn {
                 self.params.batch_size_per_image,
                 self.params.positive_fraction,
                 0,
-                rng,
+                &mut rngs[i],
             );
             for &a in &pos {
                 sampled.push((i * r + a) as u32);
@@ -280,7 +284,8 @@ impl Rpn {
                 objectness.push(0.0);
             }
         }
-        // Detectron2 normalises both terms by the sampling budget, not by what was found.
+        // Detectron2 normalises both terms by the sampling budget, not by what was found;
+        // with the global batch split evenly over ranks it is the same on every rank.
         let norm = (self.params.batch_size_per_image * n).max(1) as f64;
         let w = self.params.loss_weight;
         let loss_cls = if sampled.is_empty() {

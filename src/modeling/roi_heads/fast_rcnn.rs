@@ -86,6 +86,10 @@ impl FastRcnnOutputLayers {
         let dev = scores.device();
         let k = self.params.num_classes;
         let mut out = LossMap::new();
+        // The mean over the sampled ROIs of the global batch (see `global_count`); every
+        // rank counts, even one without ROIs.
+        let total = crate::distributed::global_count(r, "sampled ROIs")?;
+        let norm = total as f64 / crate::distributed::world_size() as f64;
         if r == 0 {
             out.insert("loss_cls".into(), (scores.sum_all()? * 0.0)?);
             out.insert("loss_box_reg".into(), (deltas.sum_all()? * 0.0)?);
@@ -94,7 +98,7 @@ impl FastRcnnOutputLayers {
         let log_p = candle_nn::ops::log_softmax(scores, 1)?;
         let cls: Vec<u32> = gt_classes.iter().map(|&c| c as u32).collect();
         let cls = Tensor::from_vec(cls, (r, 1), dev)?;
-        let loss_cls = (log_p.gather(&cls, 1)?.sum_all()?.neg()? / r as f64)?;
+        let loss_cls = (log_p.gather(&cls, 1)?.sum_all()?.neg()? / norm)?;
         let fg: Vec<usize> = (0..r).filter(|&i| gt_classes[i] < k).collect();
         // Detectron2 divides the box loss by all sampled ROIs, so images with few
         // foreground ROIs weigh less.
@@ -111,7 +115,7 @@ impl FastRcnnOutputLayers {
                 .index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
             let src: Vec<Box4> = fg.iter().map(|&i| proposals[i]).collect();
             let tgt: Vec<Box4> = fg.iter().map(|&i| gt_boxes[i]).collect();
-            (box_reg_loss(&self.coder, self.params.box_loss, &pred, &src, &tgt)? / r as f64)?
+            (box_reg_loss(&self.coder, self.params.box_loss, &pred, &src, &tgt)? / norm)?
         };
         out.insert("loss_cls".into(), loss_cls);
         out.insert("loss_box_reg".into(), loss_box);

@@ -150,11 +150,11 @@ impl StandardRoiHeads {
         &self,
         proposals: &[Vec<Box4>],
         targets: &[Instances],
-        rng: &mut StdRng,
+        rngs: &mut [StdRng],
     ) -> SampledRois {
         let k = self.box_predictor.params().num_classes;
         let mut out = SampledRois::default();
-        for (props, inst) in proposals.iter().zip(targets) {
+        for ((props, inst), rng) in proposals.iter().zip(targets).zip(rngs.iter_mut()) {
             let mut boxes = props.clone();
             if self.sampling.append_gt {
                 boxes.extend(
@@ -223,11 +223,11 @@ impl StandardRoiHeads {
         proposals: &[Vec<Box4>],
         image_sizes: &[(usize, usize)],
         targets: Option<&[Instances]>,
-        rng: &mut StdRng,
+        rngs: &mut [StdRng],
     ) -> Result<(Option<Vec<InstanceDetections>>, LossMap)> {
         match targets {
             Some(t) => {
-                let s = self.label_and_sample(proposals, t, rng);
+                let s = self.label_and_sample(proposals, t, rngs);
                 let (scores, deltas) = self.pooled_predictions(features, &s.boxes, true)?;
                 let flat: Vec<Box4> = s.boxes.concat();
                 let losses = self.box_predictor.losses(
@@ -301,7 +301,11 @@ mod tests {
         ]];
         // No ground truth: everything sampled is background (class K = 2).
         let h = heads(16, true);
-        let s = h.label_and_sample(&props, &[Instances::default()], &mut rng);
+        let s = h.label_and_sample(
+            &props,
+            &[Instances::default()],
+            std::slice::from_mut(&mut rng),
+        );
         assert_eq!(s.boxes[0].len(), 4);
         assert!(s.gt_classes.iter().all(|&c| c == 2));
         // One box of class 1 (appended as a proposal too) and one ignored box: the
@@ -311,7 +315,11 @@ mod tests {
             classes: vec![1, 0],
             ignore: vec![false, true],
         };
-        let s = h.label_and_sample(&props, std::slice::from_ref(&inst), &mut rng);
+        let s = h.label_and_sample(
+            &props,
+            std::slice::from_ref(&inst),
+            std::slice::from_mut(&mut rng),
+        );
         let mut got: Vec<(Box4, usize)> = s.boxes[0]
             .iter()
             .copied()
@@ -331,7 +339,11 @@ mod tests {
         // Without appended ground truth and a budget of 2 at 0.25 foreground: at most
         // int(0.5) = 0 foreground, so two background... but only one background exists.
         let h = heads(2, false);
-        let s = h.label_and_sample(&props, std::slice::from_ref(&inst), &mut rng);
+        let s = h.label_and_sample(
+            &props,
+            std::slice::from_ref(&inst),
+            std::slice::from_mut(&mut rng),
+        );
         assert_eq!(s.gt_classes, vec![2]);
         // Everything ignored: nothing to learn from.
         let all_ignored = Instances {
@@ -340,7 +352,8 @@ mod tests {
             ignore: vec![true, true],
         };
         let only = vec![vec![[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]];
-        let s = heads(8, true).label_and_sample(&only, &[all_ignored], &mut rng);
+        let s =
+            heads(8, true).label_and_sample(&only, &[all_ignored], std::slice::from_mut(&mut rng));
         assert!(s.boxes[0].is_empty() && s.gt_classes.is_empty());
     }
 }
