@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
 
 use candletron::config::Config;
+use candletron::engine::launch::{LaunchArgs, Placement};
 use candletron::engine::{DefaultTrainer, TrainOutcome};
 use candletron::evaluation::widerface::SETTINGS;
 
@@ -21,7 +23,9 @@ COCO-style AP for other detection datasets, top-1/top-5/F1 or mAP/F1 for classif
 OUTPUT_DIR/inference/{dataset}/ (predictions in the submission layout, pr_curves.png, vis/; \
 confusion_matrix.png, correct.png, wrong.png) and OUTPUT_DIR/eval_results.json. Ctrl-C or SIGTERM writes a \
 checkpoint and exits cleanly; --resume continues from the newest valid checkpoint. A new run \
-refuses an OUTPUT_DIR holding another run's results unless --overwrite."
+refuses an OUTPUT_DIR holding another run's results unless --overwrite. Data-parallel: \
+`mpirun -np K train_net ...` (built with --features mpi) or --num-gpus N (--features nccl); \
+SOLVER.IMS_PER_BATCH is the global batch, split over the ranks."
 )]
 struct Args {
     #[arg(long)]
@@ -39,6 +43,24 @@ struct Args {
     /// With --eval-only: evaluate even when the weights leave parameters unloaded.
     #[arg(long, requires = "eval_only")]
     allow_unmatched_weights: bool,
+    /// GPUs on this machine: one worker process each, joined by NCCL (build with
+    /// `--features nccl`). CPU ranks come from `mpirun -np K` instead (`--features mpi`).
+    #[arg(long, default_value_t = 1)]
+    num_gpus: usize,
+    /// Machines in the run, each started with the same command and its --machine-rank.
+    #[arg(long, default_value_t = 1)]
+    num_machines: usize,
+    /// This machine's index, 0..num-machines.
+    #[arg(long, default_value_t = 0)]
+    machine_rank: usize,
+    /// `tcp://HOST:PORT` of machine 0, where the ranks meet; `auto`: a free local port
+    /// (one machine).
+    #[arg(long, default_value = "auto")]
+    dist_url: String,
+    /// Seconds a rank waits for the others in a collective before it stops the run with
+    /// an error (a rank died or hangs).
+    #[arg(long, default_value_t = 1800)]
+    dist_timeout: u64,
     /// Config overrides `KEY VALUE ...`.
     opts: Vec<String>,
 }
@@ -46,6 +68,9 @@ struct Args {
 /// The metrics as a table and as one JSON line (the last line of the output). The WIDER
 /// FACE settings come in the protocol's order (easy, medium, hard), the rest by name.
 fn print_metrics(cfg: &Config, metrics: &BTreeMap<String, f64>) -> Result<()> {
+    if !candletron::distributed::is_main_process() {
+        return Ok(());
+    }
     let rank = |k: &str| {
         let setting = k.rsplit('/').next().unwrap_or(k);
         SETTINGS
@@ -73,7 +98,25 @@ fn main() -> Result<()> {
     let threads = candletron::utils::threads::configure();
     candletron::utils::logging::init();
     let args = Args::parse();
-    let cfg = Config::from_args(Some(&args.config_file), &args.opts)?;
+    let launch = LaunchArgs {
+        num_gpus: args.num_gpus,
+        num_machines: args.num_machines,
+        machine_rank: args.machine_rank,
+        dist_url: args.dist_url.clone(),
+        timeout: Duration::from_secs(args.dist_timeout.max(1)),
+    };
+    Ok(candletron::engine::launch::launch(&launch, |p| {
+        run(args, p, threads).map_err(|e| candletron::Error::run(format!("{e:#}")))
+    })?)
+}
+
+fn run(args: Args, placement: Placement, threads: usize) -> Result<()> {
+    let mut opts = args.opts.clone();
+    if let Some(gpu) = placement.local_rank {
+        // A launcher worker trains on its own GPU.
+        opts.extend(["MODEL.DEVICE".to_string(), format!("cuda:{gpu}")]);
+    }
+    let cfg = Config::from_args(Some(&args.config_file), &opts)?;
     tracing::info!("{threads} compute threads");
     let trainer = DefaultTrainer::from_config(&cfg)?;
     if args.eval_only {
@@ -94,12 +137,13 @@ fn main() -> Result<()> {
         TrainOutcome::Interrupted {
             iteration,
             checkpoint,
-        } => {
+        } if candletron::distributed::is_main_process() => {
             println!(
                 "stopped at iteration {iteration}; checkpoint {} (continue with --resume)",
                 checkpoint.display()
             );
             Ok(())
         }
+        TrainOutcome::Interrupted { .. } => Ok(()),
     }
 }

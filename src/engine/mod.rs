@@ -5,6 +5,7 @@ pub mod checkpointer;
 pub mod default_trainer;
 pub mod defaults;
 pub mod hooks;
+pub mod launch;
 pub mod predictor;
 pub mod train_state;
 pub mod trainer;

@@ -1,0 +1,358 @@
+//! Data-parallel training under MPI (`--features mpi`; CI installs OpenMPI): `mpirun -np 2`
+//! with a global batch of 8 trains exactly as one process with batch 8 (SSDLite and
+//! Faster R-CNN), SyncBN on two ranks equals BN in one process, checkpoints move between
+//! world sizes, and a dead or hanging rank ends the run with a clear message.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SSDLITE: &str = "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml";
+const RCNN: &str = "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml";
+
+/// A tiny run: 8 images of 96 px in a global batch of 8, a narrow random network whose
+/// norms have no batch statistics unless `extra` asks for them.
+fn args(config: &str, out: &Path, data: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["--config-file".into(), config.into()];
+    a.extend(
+        [
+            "OUTPUT_DIR",
+            out.to_str().unwrap(),
+            "DATASETS.ROOT",
+            data.to_str().unwrap(),
+            "DATASETS.SYNTHETIC.NUM_TRAIN",
+            "8",
+            "DATASETS.SYNTHETIC.NUM_VAL",
+            "3",
+            "DATASETS.SYNTHETIC.IMAGE_SIZE",
+            "128",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.MOBILENET.NORM",
+            "FrozenBN",
+            "MODEL.MOBILENET.WIDTH_MULT",
+            "0.35",
+            "MODEL.BACKBONE.FREEZE_AT",
+            "0",
+            "MODEL.FPN.OUT_CHANNELS",
+            "16",
+            "INPUT.TRAIN_SIZE",
+            "96",
+            "SOLVER.IMS_PER_BATCH",
+            "8",
+            "SOLVER.BASE_LR",
+            "0.01",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.LOG_PERIOD",
+            "1",
+            "DATALOADER.NUM_WORKERS",
+            "1",
+            "TEST.VIS_NUM",
+            "1",
+        ]
+        .map(String::from),
+    );
+    if config == SSDLITE {
+        a.extend(
+            [
+                "MODEL.FPN.NORM",
+                "FrozenBN",
+                "MODEL.SSDLITE.NORM",
+                "FrozenBN",
+            ]
+            .map(String::from),
+        );
+    } else {
+        a.extend(["MODEL.ROI_BOX_HEAD.FC_DIM", "32"].map(String::from));
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn one_process(args: &[String]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_train_net"));
+    c.args(args).env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+/// `mpirun -np N train_net ARGS` (OpenMPI; as root in CI containers, two ranks on
+/// however many cores).
+fn mpirun(np: usize, args: &[String]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &np.to_string(),
+    ])
+    .args(["-x", "RAYON_NUM_THREADS=1"])
+    .arg(env!("CARGO_BIN_EXE_train_net"))
+    .args(args)
+    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{c:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// (iteration -> every loss term and the total) of `metrics.json`.
+fn losses(out: &Path) -> BTreeMap<u64, BTreeMap<String, f64>> {
+    std::fs::read_to_string(out.join("metrics.json"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("total_loss")?;
+            let terms = v
+                .as_object()?
+                .iter()
+                .filter(|(k, _)| k.starts_with("loss") || *k == "total_loss")
+                .map(|(k, x)| (k.clone(), x.as_f64().unwrap()))
+                .collect();
+            Some((v["iteration"].as_u64()?, terms))
+        })
+        .collect()
+}
+
+fn weights(out: &Path) -> BTreeMap<String, Vec<f64>> {
+    let path = out.join("model_final.safetensors");
+    candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("optimizer."))
+        .map(|(k, t)| (k, common::flat_f64(&t)))
+        .collect()
+}
+
+/// Same iterations and loss terms within `loss_tol` relative; each final weight tensor
+/// within `weight_tol` of max(its largest value, 0.1): zero-initialised biases that moved
+/// by 1e-4 carry the rounding of a different summation order (per-rank partial sums) at
+/// 1e-7, which a purely relative bound would call a difference.
+fn same_run(a: &Path, b: &Path, loss_tol: f64, weight_tol: f64) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.keys().collect::<Vec<_>>(), lb.keys().collect::<Vec<_>>());
+    for (it, terms) in &la {
+        assert_eq!(
+            terms.keys().collect::<Vec<_>>(),
+            lb[it].keys().collect::<Vec<_>>()
+        );
+        for (k, v) in terms {
+            let w = lb[it][k];
+            assert!(
+                (v - w).abs() <= loss_tol * v.abs().max(1e-3),
+                "iteration {it}: {k} {v} vs {w}"
+            );
+        }
+    }
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    let mut worst = (0f64, String::new());
+    for (k, x) in &wa {
+        let y = &wb[k];
+        let scale = x.iter().fold(0.1f64, |m, v| m.max(v.abs()));
+        let d = x.iter().zip(y).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale;
+        if d > worst.0 {
+            worst = (d, k.clone());
+        }
+    }
+    assert!(
+        worst.0 <= weight_tol,
+        "weights differ by {} in {}",
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn two_ranks_train_as_one_process_with_the_global_batch() {
+    let root = common::tmp_dir("dist-equal");
+    let data = root.join("data");
+    for (name, config) in [("ssdlite", SSDLITE), ("rcnn", RCNN)] {
+        let single = root.join(format!("{name}-1"));
+        let double = root.join(format!("{name}-2"));
+        run(one_process(&args(config, &single, &data, &[])));
+        let o = run(mpirun(2, &args(config, &double, &data, &[])));
+        same_run(&single, &double, 1e-5, 1e-5);
+        // Rank 0 alone writes: one results table.
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(stdout.matches("evaluation results").count(), 1, "{stdout}");
+        // Evaluation sharded over two ranks and gathered gives one process's metrics
+        // for the same weights.
+        let sharded = root.join(format!("{name}-eval-2"));
+        let weights = single.join("model_final.safetensors");
+        run(mpirun(
+            2,
+            &args(
+                config,
+                &sharded,
+                &data,
+                &["--eval-only", "MODEL.WEIGHTS", weights.to_str().unwrap()],
+            ),
+        ));
+        let eval = |d: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join("eval_results.json")).unwrap())
+                .unwrap()
+        };
+        assert_eq!(eval(&single), eval(&sharded), "{name}");
+        let predictions = |d: &Path| {
+            std::fs::read_dir(d.join("inference/synthetic_faces_val/predictions"))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        };
+        assert_eq!(predictions(&single), predictions(&sharded), "{name}");
+    }
+}
+
+#[test]
+fn sync_bn_on_two_ranks_equals_bn_in_one_process() {
+    let root = common::tmp_dir("dist-syncbn");
+    let data = root.join("data");
+    let norm = |n: &'static str| {
+        [
+            "MODEL.MOBILENET.NORM",
+            n,
+            "MODEL.FPN.NORM",
+            n,
+            "MODEL.SSDLITE.NORM",
+            n,
+        ]
+    };
+    // ImageNet weights: with random ones, a deep stack of training BN amplifies the
+    // rounding differences between any two implementations (the fused single-process
+    // kernels and SyncBN's stock ops) to 1e-2 in the first layers' gradients.
+    let with = |n: &'static str| {
+        let mut a = norm(n).to_vec();
+        a.extend([
+            "MODEL.WEIGHTS",
+            "weights/mobilenet_v2_imagenet_f16.safetensors",
+            "MODEL.MOBILENET.WIDTH_MULT",
+            "1.0",
+            // No hard-negative mining: a rounding-level change of the scores would
+            // swap which negatives are picked, a discrete change of the head's gradient.
+            "MODEL.SSDLITE.CLS_LOSS",
+            "focal",
+        ]);
+        a
+    };
+    let single = root.join("bn");
+    let double = root.join("syncbn");
+    run(one_process(&args(SSDLITE, &single, &data, &with("BN"))));
+    run(mpirun(2, &args(SSDLITE, &double, &data, &with("SyncBN"))));
+    // Running statistics included: they are checkpoint tensors like the weights. BN's
+    // fused kernel and SyncBN's f64 stock ops differ by rounding (1.6e-7 of the gradient
+    // norm); after four steps a BN bias is 2e-5 of 0.1 apart.
+    same_run(&single, &double, 1e-5, 5e-5);
+    // Without SyncBN each rank normalises by its half batch: the runs differ.
+    let per_rank = root.join("bn-2");
+    run(mpirun(2, &args(SSDLITE, &per_rank, &data, &with("BN"))));
+    let (a, b) = (losses(&single), losses(&per_rank));
+    assert!((a[&0]["total_loss"] - b[&0]["total_loss"]).abs() > 1e-4);
+}
+
+#[test]
+fn checkpoints_resume_across_world_sizes() {
+    let root = common::tmp_dir("dist-resume");
+    let data = root.join("data");
+    let full = root.join("full");
+    run(one_process(&args(SSDLITE, &full, &data, &[])));
+    // Two ranks for 2 iterations, then one process to 4; and the other way round.
+    let half = ["SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]"];
+    let (a, b) = (root.join("2-then-1"), root.join("1-then-2"));
+    run(mpirun(2, &args(SSDLITE, &a, &data, &half)));
+    run(one_process(&args(SSDLITE, &a, &data, &["--resume"])));
+    run(one_process(&args(SSDLITE, &b, &data, &half)));
+    run(mpirun(2, &args(SSDLITE, &b, &data, &["--resume"])));
+    same_run(&full, &a, 1e-5, 1e-5);
+    same_run(&full, &b, 1e-5, 1e-5);
+}
+
+/// Starts a long 2-rank run, waits for two logged iterations, then does `to_rank_1`
+/// to rank 1's process; returns mpirun's output and how long it took to end.
+fn disturb_rank_1(name: &str, signal: i32, timeout: &str) -> (Output, Duration) {
+    let root = common::tmp_dir(name);
+    let (data, out) = (root.join("data"), root.join("run"));
+    let mut a = args(
+        SSDLITE,
+        &out,
+        &data,
+        &["SOLVER.MAX_ITER", "100000", "DATASETS.TEST", "[]"],
+    );
+    a.splice(0..0, ["--dist-timeout".to_string(), timeout.to_string()]);
+    let child = mpirun(2, &a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let logged = || {
+        std::fs::read_to_string(out.join("metrics.json"))
+            .map(|s| s.lines().filter(|l| l.ends_with('}')).count())
+            .unwrap_or(0)
+    };
+    while logged() < 2 {
+        assert!(started.elapsed().as_secs() < 300, "no iterations in 300 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rank1 = rank_pid(1).expect("rank 1's process");
+    // SAFETY: a signal to a process this test started (through mpirun).
+    assert_eq!(unsafe { libc::kill(rank1, signal) }, 0);
+    let t = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    if signal == libc::SIGSTOP {
+        // SAFETY: as above; lets a stopped process die if it is still there.
+        unsafe { libc::kill(rank1, libc::SIGKILL) };
+    }
+    (o, t.elapsed())
+}
+
+/// The pid of the train_net process with OMPI_COMM_WORLD_RANK=`rank`.
+fn rank_pid(rank: usize) -> Option<i32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        if !String::from_utf8_lossy(&cmd).contains("train_net") {
+            return None;
+        }
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        env.split(|&b| b == 0)
+            .any(|kv| kv == want.as_bytes())
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn a_dead_or_hanging_rank_ends_the_run_with_a_clear_message() {
+    // Killed: MPI's launcher sees the exit and ends the run, naming the rank.
+    let (o, took) = disturb_rank_1("dist-kill", libc::SIGKILL, "60");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rank 1") && err.contains("signal 9"), "{err}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    // Hanging: rank 0 waits in its collective until --dist-timeout, then says so.
+    let (o, took) = disturb_rank_1("dist-hang", libc::SIGSTOP, "5");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("rank 0")
+            && err.contains("waited")
+            && err.contains("a rank has died or hangs"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
