@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         timeout: Duration::from_secs(args.dist_timeout.max(1)),
     };
     Ok(candletron::engine::launch::launch(&launch, |p| {
-        run(args, p, threads).map_err(|e| candletron::Error::run(format!("{e:#}")))
+        run(args, p, threads).map_err(|e| candletron::Error::run(e.to_string()))
     })?)
 }
 

@@ -157,11 +157,15 @@ impl DefaultTrainer {
             }
         }
         let vars = model.trainable_vars();
+        let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
         tracing::info!(
-            "{}: {} parameters, {} trainable tensors",
+            "{}: {} parameters, {} trainable in {} tensors ({:.1} MB of f32 gradients to \
+             all-reduce per step in data-parallel training)",
             cfg.model.meta_architecture,
             model.params.num_parameters(),
-            vars.len()
+            trainable,
+            vars.len(),
+            trainable as f64 * 4.0 / 1e6
         );
         let optimizer = Optimizer::from_config(cfg, vars)?;
         Ok(Self {

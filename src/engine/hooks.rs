@@ -329,6 +329,9 @@ impl Hook for MetricsPrinter {
         }
         obj.insert("time".into(), m.time.into());
         obj.insert("data_time".into(), m.data_time.into());
+        if let Some(c) = m.comm_time {
+            obj.insert("comm_time".into(), c.into());
+        }
         append_line(
             &self.metrics_file,
             &serde_json::Value::Object(obj).to_string(),

@@ -41,6 +41,9 @@ pub struct StepMetrics {
     /// Seconds for the whole step and for waiting on data.
     pub time: f64,
     pub data_time: f64,
+    /// Data-parallel runs: seconds in the gradient and loss all-reduces (the ranks' wait
+    /// for each other included).
+    pub comm_time: Option<f64>,
 }
 
 pub struct TrainContext<'a> {
@@ -164,9 +167,12 @@ impl<'a> Trainer<'a> {
                 values.push(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
             }
             let distributed = crate::distributed::world_size() > 1;
+            let mut comm_time = 0.0;
             if distributed {
+                let t = Instant::now();
                 values.push(interrupted() as u8 as f64);
                 values = mean_over_ranks(&values, "mean of the losses")?;
+                comm_time += t.elapsed().as_secs_f64();
             }
             let stop_requested = if distributed {
                 values.pop().is_some_and(|v| v > 0.0)
@@ -194,7 +200,9 @@ impl<'a> Trainer<'a> {
                 .collect();
             let total = add_all(&out.losses)?;
             let mut grads = total.backward()?;
+            let t = Instant::now();
             average_gradients(&mut grads, &vars)?;
+            comm_time += t.elapsed().as_secs_f64();
             let observed = if self.scheduler.needs_metric() {
                 self.val_metric.history(&self.state.evals)?
             } else {
@@ -211,6 +219,7 @@ impl<'a> Trainer<'a> {
                 scalars,
                 time: t0.elapsed().as_secs_f64(),
                 data_time,
+                comm_time: distributed.then_some(comm_time),
             };
             let mut ctx = TrainContext {
                 iter,
