@@ -218,6 +218,88 @@ fn two_ranks_train_as_one_process_with_the_global_batch() {
     }
 }
 
+/// The classifier: per-sample dropout, the class-balanced sampler, an evaluation every
+/// two iterations watched by the plateau schedule and the best model, an odd-sized test
+/// set over two shards.
+#[test]
+fn a_classifier_trains_and_evaluates_on_two_ranks_as_in_one_process() {
+    let root = common::tmp_dir("dist-classifier");
+    let data = root.join("data");
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--config-file",
+            "configs/classification/synthetic_mnv2.yaml",
+            "OUTPUT_DIR",
+            out.to_str().unwrap(),
+            "DATASETS.ROOT",
+            data.to_str().unwrap(),
+            "DATASETS.SYNTHETIC_SHAPES.NUM_TRAIN",
+            "24",
+            "DATASETS.SYNTHETIC_SHAPES.NUM_VAL",
+            "7",
+            "DATASETS.SYNTHETIC_SHAPES.IMAGE_SIZE",
+            "48",
+            "INPUT.CROP_SIZE",
+            "40",
+            "INPUT.RESIZE_SHORT",
+            "40",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.MOBILENET.WIDTH_MULT",
+            "0.35",
+            "SOLVER.IMS_PER_BATCH",
+            "8",
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SOLVER.LOG_PERIOD",
+            "1",
+            "TEST.EVAL_PERIOD",
+            "2",
+            "TEST.EVAL_PERIOD_UNIT",
+            "iterations",
+            "TEST.VIS_NUM",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (single, double) = (root.join("1"), root.join("2"));
+    run(one_process(&args(&single, &[])));
+    run(mpirun(2, &args(&double, &[])));
+    same_run(&single, &double, 1e-5, 1e-5);
+    assert!(double.join("model_best.safetensors").is_file());
+    let weights = single.join("model_final.safetensors");
+    let sharded = root.join("eval-2");
+    run(mpirun(
+        2,
+        &args(
+            &sharded,
+            &["--eval-only", "MODEL.WEIGHTS", weights.to_str().unwrap()],
+        ),
+    ));
+    let eval = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("eval_results.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(eval(&single), eval(&sharded));
+    assert!(sharded
+        .join("inference/synthetic_shapes_val/confusion_matrix.png")
+        .is_file());
+    // A rank that cannot start (rank 0 refuses an OUTPUT_DIR with another run's results)
+    // ends the whole run at once, with its reason.
+    let o = mpirun(2, &args(&single, &[])).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("rank 0 of 2") && err.contains("another run's results"),
+        "{err}"
+    );
+}
+
 #[test]
 fn sync_bn_on_two_ranks_equals_bn_in_one_process() {
     let root = common::tmp_dir("dist-syncbn");
