@@ -188,6 +188,11 @@ fn two_ranks_train_as_one_process_with_the_global_batch() {
         run(one_process(&args(config, &single, &data, &[])));
         let o = run(mpirun(2, &args(config, &double, &data, &[])));
         same_run(&single, &double, 1e-5, 1e-5);
+        // One rank in a group runs every collective of the data-parallel path (the path a
+        // one-GPU NCCL run takes) and changes nothing.
+        let one_rank = root.join(format!("{name}-mpi-1"));
+        run(mpirun(1, &args(config, &one_rank, &data, &[])));
+        same_run(&single, &one_rank, 0.0, 0.0);
         // Rank 0 alone writes: one results table.
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert_eq!(stdout.matches("evaluation results").count(), 1, "{stdout}");

@@ -67,6 +67,12 @@ pub fn group() -> Option<Arc<dyn Communicator>> {
     GROUP.read().ok().and_then(|g| g.clone())
 }
 
+/// Whether a process group is installed. Its collectives then run even in a world of one
+/// (`mpirun -np 1`, one NCCL rank), which tests the data-parallel path against a plain run.
+pub fn in_group() -> bool {
+    group().is_some()
+}
+
 /// Number of ranks (1 without a group).
 pub fn world_size() -> usize {
     group().map_or(1, |c| c.world_size())
@@ -82,10 +88,10 @@ pub fn is_main_process() -> bool {
     rank() == 0
 }
 
-/// Sum of `t` over ranks (the identity in a world of one).
+/// Sum of `t` over ranks (the identity without a group).
 pub fn all_reduce_sum(t: &Tensor, what: &str) -> Result<Tensor> {
     match group() {
-        Some(c) if c.world_size() > 1 => watchdog::guard(what, || c.all_reduce_sum(t)),
+        Some(c) => watchdog::guard(what, || c.all_reduce_sum(t)),
         _ => Ok(t.clone()),
     }
 }
@@ -93,7 +99,7 @@ pub fn all_reduce_sum(t: &Tensor, what: &str) -> Result<Tensor> {
 /// Rank `root`'s `t` on every rank.
 pub fn broadcast(t: &Tensor, root: usize, what: &str) -> Result<Tensor> {
     match group() {
-        Some(c) if c.world_size() > 1 => watchdog::guard(what, || c.broadcast(t, root)),
+        Some(c) => watchdog::guard(what, || c.broadcast(t, root)),
         _ => Ok(t.clone()),
     }
 }
@@ -101,7 +107,7 @@ pub fn broadcast(t: &Tensor, root: usize, what: &str) -> Result<Tensor> {
 /// Every rank's bytes, in rank order.
 pub fn all_gather_bytes(bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
     match group() {
-        Some(c) if c.world_size() > 1 => watchdog::guard(what, || c.all_gather_bytes(bytes)),
+        Some(c) => watchdog::guard(what, || c.all_gather_bytes(bytes)),
         _ => Ok(vec![bytes.to_vec()]),
     }
 }
@@ -109,7 +115,7 @@ pub fn all_gather_bytes(bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
 /// Rank `root`'s bytes on every rank.
 pub fn broadcast_bytes(bytes: &[u8], root: usize, what: &str) -> Result<Vec<u8>> {
     match group() {
-        Some(c) if c.world_size() > 1 => watchdog::guard(what, || c.broadcast_bytes(bytes, root)),
+        Some(c) => watchdog::guard(what, || c.broadcast_bytes(bytes, root)),
         _ => Ok(bytes.to_vec()),
     }
 }
@@ -120,7 +126,7 @@ pub fn gather_interleaved<T>(items: Vec<T>, what: &str) -> Result<Vec<T>>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    if world_size() == 1 {
+    if !in_group() {
         return Ok(items);
     }
     let bytes = serde_json::to_vec(&items).map_err(candle_core::Error::wrap)?;
@@ -144,7 +150,7 @@ where
 /// Waits for every rank.
 pub fn barrier(what: &str) -> Result<()> {
     match group() {
-        Some(c) if c.world_size() > 1 => watchdog::guard(what, || c.barrier()),
+        Some(c) => watchdog::guard(what, || c.barrier()),
         _ => Ok(()),
     }
 }

@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, Var};
 
-use super::{all_reduce_sum, broadcast, world_size};
+use super::{all_reduce_sum, broadcast, in_group, world_size};
 
 /// Gradients are reduced in buckets of about this many elements (PyTorch DDP's 25 MB of
 /// f32): a few large messages instead of one per tensor, without a copy of the whole
@@ -38,7 +38,7 @@ fn buckets(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
 /// would). Returns the number of elements reduced.
 pub fn average_gradients(grads: &mut GradStore, vars: &[Var]) -> Result<usize> {
     let world = world_size();
-    if world == 1 || vars.is_empty() {
+    if !in_group() || vars.is_empty() {
         return Ok(0);
     }
     let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
@@ -90,7 +90,7 @@ pub fn average_gradients(grads: &mut GradStore, vars: &[Var]) -> Result<usize> {
 /// Sets every variable to rank `root`'s value (the initial weights, or a checkpoint
 /// only `root` read).
 pub fn broadcast_vars(vars: &[Var], root: usize) -> Result<()> {
-    if world_size() == 1 {
+    if !in_group() {
         return Ok(());
     }
     let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
@@ -123,7 +123,7 @@ pub fn broadcast_vars(vars: &[Var], root: usize) -> Result<()> {
 /// over the global batch, so that the loss does not depend on how the batch is split.
 /// Every rank must call it, even one whose count is zero.
 pub fn global_count(local: usize, what: &str) -> Result<usize> {
-    if world_size() == 1 {
+    if !in_group() {
         return Ok(local);
     }
     let t = Tensor::new(&[local as f64], &Device::Cpu)?;
@@ -134,7 +134,7 @@ pub fn global_count(local: usize, what: &str) -> Result<usize> {
 /// The mean of each value over ranks (losses and statistics for the logs).
 pub fn mean_over_ranks(values: &[f64], what: &str) -> Result<Vec<f64>> {
     let world = world_size();
-    if world == 1 || values.is_empty() {
+    if !in_group() || values.is_empty() {
         return Ok(values.to_vec());
     }
     let t = Tensor::new(values, &Device::Cpu)?;
@@ -247,7 +247,7 @@ impl CustomOp2 for ReducedSum {
 /// Sum of `t` over ranks with a gradient: each rank's `t` receives the sum over ranks of
 /// the gradients of the result. SyncBN's batch statistics go through it.
 pub fn all_reduce_autograd(t: &Tensor, what: &str) -> Result<Tensor> {
-    if world_size() == 1 {
+    if !in_group() {
         return Ok(t.clone());
     }
     let t = t.contiguous()?;
@@ -273,7 +273,10 @@ mod tests {
         let v = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
         let loss = (v.as_tensor() * 3.0).unwrap().sum_all().unwrap();
         let mut grads = loss.backward().unwrap();
-        assert_eq!(average_gradients(&mut grads, std::slice::from_ref(&v)).unwrap(), 0);
+        assert_eq!(
+            average_gradients(&mut grads, std::slice::from_ref(&v)).unwrap(),
+            0
+        );
         let g: Vec<f32> = grads.get(v.as_tensor()).unwrap().to_vec1().unwrap();
         assert_eq!(g, vec![3.0, 3.0]);
         assert_eq!(global_count(7, "test").unwrap(), 7);

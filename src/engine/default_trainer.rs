@@ -225,7 +225,7 @@ impl DefaultTrainer {
     /// read from `OUTPUT_DIR` (the other ranks need not see that folder). Weights are
     /// broadcast even in a fresh run, as DDP does.
     fn sync_from_main(&mut self) -> Result<()> {
-        if distributed::world_size() == 1 {
+        if !distributed::in_group() {
             return Ok(());
         }
         let what = "broadcast of the run's state";

@@ -166,7 +166,7 @@ impl<'a> Trainer<'a> {
             for t in out.losses.values().chain(out.scalars.values()) {
                 values.push(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
             }
-            let distributed = crate::distributed::world_size() > 1;
+            let distributed = crate::distributed::in_group();
             let mut comm_time = 0.0;
             if distributed {
                 let t = Instant::now();

@@ -380,7 +380,7 @@ pub fn inference_on_datasets(
     }
     // Every rank gets rank 0's metrics: what watches them (the LR plateau, early
     // stopping) must decide alike everywhere.
-    if distributed::world_size() > 1 {
+    if distributed::in_group() {
         let bytes = serde_json::to_vec(&all).map_err(|e| Error::run(e.to_string()))?;
         let bytes = distributed::broadcast_bytes(&bytes, 0, "broadcast of the metrics")?;
         all = serde_json::from_slice(&bytes).map_err(|e| Error::run(e.to_string()))?;

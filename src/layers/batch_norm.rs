@@ -86,10 +86,10 @@ impl BatchNorm2d {
         })
     }
 
-    /// Whether training statistics cross ranks now (SyncBN in a group of several): the
-    /// fused single-process kernels do not apply then.
+    /// Whether training statistics cross ranks now (SyncBN in a process group): the fused
+    /// single-process kernels do not apply then.
     pub fn synced(&self) -> bool {
-        self.sync && crate::distributed::world_size() > 1
+        self.sync && crate::distributed::in_group()
     }
 
     pub fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
