@@ -443,3 +443,61 @@ fn a_dead_or_hanging_rank_ends_the_run_with_a_clear_message() {
     );
     assert!(took < Duration::from_secs(60), "took {took:?}");
 }
+
+/// Ctrl-C on `mpirun` reaches every rank; they stop at the same iteration, rank 0 writes
+/// one checkpoint, and one process resumes from it.
+#[test]
+fn ctrl_c_on_mpirun_stops_every_rank_at_one_checkpoint() {
+    let root = common::tmp_dir("dist-sigint");
+    let (data, out) = (root.join("data"), root.join("run"));
+    let long = [
+        "SOLVER.MAX_ITER",
+        "100000",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "DATASETS.TEST",
+        "[]",
+    ];
+    let child = mpirun(2, &args(SSDLITE, &out, &data, &long))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.json"))
+        .map(|s| s.lines().filter(|l| l.ends_with('}')).count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(started.elapsed().as_secs() < 300, "no iterations in 300 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: a signal to the mpirun this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // mpirun's own exit status after a signal is its business; the ranks' output is ours.
+    let iter: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped at iteration "))
+        .and_then(|l| l.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no stop message in:\n{stdout}"));
+    assert_eq!(
+        stdout.matches("stopped at iteration").count(),
+        1,
+        "{stdout}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("interrupted: wrote").count(), 1, "{err}");
+    let last = std::fs::read_to_string(out.join("last_checkpoint")).unwrap();
+    assert!(last.contains(&format!("model_{iter:07}")), "{last}");
+    let max = (iter + 3).to_string();
+    run(one_process(&args(
+        SSDLITE,
+        &out,
+        &data,
+        &["SOLVER.MAX_ITER", &max, "DATASETS.TEST", "[]", "--resume"],
+    )));
+    let logged: Vec<u64> = losses(&out).keys().copied().collect();
+    assert_eq!(logged, (0..iter as u64 + 3).collect::<Vec<_>>());
+}

@@ -532,6 +532,22 @@ impl DefaultTrainer {
             return Ok(TrainOutcome::Finished(self.test()?));
         }
         install_interrupt_handler();
+        if distributed::in_group() {
+            // Rank 0 generates what the datasets need (the synthetic caches) before the
+            // others look; they would otherwise all generate the same files at once.
+            if distributed::is_main_process() {
+                for name in self
+                    .cfg
+                    .datasets
+                    .train
+                    .iter()
+                    .chain(&self.cfg.datasets.test)
+                {
+                    crate::data::catalog::get_dataset(name, &self.cfg)?;
+                }
+            }
+            distributed::barrier("waiting for rank 0's datasets")?;
+        }
         let (loader, metadata) =
             build_detection_train_loader(&self.cfg, self.seed, self.start_iter)?;
         let classes = metadata.thing_classes.len();

@@ -253,10 +253,12 @@ impl<'a> Trainer<'a> {
                     self.model,
                     self.optimizer,
                 )?;
-                tracing::warn!(
-                    "interrupted: wrote {}; continue with --resume",
-                    path.display()
-                );
+                if crate::distributed::is_main_process() {
+                    tracing::warn!(
+                        "interrupted: wrote {}; continue with --resume",
+                        path.display()
+                    );
+                }
                 return Ok(TrainEnd::Interrupted {
                     iteration: iter,
                     checkpoint: path,
