@@ -10,19 +10,22 @@ use candle_core::{CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, 
 
 use super::Communicator;
 
+/// NCCL's communicator, shared by the group and the ops that run its collectives.
+struct SharedComm(Comm);
+
+// SAFETY: every collective is issued from the thread that drives training, in the same
+// order on every rank; NCCL allows a communicator to be used from one thread at a time,
+// whichever it is.
+unsafe impl Send for SharedComm {}
+unsafe impl Sync for SharedComm {}
+
 /// A rank's NCCL communicator and its GPU.
 pub struct NcclCommunicator {
-    comm: Arc<Comm>,
+    comm: Arc<SharedComm>,
     device: Device,
     rank: usize,
     size: usize,
 }
-
-// SAFETY: every call is made from the thread that drives training (collectives are
-// issued in the same order on every rank by construction), and NCCL communicators may
-// be used from any one thread at a time.
-unsafe impl Send for NcclCommunicator {}
-unsafe impl Sync for NcclCommunicator {}
 
 /// The 128 bytes of an NCCL unique id, made by rank 0.
 pub fn new_unique_id() -> Result<Vec<u8>> {
@@ -47,7 +50,7 @@ impl NcclCommunicator {
         let comm = Comm::from_rank(cuda.cuda_stream(), rank, size, Id::uninit(raw))
             .map_err(|e| candle_core::Error::msg(format!("ncclCommInitRank: {e:?}")))?;
         Ok(Self {
-            comm: Arc::new(comm),
+            comm: Arc::new(SharedComm(comm)),
             device: device.clone(),
             rank,
             size,
@@ -61,7 +64,7 @@ impl NcclCommunicator {
 
 /// NCCL's all-reduce (or broadcast) as an op over device storage.
 struct Collective {
-    comm: Arc<Comm>,
+    comm: Arc<SharedComm>,
     /// `None`: all-reduce sum; `Some(root)`: broadcast from root.
     root: Option<usize>,
 }
@@ -93,8 +96,8 @@ impl CustomOp1 for Collective {
                 let src = s.as_cuda_slice::<$t>()?.slice(a..b);
                 let mut dst = dev.alloc_zeros::<$t>(b - a)?;
                 match self.root {
-                    None => self.comm.all_reduce(&src, &mut dst, &ReduceOp::Sum),
-                    Some(root) => self.comm.broadcast(Some(&src), &mut dst, root as i32),
+                    None => self.comm.0.all_reduce(&src, &mut dst, &ReduceOp::Sum),
+                    Some(root) => self.comm.0.broadcast(Some(&src), &mut dst, root as i32),
                 }
                 .map_err(nccl_err)?;
                 CudaStorage::wrap_cuda_slice(dst, dev)
