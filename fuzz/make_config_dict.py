@@ -26,7 +26,16 @@ tokens = [": ", "\n  ", "- ", "[", "]", ", ", "#", "'", "1e-3", "-1", "0.5", "na
 
 
 def quote(s):
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    # libFuzzer's dictionary syntax: backslash, quote and hex (\\xNN) escapes only.
+    out = ""
+    for c in s:
+        if c in '\\"':
+            out += "\\" + c
+        elif " " <= c <= "~":
+            out += c
+        else:
+            out += "\\x%02X" % ord(c)
+    return '"' + out + '"'
 
 
 lines = ["# Written by fuzz/make_config_dict.py: config keys, enumerated values, YAML tokens."]
