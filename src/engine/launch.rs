@@ -181,7 +181,9 @@ fn join_nccl(p: Placement, url: &str, timeout: Duration) -> Result<()> {
         distributed::nccl::new_unique_id,
         timeout,
     )?;
-    let device = candle_core::Device::new_cuda(p.local_rank.unwrap_or(0))?;
+    // The device the model will be built on (`MODEL.DEVICE cuda:LOCAL_RANK`), so that the
+    // communicator's stream is the model's.
+    let device = crate::modeling::parse_device(&format!("cuda:{}", p.local_rank.unwrap_or(0)))?;
     let comm = distributed::nccl::NcclCommunicator::new(&device, p.rank, p.world_size, &id)?;
     distributed::init(std::sync::Arc::new(comm))?;
     Ok(())
