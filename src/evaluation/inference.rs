@@ -277,10 +277,17 @@ pub fn inference_on_datasets(
         let dir = out_dir.join(folder_name(name));
         let vis_dir = dir.join("vis");
         let main = distributed::is_main_process();
-        if main {
+        // Rank 0 evaluates: it loads the ground truth first, so a bad one fails before the
+        // inference pass, not after it.
+        let mut evaluator = if main {
             std::fs::create_dir_all(&vis_dir)
                 .map_err(|e| Error::io("cannot create", &vis_dir, e))?;
-        }
+            let mut e = evaluator_for(&dataset, &dir)?;
+            e.reset();
+            Some(e)
+        } else {
+            None
+        };
         let start = Instant::now();
         let mut local_outputs = Vec::new();
         let mut images = 0usize;
@@ -355,9 +362,9 @@ pub fn inference_on_datasets(
         // Data-parallel: every rank ran its shard; rank 0 evaluates them all.
         let failed = distributed::global_count(failures.len(), "evaluation failures")?;
         let outputs = distributed::gather_interleaved(local_outputs, "gather of the detections")?;
-        if !main {
+        let Some(evaluator) = evaluator.as_mut() else {
             continue;
-        }
+        };
         let images = outputs.len();
         if images == 0 {
             bail!(
@@ -365,8 +372,6 @@ pub fn inference_on_datasets(
                  metrics written"
             );
         }
-        let mut evaluator = evaluator_for(&dataset, &dir)?;
-        evaluator.reset();
         evaluator.process(&outputs);
         let secs = start.elapsed().as_secs_f64();
         tracing::info!(
