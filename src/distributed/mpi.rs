@@ -5,9 +5,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, WithDType};
 use mpi::collective::SystemOperation;
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives, Root};
@@ -58,6 +58,17 @@ impl MpiCommunicator {
         })
     }
 
+    /// `op` on a host copy of `t`'s values, returned as a tensor on `t`'s device.
+    fn on_host<T: WithDType + Equivalence>(
+        &self,
+        t: &Tensor,
+        op: impl FnOnce(&SimpleCommunicator, &mut [T]),
+    ) -> Result<Tensor> {
+        let mut buf: Vec<T> = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+        self.with(|w| op(w, &mut buf))?;
+        Tensor::from_vec(buf, t.shape(), t.device())
+    }
+
     fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> Result<T> {
         let g = self
             .inner
@@ -88,40 +99,24 @@ impl Communicator for MpiCommunicator {
     }
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        let device = t.device().clone();
-        let flat = t.flatten_all()?.to_device(&candle_core::Device::Cpu)?;
-        let out = match t.dtype() {
-            DType::F32 => {
-                let send: Vec<f32> = flat.to_vec1()?;
-                let mut recv = vec![0f32; send.len()];
-                self.with(|w| w.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum()))?;
-                Tensor::from_vec(recv, t.shape(), &device)?
-            }
-            DType::F64 => {
-                let send: Vec<f64> = flat.to_vec1()?;
-                let mut recv = vec![0f64; send.len()];
-                self.with(|w| w.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum()))?;
-                Tensor::from_vec(recv, t.shape(), &device)?
-            }
+        fn sum<T: Equivalence + Copy>(w: &SimpleCommunicator, buf: &mut [T]) {
+            let send = buf.to_vec();
+            w.all_reduce_into(&send[..], buf, SystemOperation::sum());
+        }
+        match t.dtype() {
+            DType::F32 => self.on_host::<f32>(t, sum),
+            DType::F64 => self.on_host::<f64>(t, sum),
             other => candle_core::bail!("MPI all-reduce of {other:?} is not supported"),
-        };
-        Ok(out)
+        }
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        let device = t.device().clone();
-        let flat = t.flatten_all()?.to_device(&candle_core::Device::Cpu)?;
+        fn from<T: Equivalence>(w: &SimpleCommunicator, buf: &mut [T], root: usize) {
+            w.process_at_rank(root as i32).broadcast_into(buf);
+        }
         match t.dtype() {
-            DType::F32 => {
-                let mut buf: Vec<f32> = flat.to_vec1()?;
-                self.with(|w| w.process_at_rank(root as i32).broadcast_into(&mut buf[..]))?;
-                Tensor::from_vec(buf, t.shape(), &device)
-            }
-            DType::F64 => {
-                let mut buf: Vec<f64> = flat.to_vec1()?;
-                self.with(|w| w.process_at_rank(root as i32).broadcast_into(&mut buf[..]))?;
-                Tensor::from_vec(buf, t.shape(), &device)
-            }
+            DType::F32 => self.on_host::<f32>(t, |w, b| from(w, b, root)),
+            DType::F64 => self.on_host::<f64>(t, |w, b| from(w, b, root)),
             other => candle_core::bail!("MPI broadcast of {other:?} is not supported"),
         }
     }
