@@ -167,18 +167,14 @@ impl<'a> Trainer<'a> {
                 values.push(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
             }
             let distributed = crate::distributed::in_group();
-            let mut comm_time = 0.0;
+            let (mut comm_time, mut stop_requested) = (0.0, false);
             if distributed {
                 let t = Instant::now();
                 values.push(interrupted() as u8 as f64);
                 values = mean_over_ranks(&values, "mean of the losses")?;
+                stop_requested = values.pop().is_some_and(|v| v > 0.0);
                 comm_time += t.elapsed().as_secs_f64();
             }
-            let stop_requested = if distributed {
-                values.pop().is_some_and(|v| v > 0.0)
-            } else {
-                false
-            };
             let mut losses = BTreeMap::new();
             for (name, &v) in out.losses.keys().zip(&values) {
                 if !v.is_finite() {
