@@ -178,6 +178,25 @@ fn same_run(a: &Path, b: &Path, loss_tol: f64, weight_tol: f64) {
     );
 }
 
+fn eval_results(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("eval_results.json")).unwrap()).unwrap()
+}
+
+/// Waits (at most 300 s) until a running job has written two complete `metrics.json`
+/// records.
+fn wait_for_two_records(out: &Path) {
+    let started = Instant::now();
+    let complete = || {
+        std::fs::read_to_string(out.join("metrics.json"))
+            .map(|s| s.lines().filter(|l| l.ends_with('}')).count())
+            .unwrap_or(0)
+    };
+    while complete() < 2 {
+        assert!(started.elapsed().as_secs() < 300, "no iterations in 300 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn two_ranks_train_as_one_process_with_the_global_batch() {
     let root = common::tmp_dir("dist-equal");
@@ -209,11 +228,7 @@ fn two_ranks_train_as_one_process_with_the_global_batch() {
                 &["--eval-only", "MODEL.WEIGHTS", weights.to_str().unwrap()],
             ),
         ));
-        let eval = |d: &Path| -> serde_json::Value {
-            serde_json::from_str(&std::fs::read_to_string(d.join("eval_results.json")).unwrap())
-                .unwrap()
-        };
-        assert_eq!(eval(&single), eval(&sharded), "{name}");
+        assert_eq!(eval_results(&single), eval_results(&sharded), "{name}");
         let predictions = |d: &Path| {
             std::fs::read_dir(d.join("inference/synthetic_faces_val/predictions"))
                 .map(|r| r.count())
@@ -286,11 +301,7 @@ fn a_classifier_trains_and_evaluates_on_two_ranks_as_in_one_process() {
             &["--eval-only", "MODEL.WEIGHTS", weights.to_str().unwrap()],
         ),
     ));
-    let eval = |d: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(d.join("eval_results.json")).unwrap())
-            .unwrap()
-    };
-    assert_eq!(eval(&single), eval(&sharded));
+    assert_eq!(eval_results(&single), eval_results(&sharded));
     assert!(sharded
         .join("inference/synthetic_shapes_val/confusion_matrix.png")
         .is_file());
@@ -385,16 +396,7 @@ fn disturb_rank_1(name: &str, signal: i32, timeout: &str) -> (Output, Duration) 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let logged = || {
-        std::fs::read_to_string(out.join("metrics.json"))
-            .map(|s| s.lines().filter(|l| l.ends_with('}')).count())
-            .unwrap_or(0)
-    };
-    while logged() < 2 {
-        assert!(started.elapsed().as_secs() < 300, "no iterations in 300 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_two_records(&out);
     let rank1 = rank_pid(1).expect("rank 1's process");
     // SAFETY: a signal to a process this test started (through mpirun).
     assert_eq!(unsafe { libc::kill(rank1, signal) }, 0);
@@ -463,15 +465,7 @@ fn ctrl_c_on_mpirun_stops_every_rank_at_one_checkpoint() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while std::fs::read_to_string(out.join("metrics.json"))
-        .map(|s| s.lines().filter(|l| l.ends_with('}')).count())
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(started.elapsed().as_secs() < 300, "no iterations in 300 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_two_records(&out);
     // SAFETY: a signal to the mpirun this test started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let o = child.wait_with_output().unwrap();
