@@ -1,5 +1,8 @@
 //! MobileNetV2 structure, norms, activations and freezing, without external data.
 
+// Tests read tensor values directly; the library's reads go through `ops::host`.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::sync::Arc;

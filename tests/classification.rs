@@ -198,6 +198,13 @@ fn plateau_best_model_and_epoch_curves_resume_exactly() {
     // rate, then 1/2, then 1/4.
     let lrs: Vec<f64> = steps(&whole).iter().map(|s| s.2).collect();
     assert_eq!(lrs.len(), 20);
+    // Cross-entropy reads nothing in the step: its one read is of the losses, statistics
+    // and gradient norm together.
+    let reads: Vec<u64> = records(&whole)
+        .iter()
+        .filter_map(|r| r["host_reads"].as_u64())
+        .collect();
+    assert_eq!(reads, [1; 20]);
     for (i, lr) in lrs.iter().enumerate() {
         let want = 0.001 * [1.0, 1.0, 0.5, 0.25][i / 5];
         assert!(

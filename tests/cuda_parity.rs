@@ -2,6 +2,9 @@
 //! same training-mode features, gradients and detector losses on CUDA as on the CPU
 //! (which the other tests check against PyTorch and finite differences). Elsewhere the
 //! tests say they are skipped.
+
+// Tests read tensor values directly; the library's reads go through `ops::host`.
+#![allow(clippy::disallowed_methods)]
 #![cfg(feature = "cuda")]
 
 use std::path::Path;

@@ -1,5 +1,8 @@
 //! Datasets, the synthetic generator, the mapper and the loader.
 
+// Tests read tensor values directly; the library's reads go through `ops::host`.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::Path;

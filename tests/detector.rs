@@ -1,6 +1,9 @@
 //! FPN and SSDLite built from configs: shapes, names, fusion, inference limits, frozen
 //! stages and pretrained-backbone loading.
 
+// Tests read tensor values directly; the library's reads go through `ops::host`.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! to torchvision's `.pth` up to f16 rounding, and classifying the reference image as
 //! PyTorch does.
 
+// Tests read tensor values directly; the library's reads go through `ops::host`.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::HashMap;

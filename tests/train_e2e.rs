@@ -83,6 +83,20 @@ fn losses(out: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// `host_reads` of every training line of `metrics.json`: the reads of tensor values into
+/// host memory per step, each a device sync on a GPU. Pinned per model, so that a new read
+/// in the step is a deliberate change.
+fn host_reads(out: &Path) -> Vec<u64> {
+    std::fs::read_to_string(out.join("metrics.json"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("host_reads")?.as_u64()
+        })
+        .collect()
+}
+
 fn ok(o: &Output) {
     assert!(
         o.status.success(),
@@ -106,6 +120,9 @@ fn loss_falls_resume_is_exact_and_evaluation_runs() {
         l_full.iter().map(|x| x.0).collect::<Vec<_>>(),
         (0..6).collect::<Vec<_>>()
     );
+    // The hard-negative mining's read of the background losses and the step's one read of
+    // losses, statistics and gradient norm.
+    assert_eq!(host_reads(&full), [2; 6]);
 
     // Interrupted after 3 iterations, then resumed to 6.
     let part = root.join("part");
@@ -194,6 +211,9 @@ fn faster_rcnn_trains_resumes_exactly_and_evaluates() {
     };
     let full = root.join("full");
     run(&full, &["SOLVER.MAX_ITER", "4"]);
+    // The RPN's read of its objectness and deltas (proposal selection on the host) and the
+    // step's one read of losses, statistics and gradient norm.
+    assert_eq!(host_reads(&full), [3; 4]);
     let part = root.join("part");
     run(&part, &["SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]"]);
     run(&part, &["SOLVER.MAX_ITER", "4", "--resume"]);

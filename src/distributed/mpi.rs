@@ -64,7 +64,8 @@ impl MpiCommunicator {
         t: &Tensor,
         op: impl FnOnce(&SimpleCommunicator, &mut [T]),
     ) -> Result<Tensor> {
-        let mut buf: Vec<T> = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+        let mut buf: Vec<T> =
+            crate::ops::host::to_vec1(&t.flatten_all()?.to_device(&Device::Cpu)?)?;
         self.with(|w| op(w, &mut buf))?;
         Tensor::from_vec(buf, t.shape(), t.device())
     }

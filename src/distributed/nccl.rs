@@ -156,7 +156,7 @@ impl Communicator for NcclCommunicator {
     fn barrier(&self) -> Result<()> {
         // A one-element all-reduce, then wait for the stream: NCCL has no barrier.
         let t = Tensor::zeros(1, DType::F32, &self.device)?;
-        self.all_reduce_sum(&t)?.to_vec1::<f32>()?;
+        crate::ops::host::to_vec1::<f32>(&self.all_reduce_sum(&t)?)?;
         Ok(())
     }
 

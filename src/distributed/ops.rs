@@ -7,6 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, Var};
 
 use super::{all_reduce_sum, broadcast, in_group, world_size};
+use crate::ops::host;
 
 /// Gradients are reduced in buckets of about this many elements (PyTorch DDP's 25 MB of
 /// f32): a few large messages instead of one per tensor, without a copy of the whole
@@ -68,10 +69,10 @@ pub fn average_gradients(grads: &mut GradStore, vars: &[Var]) -> Result<usize> {
         reduced += flat.elem_count();
         let sum = all_reduce_sum(&flat, "all-reduce of the gradients")?;
         let mean = (sum.narrow(0, 0, flat.elem_count() - vs.len())? / world as f64)?;
-        let flags: Vec<f32> = sum
-            .narrow(0, flat.elem_count() - vs.len(), vs.len())?
-            .to_dtype(DType::F32)?
-            .to_vec1()?;
+        let flags: Vec<f32> = host::to_vec1(
+            &sum.narrow(0, flat.elem_count() - vs.len(), vs.len())?
+                .to_dtype(DType::F32)?,
+        )?;
         let mut offset = 0;
         for (v, flag) in vs.iter().zip(flags) {
             let n = v.elem_count();
@@ -127,7 +128,7 @@ pub fn global_count(local: usize, what: &str) -> Result<usize> {
         return Ok(local);
     }
     let t = Tensor::new(&[local as f64], &Device::Cpu)?;
-    let sum: Vec<f64> = all_reduce_sum(&t, what)?.to_vec1()?;
+    let sum: Vec<f64> = host::to_vec1(&all_reduce_sum(&t, what)?)?;
     Ok(sum[0].round() as usize)
 }
 
@@ -138,7 +139,7 @@ pub fn mean_over_ranks(values: &[f64], what: &str) -> Result<Vec<f64>> {
         return Ok(values.to_vec());
     }
     let t = Tensor::new(values, &Device::Cpu)?;
-    let sum: Vec<f64> = all_reduce_sum(&t, what)?.to_vec1()?;
+    let sum: Vec<f64> = host::to_vec1(&all_reduce_sum(&t, what)?)?;
     Ok(sum.into_iter().map(|v| v / world as f64).collect())
 }
 
@@ -152,17 +153,18 @@ pub fn all_gather_bytes_by_sum(
     let (rank, world) = (comm.rank(), comm.world_size());
     let mut lens = vec![0f64; world];
     lens[rank] = bytes.len() as f64;
-    let lens: Vec<f64> = comm
-        .all_reduce_sum(&Tensor::new(lens.as_slice(), &Device::Cpu)?)?
-        .to_vec1()?;
+    let lens: Vec<f64> =
+        host::to_vec1(&comm.all_reduce_sum(&Tensor::new(lens.as_slice(), &Device::Cpu)?)?)?;
     let width = lens.iter().fold(0f64, |a, &b| a.max(b)) as usize;
     let mut table = vec![0f32; world * width];
     for (i, &b) in bytes.iter().enumerate() {
         table[rank * width + i] = b as f32;
     }
-    let table: Vec<f32> = comm
-        .all_reduce_sum(&Tensor::from_vec(table, world * width, &Device::Cpu)?)?
-        .to_vec1()?;
+    let table: Vec<f32> = host::to_vec1(&comm.all_reduce_sum(&Tensor::from_vec(
+        table,
+        world * width,
+        &Device::Cpu,
+    )?)?)?;
     Ok(lens
         .iter()
         .enumerate()

@@ -332,6 +332,7 @@ impl Hook for MetricsPrinter {
         if let Some(c) = m.comm_time {
             obj.insert("comm_time".into(), c.into());
         }
+        obj.insert("host_reads".into(), m.host_reads.into());
         append_line(
             &self.metrics_file,
             &serde_json::Value::Object(obj).to_string(),

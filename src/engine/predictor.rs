@@ -256,7 +256,7 @@ impl Predictor {
                 } else {
                     candle_nn::ops::sigmoid(&t)?
                 };
-                Predicted::Probabilities(p.to_vec1()?)
+                Predicted::Probabilities(crate::ops::host::to_vec1(&p)?)
             }
         })
     }

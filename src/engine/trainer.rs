@@ -19,13 +19,14 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::run_bail as bail;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::checkpointer::{CheckpointMeta, Checkpointer};
 use super::train_state::{TrainState, ValMetric};
 use crate::data::loader::DataLoader;
 use crate::distributed::{average_gradients, mean_over_ranks};
 use crate::modeling::Model;
+use crate::ops::host;
 use crate::solver::{LrScheduler, Optimizer};
 
 /// One iteration's numbers.
@@ -44,6 +45,9 @@ pub struct StepMetrics {
     /// Data-parallel runs: seconds in the gradient and loss all-reduces (the ranks' wait
     /// for each other included).
     pub comm_time: Option<f64>,
+    /// Reads of tensor values into host memory by the step (forward, backward, update,
+    /// logging; the data-parallel reductions included): each is a device sync on a GPU.
+    pub host_reads: u64,
 }
 
 pub struct TrainContext<'a> {
@@ -159,15 +163,37 @@ impl<'a> Trainer<'a> {
                 .next()
                 .ok_or_else(|| Error::run("the training loader ended"))??;
             let data_time = t0.elapsed().as_secs_f64();
+            let reads_before = host::reads();
             let out = self.model.forward_train(&data.inputs)?;
+            let total = add_all(&out.losses)?;
+            let mut grads = total.backward()?;
+            let t = Instant::now();
+            average_gradients(&mut grads, &vars)?;
+            let mut comm_time = t.elapsed().as_secs_f64();
+            let observed = if self.scheduler.needs_metric() {
+                self.val_metric.history(&self.state.evals)?
+            } else {
+                Vec::new()
+            };
+            let lr = self.scheduler.lr(iter, &observed);
+            let grad_norm = self.optimizer.step(&grads, lr)?;
+            // The step's one read: losses, statistics and the gradient norm together, after
+            // the update, so that a GPU runs the whole step without waiting. A non-finite
+            // loss is reported below before anything is written, so the update it made to
+            // the weights in memory is never saved.
+            let mut values = {
+                let mut all = Vec::with_capacity(out.losses.len() + out.scalars.len() + 1);
+                for t in out.losses.values().chain(out.scalars.values()) {
+                    all.push(t.to_dtype(DType::F64)?.reshape(())?);
+                }
+                all.push(grad_norm);
+                host::to_vec1::<f64>(&Tensor::stack(&all, 0)?)?
+            };
+            let grad_norm = values.pop().unwrap_or(0.0);
             // Losses and statistics for the logs, averaged over data-parallel ranks with
             // every rank's stop request, so that all ranks stop at the same iteration.
-            let mut values = Vec::with_capacity(out.losses.len() + out.scalars.len() + 1);
-            for t in out.losses.values().chain(out.scalars.values()) {
-                values.push(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
-            }
             let distributed = crate::distributed::in_group();
-            let (mut comm_time, mut stop_requested) = (0.0, false);
+            let mut stop_requested = false;
             if distributed {
                 let t = Instant::now();
                 values.push(interrupted() as u8 as f64);
@@ -175,6 +201,7 @@ impl<'a> Trainer<'a> {
                 stop_requested = values.pop().is_some_and(|v| v > 0.0);
                 comm_time += t.elapsed().as_secs_f64();
             }
+            let host_reads = host::reads() - reads_before;
             let mut losses = BTreeMap::new();
             for (name, &v) in out.losses.keys().zip(&values) {
                 if !v.is_finite() {
@@ -194,18 +221,6 @@ impl<'a> Trainer<'a> {
                 .cloned()
                 .zip(values[out.losses.len()..].iter().copied())
                 .collect();
-            let total = add_all(&out.losses)?;
-            let mut grads = total.backward()?;
-            let t = Instant::now();
-            average_gradients(&mut grads, &vars)?;
-            comm_time += t.elapsed().as_secs_f64();
-            let observed = if self.scheduler.needs_metric() {
-                self.val_metric.history(&self.state.evals)?
-            } else {
-                Vec::new()
-            };
-            let lr = self.scheduler.lr(iter, &observed);
-            let grad_norm = self.optimizer.step(&grads, lr)?;
             last = StepMetrics {
                 iteration: iter,
                 total_loss: losses.values().sum(),
@@ -216,6 +231,7 @@ impl<'a> Trainer<'a> {
                 time: t0.elapsed().as_secs_f64(),
                 data_time,
                 comm_time: distributed.then_some(comm_time),
+                host_reads,
             };
             let mut ctx = TrainContext {
                 iter,

@@ -212,7 +212,7 @@ fn postprocess(
             .collect());
     }
     if let Some(logits) = out.logits {
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let rows: Vec<Vec<f32>> = crate::ops::host::to_vec2(&logits.to_dtype(DType::F32)?)?;
         return Ok(rows.into_iter().map(Prediction::Logits).collect());
     }
     bail!("the model returned neither detections nor logits")

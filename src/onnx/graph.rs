@@ -133,11 +133,11 @@ impl OnnxGraph {
     /// A Candle tensor (any float dtype, any device) as an f32 initializer.
     pub fn tensor(&mut self, hint: &str, t: &Tensor) -> Result<String> {
         let dims = t.dims().to_vec();
-        let data: Vec<f32> = t
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let data: Vec<f32> = crate::ops::host::to_vec1(
+            &t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?,
+        )?;
         Ok(self.floats(hint, &dims, &data))
     }
 

@@ -16,6 +16,7 @@ pub mod depthwise;
 #[cfg(feature = "cuda")]
 mod depthwise_cuda;
 pub mod geometry;
+pub mod host;
 mod parallel;
 mod pointwise;
 pub mod roi_align;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 use crate::config::{Config, ConfigError, OptimizerName};
 
@@ -98,29 +98,44 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`; returns the global gradient L2 norm (before
-    /// clipping). Parameters without a gradient are left alone.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
+    /// clipping) as an f64 scalar on the parameters' device. Parameters without a gradient
+    /// are left alone.
+    ///
+    /// Nothing is read to the host: the norm and the clipping factor stay on the device,
+    /// so that on a GPU the step queues its kernels without waiting, and the caller reads
+    /// the norm with the losses in the step's one read.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<Tensor> {
         let gs: Vec<Option<&Tensor>> = self
             .params
             .iter()
             .map(|p| grads.get(p.var.as_tensor()))
             .collect();
-        // The squared norms summed on the device, in f64, and read once: a read per
-        // parameter would wait for the GPU ~200 times a step.
+        let device = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        // The squared norms summed in f64.
         let squares = gs
             .iter()
             .flatten()
-            .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
             .collect::<Result<Vec<_>>>()?;
-        let sq = if squares.is_empty() {
-            0.0
+        let norm = if squares.is_empty() {
+            Tensor::zeros((), DType::F64, &device)?
         } else {
-            Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?
+            Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?
         };
-        let norm = sq.sqrt();
-        let scale = match self.clip_norm {
-            Some(max) if norm > max => max / (norm + 1e-6),
-            _ => 1.0,
+        // PyTorch's `clip_grad_norm_`: every gradient times min(1, max / (norm + 1e-6)).
+        // Cast once to the parameters' dtype, multiplied into each gradient below.
+        let dtype = self.params.first().map_or(DType::F32, |p| p.var.dtype());
+        let clip = match self.clip_norm {
+            Some(max) => Some(
+                (norm.affine(1.0, 1e-6)?.recip()? * max)?
+                    .minimum(1.0)?
+                    .to_dtype(dtype)?,
+            ),
+            None => None,
         };
         self.step += 1;
         let t = self.step as i32;
@@ -130,7 +145,10 @@ impl Optimizer {
             // Gradients carry autograd history back into this step's activations; state
             // built from them would keep every step's graph alive (a leak of ~1 GB/step).
             let g = g.detach();
-            let g = if scale != 1.0 { (g * scale)? } else { g };
+            let g = match &clip {
+                Some(c) => g.broadcast_mul(&c.to_dtype(g.dtype())?)?,
+                None => g,
+            };
             let lr_p = lr * p.lr_factor;
             // Detached too: `w * decay` would otherwise record the variable as an input,
             // and the momentum buffer built from it would chain every step's buffer to
@@ -212,7 +230,10 @@ impl Optimizer {
             }
         }
         if let Some(s) = tensors.get("optimizer.step") {
-            self.step = s.to_vec1::<f64>()?.first().copied().unwrap_or(0.0) as u64;
+            self.step = crate::ops::host::to_vec1::<f64>(s)?
+                .first()
+                .copied()
+                .unwrap_or(0.0) as u64;
         }
         Ok(())
     }
@@ -281,7 +302,11 @@ mod tests {
             vec![p],
             Some(1.0),
         );
-        let norm = o.step(&grads_for(&v, &[3.0, 4.0]), 1.0).unwrap();
+        let norm: f64 = o
+            .step(&grads_for(&v, &[3.0, 4.0]), 1.0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
         // Clipped g = [0.6, 0.8]; nesterov: d = g + 0.9 * buf = 1.9 g.
         let w: Vec<f32> = v.to_vec1().unwrap();

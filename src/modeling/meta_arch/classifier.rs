@@ -107,8 +107,7 @@ impl Classifier {
         let classes = self.linear.weight().dim(0)?;
         let mut hot = vec![0f32; n * classes];
         let sets: Vec<Vec<usize>> = match targets {
-            Targets::Labels(l) => l
-                .to_vec1::<u32>()?
+            Targets::Labels(l) => crate::ops::host::to_vec1::<u32>(l)?
                 .into_iter()
                 .map(|c| vec![c as usize])
                 .collect(),

@@ -27,6 +27,7 @@ use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
 use crate::modeling::OnnxExportSpec;
 use crate::onnx::OnnxGraph;
+use crate::ops::host;
 use crate::structures::boxes::{clip, Box4};
 use crate::structures::Instances;
 use crate::structures::{Batch, InstanceDetections, LossMap, Targets};
@@ -221,7 +222,8 @@ impl SsdLite {
             ClsLoss::CrossEntropy => {
                 let log_p = candle_nn::ops::log_softmax(&flat_scores, D::Minus1)?;
                 // Mining on the detached background loss: the hardest negatives per image.
-                let bg_loss: Vec<f32> = log_p.narrow(1, c - 1, 1)?.squeeze(1)?.neg()?.to_vec1()?;
+                let bg_loss: Vec<f32> =
+                    host::to_vec1(&log_p.narrow(1, c - 1, 1)?.squeeze(1)?.neg()?)?;
                 let mut sel: Vec<u32> = pos_idx.clone();
                 let mut sel_cls: Vec<u32> = pos_cls.iter().map(|&l| l as u32).collect();
                 for (i, labels) in labels_all.iter().enumerate() {
@@ -303,16 +305,14 @@ impl SsdLite {
             ClsLoss::CrossEntropy => candle_nn::ops::softmax_last_dim(scores)?,
             ClsLoss::Focal => candle_nn::ops::sigmoid(scores)?,
         };
-        let probs: Vec<f32> = probs
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let deltas: Vec<f32> = deltas
-            .to_device(&Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let host = |t: &Tensor| -> Result<Vec<f32>> {
+            host::to_vec1(
+                &t.to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?,
+            )
+        };
+        let (probs, deltas) = (host(&probs)?, host(deltas)?);
         let k = self.params.num_classes;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {

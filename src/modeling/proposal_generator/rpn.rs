@@ -138,11 +138,12 @@ impl Rpn {
         let (logits, deltas) = self.head.forward(&levels)?;
         let train = targets.is_some();
         let host = |t: &Tensor| -> Result<Vec<f32>> {
-            t.detach()
-                .to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()
+            crate::ops::host::to_vec1(
+                &t.detach()
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?,
+            )
         };
         let proposals = self.find_top_proposals(
             &host(&logits)?,

@@ -132,10 +132,11 @@ impl FastRcnnOutputLayers {
         image_sizes: &[(usize, usize)],
     ) -> Result<Vec<InstanceDetections>> {
         let host = |t: &Tensor| -> Result<Vec<f32>> {
-            t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()
+            crate::ops::host::to_vec1(
+                &t.to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?,
+            )
         };
         let probs = host(&candle_nn::ops::softmax_last_dim(scores)?)?;
         let deltas = host(deltas)?;
