@@ -193,3 +193,84 @@ fn detector_losses_match_cpu() {
         eprintln!("{file}: CUDA {cuda:?}, CPU {cpu:?}");
     }
 }
+
+/// The optimizer updates a GPU's parameters in flat groups and a CPU's one by one: three
+/// SGD (Nesterov, weight decay, clipping) and three AdamW steps over the same parameters
+/// and gradients leave the same weights, to f32 rounding (sqrt and division may round
+/// differently on the GPU), and the same gradient norm.
+#[test]
+fn grouped_optimizer_steps_match_cpu() {
+    use candletron::solver::optimizer::{Kind, Optimizer, Param};
+    let Some(gpu) = gpu() else { return };
+    let shapes: [&[usize]; 4] = [&[32, 16, 3, 3], &[32], &[32], &[10, 32]];
+    let init: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu).unwrap())
+        .collect();
+    let grads: Vec<Vec<Tensor>> = (0..3)
+        .map(|_| {
+            shapes
+                .iter()
+                .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu).unwrap())
+                .collect()
+        })
+        .collect();
+    let kinds = [
+        Kind::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        Kind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+    ];
+    for kind in kinds {
+        let run = |dev: &Device| {
+            let vars: Vec<Var> = init
+                .iter()
+                .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+                .collect();
+            let params = vars
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Param {
+                    name: format!("p{i}"),
+                    var: v.clone(),
+                    weight_decay: if v.rank() > 1 { 1e-2 } else { 0.0 },
+                    lr_factor: if i == 2 { 2.0 } else { 1.0 },
+                })
+                .collect();
+            let mut o = Optimizer::new(kind, params, Some(5.0));
+            let mut norms = Vec::new();
+            for step in &grads {
+                let mut total = Tensor::zeros((), DType::F32, dev).unwrap();
+                for (v, g) in vars.iter().zip(step) {
+                    let term = (v.as_tensor() * g.to_device(dev).unwrap()).unwrap();
+                    total = (total + term.sum_all().unwrap()).unwrap();
+                }
+                let norm = o.step(&total.backward().unwrap(), 0.05).unwrap();
+                norms.push(
+                    norm.to_device(&Device::Cpu)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap(),
+                );
+            }
+            (vars, norms)
+        };
+        let (cpu, cpu_norms) = run(&Device::Cpu);
+        let (cuda, cuda_norms) = run(&gpu);
+        for (a, b) in cpu_norms.iter().zip(&cuda_norms) {
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs(),
+                "{kind:?} norm: CPU {a} vs CUDA {b}"
+            );
+        }
+        for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
+            let d = rel_diff(g.as_tensor(), c.as_tensor());
+            assert!(d < 1e-6, "{kind:?} parameter {i}: {d:.2e}");
+        }
+    }
+}
