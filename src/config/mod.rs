@@ -198,30 +198,35 @@ impl Config {
     fn closest_key(&self, key: &str) -> Option<String> {
         let upper = key.to_ascii_uppercase();
         let last = upper.rsplit('.').next().unwrap_or(&upper);
-        let mut groups = Vec::new();
+        let mut groups = std::collections::BTreeSet::new();
         for leaf in self.keys() {
             let mut prefix = String::new();
             for part in leaf.split('.') {
                 prefix = entry::join(&prefix, part);
-                if !groups.contains(&prefix) {
-                    groups.push(prefix.clone());
-                }
+                groups.insert(prefix.clone());
             }
         }
+        let bound = last.len().max(3) / 2;
         groups
             .into_iter()
-            .map(|cand| {
-                let cand_last = cand.rsplit('.').next().unwrap_or(&cand).to_string();
+            .filter_map(|cand| {
+                let cand_last = cand.rsplit('.').next().unwrap_or(&cand);
                 // A truncated name (WIDTH for WIDTH_MULT) is as close as a one-letter typo.
                 let last_d = if last.len() >= 3 && cand_last.starts_with(last) {
                     1
+                } else if last.chars().count().abs_diff(cand_last.chars().count()) > bound {
+                    // The distance is at least the length difference: too far, so the
+                    // quadratic distance of a long garbage key is never computed.
+                    return None;
                 } else {
-                    edit_distance(last, &cand_last)
+                    edit_distance(last, cand_last)
                 };
+                if last_d > bound {
+                    return None;
+                }
                 let score = 3 * last_d + edit_distance(&upper, &cand);
-                (score, last_d, cand)
+                Some((score, last_d, cand))
             })
-            .filter(|(_, last_d, _)| *last_d <= last.len().max(3) / 2)
             .min()
             .map(|(_, _, cand)| cand)
     }
@@ -273,6 +278,16 @@ mod tests {
         );
         assert_eq!(cfg.closest_key("MODLE").as_deref(), Some("MODEL"));
         assert_eq!(cfg.closest_key("COMPLETELY_UNRELATED_THING"), None);
+        assert_eq!(
+            cfg.closest_key("MODEL.MOBILENET.WIDTH").as_deref(),
+            Some("MODEL.MOBILENET.WIDTH_MULT")
+        );
+        // A key one letter longer than a real one is still a typo; a long one is not.
+        assert_eq!(
+            cfg.closest_key("SOLVER.BASE_LRR").as_deref(),
+            Some("SOLVER.BASE_LR")
+        );
+        assert_eq!(cfg.closest_key(&"SOLVER.X".repeat(500)), None);
     }
 
     #[test]
