@@ -16,7 +16,7 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
-use crate::utils::distance::edit_distance;
+use crate::utils::distance::{edit_distance, edit_distance_within};
 pub use choice::Choice;
 pub use choices::*;
 pub use defaults::*;
@@ -214,16 +214,9 @@ impl Config {
                 // A truncated name (WIDTH for WIDTH_MULT) is as close as a one-letter typo.
                 let last_d = if last.len() >= 3 && cand_last.starts_with(last) {
                     1
-                } else if last.chars().count().abs_diff(cand_last.chars().count()) > bound {
-                    // The distance is at least the length difference: too far, so the
-                    // quadratic distance of a long garbage key is never computed.
-                    return None;
                 } else {
-                    edit_distance(last, cand_last)
+                    edit_distance_within(last, cand_last, bound)?
                 };
-                if last_d > bound {
-                    return None;
-                }
                 let score = 3 * last_d + edit_distance(&upper, &cand);
                 Some((score, last_d, cand))
             })
