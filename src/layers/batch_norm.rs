@@ -9,6 +9,7 @@
 //! of a data-parallel run (with their gradients), so that they are those of the global
 //! batch; in a single process it is plain BN.
 
+use super::autocast::in_f32;
 use crate::ops::batch_norm_train::{self, BatchStats};
 use crate::ops::conv_bn_train::{self, TrainConv};
 use crate::ops::Activation;
@@ -102,7 +103,13 @@ impl BatchNorm2d {
 
     /// `activation(bn(x))`; in training on CPU the activation runs inside the batch norm
     /// op when it [`fuses`](batch_norm_train::fuses).
+    ///
+    /// An f16/bf16 input (autocast) is normalised in f32, with f32 statistics, and the
+    /// output handed back in the input's dtype, as PyTorch's batch norm does.
     pub fn forward_act(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
+        if matches!(x.dtype(), DType::F16 | DType::BF16) {
+            return in_f32(x, |x| self.forward_act(x, train, activation));
+        }
         if !train {
             return activation.apply(&self.t.apply_affine(x)?);
         }
@@ -263,8 +270,9 @@ impl FrozenBatchNorm2d {
         self.t.eval_affine()
     }
 
+    /// In f32 for an f16/bf16 input, handed back in its dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.t.apply_affine(x)
+        in_f32(x, |x| self.t.apply_affine(x))
     }
 }
 
@@ -288,11 +296,12 @@ impl Norm {
         self.forward_act(x, train, Activation::Identity)
     }
 
-    /// `activation(norm(x))`, fused where the norm's op allows it.
+    /// `activation(norm(x))`, fused where the norm's op allows it; in f32 for an
+    /// f16/bf16 input, handed back in its dtype.
     pub fn forward_act(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
         match self {
             Self::Batch(bn) => bn.forward_act(x, train, activation),
-            Self::Frozen(bn) => activation.apply(&bn.forward(x)?),
+            Self::Frozen(bn) => in_f32(x, |x| activation.apply(&bn.forward(x)?)),
         }
     }
 

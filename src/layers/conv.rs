@@ -11,6 +11,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::ops::conv_bn_train::{self, ChainLayer};
 use crate::ops::{conv2d, conv2d_bias_act, Activation, ConvGeometry};
 
+use super::autocast;
 use super::batch_norm::{self, Norm, NormKind};
 
 /// A Conv2d layer's settings (burn-style): `Conv2dConfig::new(in, out, kernel)` gives a
@@ -124,6 +125,8 @@ pub fn kaiming_fan_out() -> Init {
 /// [`conv_bn_train`] covers runs as one autograd node (no gradient
 /// buffers for the activations between them); anything else runs layer by layer.
 pub fn forward_chain_t(convs: &[Conv2d], x: &Tensor, train: bool) -> Result<Tensor> {
+    // Under autocast the node (f32 kernels) does not apply to the narrow input.
+    let x = &autocast::cast(x)?;
     if train && convs.len() > 1 {
         let layers = convs
             .iter()
@@ -316,11 +319,18 @@ impl Conv2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // Under autocast the conv runs narrow: its input, weight and bias are cast (the
+        // weight's gradient flows back through the cast); a batch norm after it computes
+        // in f32 and hands back the narrow dtype.
+        let x = &autocast::cast(x)?;
+        let narrow = |t: &Tensor| autocast::cast(t);
         // A frozen norm is a fixed affine: fold it into the (possibly trainable) weights
         // on the fly. Same result as conv-then-affine, but the autograd graph keeps one
         // activation-sized tensor less per layer, which is what bounds detector training
-        // memory on CPU.
-        if let Some(Norm::Frozen(f)) = &self.norm {
+        // memory on CPU. Not under autocast: a folded weight scaled up by a channel of
+        // tiny variance makes a large narrow conv output that the shift then cancels, so
+        // the norm is applied after the conv, in f32, as PyTorch's is.
+        if let (Some(Norm::Frozen(f)), None) = (&self.norm, autocast::compute_dtype()) {
             let (scale, shift) = f.eval_affine()?;
             let w = self.weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
             let b = match &self.bias {
@@ -339,7 +349,12 @@ impl Conv2d {
         // gradient, so it is never used on trainable tensors.
         if let (false, Some(b), None) = (train, &self.bias, &self.norm) {
             if !b.is_variable() && !self.weight.is_variable() {
-                return self.cfg.conv_bias_act(x, &self.weight, b, self.activation);
+                return self.cfg.conv_bias_act(
+                    x,
+                    &narrow(&self.weight)?,
+                    &narrow(b)?,
+                    self.activation,
+                );
             }
         }
         // Training conv + BN (+ ReLU/ReLU6) as one node where the kernels allow it.
@@ -350,9 +365,9 @@ impl Conv2d {
                 }
             }
         }
-        let mut y = self.cfg.conv(x, &self.weight)?;
+        let mut y = self.cfg.conv(x, &narrow(&self.weight)?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+            y = y.broadcast_add(&narrow(b)?.reshape((1, (), 1, 1))?)?;
         }
         match &self.norm {
             Some(norm) => norm.forward_act(&y, train, self.activation),

@@ -1,6 +1,7 @@
 //! Modules shared by backbones and heads: Conv2d with its norm and activation, the
 //! norms, `ShapeSpec`, losses. The kernels they run live in [`crate::ops`].
 
+pub mod autocast;
 pub mod batch_norm;
 pub mod conv;
 pub mod dropout;

@@ -44,6 +44,10 @@ pub fn train_conv(weight: &Tensor, g: ConvGeometry, groups: usize) -> Result<Opt
 
 /// `x` (N, C, H, W) convolved with `weight` (O, C / groups, K, K), no bias.
 pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeometry, groups: usize) -> Result<Tensor> {
+    if let Some(dt) = narrow_on_cpu(x) {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        return conv2d(&f32(x)?, &f32(weight)?, g, groups)?.to_dtype(dt);
+    }
     if is_depthwise(weight, groups)? {
         return depthwise_conv2d(x, weight, g);
     }
@@ -61,6 +65,15 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeometry, groups: usize) -> Re
         return dense_conv::dense_conv2d(x, weight, g);
     }
     x.conv2d(weight, g.padding, g.stride, g.dilation, groups)
+}
+
+/// The narrow dtype of `x` when it is f16/bf16 on the CPU. Candle's CPU backend has no
+/// bf16 matmul and no fast f16 one, so narrow convolutions and linear layers there
+/// compute in f32 on the narrow operands and round the result: the arithmetic of a GPU's
+/// tensor cores (narrow products, f32 sums), so that mixed precision can be checked on
+/// a CPU, though not sped up.
+pub(crate) fn narrow_on_cpu(x: &Tensor) -> Option<DType> {
+    (x.device().is_cpu() && matches!(x.dtype(), DType::F16 | DType::BF16)).then_some(x.dtype())
 }
 
 /// Inference only (no gradient): `activation(conv(x, weight) + bias)`. On CPU in f32

@@ -513,7 +513,9 @@ pub(crate) fn custom_op_for(x: &Tensor) -> bool {
         return false;
     }
     match x.device() {
-        candle_core::Device::Cpu => true,
+        candle_core::Device::Cpu => {
+            matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        }
         #[cfg(feature = "cuda")]
         candle_core::Device::Cuda(_) => super::depthwise_cuda::supports(x.dtype()),
         _ => false,

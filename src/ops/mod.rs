@@ -17,6 +17,7 @@ pub mod depthwise;
 mod depthwise_cuda;
 pub mod geometry;
 pub mod host;
+pub mod linear;
 mod parallel;
 mod pointwise;
 pub mod roi_align;
@@ -30,6 +31,7 @@ pub use conv_bn_train::{conv_bn_act_train, conv_bn_chain_train, ChainLayer};
 pub use dense_conv::dense_conv2d;
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use geometry::ConvGeometry;
+pub use linear::linear;
 pub use roi_align::{roi_align, roi_align_portable, RoiAlignParams};
 pub use upsample::upsample_nearest_2x;
 

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 
 use super::custom_op::Input;
 use rayon::prelude::*;
@@ -260,7 +260,12 @@ custom_op1!(Backward, "roi-align-backward", backward_impl);
 
 /// Pools `rois` (image index, XYXY box in input pixels) from `features` (N, C, H, W)
 /// into (R, C, out_h, out_w): the custom op on CPU, the portable path elsewhere.
+/// f16/bf16 features (autocast) are pooled in f32 and the result handed back in their
+/// dtype, as torchvision's autocast rule for `roi_align` does.
 pub fn roi_align(features: &Tensor, rois: &[(usize, Box4)], p: &RoiAlignParams) -> Result<Tensor> {
+    if matches!(features.dtype(), DType::F16 | DType::BF16) {
+        return roi_align(&features.to_dtype(DType::F32)?, rois, p)?.to_dtype(features.dtype());
+    }
     let (_, c, h, w) = features.dims4()?;
     let (ph, pw) = p.output_size;
     if rois.is_empty() {

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::layers::{Conv2d, Conv2dConfig, ShapeSpec};
+use crate::layers::{autocast, Conv2d, Conv2dConfig, ShapeSpec};
 
 #[derive(Debug, Clone)]
 pub struct RpnHead {
@@ -78,6 +78,10 @@ impl RpnHead {
                     .reshape((n, (), 4))?,
             );
         }
-        Ok((Tensor::cat(&logits, 1)?, Tensor::cat(&deltas, 1)?))
+        // In f32 for the losses and proposal selection (autocast).
+        Ok((
+            autocast::to_f32(&Tensor::cat(&logits, 1)?)?,
+            autocast::to_f32(&Tensor::cat(&deltas, 1)?)?,
+        ))
     }
 }

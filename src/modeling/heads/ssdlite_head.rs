@@ -7,7 +7,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+use crate::layers::{autocast, Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
 use crate::onnx::{Attr, OnnxGraph};
 
 /// 3x3 depthwise conv + norm + ReLU6 under `vb.depthwise`.
@@ -189,7 +189,11 @@ impl SsdLiteHead {
             scores.push(flat(cls.forward_t(f, train)?, self.num_scores)?);
             deltas.push(flat(bx.forward_t(f, train)?, 4)?);
         }
-        Ok((Tensor::cat(&scores, 1)?, Tensor::cat(&deltas, 1)?))
+        // In f32 for the losses and post-processing (autocast).
+        Ok((
+            autocast::to_f32(&Tensor::cat(&scores, 1)?)?,
+            autocast::to_f32(&Tensor::cat(&deltas, 1)?)?,
+        ))
     }
 
     /// [`Self::forward_t`] as ONNX nodes: (scores, deltas) values of shapes (N, R, S)

@@ -5,10 +5,11 @@
 //! to end, and the backbone can be fine-tuned as a classifier.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Init, Linear, Module, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
 use super::meta_arch::{MetaArch, Outputs};
 use crate::config::{ClassifierLoss, Config};
+use crate::layers::autocast;
 use crate::layers::dropout::dropout_rows;
 use crate::layers::losses::{
     binary_cross_entropy_with_logits, cross_entropy_smoothed, sigmoid_focal_loss,
@@ -129,13 +130,23 @@ impl Classifier {
     /// [`dropout_rows`]).
     pub fn logits(&self, images: &Tensor, train: bool, seeds: &[u64]) -> Result<Tensor> {
         let features = self.backbone.forward_t(images, train)?;
-        let x = features[&self.feature].mean(D::Minus1)?.mean(D::Minus1)?;
+        // Under autocast the pool averages in f32 and the linear layer runs narrow; the
+        // logits leave in f32 for the loss.
+        let x = autocast::to_f32(&features[&self.feature])?
+            .mean(D::Minus1)?
+            .mean(D::Minus1)?;
         let x = if train {
             dropout_rows(&x, self.dropout, seeds)?
         } else {
             x
         };
-        self.linear.forward(&x)
+        let bias = self.linear.bias().map(autocast::cast).transpose()?;
+        let y = crate::ops::linear(
+            &autocast::cast(&x)?,
+            &autocast::cast(self.linear.weight())?,
+            bias.as_ref(),
+        )?;
+        autocast::to_f32(&y)
     }
 }
 

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{Init, VarBuilder};
 
-use crate::layers::{Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
+use crate::layers::{autocast, Activation, Conv2d, Conv2dConfig, NormKind, ShapeSpec};
 
 /// A fully connected layer with Caffe2's "Xavier" init (uniform, fan-in, gain 1), which
 /// Detectron2 uses for its box-head FCs.
@@ -32,9 +32,14 @@ impl Fc {
         Self::new(inp, out, init, vb)
     }
 
-    /// (R, in) -> (R, out).
+    /// (R, in) -> (R, out); in the compute dtype under autocast.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        let (x, w, b) = (
+            autocast::cast(x)?,
+            autocast::cast(&self.weight)?,
+            autocast::cast(&self.bias)?,
+        );
+        crate::ops::linear(&x, &w, Some(&b))
     }
 }
 

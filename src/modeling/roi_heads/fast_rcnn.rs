@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::box_head::Fc;
+use crate::layers::autocast;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform, BoxLoss};
 use crate::structures::boxes::{clip, Box4};
 use crate::structures::{InstanceDetections, LossMap};
@@ -60,7 +61,11 @@ impl FastRcnnOutputLayers {
 
     /// (R, D) -> (R, K + 1) scores and (R, K * 4) (or (R, 4)) deltas.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.cls_score.forward(x)?, self.bbox_pred.forward(x)?))
+        // In f32 for the losses and post-processing (autocast).
+        Ok((
+            autocast::to_f32(&self.cls_score.forward(x)?)?,
+            autocast::to_f32(&self.bbox_pred.forward(x)?)?,
+        ))
     }
 
     /// Column of ROI `r`'s deltas for class `c` in the (R * boxes, 4) view.
