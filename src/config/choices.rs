@@ -173,3 +173,22 @@ config_choice! {
         Rgb = "RGB",
     }
 }
+
+config_choice! {
+    /// The compute dtype of mixed-precision training (`SOLVER.AMP.DTYPE`).
+    pub enum AmpDtype {
+        /// IEEE half: 10 mantissa bits, range to 65504; needs loss scaling.
+        Float16 = "float16" | "f16" | "fp16" | "half",
+        /// bfloat16: f32's range with 7 mantissa bits; trains without loss scaling.
+        BFloat16 = "bfloat16" | "bf16",
+    }
+}
+
+impl AmpDtype {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::Float16 => candle_core::DType::F16,
+            Self::BFloat16 => candle_core::DType::BF16,
+        }
+    }
+}

@@ -4,9 +4,9 @@
 //! normalisation scaled by 255, so ImageNet-pretrained weights see the inputs they expect.
 
 use super::choices::{
-    Augmentation, BoxLossType, ClassifierLoss, ClsLoss, InputFormat, LrSchedulerName, MetricMode,
-    OptimizerName, PeriodUnit, PoolerType, RandomFlip, SamplerName, ThresholdMode, TopBlock,
-    WarmupMethod,
+    AmpDtype, Augmentation, BoxLossType, ClassifierLoss, ClsLoss, InputFormat, LrSchedulerName,
+    MetricMode, OptimizerName, PeriodUnit, PoolerType, RandomFlip, SamplerName, ThresholdMode,
+    TopBlock, WarmupMethod,
 };
 use super::origins::Origins;
 use crate::config_group;
@@ -361,6 +361,20 @@ config_group! {
         betas: Vec<f64> = vec![0.9, 0.999],
         clip_gradients: ClipGradientsConfig = ClipGradientsConfig::default(),
         plateau: PlateauConfig = PlateauConfig::default(),
+        amp: AmpConfig = AmpConfig::default(),
+    }
+}
+
+config_group! {
+    /// Mixed-precision training (PyTorch's autocast and `GradScaler`, Detectron2's
+    /// `AMPTrainer`): the training forward computes convolutions and linear layers in
+    /// `DTYPE`, while the weights, the optimizer state, batch-norm statistics and the
+    /// losses stay in f32. With `float16` the loss is scaled dynamically; a step whose
+    /// gradients overflow is skipped and the scale halved.
+    pub struct AmpConfig {
+        enabled: bool = false,
+        /// `float16` (Detectron2's precision, with loss scaling) or `bfloat16`.
+        dtype: AmpDtype = AmpDtype::Float16,
     }
 }
 

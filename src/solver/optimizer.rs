@@ -1,14 +1,17 @@
 //! SGD (momentum, Nesterov) and AdamW with PyTorch's update rules, per-parameter weight
 //! decay (1-D parameters, i.e. norm weights and biases, get `WEIGHT_DECAY_NORM`),
 //! a bias learning-rate factor, and global gradient-norm clipping. The state (momentum
-//! and Adam moments, step count) is exposed as named tensors for checkpoints.
+//! and Adam moments, step count) is exposed as named tensors for checkpoints. With a
+//! [`GradScaler`] (float16 training) the gradients arrive scaled: the update divides
+//! them back and is skipped, on the device, when they overflowed.
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 
-use crate::config::{Config, ConfigError, OptimizerName};
+use super::grad_scaler::GradScaler;
+use crate::config::{AmpDtype, Config, ConfigError, OptimizerName};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -42,6 +45,7 @@ pub struct Optimizer {
     flat: Vec<Option<(Vec<usize>, Vec<Tensor>)>>,
     step: u64,
     clip_norm: Option<f64>,
+    scaler: Option<GradScaler>,
 }
 
 /// The tensors flattened and concatenated, in order.
@@ -68,6 +72,7 @@ impl Optimizer {
             flat: Vec::new(),
             step: 0,
             clip_norm,
+            scaler: None,
         };
         o.set_grouped(on_gpu);
         o
@@ -142,7 +147,37 @@ impl Optimizer {
             .clip_gradients
             .enabled
             .then_some(s.clip_gradients.clip_value);
-        Ok(Self::new(kind, params, clip))
+        let scaled = s.amp.enabled && s.amp.dtype == AmpDtype::Float16;
+        Ok(Self::new(kind, params, clip).with_grad_scaler(scaled.then(GradScaler::default)))
+    }
+
+    /// Float16 training: the gradients [`step`](Self::step) gets are those of the loss
+    /// times [`loss_scale`](Self::loss_scale).
+    pub fn with_grad_scaler(mut self, scaler: Option<GradScaler>) -> Self {
+        self.scaler = scaler;
+        self
+    }
+
+    /// The factor the caller multiplies the loss by before the backward pass (`None`:
+    /// no loss scaling).
+    pub fn loss_scale(&self) -> Option<f64> {
+        self.scaler.as_ref().map(GradScaler::scale)
+    }
+
+    /// Completes a step once its gradient norm is on the host (the step's one read).
+    /// With loss scaling, a non-finite norm means the gradients overflowed: the step
+    /// left the weights and state as they were, so its count is taken back (Adam's bias
+    /// correction) and the scale lowered. Returns whether the step was skipped.
+    pub fn finish_step(&mut self, grad_norm: f64) -> bool {
+        let Some(scaler) = &mut self.scaler else {
+            return false;
+        };
+        let overflow = !grad_norm.is_finite();
+        if overflow {
+            self.step -= 1;
+        }
+        scaler.update(overflow);
+        overflow
     }
 
     /// The optimised variables, in a fixed order (the same on every rank).
@@ -151,8 +186,10 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`; returns the global gradient L2 norm (before
-    /// clipping) as an f64 scalar on the parameters' device. Parameters without a gradient
-    /// are left alone.
+    /// clipping, after unscaling) as an f64 scalar on the parameters' device. Parameters
+    /// without a gradient are left alone. With loss scaling, an update whose gradients
+    /// are not all finite writes back the old weights and state (a `where` on the
+    /// device), and the caller reports the norm to [`finish_step`](Self::finish_step).
     ///
     /// Nothing is read to the host: the norm and the clipping factor stay on the device,
     /// so that on a GPU the step queues its kernels without waiting, and the caller reads
@@ -198,16 +235,36 @@ impl Optimizer {
                 .collect::<Result<Vec<_>>>()?;
             Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?
         };
+        // Unscaling is a multiplication by a power of two: exact, and folded into the
+        // factor the gradients are multiplied by anyway when clipping.
+        let inv_scale = self.loss_scale().map(|s| 1.0 / s);
+        let norm = match inv_scale {
+            Some(inv) => (norm * inv)?,
+            None => norm,
+        };
+        // Finite iff `norm * 0` is 0: an inf or NaN anywhere makes the norm inf or NaN,
+        // and that times 0 NaN.
+        let finite = match inv_scale {
+            Some(_) => Some((&norm * 0.0)?.eq(0.0)?),
+            None => None,
+        };
         // PyTorch's `clip_grad_norm_`: every gradient times min(1, max / (norm + 1e-6)).
         let clip = match self.clip_norm {
             Some(max) => Some((norm.affine(1.0, 1e-6)?.recip()? * max)?.minimum(1.0)?),
             None => None,
         };
+        let factor = match (&clip, inv_scale) {
+            (Some(c), Some(inv)) => Some(Factor::Tensor((c * inv)?)),
+            (Some(c), None) => Some(Factor::Tensor(c.clone())),
+            (None, Some(inv)) => Some(Factor::Scalar(inv)),
+            (None, None) => None,
+        };
         self.step += 1;
         let t = self.step as i32;
         for (gi, members, g) in work {
-            let g = match &clip {
-                Some(c) => g.broadcast_mul(&c.to_dtype(g.dtype())?)?,
+            let g = match &factor {
+                Some(Factor::Tensor(c)) => g.broadcast_mul(&c.to_dtype(g.dtype())?)?,
+                Some(Factor::Scalar(f)) => (g * *f)?,
                 None => g,
             };
             let (weight_decay, lr_p) = {
@@ -222,6 +279,14 @@ impl Optimizer {
                     .iter()
                     .map(|&i| self.params[i].var.as_tensor().detach()),
             )?;
+            // The state before this step, for a skipped step to keep.
+            let old_state: Vec<Tensor> = match (&finite, self.kind) {
+                (None, _) => Vec::new(),
+                (Some(_), Kind::Sgd { momentum: 0.0, .. }) => Vec::new(),
+                (Some(_), Kind::Sgd { .. }) => self.flat_state::<1>(gi, &members, &g)?.to_vec(),
+                (Some(_), Kind::AdamW { .. }) => self.flat_state::<2>(gi, &members, &g)?.to_vec(),
+            };
+            let old_w = w.clone();
             let (new_w, new_state) = match self.kind {
                 Kind::Sgd { momentum, nesterov } => {
                     let g = if weight_decay != 0.0 {
@@ -256,6 +321,18 @@ impl Optimizer {
                     let upd = (mhat / (vhat.sqrt()? + eps)?)?;
                     ((w - (upd * lr_p)?)?, vec![m, v])
                 }
+            };
+            let (new_w, new_state) = match &finite {
+                Some(ok) => {
+                    let ok = ok.broadcast_as(new_w.shape())?;
+                    let state = new_state
+                        .iter()
+                        .zip(&old_state)
+                        .map(|(new, old)| ok.where_cond(new, old))
+                        .collect::<Result<Vec<_>>>()?;
+                    (ok.where_cond(&new_w, &old_w)?, state)
+                }
+                None => (new_w, new_state),
             };
             let mut offset = 0;
             for &i in &members {
@@ -320,6 +397,14 @@ impl Optimizer {
             "optimizer.step".to_string(),
             Tensor::new(&[self.step as f64], &dev)?,
         ));
+        if let Some(scaler) = &self.scaler {
+            for (name, v) in scaler.state() {
+                out.push((
+                    format!("optimizer.grad_scaler.{name}"),
+                    Tensor::new(&[v], &dev)?,
+                ));
+            }
+        }
         Ok(out)
     }
 
@@ -339,8 +424,30 @@ impl Optimizer {
                 .copied()
                 .unwrap_or(0.0) as u64;
         }
+        // A checkpoint without a loss scale (trained without float16) starts the scaler
+        // afresh, as PyTorch's does.
+        if let Some(scaler) = &mut self.scaler {
+            let read = |name: &str| -> Result<Option<f64>> {
+                match tensors.get(&format!("optimizer.grad_scaler.{name}")) {
+                    Some(t) => Ok(crate::ops::host::to_vec1::<f64>(t)?.first().copied()),
+                    None => Ok(None),
+                }
+            };
+            if let (Some(scale), Some(tracker)) = (read("scale")?, read("growth_tracker")?) {
+                scaler
+                    .load_state(scale, tracker)
+                    .map_err(|e| candle_core::Error::Msg(format!("optimizer.grad_scaler: {e}")))?;
+            }
+        }
         Ok(())
     }
+}
+
+/// What the gradients are multiplied by before the update: the clip factor and the
+/// inverse loss scale, on the device, or a host scalar when only unscaling.
+enum Factor {
+    Tensor(Tensor),
+    Scalar(f64),
 }
 
 #[cfg(test)]
@@ -443,6 +550,175 @@ mod tests {
         o.step(&grads_for(&v, &[0.3]), 0.01).unwrap();
         let w: Vec<f32> = v.to_vec1().unwrap();
         assert!((w[0] - 0.99).abs() < 1e-6, "{w:?}");
+    }
+
+    /// Float16 loss scaling: steps on the gradients of `scale * loss` update exactly as
+    /// unscaled steps (the scale is a power of two); a step whose gradients hold an inf
+    /// or a NaN leaves the weights and the state bit for bit, does not count for Adam's
+    /// bias correction, and halves the scale. Grouped and one by one, with and without
+    /// clipping.
+    #[test]
+    fn scaled_steps_match_unscaled_ones_and_overflowing_steps_change_nothing() {
+        let shapes: [&[usize]; 2] = [&[4, 3], &[4]];
+        let kinds = [
+            Kind::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            Kind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            Kind::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        ];
+        for kind in kinds {
+            for (clip, grouped) in [(None, false), (Some(0.5), false), (Some(0.5), true)] {
+                let init: Vec<Tensor> = shapes
+                    .iter()
+                    .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu).unwrap())
+                    .collect();
+                let make = |scaler: Option<GradScaler>| {
+                    let vars: Vec<Var> =
+                        init.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+                    let params = vars
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| Param {
+                            name: format!("p{i}"),
+                            var: v.clone(),
+                            weight_decay: 0.01,
+                            lr_factor: 1.0,
+                        })
+                        .collect();
+                    let mut o = Optimizer::new(kind, params, clip).with_grad_scaler(scaler);
+                    o.set_grouped(grouped);
+                    (vars, o)
+                };
+                let (ours, mut o) = make(Some(GradScaler::new(1024.0, 2.0, 0.5, 2000)));
+                let (theirs, mut r) = make(None);
+                let values = |vars: &[Var]| -> Vec<Vec<f32>> {
+                    vars.iter()
+                        .map(|v| v.flatten_all().unwrap().to_vec1().unwrap())
+                        .collect()
+                };
+                let state = |o: &Optimizer| -> Vec<Vec<f64>> {
+                    o.state_tensors()
+                        .unwrap()
+                        .into_iter()
+                        .filter(|(k, _)| !k.contains("grad_scaler"))
+                        .map(|(_, t)| {
+                            t.to_dtype(DType::F64)
+                                .unwrap()
+                                .flatten_all()
+                                .unwrap()
+                                .to_vec1()
+                                .unwrap()
+                        })
+                        .collect()
+                };
+                let grads = |vars: &[Var], gs: &[Tensor], scale: f64| {
+                    let mut total = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+                    for (v, g) in vars.iter().zip(gs) {
+                        let term = (v.as_tensor() * g).unwrap().sum_all().unwrap();
+                        total = (total + term).unwrap();
+                    }
+                    (total * scale).unwrap().backward().unwrap()
+                };
+                for (step, bad) in [None, Some(f32::INFINITY), None, Some(f32::NAN), None]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let gs: Vec<Tensor> = shapes
+                        .iter()
+                        .map(|s| Tensor::randn(0f32, 1.0, *s, &Device::Cpu).unwrap())
+                        .collect();
+                    let (before, state_before) = (values(&ours), state(&o));
+                    let scale = o.loss_scale().unwrap();
+                    let ours_gs = match bad {
+                        // One element of the second tensor overflowed.
+                        Some(x) => {
+                            let mut v: Vec<f32> = gs[1].to_vec1().unwrap();
+                            v[2] = x;
+                            vec![gs[0].clone(), Tensor::new(v, &Device::Cpu).unwrap()]
+                        }
+                        None => gs.clone(),
+                    };
+                    let norm: f64 = o
+                        .step(&grads(&ours, &ours_gs, scale), 0.1)
+                        .unwrap()
+                        .to_scalar()
+                        .unwrap();
+                    let skipped = o.finish_step(norm);
+                    let what = format!("{kind:?} clip {clip:?} grouped {grouped} step {step}");
+                    assert_eq!(skipped, bad.is_some(), "{what}: norm {norm}");
+                    if skipped {
+                        assert_eq!(values(&ours), before, "{what}: weights kept");
+                        assert_eq!(state(&o), state_before, "{what}: state kept");
+                        assert_eq!(o.loss_scale(), Some(scale / 2.0), "{what}");
+                        continue;
+                    }
+                    let reference: f64 = r
+                        .step(&grads(&theirs, &gs, 1.0), 0.1)
+                        .unwrap()
+                        .to_scalar()
+                        .unwrap();
+                    assert_eq!(norm, reference, "{what}: unscaled norm");
+                    assert_eq!(values(&ours), values(&theirs), "{what}: weights");
+                    assert_eq!(state(&o), state(&r), "{what}: state and step count");
+                }
+            }
+        }
+    }
+
+    /// The scaler's state is saved with the optimizer's and restored by `load_state`.
+    #[test]
+    fn the_loss_scale_is_checkpointed() {
+        let v = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let param = |v: &Var| Param {
+            name: "w".into(),
+            var: v.clone(),
+            weight_decay: 0.0,
+            lr_factor: 1.0,
+        };
+        let kind = Kind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
+        let mut o = Optimizer::new(kind, vec![param(&v)], None)
+            .with_grad_scaler(Some(GradScaler::new(8.0, 2.0, 0.5, 2000)));
+        let norm: f64 = o
+            .step(&grads_for(&v, &[f32::INFINITY, 0.0]), 0.1)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(o.finish_step(norm));
+        let saved: HashMap<String, Tensor> = o.state_tensors().unwrap().into_iter().collect();
+        assert!(saved.contains_key("optimizer.grad_scaler.scale"));
+        let mut p = Optimizer::new(kind, vec![param(&v)], None)
+            .with_grad_scaler(Some(GradScaler::default()));
+        p.load_state(&saved).unwrap();
+        assert_eq!(p.loss_scale(), Some(4.0));
+        assert_eq!(p.step, 0, "the skipped step did not count");
+        // A checkpoint of a run without loss scaling leaves a fresh scaler.
+        let mut q = Optimizer::new(kind, vec![param(&v)], None)
+            .with_grad_scaler(Some(GradScaler::default()));
+        let plain = Optimizer::new(kind, vec![param(&v)], None);
+        let plain: HashMap<String, Tensor> = plain.state_tensors().unwrap().into_iter().collect();
+        q.load_state(&plain).unwrap();
+        assert_eq!(q.loss_scale(), Some(65536.0));
+        // A damaged scale is refused, naming it.
+        let mut bad = saved.clone();
+        bad.insert(
+            "optimizer.grad_scaler.scale".into(),
+            Tensor::new(&[-1.0f64], &Device::Cpu).unwrap(),
+        );
+        let err = q.load_state(&bad).unwrap_err().to_string();
+        assert!(err.contains("grad_scaler") && err.contains("-1"), "{err}");
     }
 
     /// The per-tensor update, as PyTorch's `for p in params` loop writes it.
