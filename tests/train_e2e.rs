@@ -411,3 +411,54 @@ fn ctrl_c_writes_a_checkpoint_that_resumes() {
         (0..iter + 3).collect::<Vec<_>>()
     );
 }
+
+/// Mixed precision through the command line, for both detectors: float16 (loss scaling)
+/// resumes exactly, the loss scale coming back from the checkpoint, and neither dtype
+/// adds a host read to the step (the overflow check and the skip stay on the device).
+#[test]
+fn mixed_precision_detectors_train_resume_exactly_and_keep_the_host_reads() {
+    let root = common::tmp_dir("e2e-amp");
+    let data = root.join("data");
+    let f16 = ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "float16"];
+    let with = |extra: &[&'static str]| {
+        let mut args = f16.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let full = root.join("full");
+    ok(&train_net(&full, &data, &with(&["SOLVER.MAX_ITER", "6"])));
+    assert_eq!(host_reads(&full), [2; 6]);
+    let scales: Vec<f64> = std::fs::read_to_string(full.join("metrics.json"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss_scale"].as_f64())
+        .collect();
+    assert_eq!(scales.len(), 6, "every step records its loss scale");
+    let part = root.join("part");
+    let first = with(&["SOLVER.MAX_ITER", "3", "DATASETS.TEST", "[]"]);
+    ok(&train_net(&part, &data, &first));
+    ok(&train_net(
+        &part,
+        &data,
+        &with(&["SOLVER.MAX_ITER", "6", "--resume"]),
+    ));
+    same_losses(&losses(&full), &losses(&part));
+
+    const RCNN: &str = "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml";
+    let rcnn = root.join("rcnn");
+    let args = [
+        "MODEL.ROI_BOX_HEAD.FC_DIM",
+        "32",
+        "SOLVER.MAX_ITER",
+        "3",
+        "DATASETS.TEST",
+        "[]",
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.DTYPE",
+        "bfloat16",
+    ];
+    ok(&train_net_with(RCNN, &rcnn, &data, &args));
+    assert_eq!(host_reads(&rcnn), [3; 3]);
+    assert!(losses(&rcnn).iter().all(|l| l.1.is_finite()));
+}

@@ -12,7 +12,7 @@ use super::hooks::{BestCheckpointer, EpochStats, EvalHook, MetricsPrinter, Train
 use super::train_state::{TrainState, ValMetric};
 use super::trainer::{install_interrupt_handler, Hook, TrainEnd, Trainer};
 use crate::checkpoint::{LoadReport, TrainedWith};
-use crate::config::{Config, ConfigError, PeriodUnit};
+use crate::config::{AmpDtype, Config, ConfigError, PeriodUnit};
 use crate::data::build::build_detection_train_loader;
 use crate::data::catalog::registered_datasets;
 use crate::distributed;
@@ -576,6 +576,26 @@ impl DefaultTrainer {
                 format!("{eval_period} iterations")
             }
         );
+        let amp = &self.cfg.solver.amp;
+        if amp.enabled {
+            tracing::info!(
+                "mixed precision: the training forward computes in {}{}",
+                amp.dtype,
+                if amp.dtype == AmpDtype::Float16 {
+                    ", with dynamic loss scaling"
+                } else {
+                    ""
+                }
+            );
+            if self.model.device.is_cpu() {
+                tracing::warn!(
+                    "SOLVER.AMP on the CPU rounds operands to {} but computes in f32 (candle's \
+                     CPU backend has no fast narrow matmul): it checks mixed precision, and is \
+                     slower than f32",
+                    amp.dtype
+                );
+            }
+        }
         let checkpointer = Checkpointer::new(&self.cfg.output_dir).with_trained_with(TrainedWith {
             config_yaml: self.cfg.to_yaml(),
             class_names: metadata.thing_classes,
@@ -594,6 +614,12 @@ impl DefaultTrainer {
             state: std::mem::take(&mut self.state),
             val_metric: metric,
             early_stop_patience: patience,
+            autocast: self
+                .cfg
+                .solver
+                .amp
+                .enabled
+                .then(|| self.cfg.solver.amp.dtype.dtype()),
         };
         let t = Instant::now();
         let end = trainer.train(self.start_iter, max_iter)?;

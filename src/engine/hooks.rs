@@ -324,6 +324,9 @@ impl Hook for MetricsPrinter {
         }
         obj.insert("lr".into(), m.lr.into());
         obj.insert("grad_norm".into(), m.grad_norm.into());
+        if let Some(scale) = m.loss_scale {
+            obj.insert("loss_scale".into(), scale.into());
+        }
         for (k, v) in &m.scalars {
             obj.insert(k.clone(), (*v).into());
         }

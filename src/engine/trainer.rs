@@ -25,6 +25,7 @@ use super::checkpointer::{CheckpointMeta, Checkpointer};
 use super::train_state::{TrainState, ValMetric};
 use crate::data::loader::DataLoader;
 use crate::distributed::{average_gradients, mean_over_ranks};
+use crate::layers::autocast;
 use crate::modeling::Model;
 use crate::ops::host;
 use crate::solver::{LrScheduler, Optimizer};
@@ -48,6 +49,10 @@ pub struct StepMetrics {
     /// Reads of tensor values into host memory by the step (forward, backward, update,
     /// logging; the data-parallel reductions included): each is a device sync on a GPU.
     pub host_reads: u64,
+    /// Float16 training: the loss scale of this step, and whether its gradients
+    /// overflowed, so that the update was skipped.
+    pub loss_scale: Option<f64>,
+    pub skipped: bool,
 }
 
 pub struct TrainContext<'a> {
@@ -110,6 +115,8 @@ pub struct Trainer<'a> {
     pub val_metric: ValMetric,
     /// Evaluations without improvement that stop the run (0: never).
     pub early_stop_patience: usize,
+    /// Mixed precision: the dtype the training forward computes in (`SOLVER.AMP`).
+    pub autocast: Option<DType>,
 }
 
 fn add_all(losses: &BTreeMap<String, Tensor>) -> Result<Tensor> {
@@ -164,8 +171,16 @@ impl<'a> Trainer<'a> {
                 .ok_or_else(|| Error::run("the training loader ended"))??;
             let data_time = t0.elapsed().as_secs_f64();
             let reads_before = host::reads();
-            let out = self.model.forward_train(&data.inputs)?;
+            let out = {
+                let _autocast = autocast::Scope::new(self.autocast)?;
+                self.model.forward_train(&data.inputs)?
+            };
             let total = add_all(&out.losses)?;
+            let loss_scale = self.optimizer.loss_scale();
+            let total = match loss_scale {
+                Some(s) => (total * s)?,
+                None => total,
+            };
             let mut grads = total.backward()?;
             let t = Instant::now();
             average_gradients(&mut grads, &vars)?;
@@ -190,6 +205,15 @@ impl<'a> Trainer<'a> {
                 host::to_vec1::<f64>(&Tensor::stack(&all, 0)?)?
             };
             let grad_norm = values.pop().unwrap_or(0.0);
+            let skipped = self.optimizer.finish_step(grad_norm);
+            if skipped {
+                tracing::info!(
+                    "iteration {iter}: gradients overflowed at loss scale {}; update skipped, \
+                     scale lowered to {}",
+                    loss_scale.unwrap_or(1.0),
+                    self.optimizer.loss_scale().unwrap_or(1.0)
+                );
+            }
             // Losses and statistics for the logs, averaged over data-parallel ranks with
             // every rank's stop request, so that all ranks stop at the same iteration.
             let distributed = crate::distributed::in_group();
@@ -232,6 +256,8 @@ impl<'a> Trainer<'a> {
                 data_time,
                 comm_time: distributed.then_some(comm_time),
                 host_reads,
+                loss_scale,
+                skipped,
             };
             let mut ctx = TrainContext {
                 iter,
