@@ -9,8 +9,9 @@ use candle_core::Tensor;
 use candle_nn::{Optimizer, ParamsAdamW, SGD};
 use clap::{Parser, ValueEnum};
 
-use candletron::config::{Config, OptimizerName};
+use candletron::config::{AmpDtype, Config, OptimizerName};
 use candletron::data::build::build_detection_train_loader;
+use candletron::layers::autocast;
 use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
 use candletron::modeling::build_model;
@@ -150,8 +151,19 @@ fn main() -> Result<()> {
                     Box::new(move |g| Ok(o.step(g)?))
                 }
             };
+            // `SOLVER.AMP` with bfloat16: the forward under autocast, as the trainer runs
+            // it. Float16 needs the trainer's loss scaling, which the plain optimizers
+            // here do not do.
+            let amp = &cfg.solver.amp;
+            if amp.enabled && amp.dtype != AmpDtype::BFloat16 {
+                bail!("the benchmark times SOLVER.AMP.DTYPE bfloat16 only (float16 needs the trainer's loss scaling)");
+            }
+            let autocast = amp.enabled.then(|| amp.dtype.dtype());
             Box::new(move || {
-                let losses = model.losses(&inputs)?;
+                let losses = {
+                    let _scope = autocast::Scope::new(autocast)?;
+                    model.losses(&inputs)?
+                };
                 let total = losses
                     .values()
                     .try_fold(None::<Tensor>, |acc, l| -> Result<_> {

@@ -8,7 +8,9 @@ Build here (no GPU needed) and run there, where PyTorch with CUDA is installed:
     python3 tools/compare/compare_speed_cuda.py --bench "bash .gpu/run-on-gpu.sh benchmark"
 
 Both engines compute in full f32: TF32 is turned off in PyTorch (cuDNN allows it by
-default) since Candle's CUDA matmuls do not use it. Rounds interleave the engines; the
+default) since Candle's CUDA matmuls do not use it. The mixed-precision rows run
+candletron with `SOLVER.AMP.ENABLED True SOLVER.AMP.DTYPE bfloat16` and PyTorch under
+`torch.autocast("cuda", dtype=torch.bfloat16)`. Rounds interleave the engines; the
 table reports the best median of each over the rounds.
 """
 import argparse
@@ -20,12 +22,16 @@ import subprocess
 import time
 
 
-def candletron(bench, task, batch, size, iters, portable):
+AMP_BF16 = ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"]
+
+
+def candletron(bench, task, batch, size, iters, portable, extra=()):
     env = dict(os.environ)
     if portable:
         env["CANDLETRON_DEPTHWISE"] = "portable"
     cmd = shlex.split(bench) + ["--task", task, "--batch", str(batch), "--size", str(size),
-                                "--iters", str(iters), "--json", "--", "MODEL.DEVICE", "cuda"]
+                                "--iters", str(iters), "--json", "--", "MODEL.DEVICE", "cuda",
+                                *extra]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["median_ms"]
 
@@ -66,7 +72,7 @@ def main():
         with torch.no_grad():
             return median_ms(lambda: model(x), iters, 5, sync)
 
-    def torch_train(batch, size, iters):
+    def torch_train(batch, size, iters, amp=False):
         m = torchvision.models.mobilenet_v2().train().to(dev)
         opt = torch.optim.SGD(m.parameters(), lr=0.01)
         x = torch.randn(batch, 3, size, size, device=dev)
@@ -74,12 +80,14 @@ def main():
 
         def step():
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(m(x), y).backward()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(m(x), y)
+            loss.backward()
             opt.step()
         return median_ms(step, iters, 3, sync)
 
-    def ours(task, batch, size, iters, portable):
-        return lambda: candletron(args.bench, task, batch, size, iters, portable)
+    def ours(task, batch, size, iters, portable, extra=()):
+        return lambda: candletron(args.bench, task, batch, size, iters, portable, extra)
 
     cases = []
     for batch, size in ((1, 224), (1, 640), (32, 224)):
@@ -93,13 +101,18 @@ def main():
                       ours("train", batch, 224, 10, False),
                       ours("train", batch, 224, 10, True),
                       lambda b=batch: torch_train(b, 224, 10)))
+    for batch in (8, 32):
+        cases.append((f"train step b{batch} 224, AMP bf16",
+                      ours("train", batch, 224, 10, False, AMP_BF16),
+                      ours("train", batch, 224, 10, True, AMP_BF16),
+                      lambda b=batch: torch_train(b, 224, 10, amp=True)))
 
     best = {name: [float("inf")] * 3 for name, *_ in cases}
     for _ in range(args.rounds):
         for name, *fns in cases:
             for i, fn in enumerate(fns):
                 best[name][i] = min(best[name][i], fn())
-    print(f"MobileNetV2 (1000 classes), f32, {time.strftime('%Y-%m-%d')}, "
+    print(f"MobileNetV2 (1000 classes), f32 (AMP rows: bf16 compute), {time.strftime('%Y-%m-%d')}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
     print()
     print("| case | candletron, dw kernel ms | candletron, portable dw ms | PyTorch eager ms "
