@@ -238,6 +238,60 @@ fn two_ranks_train_as_one_process_with_the_global_batch() {
     }
 }
 
+/// Mixed precision (float16, loss scaling) on two ranks. Each rank's loss is normalised by
+/// the global count over the world size (so that averaging gives the global gradient):
+/// its float16 gradients are twice one process's and overflow at a lower scale, as under
+/// PyTorch's DDP, so the skip decisions differ from one process's. What must hold: the
+/// first step (same weights) has one process's losses, and every step follows the
+/// scaler's rule on the norm of the averaged gradients, which all ranks share.
+#[test]
+fn float16_loss_scaling_on_two_ranks_follows_the_scaler_rule() {
+    let root = common::tmp_dir("dist-amp");
+    let data = root.join("data");
+    let f16 = [
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.DTYPE",
+        "float16",
+        "DATASETS.TEST",
+        "[]",
+    ];
+    let single = root.join("amp-1");
+    let double = root.join("amp-2");
+    run(one_process(&args(SSDLITE, &single, &data, &f16)));
+    run(mpirun(2, &args(SSDLITE, &double, &data, &f16)));
+    // (loss scale, whether the step was skipped) per step.
+    let steps = |out: &Path| -> Vec<(f64, bool)> {
+        std::fs::read_to_string(out.join("metrics.json"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v.get("total_loss")?;
+                Some((v["loss_scale"].as_f64()?, v["grad_norm"].is_null()))
+            })
+            .collect()
+    };
+    for out in [&single, &double] {
+        let s = steps(out);
+        assert_eq!(s.len(), 4, "{}", out.display());
+        assert_eq!(s[0].0, 65536.0);
+        for w in s.windows(2) {
+            let expected = if w[0].1 { w[0].0 / 2.0 } else { w[0].0 };
+            assert_eq!(w[1].0, expected, "{}: {s:?}", out.display());
+        }
+    }
+    let (a, b) = (losses(&single), losses(&double));
+    for (k, v) in &a[&0] {
+        let w = b[&0][k];
+        assert!(
+            (v - w).abs() <= 1e-3 * v.abs().max(1e-3),
+            "iteration 0: {k} {v} vs {w}"
+        );
+    }
+    assert!(b.values().flat_map(|t| t.values()).all(|v| v.is_finite()));
+}
+
 /// The classifier: per-sample dropout, the class-balanced sampler, an evaluation every
 /// two iterations watched by the plateau schedule and the best model, an odd-sized test
 /// set over two shards.
