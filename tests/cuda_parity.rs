@@ -274,3 +274,133 @@ fn grouped_optimizer_steps_match_cpu() {
         }
     }
 }
+
+/// Mixed precision on the GPU: under a bf16 or f16 autocast scope the detectors' training
+/// losses agree with the CPU's (which computes the same narrow roundings in f32 arithmetic)
+/// to the narrow dtype's rounding, and every gradient is finite. Then float16 loss scaling:
+/// an overflowing step on the GPU leaves the weights as they were, with no host read.
+#[test]
+fn mixed_precision_losses_match_cpu_and_overflow_skips_on_the_device() {
+    use candletron::layers::autocast::Scope;
+    use candletron::solver::optimizer::{Kind, Optimizer, Param};
+    use candletron::solver::GradScaler;
+    let Some(gpu) = gpu() else { return };
+    let s = 256f32;
+    let inst = Instances {
+        classes: vec![0; 3],
+        ignore: vec![false; 3],
+        boxes: vec![
+            [20.0, 20.0, 120.0, 140.0],
+            [150.0, 30.0, 240.0, 100.0],
+            [60.0, 160.0, s, s],
+        ],
+    };
+    let images = Tensor::randn(0f32, 1.0, (2, 3, 256, 256), &Device::Cpu).unwrap();
+    for (file, compared) in [
+        (
+            "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+            &["loss_cls", "loss_box_reg"][..],
+        ),
+        (
+            "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml",
+            &["loss_rpn_cls", "loss_rpn_loc"][..],
+        ),
+    ] {
+        for (dt, tol) in [(DType::BF16, 2e-2f32), (DType::F16, 5e-3)] {
+            let losses = |device: &str, init: Option<&ParamStore>| {
+                let cfg = config(file, &["MODEL.DEVICE", device]);
+                let (model, _) = build_model(&cfg, 0).unwrap();
+                if let Some(init) = init {
+                    copy_store(init, &model.params);
+                }
+                let batch = Batch {
+                    images: images.to_device(&model.device).unwrap(),
+                    targets: Some(Targets::Instances(vec![inst.clone(); 2])),
+                    image_sizes: Vec::new(),
+                    seeds: Vec::new(),
+                };
+                let out = {
+                    let _scope = Scope::new(Some(dt)).unwrap();
+                    model.arch.forward(&batch, true).unwrap()
+                };
+                let mut total = Tensor::zeros((), DType::F32, &model.device).unwrap();
+                for l in out.losses.values() {
+                    assert_eq!(l.dtype(), DType::F32, "{file}: losses in f32");
+                    total = (total + l).unwrap();
+                }
+                let grads = total.backward().unwrap();
+                for (name, v) in model.params.vars() {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        let sum = g.abs().unwrap().sum_all().unwrap();
+                        let sum = sum
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .to_scalar::<f64>()
+                            .unwrap();
+                        assert!(
+                            sum.is_finite(),
+                            "{file} {dt:?} {device}: gradient of {name}"
+                        );
+                    }
+                }
+                let values: Vec<(String, f32)> = out
+                    .losses
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_scalar::<f32>().unwrap()))
+                    .collect();
+                (model.params.clone(), values)
+            };
+            let (cpu_store, cpu) = losses("cpu", None);
+            let (_, cuda) = losses("cuda", Some(&cpu_store));
+            for name in compared {
+                let get = |v: &[(String, f32)]| v.iter().find(|(k, _)| k == name).unwrap().1;
+                let (a, b) = (get(&cuda), get(&cpu));
+                assert!(
+                    (a - b).abs() <= tol * b.abs().max(1e-3),
+                    "{file} {dt:?} {name}: CUDA {a} vs CPU {b}"
+                );
+            }
+            eprintln!("{file} {dt:?}: CUDA {cuda:?}, CPU {cpu:?}");
+        }
+    }
+
+    let w = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 3.0], &gpu).unwrap()).unwrap();
+    let param = Param {
+        name: "w".into(),
+        var: w.clone(),
+        weight_decay: 0.0,
+        lr_factor: 1.0,
+    };
+    let kind = Kind::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+    let mut o = Optimizer::new(kind, vec![param], Some(1.0))
+        .with_grad_scaler(Some(GradScaler::new(1024.0, 2.0, 0.5, 2000)));
+    let g = Tensor::new(&[f32::INFINITY, 1.0, 1.0], &gpu).unwrap();
+    let grads = (w.as_tensor() * g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let reads = candletron::ops::host::reads();
+    let norm = o.step(&grads, 0.1).unwrap();
+    assert_eq!(
+        candletron::ops::host::reads(),
+        reads,
+        "the step read nothing"
+    );
+    let norm = norm
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(o.finish_step(norm));
+    assert_eq!(
+        w.as_tensor().to_vec1::<f32>().unwrap(),
+        vec![1.0, -2.0, 3.0]
+    );
+    assert_eq!(o.loss_scale(), Some(512.0));
+}
