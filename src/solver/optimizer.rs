@@ -279,12 +279,11 @@ impl Optimizer {
                     .iter()
                     .map(|&i| self.params[i].var.as_tensor().detach()),
             )?;
-            // The state before this step, for a skipped step to keep.
-            let old_state: Vec<Tensor> = match (&finite, self.kind) {
-                (None, _) => Vec::new(),
-                (Some(_), Kind::Sgd { momentum: 0.0, .. }) => Vec::new(),
-                (Some(_), Kind::Sgd { .. }) => self.flat_state::<1>(gi, &members, &g)?.to_vec(),
-                (Some(_), Kind::AdamW { .. }) => self.flat_state::<2>(gi, &members, &g)?.to_vec(),
+            // The state before this step: the update's input, and what a skipped step keeps.
+            let old_state: Vec<Tensor> = match self.kind {
+                Kind::Sgd { momentum: 0.0, .. } => Vec::new(),
+                Kind::Sgd { .. } => self.flat_state::<1>(gi, &members, &g)?.to_vec(),
+                Kind::AdamW { .. } => self.flat_state::<2>(gi, &members, &g)?.to_vec(),
             };
             let old_w = w.clone();
             let (new_w, new_state) = match self.kind {
@@ -294,8 +293,7 @@ impl Optimizer {
                     } else {
                         g
                     };
-                    if momentum != 0.0 {
-                        let [buf] = self.flat_state::<1>(gi, &members, &g)?;
+                    if let [buf] = old_state.as_slice() {
                         let buf = ((buf * momentum)? + &g)?;
                         let d = if nesterov {
                             (g + (&buf * momentum)?)?
@@ -313,7 +311,9 @@ impl Optimizer {
                     } else {
                         w
                     };
-                    let [m, v] = self.flat_state::<2>(gi, &members, &g)?;
+                    let [m, v] = old_state.as_slice() else {
+                        candle_core::bail!("AdamW keeps two state buffers per parameter");
+                    };
                     let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?;
                     let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                     let mhat = (&m / (1.0 - beta1.powi(t)))?;
