@@ -158,7 +158,7 @@ fn main() -> Result<()> {
             if amp.enabled && amp.dtype != AmpDtype::BFloat16 {
                 bail!("the benchmark times SOLVER.AMP.DTYPE bfloat16 only (float16 needs the trainer's loss scaling)");
             }
-            let autocast = amp.enabled.then(|| amp.dtype.dtype());
+            let autocast = amp.compute_dtype();
             Box::new(move || {
                 let losses = {
                     let _scope = autocast::Scope::new(autocast)?;

@@ -393,6 +393,13 @@ config_group! {
     }
 }
 
+impl AmpConfig {
+    /// The dtype the training forward computes in, when mixed precision is on.
+    pub fn compute_dtype(&self) -> Option<candle_core::DType> {
+        self.enabled.then(|| self.dtype.dtype())
+    }
+}
+
 config_group! {
     pub struct ClipGradientsConfig {
         enabled: bool = false,

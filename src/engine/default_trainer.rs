@@ -614,12 +614,7 @@ impl DefaultTrainer {
             state: std::mem::take(&mut self.state),
             val_metric: metric,
             early_stop_patience: patience,
-            autocast: self
-                .cfg
-                .solver
-                .amp
-                .enabled
-                .then(|| self.cfg.solver.amp.dtype.dtype()),
+            autocast: self.cfg.solver.amp.compute_dtype(),
         };
         let t = Instant::now();
         let end = trainer.train(self.start_iter, max_iter)?;

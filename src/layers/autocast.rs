@@ -64,6 +64,13 @@ pub fn cast(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// A linear layer under the scope, `x W^T + b`, with the input, weight and bias cast to
+/// the compute dtype.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let bias = bias.map(cast).transpose()?;
+    crate::ops::linear(&cast(x)?, &cast(weight)?, bias.as_ref())
+}
+
 /// `t` in f32 when it is f16 or bf16: where predictions leave the network, and where an
 /// op that needs f32 range or accumulation gets a narrow input.
 pub fn to_f32(t: &Tensor) -> Result<Tensor> {

@@ -140,12 +140,7 @@ impl Classifier {
         } else {
             x
         };
-        let bias = self.linear.bias().map(autocast::cast).transpose()?;
-        let y = crate::ops::linear(
-            &autocast::cast(&x)?,
-            &autocast::cast(self.linear.weight())?,
-            bias.as_ref(),
-        )?;
+        let y = autocast::linear(&x, self.linear.weight(), self.linear.bias())?;
         autocast::to_f32(&y)
     }
 }

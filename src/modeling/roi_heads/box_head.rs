@@ -34,12 +34,7 @@ impl Fc {
 
     /// (R, in) -> (R, out); in the compute dtype under autocast.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (x, w, b) = (
-            autocast::cast(x)?,
-            autocast::cast(&self.weight)?,
-            autocast::cast(&self.bias)?,
-        );
-        crate::ops::linear(&x, &w, Some(&b))
+        autocast::linear(x, &self.weight, Some(&self.bias))
     }
 }
 
