@@ -17,7 +17,8 @@ use candletron::checkpoint::load_state_dict;
 use candletron::config::Config;
 use candletron::layers::params::ParamStore;
 use candletron::modeling::backbone::build_backbone;
-use candletron::modeling::build_model;
+use candletron::modeling::meta_arch::Outputs;
+use candletron::modeling::{build_model, Model};
 use candletron::structures::Instances;
 use candletron::structures::{Batch, Targets};
 
@@ -130,6 +131,41 @@ fn backbone_train_step_matches_cpu() {
     assert!(worst.is_empty(), "{}", worst.join("\n"));
 }
 
+/// The detector of `file` on `device` (with `init`'s weights when given) in training
+/// mode on `images`, with `inst` on every image.
+fn detector_forward(
+    file: &str,
+    device: &str,
+    init: Option<&ParamStore>,
+    images: &Tensor,
+    inst: &Instances,
+) -> (Model, Outputs) {
+    let cfg = config(file, &["MODEL.DEVICE", device]);
+    let (model, _) = build_model(&cfg, 0).unwrap();
+    if let Some(init) = init {
+        copy_store(init, &model.params);
+    }
+    let batch = Batch {
+        images: images.to_device(&model.device).unwrap(),
+        targets: Some(Targets::Instances(vec![
+            inst.clone();
+            images.dim(0).unwrap()
+        ])),
+        image_sizes: Vec::new(),
+        seeds: Vec::new(),
+    };
+    let out = model.arch.forward(&batch, true).unwrap();
+    (model, out)
+}
+
+/// Every named loss, read to the host.
+fn loss_values(out: &Outputs) -> Vec<(String, f32)> {
+    out.losses
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_scalar::<f32>().unwrap()))
+        .collect()
+}
+
 /// Whole detectors in training mode: the same losses on both devices. For Faster R-CNN
 /// only the RPN's (the ROI head samples proposals by rank, which rounding may reorder).
 #[test]
@@ -160,24 +196,8 @@ fn detector_losses_match_cpu() {
         ),
     ] {
         let losses = |device: &str, init: Option<&ParamStore>| {
-            let cfg = config(file, &["MODEL.DEVICE", device]);
-            let (model, _) = build_model(&cfg, 0).unwrap();
-            if let Some(init) = init {
-                copy_store(init, &model.params);
-            }
-            let batch = Batch {
-                images: images.to_device(&model.device).unwrap(),
-                targets: Some(Targets::Instances(vec![inst.clone(); 2])),
-                image_sizes: Vec::new(),
-                seeds: Vec::new(),
-            };
-            let out = model.arch.forward(&batch, true).unwrap();
-            let values: Vec<(String, f32)> = out
-                .losses
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_scalar::<f32>().unwrap()))
-                .collect();
-            (model.params.clone(), values)
+            let (model, out) = detector_forward(file, device, init, &images, &inst);
+            (model.params.clone(), loss_values(&out))
         };
         let (cpu_store, cpu) = losses("cpu", None);
         let (_, cuda) = losses("cuda", Some(&cpu_store));
@@ -308,20 +328,9 @@ fn mixed_precision_losses_match_cpu_and_overflow_skips_on_the_device() {
     ] {
         for (dt, tol) in [(DType::BF16, 2e-2f32), (DType::F16, 5e-3)] {
             let losses = |device: &str, init: Option<&ParamStore>| {
-                let cfg = config(file, &["MODEL.DEVICE", device]);
-                let (model, _) = build_model(&cfg, 0).unwrap();
-                if let Some(init) = init {
-                    copy_store(init, &model.params);
-                }
-                let batch = Batch {
-                    images: images.to_device(&model.device).unwrap(),
-                    targets: Some(Targets::Instances(vec![inst.clone(); 2])),
-                    image_sizes: Vec::new(),
-                    seeds: Vec::new(),
-                };
-                let out = {
+                let (model, out) = {
                     let _scope = Scope::new(Some(dt)).unwrap();
-                    model.arch.forward(&batch, true).unwrap()
+                    detector_forward(file, device, init, &images, &inst)
                 };
                 let mut total = Tensor::zeros((), DType::F32, &model.device).unwrap();
                 for l in out.losses.values() {
@@ -343,12 +352,7 @@ fn mixed_precision_losses_match_cpu_and_overflow_skips_on_the_device() {
                         );
                     }
                 }
-                let values: Vec<(String, f32)> = out
-                    .losses
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_scalar::<f32>().unwrap()))
-                    .collect();
-                (model.params.clone(), values)
+                (model.params.clone(), loss_values(&out))
             };
             let (cpu_store, cpu) = losses("cpu", None);
             let (_, cuda) = losses("cuda", Some(&cpu_store));
