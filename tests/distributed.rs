@@ -7,8 +7,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SSDLITE: &str = "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml";
@@ -99,11 +100,140 @@ fn mpirun(np: usize, args: &[String]) -> Command {
     c
 }
 
-fn run(mut c: Command) -> Output {
-    let o = c.output().unwrap();
+/// The longest one launch may take. The slowest (two ranks of Faster R-CNN sharing two
+/// cores with the other tests' ranks) takes about a minute; past this the test fails with
+/// what the processes printed, instead of holding CI until its own limit.
+const LAUNCH_LIMIT: Duration = Duration::from_secs(600);
+
+/// A launched `train_net` (alone or under `mpirun`). Its processes are told apart from
+/// those of the tests running beside it by their OUTPUT_DIR; dropped unfinished (a failed
+/// assertion), it kills them, so that no rank outlives its test.
+struct Launch {
+    child: Option<Child>,
+    output_dir: String,
+    readers: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+fn launch(mut c: Command) -> Launch {
+    let output_dir = c
+        .get_args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "OUTPUT_DIR")
+        .map(|w| w[1].to_string_lossy().into_owned())
+        .expect("every launch names its OUTPUT_DIR");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut readers = Vec::new();
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for mut pipe in pipes {
+        readers.push(std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        }));
+    }
+    Launch {
+        child: Some(child),
+        output_dir,
+        readers,
+    }
+}
+
+impl Launch {
+    /// The pid of this launch's `train_net` with OMPI_COMM_WORLD_RANK=`rank`.
+    fn rank_pid(&self, rank: usize) -> Option<i32> {
+        let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+        self.processes().into_iter().find(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_bytes()))
+                .unwrap_or(false)
+        })
+    }
+
+    /// The `train_net` processes writing to this launch's OUTPUT_DIR.
+    fn processes(&self) -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let mut args = cmd.split(|&b| b == 0);
+                let is_ours = String::from_utf8_lossy(&cmd).contains("train_net")
+                    && args.any(|a| a == self.output_dir.as_bytes());
+                is_ours.then_some(pid)
+            })
+            .collect()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Waits for the end (at most LAUNCH_LIMIT) and returns what was printed.
+    fn wait(mut self) -> Output {
+        let started = Instant::now();
+        let mut child = self.child.take().unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > LAUNCH_LIMIT {
+                self.kill_all(&mut child);
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut printed = self.readers.drain(..).map(|r| r.join().unwrap());
+        let (stdout, stderr) = (printed.next().unwrap(), printed.next().unwrap());
+        let Some(status) = status else {
+            panic!(
+                "{} still running after {LAUNCH_LIMIT:?}; killed:\n{}\n{}",
+                self.output_dir,
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        };
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn kill_all(&self, child: &mut Child) {
+        for pid in self.processes() {
+            // SAFETY: a signal to a process this launch started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.kill_all(&mut child);
+        }
+    }
+}
+
+/// Runs `c` to its end and asserts that it succeeded.
+fn run(c: Command) -> Output {
+    let description = format!("{c:?}");
+    let o = launch(c).wait();
     assert!(
         o.status.success(),
-        "{c:?} failed:\n{}\n{}",
+        "{description} failed:\n{}\n{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
@@ -361,7 +491,7 @@ fn a_classifier_trains_and_evaluates_on_two_ranks_as_in_one_process() {
         .is_file());
     // A rank that cannot start (rank 0 refuses an OUTPUT_DIR with another run's results)
     // ends the whole run at once, with its reason.
-    let o = mpirun(2, &args(&single, &[])).output().unwrap();
+    let o = launch(mpirun(2, &args(&single, &[]))).wait();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -445,38 +575,18 @@ fn disturb_rank_1(name: &str, signal: i32, timeout: &str) -> (Output, Duration) 
         &["SOLVER.MAX_ITER", "100000", "DATASETS.TEST", "[]"],
     );
     a.splice(0..0, ["--dist-timeout".to_string(), timeout.to_string()]);
-    let child = mpirun(2, &a)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = launch(mpirun(2, &a));
     wait_for_two_records(&out);
-    let rank1 = rank_pid(1).expect("rank 1's process");
+    let rank1 = job.rank_pid(1).expect("rank 1's process");
     // SAFETY: a signal to a process this test started (through mpirun).
     assert_eq!(unsafe { libc::kill(rank1, signal) }, 0);
     let t = Instant::now();
-    let o = child.wait_with_output().unwrap();
+    let o = job.wait();
     if signal == libc::SIGSTOP {
         // SAFETY: as above; lets a stopped process die if it is still there.
         unsafe { libc::kill(rank1, libc::SIGKILL) };
     }
     (o, t.elapsed())
-}
-
-/// The pid of the train_net process with OMPI_COMM_WORLD_RANK=`rank`.
-fn rank_pid(rank: usize) -> Option<i32> {
-    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        if !String::from_utf8_lossy(&cmd).contains("train_net") {
-            return None;
-        }
-        let env = std::fs::read(e.path().join("environ")).ok()?;
-        env.split(|&b| b == 0)
-            .any(|kv| kv == want.as_bytes())
-            .then_some(pid)
-    })
 }
 
 #[test]
@@ -514,15 +624,11 @@ fn ctrl_c_on_mpirun_stops_every_rank_at_one_checkpoint() {
         "DATASETS.TEST",
         "[]",
     ];
-    let child = mpirun(2, &args(SSDLITE, &out, &data, &long))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = launch(mpirun(2, &args(SSDLITE, &out, &data, &long)));
     wait_for_two_records(&out);
     // SAFETY: a signal to the mpirun this test started.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let o = child.wait_with_output().unwrap();
+    assert_eq!(unsafe { libc::kill(job.pid(), libc::SIGINT) }, 0);
+    let o = job.wait();
     let stdout = String::from_utf8_lossy(&o.stdout);
     // mpirun's own exit status after a signal is its business; the ranks' output is ours.
     let iter: usize = stdout
