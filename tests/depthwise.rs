@@ -403,6 +403,43 @@ mod cuda {
         }
     }
 
+    /// bf16 and f16 (mixed precision): the kernels accumulate in f32 and round once, so
+    /// they equal the CPU op in f32 on the same narrow operands up to that rounding (half
+    /// a unit in the last place, relative, per element).
+    #[test]
+    fn narrow_kernels_accumulate_in_f32_and_round_once() {
+        let Some(gpu) = gpu() else { return };
+        for (dtype, half_ulp) in [(DType::BF16, 2f64.powi(-9)), (DType::F16, 2f64.powi(-12))] {
+            for ((n, c, h, w), p, ks) in gpu_cases() {
+                let narrow = |dims: &[usize]| {
+                    Tensor::randn(0f32, 1.0, dims, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let (x, k) = (narrow(&[n, c, h, w]), narrow(&[c, 1, ks, ks]));
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let r = narrow(depthwise_conv2d(&f32(&x), &f32(&k), p).unwrap().dims());
+                let (o, gx, gk) = grads(&f32(&x), &f32(&k), &f32(&r), p);
+                let on = |t: &Tensor| t.to_device(&gpu).unwrap();
+                let (og, gxg, gkg) = grads(&on(&x), &on(&k), &on(&r), p);
+                let case = format!("{dtype:?} {:?} {p:?} k{ks}", (n, c, h, w));
+                for (name, a, b) in [
+                    ("output", &og, &o),
+                    ("input grad", &gxg, &gx),
+                    ("weight grad", &gkg, &gk),
+                ] {
+                    assert_eq!(a.dtype(), dtype, "{case}: {name}");
+                    let d = rel_diff(a, b);
+                    assert!(
+                        d <= half_ulp,
+                        "{case}: {name} differs from the f32 CPU op by {d:e} (relative)"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn kernels_equal_the_portable_path_on_the_gpu() {
         let Some(gpu) = gpu() else { return };

@@ -5,7 +5,7 @@
 //! MobileNet's depthwise layers most of the forward time for a small share of the work.
 //! Here each (image, channel) plane is one task on rayon's pool, with the kernel
 //! taps as contiguous multiply-adds over output rows, in forward and in both backward
-//! passes. On CUDA (feature `cuda`, f32/f64) the same op runs NVRTC-compiled kernels
+//! passes. On CUDA (feature `cuda`; f32, f64, bf16, f16) the same op runs NVRTC-compiled kernels
 //! (`depthwise_cuda.rs`). Other devices and dtypes use [`depthwise_conv2d_portable`],
 //! built from shifted slices and stock ops that Candle differentiates.
 

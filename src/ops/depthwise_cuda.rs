@@ -4,7 +4,8 @@
 //! its im2col + matmul path otherwise; the portable path of stock ops launches K x K x 4
 //! kernels per layer and keeps K x K intermediate tensors for autograd. These three
 //! kernels do the convolution and both gradients in one pass each (the weight gradient in
-//! two, to stay deterministic without atomics). The source is compiled once per process
+//! two, to stay deterministic without atomics), in f32, f64, and in bf16 and f16 with f32
+//! accumulation (mixed precision). The source is compiled once per process
 //! with NVRTC, so the build needs no nvcc beyond what Candle's own kernels need.
 
 use super::geometry::ConvGeometry;
@@ -22,10 +23,49 @@ const MODULE: &str = "candletron_depthwise";
 /// is written exactly once with no atomics; the weight gradient reduces each
 /// (image, channel, tap) in a block, then sums the images in a fixed order.
 const SOURCE: &str = r#"
-template <typename T>
-__device__ void dw_forward(const T* __restrict__ x, const T* __restrict__ wt, T* __restrict__ y,
-                           long long total, int c, int h, int w, int k, int ho, int wo,
-                           int s, int p, int d) {
+// Element types: storage S, accumulator A. f32 and f64 accumulate in themselves; bf16 and
+// f16 (16-bit words, converted here because NVRTC may lack the CUDA headers) accumulate in
+// f32 and round once per output, as cuDNN's narrow convolutions do.
+struct f32_t {
+  typedef float S; typedef float A;
+  static __device__ __forceinline__ A load(S v) { return v; }
+  static __device__ __forceinline__ S store(A v) { return v; }
+};
+struct f64_t {
+  typedef double S; typedef double A;
+  static __device__ __forceinline__ A load(S v) { return v; }
+  static __device__ __forceinline__ S store(A v) { return v; }
+};
+struct bf16_t {
+  typedef unsigned short S; typedef float A;
+  static __device__ __forceinline__ A load(S v) { return __uint_as_float(((unsigned int)v) << 16); }
+  // Round to nearest even; NaN stays a (quiet) NaN.
+  static __device__ __forceinline__ S store(A v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (S)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (S)(u >> 16);
+  }
+};
+struct f16_t {
+  typedef unsigned short S; typedef float A;
+  static __device__ __forceinline__ A load(S v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+  }
+  static __device__ __forceinline__ S store(A v) {
+    S h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+  }
+};
+
+template <typename E>
+__device__ void dw_forward(const typename E::S* __restrict__ x, const typename E::S* __restrict__ wt,
+                           typename E::S* __restrict__ y, long long total, int c, int h, int w,
+                           int k, int ho, int wo, int s, int p, int d) {
+  typedef typename E::A A;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x) {
     int ox = (int)(i % wo);
@@ -33,27 +73,29 @@ __device__ void dw_forward(const T* __restrict__ x, const T* __restrict__ wt, T*
     int oy = (int)(t % ho);
     long long plane = t / ho;
     int ch = (int)(plane % c);
-    const T* xp = x + plane * h * w;
-    const T* wp = wt + (long long)ch * k * k;
+    const typename E::S* xp = x + plane * h * w;
+    const typename E::S* wp = wt + (long long)ch * k * k;
     int iy0 = oy * s - p, ix0 = ox * s - p;
-    T acc = 0;
+    A acc = 0;
     for (int ky = 0; ky < k; ++ky) {
       int iy = iy0 + ky * d;
       if (iy < 0 || iy >= h) continue;
       for (int kx = 0; kx < k; ++kx) {
         int ix = ix0 + kx * d;
         if (ix < 0 || ix >= w) continue;
-        acc += wp[ky * k + kx] * xp[(long long)iy * w + ix];
+        acc += E::load(wp[ky * k + kx]) * E::load(xp[(long long)iy * w + ix]);
       }
     }
-    y[i] = acc;
+    y[i] = E::store(acc);
   }
 }
 
-template <typename T>
-__device__ void dw_input_grad(const T* __restrict__ g, const T* __restrict__ wt, T* __restrict__ gx,
+template <typename E>
+__device__ void dw_input_grad(const typename E::S* __restrict__ g,
+                              const typename E::S* __restrict__ wt, typename E::S* __restrict__ gx,
                               long long total, int c, int h, int w, int k, int ho, int wo,
                               int s, int p, int d) {
+  typedef typename E::A A;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x) {
     int ix = (int)(i % w);
@@ -61,9 +103,9 @@ __device__ void dw_input_grad(const T* __restrict__ g, const T* __restrict__ wt,
     int iy = (int)(t % h);
     long long plane = t / h;
     int ch = (int)(plane % c);
-    const T* gp = g + plane * ho * wo;
-    const T* wp = wt + (long long)ch * k * k;
-    T acc = 0;
+    const typename E::S* gp = g + plane * ho * wo;
+    const typename E::S* wp = wt + (long long)ch * k * k;
+    A acc = 0;
     for (int ky = 0; ky < k; ++ky) {
       int ny = iy + p - ky * d;
       if (ny < 0 || ny % s != 0) continue;
@@ -74,32 +116,35 @@ __device__ void dw_input_grad(const T* __restrict__ g, const T* __restrict__ wt,
         if (nx < 0 || nx % s != 0) continue;
         int ox = nx / s;
         if (ox >= wo) continue;
-        acc += wp[ky * k + kx] * gp[(long long)oy * wo + ox];
+        acc += E::load(wp[ky * k + kx]) * E::load(gp[(long long)oy * wo + ox]);
       }
     }
-    gx[i] = acc;
+    gx[i] = E::store(acc);
   }
 }
 
-// Block (channel * k * k + tap, image): one partial sum per image, written to
-// part[image][channel][tap]. Blocks are 256 threads.
-template <typename T>
-__device__ void dw_weight_grad_partial(const T* __restrict__ x, const T* __restrict__ g,
-                                       T* __restrict__ part, int c, int h, int w, int k,
-                                       int ho, int wo, int s, int p, int d) {
-  __shared__ T warp_sums[32];
+// Block (channel * k * k + tap, image): one partial sum per image, in the accumulator
+// type, written to part[image][channel][tap]. Blocks are 256 threads.
+template <typename E>
+__device__ void dw_weight_grad_partial(const typename E::S* __restrict__ x,
+                                       const typename E::S* __restrict__ g,
+                                       typename E::A* __restrict__ part, int c, int h, int w,
+                                       int k, int ho, int wo, int s, int p, int d) {
+  typedef typename E::A A;
+  __shared__ A warp_sums[32];
   int kk = k * k;
   int ch = blockIdx.x / kk, tap = blockIdx.x % kk;
   int ky = tap / k, kx = tap % k;
   long long plane = (long long)blockIdx.y * c + ch;
-  const T* xp = x + plane * h * w;
-  const T* gp = g + plane * ho * wo;
-  T acc = 0;
+  const typename E::S* xp = x + plane * h * w;
+  const typename E::S* gp = g + plane * ho * wo;
+  A acc = 0;
   int count = ho * wo;
   for (int j = threadIdx.x; j < count; j += blockDim.x) {
     int oy = j / wo, ox = j % wo;
     int iy = oy * s - p + ky * d, ix = ox * s - p + kx * d;
-    if (iy >= 0 && iy < h && ix >= 0 && ix < w) acc += gp[j] * xp[(long long)iy * w + ix];
+    if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+      acc += E::load(gp[j]) * E::load(xp[(long long)iy * w + ix]);
   }
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -107,40 +152,43 @@ __device__ void dw_weight_grad_partial(const T* __restrict__ x, const T* __restr
   __syncthreads();
   if (warp == 0) {
     int warps = (blockDim.x + 31) >> 5;
-    acc = lane < warps ? warp_sums[lane] : (T)0;
+    acc = lane < warps ? warp_sums[lane] : (A)0;
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
     if (lane == 0) part[(long long)blockIdx.y * c * kk + blockIdx.x] = acc;
   }
 }
 
-template <typename T>
-__device__ void sum_images(const T* __restrict__ part, T* __restrict__ out, int n, int len) {
+template <typename E>
+__device__ void sum_images(const typename E::A* __restrict__ part, typename E::S* __restrict__ out,
+                           int n, int len) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= len) return;
-  T acc = 0;
+  typename E::A acc = 0;
   for (int b = 0; b < n; ++b) acc += part[(long long)b * len + i];
-  out[i] = acc;
+  out[i] = E::store(acc);
 }
 
-#define DW_KERNELS(T, SUF)                                                                         \
-  extern "C" __global__ void dw_forward_##SUF(const T* x, const T* wt, T* y, long long total,      \
-      int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {                          \
-    dw_forward<T>(x, wt, y, total, c, h, w, k, ho, wo, s, p, d);                                  \
+#define DW_KERNELS(E, SUF)                                                                         \
+  extern "C" __global__ void dw_forward_##SUF(const E::S* x, const E::S* wt, E::S* y,             \
+      long long total, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {         \
+    dw_forward<E>(x, wt, y, total, c, h, w, k, ho, wo, s, p, d);                                  \
   }                                                                                                \
-  extern "C" __global__ void dw_input_grad_##SUF(const T* g, const T* wt, T* gx, long long total, \
-      int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {                          \
-    dw_input_grad<T>(g, wt, gx, total, c, h, w, k, ho, wo, s, p, d);                              \
+  extern "C" __global__ void dw_input_grad_##SUF(const E::S* g, const E::S* wt, E::S* gx,        \
+      long long total, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {         \
+    dw_input_grad<E>(g, wt, gx, total, c, h, w, k, ho, wo, s, p, d);                              \
   }                                                                                                \
-  extern "C" __global__ void dw_weight_grad_partial_##SUF(const T* x, const T* g, T* part,        \
-      int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {                          \
-    dw_weight_grad_partial<T>(x, g, part, c, h, w, k, ho, wo, s, p, d);                           \
+  extern "C" __global__ void dw_weight_grad_partial_##SUF(const E::S* x, const E::S* g,          \
+      E::A* part, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {              \
+    dw_weight_grad_partial<E>(x, g, part, c, h, w, k, ho, wo, s, p, d);                           \
   }                                                                                                \
-  extern "C" __global__ void dw_sum_images_##SUF(const T* part, T* out, int n, int len) {         \
-    sum_images<T>(part, out, n, len);                                                              \
+  extern "C" __global__ void dw_sum_images_##SUF(const E::A* part, E::S* out, int n, int len) {   \
+    sum_images<E>(part, out, n, len);                                                              \
   }
 
-DW_KERNELS(float, f32)
-DW_KERNELS(double, f64)
+DW_KERNELS(f32_t, f32)
+DW_KERNELS(f64_t, f64)
+DW_KERNELS(bf16_t, bf16)
+DW_KERNELS(f16_t, f16)
 "#;
 
 const THREADS: u32 = 256;
@@ -164,6 +212,8 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),
         DType::F64 => Ok("f64"),
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
         other => candle_core::bail!("depthwise conv CUDA kernels: {other:?} is not supported"),
     }
 }
@@ -237,7 +287,7 @@ fn elementwise<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
     Ok(out)
 }
 
-/// `elementwise` for the storage's dtype (f32 or f64), wrapped as a storage.
+/// `elementwise` for the storage's dtype, wrapped as a storage.
 fn elementwise_storage(
     root: &str,
     a: (&CudaStorage, &Layout),
@@ -247,16 +297,25 @@ fn elementwise_storage(
 ) -> Result<CudaStorage> {
     let dev = a.0.device();
     let name = format!("{root}_{}", suffix(a.0.dtype())?);
-    Ok(match a.0.dtype() {
-        DType::F32 => CudaStorage::wrap_cuda_slice(
+    match a.0.dtype() {
+        DType::F32 => Ok(CudaStorage::wrap_cuda_slice(
             elementwise::<f32>(&name, dev, a, b, total, geo)?,
             dev.clone(),
-        ),
-        _ => CudaStorage::wrap_cuda_slice(
+        )),
+        DType::F64 => Ok(CudaStorage::wrap_cuda_slice(
             elementwise::<f64>(&name, dev, a, b, total, geo)?,
             dev.clone(),
-        ),
-    })
+        )),
+        DType::BF16 => Ok(CudaStorage::wrap_cuda_slice(
+            elementwise::<half::bf16>(&name, dev, a, b, total, geo)?,
+            dev.clone(),
+        )),
+        DType::F16 => Ok(CudaStorage::wrap_cuda_slice(
+            elementwise::<half::f16>(&name, dev, a, b, total, geo)?,
+            dev.clone(),
+        )),
+        other => candle_core::bail!("depthwise conv CUDA kernels: {other:?} is not supported"),
+    }
 }
 
 pub(super) fn forward(
@@ -291,19 +350,24 @@ pub(super) fn input_grad(
     Ok((storage, Shape::from((n, c, h, w))))
 }
 
-fn weight_grad_typed<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
+/// `T` the storage type, `A` the kernels' accumulator (f32 for bf16 and f16).
+fn weight_grad_typed<T, A>(
     dev: &CudaDevice,
     sfx: &str,
     x: (&CudaStorage, &Layout),
     g: (&CudaStorage, &Layout),
     n: usize,
     geo: &Geometry,
-) -> Result<CudaSlice<T>> {
+) -> Result<CudaSlice<T>>
+where
+    T: candle_core::cuda_backend::CudaDType + DeviceRepr,
+    A: DeviceRepr,
+{
     let [c, _, _, k, ..] = geo.0.map(|v| v as usize);
     let len = c * k * k;
     let (xv, gv) = (view::<T>(x.0, x.1)?, view::<T>(g.0, g.1)?);
     // SAFETY: one block per (channel, tap, image) writes each partial once.
-    let part = unsafe { dev.alloc::<T>(n * len)? };
+    let part = unsafe { dev.alloc::<A>(n * len)? };
     let func =
         dev.get_or_load_custom_func(&format!("dw_weight_grad_partial_{sfx}"), MODULE, ptx()?)?;
     let mut builder = func.builder();
@@ -356,13 +420,22 @@ pub(super) fn weight_grad(
     let geo = Geometry::new(p, [c, h, w, k, ho, wo])?;
     let dev = xs.device();
     let sfx = suffix(xs.dtype())?;
+    let (x, g) = ((xs, xl), (gs, gl));
     let storage = match xs.dtype() {
         DType::F32 => CudaStorage::wrap_cuda_slice(
-            weight_grad_typed::<f32>(dev, sfx, (xs, xl), (gs, gl), n, &geo)?,
+            weight_grad_typed::<f32, f32>(dev, sfx, x, g, n, &geo)?,
+            dev.clone(),
+        ),
+        DType::F64 => CudaStorage::wrap_cuda_slice(
+            weight_grad_typed::<f64, f64>(dev, sfx, x, g, n, &geo)?,
+            dev.clone(),
+        ),
+        DType::BF16 => CudaStorage::wrap_cuda_slice(
+            weight_grad_typed::<half::bf16, f32>(dev, sfx, x, g, n, &geo)?,
             dev.clone(),
         ),
         _ => CudaStorage::wrap_cuda_slice(
-            weight_grad_typed::<f64>(dev, sfx, (xs, xl), (gs, gl), n, &geo)?,
+            weight_grad_typed::<half::f16, f32>(dev, sfx, x, g, n, &geo)?,
             dev.clone(),
         ),
     };

@@ -5,7 +5,8 @@
 # training step when nsys is there. Everything lands in one folder.
 #
 # Here (CPU machine, no GPU):   bash tools/compare/gpu_check.sh pack
-#   builds train_net and benchmark with `--features cuda` (../shared/gpu/build-cuda.sh) and the
+#   builds train_net and benchmark with `--features cuda` (../shared/gpu/build-cuda.sh),
+#   compiles the custom kernels' sources with NVRTC (tools/compare/nvrtc_check.py), builds the
 #   CUDA test binaries with the same toolchain, and packs them all into .gpu/ (carry it).
 # There:                        bash tools/compare/gpu_check.sh run OUT_DIR [ITERS]
 #   ITERS (default 100): iterations of each default-config run. The parts are bounded by
@@ -20,6 +21,8 @@ MODE=${1:?usage: gpu_check.sh pack | run OUT_DIR [ITERS] [cpu]}
 if [ "$MODE" = pack ]; then
   set -e
   ../shared/gpu/build-cuda.sh --release --features cuda --bins
+  # The kernels' own sources, through NVRTC as the binaries compile them at run time.
+  python3 tools/compare/nvrtc_check.py
   VENV=${CUDA_VENV:-$HOME/.cache/cuda13-venv}
   CUDA_HOME=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
   export CUDA_HOME PATH=$CUDA_HOME/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
