@@ -404,12 +404,13 @@ mod cuda {
     }
 
     /// bf16 and f16 (mixed precision): the kernels accumulate in f32 and round once, so
-    /// they equal the CPU op in f32 on the same narrow operands up to that rounding (half
-    /// a unit in the last place, relative, per element).
+    /// they equal the CPU op in f32 on the same narrow operands up to that rounding: at
+    /// most the unit roundoff (2^-8 for bf16's 8 significant bits, 2^-11 for f16's 11)
+    /// relative, per element and so in norm.
     #[test]
     fn narrow_kernels_accumulate_in_f32_and_round_once() {
         let Some(gpu) = gpu() else { return };
-        for (dtype, half_ulp) in [(DType::BF16, 2f64.powi(-9)), (DType::F16, 2f64.powi(-12))] {
+        for (dtype, roundoff) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
             for ((n, c, h, w), p, ks) in gpu_cases() {
                 let narrow = |dims: &[usize]| {
                     Tensor::randn(0f32, 1.0, dims, &Device::Cpu)
@@ -432,7 +433,7 @@ mod cuda {
                     assert_eq!(a.dtype(), dtype, "{case}: {name}");
                     let d = rel_diff(a, b);
                     assert!(
-                        d <= half_ulp,
+                        d <= roundoff,
                         "{case}: {name} differs from the f32 CPU op by {d:e} (relative)"
                     );
                 }
