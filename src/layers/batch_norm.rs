@@ -101,8 +101,8 @@ impl BatchNorm2d {
         self.forward_act(x, train, Activation::Identity)
     }
 
-    /// `activation(bn(x))`; in training on CPU the activation runs inside the batch norm
-    /// op when it [`fuses`](batch_norm_train::fuses).
+    /// `activation(bn(x))`; in training on CPU and CUDA the activation runs inside the
+    /// batch norm op when it [`fuses`](batch_norm_train::fuses).
     ///
     /// An f16/bf16 input (autocast) is normalised in f32, with f32 statistics, and the
     /// output handed back in the input's dtype, as PyTorch's batch norm does.
@@ -127,6 +127,18 @@ impl BatchNorm2d {
                 activation,
             )?;
             self.record(stats)?;
+            return Ok(y);
+        }
+        #[cfg(feature = "cuda")]
+        if crate::ops::batch_norm_train_cuda::supported(x) && batch_norm_train::fuses(activation) {
+            let (y, mean, var) = crate::ops::batch_norm_train_cuda::batch_norm_train_cuda(
+                x,
+                &self.t.weight,
+                &self.t.bias,
+                EPS,
+                activation,
+            )?;
+            self.update_running(&mean, &var, n * h * w)?;
             return Ok(y);
         }
         activation.apply(&self.forward_train_composed(x)?)

@@ -141,15 +141,15 @@ fn channel_sums<T: WithDType>(
 /// recomputed from the op's input and the forward's affine coefficients, so the backward
 /// needs no extra saved tensor (and does not read the output).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Clip {
-    lo: f64,
-    hi: f64,
+pub(super) struct Clip {
+    pub(super) lo: f64,
+    pub(super) hi: f64,
 }
 
 impl Clip {
     /// `Some(None)` for the identity, `Some(Some(clip))` for a fusable activation, `None`
     /// for one the op cannot apply.
-    fn of(activation: Activation) -> Option<Option<Self>> {
+    pub(super) fn of(activation: Activation) -> Option<Option<Self>> {
         match activation {
             Activation::Identity => Some(None),
             Activation::ReLU => Some(Some(Self {

@@ -8,6 +8,7 @@
 //! accumulation (mixed precision). The source is compiled once per process
 //! with NVRTC, so the build needs no nvcc beyond what Candle's own kernels need.
 
+use super::cuda_kernels::{self, blocks, THREADS};
 use super::geometry::ConvGeometry;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -191,21 +192,11 @@ DW_KERNELS(bf16_t, bf16)
 DW_KERNELS(f16_t, f16)
 "#;
 
-const THREADS: u32 = 256;
+const WHAT: &str = "depthwise conv";
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("{e:?}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(format!("depthwise conv: NVRTC failed: {e}")))
-}
-
-fn blocks(total: usize) -> u32 {
-    total.div_ceil(THREADS as usize).min(1 << 20) as u32
+    cuda_kernels::ptx(&PTX, SOURCE, WHAT)
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
@@ -224,8 +215,7 @@ pub fn supports(dtype: DType) -> bool {
 }
 
 fn i32_of(v: usize) -> Result<i32> {
-    i32::try_from(v)
-        .map_err(|_| candle_core::Error::Msg(format!("depthwise conv: {v} overflows i32")))
+    cuda_kernels::i32_of(v, WHAT)
 }
 
 /// The geometry as kernel arguments: c, h, w, k, ho, wo, stride, padding, dilation.
@@ -249,10 +239,7 @@ fn view<'a, T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
     s: &'a CudaStorage,
     l: &Layout,
 ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("depthwise conv kernels need contiguous inputs");
-    };
-    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+    cuda_kernels::view(s, l, WHAT)
 }
 
 /// Launches an element-wise kernel (forward or input gradient): `a`, `b` in, `total` out.

@@ -8,9 +8,13 @@ mod custom_op;
 
 pub mod activation;
 pub mod batch_norm_train;
+#[cfg(feature = "cuda")]
+pub mod batch_norm_train_cuda;
 mod blocked_gemm;
 pub mod conv;
 pub mod conv_bn_train;
+#[cfg(feature = "cuda")]
+mod cuda_kernels;
 pub mod dense_conv;
 pub mod depthwise;
 #[cfg(feature = "cuda")]

@@ -1,0 +1,661 @@
+//! Training batch norm (+ ReLU/ReLU6) on CUDA as a few kernels with a hand-written
+//! backward: the GPU counterpart of the CPU op in `batch_norm_train.rs`.
+//!
+//! From stock ops, a training BN on CUDA is nine element-wise and reduction launches
+//! forward, each a full pass over the activation, and as many again in autograd. Here the
+//! forward is two passes (per-channel moments, then the affine with the activation) and the
+//! backward two (per-channel gradient sums, then the input gradient), with the
+//! per-channel arithmetic in one-thread-per-channel kernels between them. The statistics
+//! stay on the device, in f64 as on the CPU: the moments are taken about each channel's
+//! first value and summed in f64, so a channel whose mean is far from 0 loses nothing to
+//! cancellation. Nothing is read back to the host.
+//!
+//! Sums are split over a 2-D grid (channel, chunk) and the chunks are added in a fixed
+//! order by the finishing kernel, so results do not depend on scheduling (no atomics).
+
+use super::activation::Activation;
+use super::batch_norm_train::Clip;
+use super::cuda_kernels::{self, blocks, i32_of, view, THREADS};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CpuStorage, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::OnceLock;
+
+const WHAT: &str = "batch norm";
+
+/// `stats` is (5, C) f64: mean, biased variance, 1/sqrt(var + eps), and the affine of the
+/// forward, scale = weight * invstd and shift = bias - mean * scale. `coef` is (5, C) f64:
+/// the input gradient's dy and x coefficients and its constant, then the weight and bias
+/// gradients. The pre-activation `fma(x, scale, shift)` is one helper for the forward and
+/// the backward's activation mask, so that the mask is the forward's bit for bit.
+const SOURCE: &str = r#"
+__device__ __forceinline__ float fused(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fused(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// Where the fused activation passes gradient: lo < pre-activation < hi (NaN: nowhere).
+template <typename T>
+__device__ __forceinline__ T masked(T x, T g, T scale, T shift, int clip, T lo, T hi) {
+  if (!clip) return g;
+  T v = fused(x, scale, shift);
+  return (v > lo && v < hi) ? g : (T)0;
+}
+
+// Two doubles summed over the block; thread 0 writes them to out[0], out[1].
+__device__ void block_sum2(double a, double b, double* out) {
+  __shared__ double sa[32], sb[32];
+  for (int off = 16; off > 0; off >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, off);
+    b += __shfl_down_sync(0xffffffffu, b, off);
+  }
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) { sa[warp] = a; sb[warp] = b; }
+  __syncthreads();
+  if (warp == 0) {
+    int warps = (blockDim.x + 31) >> 5;
+    a = lane < warps ? sa[lane] : 0.0;
+    b = lane < warps ? sb[lane] : 0.0;
+    for (int off = 16; off > 0; off >>= 1) {
+      a += __shfl_down_sync(0xffffffffu, a, off);
+      b += __shfl_down_sync(0xffffffffu, b, off);
+    }
+    if (lane == 0) { out[0] = a; out[1] = b; }
+  }
+}
+
+// Block (channel, chunk): the channel's values j in [chunk * len, (chunk + 1) * len) of its
+// m = n * hw, value j being image j / hw, pixel j % hw. Σ t and Σ t² with t = x - x[first].
+template <typename T>
+__device__ void moments_partial(const T* __restrict__ x, double* __restrict__ part, int c,
+                                long long hw, long long m, long long len) {
+  int ch = blockIdx.x, chunk = blockIdx.y;
+  double first = (double)x[(long long)ch * hw];
+  double a = 0.0, b = 0.0;
+  long long end = (chunk + 1) * len < m ? (chunk + 1) * len : m;
+  for (long long j = chunk * len + threadIdx.x; j < end; j += blockDim.x) {
+    long long img = j / hw;
+    double t = (double)x[(img * c + ch) * hw + (j - img * hw)] - first;
+    a += t;
+    b += t * t;
+  }
+  block_sum2(a, b, part + ((long long)ch * gridDim.y + chunk) * 2);
+}
+
+template <typename T>
+__device__ void moments_finish(const T* __restrict__ x, const double* __restrict__ part,
+                               const T* __restrict__ w, const T* __restrict__ b,
+                               double* __restrict__ stats, int c, long long hw, int chunks,
+                               double m, double eps) {
+  int ch = blockIdx.x * blockDim.x + threadIdx.x;
+  if (ch >= c) return;
+  double s1 = 0.0, s2 = 0.0;
+  for (int k = 0; k < chunks; ++k) {
+    s1 += part[((long long)ch * chunks + k) * 2];
+    s2 += part[((long long)ch * chunks + k) * 2 + 1];
+  }
+  double mu = s1 / m;
+  double var = s2 / m - mu * mu;
+  var = var > 0.0 ? var : 0.0;
+  double mean = (double)x[(long long)ch * hw] + mu;
+  double invstd = 1.0 / sqrt(var + eps);
+  double scale = (double)w[ch] * invstd;
+  stats[ch] = mean;
+  stats[c + ch] = var;
+  stats[2 * c + ch] = invstd;
+  stats[3 * c + ch] = scale;
+  stats[4 * c + ch] = (double)b[ch] - mean * scale;
+}
+
+template <typename T>
+__device__ void affine(const T* __restrict__ x, const double* __restrict__ stats,
+                       T* __restrict__ y, long long total, int c, long long hw, int clip, T lo,
+                       T hi) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    int ch = (int)((i / hw) % c);
+    T v = fused(x[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch]);
+    if (clip) {
+      v = v < lo ? lo : v;
+      v = v > hi ? hi : v;
+    }
+    y[i] = v;
+  }
+}
+
+// As moments_partial: Σ dz and Σ dz (x - mean), dz the output gradient masked by the
+// activation.
+template <typename T>
+__device__ void grad_partial(const T* __restrict__ x, const T* __restrict__ g,
+                             const double* __restrict__ stats, double* __restrict__ part, int c,
+                             long long hw, long long m, long long len, int clip, T lo, T hi) {
+  int ch = blockIdx.x, chunk = blockIdx.y;
+  double mean = stats[ch];
+  T scale = (T)stats[3 * c + ch], shift = (T)stats[4 * c + ch];
+  double a = 0.0, b = 0.0;
+  long long end = (chunk + 1) * len < m ? (chunk + 1) * len : m;
+  for (long long j = chunk * len + threadIdx.x; j < end; j += blockDim.x) {
+    long long img = j / hw;
+    long long at = (img * c + ch) * hw + (j - img * hw);
+    double dz = (double)masked(x[at], g[at], scale, shift, clip, lo, hi);
+    a += dz;
+    b += dz * ((double)x[at] - mean);
+  }
+  block_sum2(a, b, part + ((long long)ch * gridDim.y + chunk) * 2);
+}
+
+// dx = k1 dz + k2 x + (k3 - k2 mean), k1 = w invstd, k2 = -k1 invstd² Σdz(x-mean) / m,
+// k3 = -k1 Σdz / m; dweight = Σdz(x-mean) invstd, dbias = Σdz.
+template <typename T>
+__device__ void grad_finish(const double* __restrict__ part, const T* __restrict__ w,
+                            const double* __restrict__ stats, double* __restrict__ coef, int c,
+                            int chunks, double m) {
+  int ch = blockIdx.x * blockDim.x + threadIdx.x;
+  if (ch >= c) return;
+  double s1 = 0.0, s2 = 0.0;
+  for (int k = 0; k < chunks; ++k) {
+    s1 += part[((long long)ch * chunks + k) * 2];
+    s2 += part[((long long)ch * chunks + k) * 2 + 1];
+  }
+  double mean = stats[ch], invstd = stats[2 * c + ch];
+  double k1 = (double)w[ch] * invstd;
+  double k2 = -k1 * invstd * invstd * s2 / m;
+  double k3 = -k1 * s1 / m;
+  coef[ch] = k1;
+  coef[c + ch] = k2;
+  coef[2 * c + ch] = k3 - k2 * mean;
+  coef[3 * c + ch] = s2 * invstd;
+  coef[4 * c + ch] = s1;
+}
+
+template <typename T>
+__device__ void input_grad(const T* __restrict__ x, const T* __restrict__ g,
+                           const double* __restrict__ stats, const double* __restrict__ coef,
+                           T* __restrict__ gx, long long total, int c, long long hw, int clip,
+                           T lo, T hi) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+       i += (long long)gridDim.x * blockDim.x) {
+    int ch = (int)((i / hw) % c);
+    T dz = masked(x[i], g[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch], clip, lo, hi);
+    gx[i] = dz * (T)coef[ch] + x[i] * (T)coef[c + ch] + (T)coef[2 * c + ch];
+  }
+}
+
+#define BN_KERNELS(T, SUF)                                                                         \
+  extern "C" __global__ void bn_moments_partial_##SUF(const T* x, double* part, int c,             \
+      long long hw, long long m, long long len) {                                                  \
+    moments_partial<T>(x, part, c, hw, m, len);                                                    \
+  }                                                                                                \
+  extern "C" __global__ void bn_moments_finish_##SUF(const T* x, const double* part, const T* w,  \
+      const T* b, double* stats, int c, long long hw, int chunks, double m, double eps) {         \
+    moments_finish<T>(x, part, w, b, stats, c, hw, chunks, m, eps);                               \
+  }                                                                                                \
+  extern "C" __global__ void bn_affine_##SUF(const T* x, const double* stats, T* y,               \
+      long long total, int c, long long hw, int clip, T lo, T hi) {                                \
+    affine<T>(x, stats, y, total, c, hw, clip, lo, hi);                                            \
+  }                                                                                                \
+  extern "C" __global__ void bn_grad_partial_##SUF(const T* x, const T* g, const double* stats,   \
+      double* part, int c, long long hw, long long m, long long len, int clip, T lo, T hi) {      \
+    grad_partial<T>(x, g, stats, part, c, hw, m, len, clip, lo, hi);                               \
+  }                                                                                                \
+  extern "C" __global__ void bn_grad_finish_##SUF(const double* part, const T* w,                 \
+      const double* stats, double* coef, int c, int chunks, double m) {                            \
+    grad_finish<T>(part, w, stats, coef, c, chunks, m);                                            \
+  }                                                                                                \
+  extern "C" __global__ void bn_input_grad_##SUF(const T* x, const T* g, const double* stats,     \
+      const double* coef, T* gx, long long total, int c, long long hw, int clip, T lo, T hi) {    \
+    input_grad<T>(x, g, stats, coef, gx, total, c, hw, clip, lo, hi);                              \
+  }
+
+BN_KERNELS(float, f32)
+BN_KERNELS(double, f64)
+"#;
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    cuda_kernels::ptx(&PTX, SOURCE, WHAT)
+}
+
+/// Whether [`batch_norm_train_cuda`] runs for this input (CUDA, f32 or f64).
+pub fn supported(x: &Tensor) -> bool {
+    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Normalises `x` (N, C, H, W) with its batch statistics, applies `weight`, `bias` and
+/// `activation` (Identity, ReLU or ReLU6); returns the output and the batch mean and
+/// biased variance (f64, on the device, for the running averages).
+pub fn batch_norm_train_cuda(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    activation: Activation,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let clip = Clip::of(activation).ok_or_else(|| {
+        candle_core::Error::Msg(format!("batch norm op: {activation:?} cannot be fused"))
+    })?;
+    let dt = x.dtype();
+    let x = x.contiguous()?;
+    let (w, b) = (
+        weight.to_dtype(dt)?.contiguous()?,
+        bias.to_dtype(dt)?.contiguous()?,
+    );
+    let stats = x.apply_op3_no_bwd(&w, &b, &Moments { eps })?;
+    let y = x.apply_op3(
+        &w,
+        &b,
+        Affine {
+            stats: stats.clone(),
+            clip,
+        },
+    )?;
+    Ok((y, stats.get(0)?, stats.get(1)?))
+}
+
+/// N, C, H * W of a contiguous 4-D layout.
+fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    Ok((n, c, h * w))
+}
+
+/// Chunks per channel for the reductions: enough blocks in all to fill a large GPU
+/// (about 1024), none smaller than 4096 values.
+fn chunks(c: usize, m: usize) -> usize {
+    1024usize.div_ceil(c).min(m.div_ceil(4096)).max(1)
+}
+
+/// The f64 storage of a tensor an op holds (its statistics or coefficients).
+fn with_f64<R>(t: &Tensor, f: impl FnOnce(&CudaStorage, &Layout) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) if s.dtype() == DType::F64 => f(s, layout),
+        _ => candle_core::bail!("{WHAT}: statistics must be f64 CUDA tensors"),
+    }
+}
+
+fn cpu_only_error<R>(op: &str) -> Result<R> {
+    candle_core::bail!("{op} runs on CUDA only; the CPU has its own batch norm op")
+}
+
+/// The clip arguments of the kernels: (flag, lo, hi).
+fn clip_args<T: candle_core::WithDType>(clip: Option<Clip>) -> (i32, T, T) {
+    match clip {
+        None => (0, T::zero(), T::zero()),
+        Some(c) => (1, T::from_f64(c.lo), T::from_f64(c.hi)),
+    }
+}
+
+/// The kernel's suffix for `dtype`.
+fn suffix(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F64 => Ok("f64"),
+        other => candle_core::bail!("{WHAT} CUDA kernels: {other:?} is not supported"),
+    }
+}
+
+/// Launches the kernel `name`_`suffix(dtype)` on `cfg` with the arguments in order.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $dtype:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let name = format!("{}_{}", $name, suffix($dtype)?);
+        let func = $dev.get_or_load_custom_func(&name, "candletron_batch_norm", ptx()?)?;
+        let mut builder = func.builder();
+        $(builder.arg($arg);)*
+        // SAFETY: each call lists the arguments of the kernel's signature in SOURCE.
+        unsafe { builder.launch($cfg) }.w()?;
+    }};
+}
+
+fn grid_1d(total: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(total), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The (channel, chunk) grid of the per-channel reductions.
+fn grid_channels(c: usize, chunk_count: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c as u32, chunk_count as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// (x, weight, bias) -> stats (5, C) f64.
+struct Moments {
+    eps: f64,
+}
+
+fn moments_typed<T: CudaDType + DeviceRepr>(
+    op: &Moments,
+    (xs, xl): (&CudaStorage, &Layout),
+    (ws, wl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+) -> Result<CudaSlice<f64>> {
+    let (n, c, hw) = dims(xl)?;
+    let (m, ci) = (n * hw, i32_of(c, WHAT)?);
+    let k = chunks(c, m);
+    let len = m.div_ceil(k) as i64;
+    let dev = xs.device();
+    let x = view::<T>(xs, xl, WHAT)?;
+    let (w, b) = (view::<T>(ws, wl, WHAT)?, view::<T>(bs, bl, WHAT)?);
+    let (hw64, m64, ki) = (hw as i64, m as i64, i32_of(k, WHAT)?);
+    // SAFETY: block (channel, chunk) writes its two partial sums; every block runs.
+    let part = unsafe { dev.alloc::<f64>(c * k * 2)? };
+    launch!(
+        dev,
+        "bn_moments_partial",
+        xs.dtype(),
+        grid_channels(c, k),
+        [&x, &part, &ci, &hw64, &m64, &len]
+    );
+    // SAFETY: one thread per channel writes its five values.
+    let stats = unsafe { dev.alloc::<f64>(5 * c)? };
+    let (mf, eps) = (m as f64, op.eps);
+    launch!(
+        dev,
+        "bn_moments_finish",
+        xs.dtype(),
+        grid_1d(c),
+        [&x, &part, &w, &b, &stats, &ci, &hw64, &ki, &mf, &eps]
+    );
+    Ok(stats)
+}
+
+impl candle_core::CustomOp3 for Moments {
+    fn name(&self) -> &'static str {
+        "batch-norm-moments-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_only_error(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (_, c, _) = dims(xl)?;
+        let (x, w, b) = ((xs, xl), (ws, wl), (bs, bl));
+        let stats = match xs.dtype() {
+            DType::F32 => moments_typed::<f32>(self, x, w, b)?,
+            _ => moments_typed::<f64>(self, x, w, b)?,
+        };
+        Ok((
+            CudaStorage::wrap_cuda_slice(stats, xs.device().clone()),
+            Shape::from((5, c)),
+        ))
+    }
+}
+
+/// The differentiable op: (x, weight, bias) -> activation(x * scale + shift), with the
+/// scale and shift of `stats` (which the weight and bias made).
+struct Affine {
+    stats: Tensor,
+    clip: Option<Clip>,
+}
+
+fn affine_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    op: &Affine,
+    (xs, xl): (&CudaStorage, &Layout),
+) -> Result<CudaSlice<T>> {
+    let (n, c, hw) = dims(xl)?;
+    let total = n * c * hw;
+    let dev = xs.device();
+    let x = view::<T>(xs, xl, WHAT)?;
+    let (flag, lo, hi) = clip_args::<T>(op.clip);
+    let (ci, hw64, total64) = (i32_of(c, WHAT)?, hw as i64, total as i64);
+    // SAFETY: one thread per element writes it.
+    let y = unsafe { dev.alloc::<T>(total)? };
+    with_f64(&op.stats, |ss, sl| {
+        let stats = view::<f64>(ss, sl, WHAT)?;
+        launch!(
+            dev,
+            "bn_affine",
+            xs.dtype(),
+            grid_1d(total),
+            [&x, &stats, &y, &total64, &ci, &hw64, &flag, &lo, &hi]
+        );
+        Ok(())
+    })?;
+    Ok(y)
+}
+
+impl candle_core::CustomOp3 for Affine {
+    fn name(&self) -> &'static str {
+        "batch-norm-train-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_only_error(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let y = match xs.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(affine_typed::<f32>(self, (xs, xl))?, dev),
+            _ => CudaStorage::wrap_cuda_slice(affine_typed::<f64>(self, (xs, xl))?, dev),
+        };
+        Ok((y, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let coef = x.apply_op3_no_bwd(
+            &grad,
+            w,
+            &GradCoefficients {
+                stats: self.stats.clone(),
+                clip: self.clip,
+            },
+        )?;
+        let gx = x.apply_op2_no_bwd(
+            &grad,
+            &InputGrad {
+                stats: self.stats.clone(),
+                coef: coef.clone(),
+                clip: self.clip,
+            },
+        )?;
+        let dt = x.dtype();
+        Ok((
+            Some(gx),
+            Some(coef.get(3)?.to_dtype(dt)?),
+            Some(coef.get(4)?.to_dtype(dt)?),
+        ))
+    }
+}
+
+/// (x, dy, weight) -> coef (5, C) f64, see SOURCE.
+struct GradCoefficients {
+    stats: Tensor,
+    clip: Option<Clip>,
+}
+
+fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    op: &GradCoefficients,
+    (xs, xl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+    (ws, wl): (&CudaStorage, &Layout),
+) -> Result<CudaSlice<f64>> {
+    let (n, c, hw) = dims(xl)?;
+    let (m, ci) = (n * hw, i32_of(c, WHAT)?);
+    let k = chunks(c, m);
+    let len = m.div_ceil(k) as i64;
+    let dev = xs.device();
+    let (x, g, w) = (
+        view::<T>(xs, xl, WHAT)?,
+        view::<T>(gs, gl, WHAT)?,
+        view::<T>(ws, wl, WHAT)?,
+    );
+    let (flag, lo, hi) = clip_args::<T>(op.clip);
+    let (hw64, m64, ki, mf) = (hw as i64, m as i64, i32_of(k, WHAT)?, m as f64);
+    with_f64(&op.stats, |ss, sl| {
+        let stats = view::<f64>(ss, sl, WHAT)?;
+        // SAFETY: block (channel, chunk) writes its two partial sums; every block runs.
+        let part = unsafe { dev.alloc::<f64>(c * k * 2)? };
+        launch!(
+            dev,
+            "bn_grad_partial",
+            xs.dtype(),
+            grid_channels(c, k),
+            [&x, &g, &stats, &part, &ci, &hw64, &m64, &len, &flag, &lo, &hi]
+        );
+        // SAFETY: one thread per channel writes its five values.
+        let coef = unsafe { dev.alloc::<f64>(5 * c)? };
+        launch!(
+            dev,
+            "bn_grad_finish",
+            xs.dtype(),
+            grid_1d(c),
+            [&part, &w, &stats, &coef, &ci, &ki, &mf]
+        );
+        Ok(coef)
+    })
+}
+
+impl candle_core::CustomOp3 for GradCoefficients {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-coefficients-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_only_error(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (_, c, _) = dims(xl)?;
+        let (x, g, w) = ((xs, xl), (gs, gl), (ws, wl));
+        let coef = match xs.dtype() {
+            DType::F32 => grad_coefficients_typed::<f32>(self, x, g, w)?,
+            _ => grad_coefficients_typed::<f64>(self, x, g, w)?,
+        };
+        Ok((
+            CudaStorage::wrap_cuda_slice(coef, xs.device().clone()),
+            Shape::from((5, c)),
+        ))
+    }
+}
+
+/// (x, dy) -> dx.
+struct InputGrad {
+    stats: Tensor,
+    coef: Tensor,
+    clip: Option<Clip>,
+}
+
+fn input_grad_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    op: &InputGrad,
+    (xs, xl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+) -> Result<CudaSlice<T>> {
+    let (n, c, hw) = dims(xl)?;
+    let total = n * c * hw;
+    let dev = xs.device();
+    let (x, g) = (view::<T>(xs, xl, WHAT)?, view::<T>(gs, gl, WHAT)?);
+    let (flag, lo, hi) = clip_args::<T>(op.clip);
+    let (ci, hw64, total64) = (i32_of(c, WHAT)?, hw as i64, total as i64);
+    // SAFETY: one thread per element writes it.
+    let gx = unsafe { dev.alloc::<T>(total)? };
+    with_f64(&op.stats, |ss, sl| {
+        with_f64(&op.coef, |cs, cl| {
+            let (stats, coef) = (view::<f64>(ss, sl, WHAT)?, view::<f64>(cs, cl, WHAT)?);
+            launch!(
+                dev,
+                "bn_input_grad",
+                xs.dtype(),
+                grid_1d(total),
+                [&x, &g, &stats, &coef, &gx, &total64, &ci, &hw64, &flag, &lo, &hi]
+            );
+            Ok(())
+        })
+    })?;
+    Ok(gx)
+}
+
+impl candle_core::CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "batch-norm-input-grad-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_only_error(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (x, g) = ((xs, xl), (gs, gl));
+        let gx = match xs.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(input_grad_typed::<f32>(self, x, g)?, dev),
+            _ => CudaStorage::wrap_cuda_slice(input_grad_typed::<f64>(self, x, g)?, dev),
+        };
+        Ok((gx, xl.shape().clone()))
+    }
+}
