@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -109,9 +108,8 @@ const LAUNCH_LIMIT: Duration = Duration::from_secs(600);
 /// those of the tests running beside it by their OUTPUT_DIR; dropped unfinished (a failed
 /// assertion), it kills them, so that no rank outlives its test.
 struct Launch {
-    child: Option<Child>,
+    run: Option<common::Captured>,
     output_dir: String,
-    readers: Vec<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 fn launch(mut c: Command) -> Launch {
@@ -122,27 +120,14 @@ fn launch(mut c: Command) -> Launch {
         .find(|w| w[0] == "OUTPUT_DIR")
         .map(|w| w[1].to_string_lossy().into_owned())
         .expect("every launch names its OUTPUT_DIR");
-    let mut child = c
+    let child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut readers = Vec::new();
-    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
-        Box::new(child.stdout.take().unwrap()),
-        Box::new(child.stderr.take().unwrap()),
-    ];
-    for mut pipe in pipes {
-        readers.push(std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        }));
-    }
     Launch {
-        child: Some(child),
+        run: Some(common::Captured::new(child)),
         output_dir,
-        readers,
     }
 }
 
@@ -159,70 +144,53 @@ impl Launch {
 
     /// The `train_net` processes writing to this launch's OUTPUT_DIR.
     fn processes(&self) -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter_map(|e| {
-                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                let mut args = cmd.split(|&b| b == 0);
-                let is_ours = String::from_utf8_lossy(&cmd).contains("train_net")
-                    && args.any(|a| a == self.output_dir.as_bytes());
-                is_ours.then_some(pid)
-            })
-            .collect()
+        processes_of(&self.output_dir)
     }
 
     fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
+        self.run.as_ref().unwrap().child.id() as i32
     }
 
     /// Waits for the end (at most LAUNCH_LIMIT) and returns what was printed.
     fn wait(mut self) -> Output {
-        let started = Instant::now();
-        let mut child = self.child.take().unwrap();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if started.elapsed() > LAUNCH_LIMIT {
-                self.kill_all(&mut child);
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut printed = self.readers.drain(..).map(|r| r.join().unwrap());
-        let (stdout, stderr) = (printed.next().unwrap(), printed.next().unwrap());
-        let Some(status) = status else {
-            panic!(
-                "{} still running after {LAUNCH_LIMIT:?}; killed:\n{}\n{}",
-                self.output_dir,
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr)
-            );
-        };
-        Output {
-            status,
-            stdout,
-            stderr,
-        }
+        let dir = self.output_dir.clone();
+        self.run
+            .take()
+            .unwrap()
+            .wait(LAUNCH_LIMIT.as_secs(), |child| kill_all(&dir, child))
     }
+}
 
-    fn kill_all(&self, child: &mut Child) {
-        for pid in self.processes() {
-            // SAFETY: a signal to a process this launch started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+/// The `train_net` processes (mpirun's and the ranks) that write to `output_dir`.
+fn processes_of(output_dir: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let mut args = cmd.split(|&b| b == 0);
+            let is_ours = String::from_utf8_lossy(&cmd).contains("train_net")
+                && args.any(|a| a == output_dir.as_bytes());
+            is_ours.then_some(pid)
+        })
+        .collect()
+}
+
+fn kill_all(output_dir: &str, child: &mut Child) {
+    for pid in processes_of(output_dir) {
+        // SAFETY: a signal to a process this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    let _ = child.kill();
 }
 
 impl Drop for Launch {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.kill_all(&mut child);
+        if let Some(mut run) = self.run.take() {
+            kill_all(&self.output_dir, &mut run.child);
+            let _ = run.child.wait();
         }
     }
 }

@@ -285,7 +285,7 @@ fn sigterm_checkpoints_and_exits_cleanly() {
     }
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
+    let o = common::wait_with_deadline(child, 300);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{:?}: {stdout}", o.status);
     assert!(

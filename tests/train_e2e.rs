@@ -374,7 +374,7 @@ fn ctrl_c_writes_a_checkpoint_that_resumes() {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
         0
     );
-    let o = child.wait_with_output().unwrap();
+    let o = common::wait_with_deadline(child, 300);
     ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stopped = stdout

@@ -176,3 +176,83 @@ pub fn classify_reference(
             .unwrap();
     (stdout, ours, theirs, dir)
 }
+
+/// A child process whose stdout and stderr are drained by threads from the start, so that
+/// it never blocks on a full pipe while the test waits for something else.
+pub struct Captured {
+    pub child: std::process::Child,
+    readers: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Captured {
+    /// Takes over `child`'s piped stdout and stderr (either may be absent).
+    pub fn new(mut child: std::process::Child) -> Self {
+        use std::io::Read;
+        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ];
+        let readers = pipes
+            .into_iter()
+            .map(|pipe| {
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    if let Some(mut p) = pipe {
+                        let _ = p.read_to_end(&mut buf);
+                    }
+                    buf
+                })
+            })
+            .collect();
+        Self { child, readers }
+    }
+
+    /// Waits at most `secs` seconds for the end. Past that, `on_timeout` ends the child
+    /// (and whatever it started) and the test fails with what was printed, instead of a
+    /// run that missed its signal holding the test binary, and CI, until an outer limit.
+    pub fn wait(
+        mut self,
+        secs: u64,
+        on_timeout: impl FnOnce(&mut std::process::Child),
+    ) -> std::process::Output {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed().as_secs() >= secs {
+                on_timeout(&mut self.child);
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut out = self.readers.into_iter().map(|r| r.join().unwrap());
+        let (stdout, stderr) = (out.next().unwrap(), out.next().unwrap());
+        let Some(status) = status else {
+            panic!(
+                "still running after {secs} s; killed. Output:\n{}\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        };
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// `child.wait_with_output()` for at most `secs` seconds (see [`Captured::wait`]).
+pub fn wait_with_deadline(child: std::process::Child, secs: u64) -> std::process::Output {
+    Captured::new(child).wait(secs, |c| {
+        let _ = c.kill();
+    })
+}
