@@ -508,11 +508,13 @@ fn batch_norm_training_kernels_match_the_cpu_op() {
     }
 }
 
-/// A MobileNet-style training BN layer on CUDA takes the fused op and moves its running
-/// statistics as on the CPU (unbiased variance, momentum 0.1).
+/// A MobileNet-style training BN layer on CUDA takes the fused op (its output is the op's,
+/// bit for bit) and moves its running statistics as on the CPU (unbiased variance,
+/// momentum 0.1).
 #[test]
 fn batch_norm_layer_running_statistics_match_the_cpu() {
     use candletron::layers::batch_norm::BatchNorm2d;
+    use candletron::ops::batch_norm_train_cuda::batch_norm_train_cuda;
     use candletron::ops::Activation;
     let Some(gpu) = gpu() else { return };
     let x = Tensor::randn(3f32, 2.0, (4, 8, 9, 9), &Device::Cpu).unwrap();
@@ -532,6 +534,20 @@ fn batch_norm_layer_running_statistics_match_the_cpu() {
     let (y_cpu, cpu) = layer_on(&Device::Cpu);
     let (y_gpu, gpu_state) = layer_on(&gpu);
     assert!(rel_diff(&y_gpu, &y_cpu) <= 2e-5);
+    let ones = Tensor::ones(8, DType::F32, &gpu).unwrap();
+    let (y_op, _, _) = batch_norm_train_cuda(
+        &x.to_device(&gpu).unwrap(),
+        &ones,
+        &ones.zeros_like().unwrap(),
+        1e-5,
+        Activation::ReLU6,
+    )
+    .unwrap();
+    assert_eq!(
+        rel_diff(&y_gpu, &y_op),
+        0.0,
+        "the layer did not run the fused op"
+    );
     assert_eq!(cpu.len(), gpu_state.len());
     for ((k, a), (_, b)) in gpu_state.iter().zip(&cpu) {
         let d = rel_diff(a, b);

@@ -403,10 +403,13 @@ mod cuda {
         }
     }
 
-    /// bf16 and f16 (mixed precision): the kernels accumulate in f32 and round once, so
-    /// they equal the CPU op in f32 on the same narrow operands up to that rounding: at
-    /// most the unit roundoff (2^-8 for bf16's 8 significant bits, 2^-11 for f16's 11)
-    /// relative, per element and so in norm.
+    /// bf16 and f16 (mixed precision): the kernels accumulate in f32 and round once to
+    /// nearest even, so they equal the CPU op in f32 on the same narrow operands, rounded
+    /// the same way, except where the two f32 sums (in different orders) straddle a
+    /// rounding boundary: a rare one-unit difference. The bound, a tenth of the unit
+    /// roundoff (2^-8 for bf16, 2^-11 for f16) in relative norm, leaves room for those and
+    /// fails a kernel that rounds its products, accumulates narrow, or truncates (each
+    /// off by a third of a unit or more on most elements).
     #[test]
     fn narrow_kernels_accumulate_in_f32_and_round_once() {
         let Some(gpu) = gpu() else { return };
@@ -431,10 +434,10 @@ mod cuda {
                     ("weight grad", &gkg, &gk),
                 ] {
                     assert_eq!(a.dtype(), dtype, "{case}: {name}");
-                    let d = rel_diff(a, b);
+                    let d = rel_diff(a, &b.to_dtype(dtype).unwrap());
                     assert!(
-                        d <= roundoff,
-                        "{case}: {name} differs from the f32 CPU op by {d:e} (relative)"
+                        d <= 0.1 * roundoff,
+                        "{case}: {name} differs from the rounded f32 CPU op by {d:e} (relative)"
                     );
                 }
             }

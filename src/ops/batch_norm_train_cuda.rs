@@ -66,17 +66,22 @@ __device__ void block_sum2(double a, double b, double* out) {
 }
 
 // Block (channel, chunk): the channel's values j in [chunk * len, (chunk + 1) * len) of its
-// m = n * hw, value j being image j / hw, pixel j % hw. Σ t and Σ t² with t = x - x[first].
+// m = n * hw < 2^31, value j being image j / hw, pixel j % hw (32-bit division: 64-bit
+// division is emulated in software). Σ t and Σ t² with t = x - x[first].
+__device__ __forceinline__ long long at(unsigned int j, unsigned int hw, int c, int ch) {
+  unsigned int img = j / hw;
+  return ((long long)img * c + ch) * hw + (j - img * hw);
+}
+
 template <typename T>
 __device__ void moments_partial(const T* __restrict__ x, double* __restrict__ part, int c,
-                                long long hw, long long m, long long len) {
+                                int hw, int m, int len) {
   int ch = blockIdx.x, chunk = blockIdx.y;
   double first = (double)x[(long long)ch * hw];
   double a = 0.0, b = 0.0;
-  long long end = (chunk + 1) * len < m ? (chunk + 1) * len : m;
-  for (long long j = chunk * len + threadIdx.x; j < end; j += blockDim.x) {
-    long long img = j / hw;
-    double t = (double)x[(img * c + ch) * hw + (j - img * hw)] - first;
+  unsigned int end = (unsigned int)min((long long)(chunk + 1) * len, (long long)m);
+  for (unsigned int j = (unsigned int)chunk * len + threadIdx.x; j < end; j += blockDim.x) {
+    double t = (double)x[at(j, hw, c, ch)] - first;
     a += t;
     b += t * t;
   }
@@ -86,7 +91,7 @@ __device__ void moments_partial(const T* __restrict__ x, double* __restrict__ pa
 template <typename T>
 __device__ void moments_finish(const T* __restrict__ x, const double* __restrict__ part,
                                const T* __restrict__ w, const T* __restrict__ b,
-                               double* __restrict__ stats, int c, long long hw, int chunks,
+                               double* __restrict__ stats, int c, int hw, int chunks,
                                double m, double eps) {
   int ch = blockIdx.x * blockDim.x + threadIdx.x;
   if (ch >= c) return;
@@ -108,20 +113,21 @@ __device__ void moments_finish(const T* __restrict__ x, const double* __restrict
   stats[4 * c + ch] = (double)b[ch] - mean * scale;
 }
 
+// Element-wise kernels run on a (plane, pixel block) grid: the channel is the block's, no
+// per-element division.
 template <typename T>
 __device__ void affine(const T* __restrict__ x, const double* __restrict__ stats,
-                       T* __restrict__ y, long long total, int c, long long hw, int clip, T lo,
-                       T hi) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {
-    int ch = (int)((i / hw) % c);
-    T v = fused(x[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch]);
-    if (clip) {
-      v = v < lo ? lo : v;
-      v = v > hi ? hi : v;
-    }
-    y[i] = v;
+                       T* __restrict__ y, int c, int hw, int clip, T lo, T hi) {
+  int p = blockIdx.y * blockDim.x + threadIdx.x;
+  if (p >= hw) return;
+  int ch = (int)(blockIdx.x % (unsigned int)c);
+  long long i = (long long)blockIdx.x * hw + p;
+  T v = fused(x[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch]);
+  if (clip) {
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
   }
+  y[i] = v;
 }
 
 // As moments_partial: Σ dz and Σ dz (x - mean), dz the output gradient masked by the
@@ -129,18 +135,17 @@ __device__ void affine(const T* __restrict__ x, const double* __restrict__ stats
 template <typename T>
 __device__ void grad_partial(const T* __restrict__ x, const T* __restrict__ g,
                              const double* __restrict__ stats, double* __restrict__ part, int c,
-                             long long hw, long long m, long long len, int clip, T lo, T hi) {
+                             int hw, int m, int len, int clip, T lo, T hi) {
   int ch = blockIdx.x, chunk = blockIdx.y;
   double mean = stats[ch];
   T scale = (T)stats[3 * c + ch], shift = (T)stats[4 * c + ch];
   double a = 0.0, b = 0.0;
-  long long end = (chunk + 1) * len < m ? (chunk + 1) * len : m;
-  for (long long j = chunk * len + threadIdx.x; j < end; j += blockDim.x) {
-    long long img = j / hw;
-    long long at = (img * c + ch) * hw + (j - img * hw);
-    double dz = (double)masked(x[at], g[at], scale, shift, clip, lo, hi);
+  unsigned int end = (unsigned int)min((long long)(chunk + 1) * len, (long long)m);
+  for (unsigned int j = (unsigned int)chunk * len + threadIdx.x; j < end; j += blockDim.x) {
+    long long i = at(j, hw, c, ch);
+    double dz = (double)masked(x[i], g[i], scale, shift, clip, lo, hi);
     a += dz;
-    b += dz * ((double)x[at] - mean);
+    b += dz * ((double)x[i] - mean);
   }
   block_sum2(a, b, part + ((long long)ch * gridDim.y + chunk) * 2);
 }
@@ -172,31 +177,30 @@ __device__ void grad_finish(const double* __restrict__ part, const T* __restrict
 template <typename T>
 __device__ void input_grad(const T* __restrict__ x, const T* __restrict__ g,
                            const double* __restrict__ stats, const double* __restrict__ coef,
-                           T* __restrict__ gx, long long total, int c, long long hw, int clip,
-                           T lo, T hi) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {
-    int ch = (int)((i / hw) % c);
-    T dz = masked(x[i], g[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch], clip, lo, hi);
-    gx[i] = dz * (T)coef[ch] + x[i] * (T)coef[c + ch] + (T)coef[2 * c + ch];
-  }
+                           T* __restrict__ gx, int c, int hw, int clip, T lo, T hi) {
+  int p = blockIdx.y * blockDim.x + threadIdx.x;
+  if (p >= hw) return;
+  int ch = (int)(blockIdx.x % (unsigned int)c);
+  long long i = (long long)blockIdx.x * hw + p;
+  T dz = masked(x[i], g[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch], clip, lo, hi);
+  gx[i] = dz * (T)coef[ch] + x[i] * (T)coef[c + ch] + (T)coef[2 * c + ch];
 }
 
 #define BN_KERNELS(T, SUF)                                                                         \
-  extern "C" __global__ void bn_moments_partial_##SUF(const T* x, double* part, int c,             \
-      long long hw, long long m, long long len) {                                                  \
+  extern "C" __global__ void bn_moments_partial_##SUF(const T* x, double* part, int c, int hw,     \
+      int m, int len) {                                                                            \
     moments_partial<T>(x, part, c, hw, m, len);                                                    \
   }                                                                                                \
   extern "C" __global__ void bn_moments_finish_##SUF(const T* x, const double* part, const T* w,  \
-      const T* b, double* stats, int c, long long hw, int chunks, double m, double eps) {         \
+      const T* b, double* stats, int c, int hw, int chunks, double m, double eps) {               \
     moments_finish<T>(x, part, w, b, stats, c, hw, chunks, m, eps);                               \
   }                                                                                                \
-  extern "C" __global__ void bn_affine_##SUF(const T* x, const double* stats, T* y,               \
-      long long total, int c, long long hw, int clip, T lo, T hi) {                                \
-    affine<T>(x, stats, y, total, c, hw, clip, lo, hi);                                            \
+  extern "C" __global__ void bn_affine_##SUF(const T* x, const double* stats, T* y, int c,        \
+      int hw, int clip, T lo, T hi) {                                                              \
+    affine<T>(x, stats, y, c, hw, clip, lo, hi);                                                   \
   }                                                                                                \
   extern "C" __global__ void bn_grad_partial_##SUF(const T* x, const T* g, const double* stats,   \
-      double* part, int c, long long hw, long long m, long long len, int clip, T lo, T hi) {      \
+      double* part, int c, int hw, int m, int len, int clip, T lo, T hi) {                        \
     grad_partial<T>(x, g, stats, part, c, hw, m, len, clip, lo, hi);                               \
   }                                                                                                \
   extern "C" __global__ void bn_grad_finish_##SUF(const double* part, const T* w,                 \
@@ -204,8 +208,8 @@ __device__ void input_grad(const T* __restrict__ x, const T* __restrict__ g,
     grad_finish<T>(part, w, stats, coef, c, chunks, m);                                            \
   }                                                                                                \
   extern "C" __global__ void bn_input_grad_##SUF(const T* x, const T* g, const double* stats,     \
-      const double* coef, T* gx, long long total, int c, long long hw, int clip, T lo, T hi) {    \
-    input_grad<T>(x, g, stats, coef, gx, total, c, hw, clip, lo, hi);                              \
+      const double* coef, T* gx, int c, int hw, int clip, T lo, T hi) {                           \
+    input_grad<T>(x, g, stats, coef, gx, c, hw, clip, lo, hi);                                     \
   }
 
 BN_KERNELS(float, f32)
@@ -253,16 +257,70 @@ pub fn batch_norm_train_cuda(
     Ok((y, stats.get(0)?, stats.get(1)?))
 }
 
-/// N, C, H * W of a contiguous 4-D layout.
-fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+/// The shape of `x` (N, C, H, W) as the kernels take it, checked: at least one channel and
+/// one value per channel, and `int` room for the values of a channel and of a plane.
+struct Dims {
+    /// N * C planes of H * W values.
+    planes: usize,
+    c: usize,
+    hw: usize,
+    /// Values per channel, N * H * W.
+    m: usize,
+    /// c, hw, m as kernel arguments.
+    args: (i32, i32, i32),
+}
+
+fn dims(l: &Layout) -> Result<Dims> {
     let (n, c, h, w) = l.shape().dims4()?;
-    Ok((n, c, h * w))
+    let (hw, m) = (h * w, n * h * w);
+    if c == 0 || m == 0 {
+        candle_core::bail!("{WHAT}: no values to normalise in a {:?} input", l.dims());
+    }
+    let args = (i32_of(c, WHAT)?, i32_of(hw, WHAT)?, i32_of(m, WHAT)?);
+    Ok(Dims {
+        planes: n * c,
+        c,
+        hw,
+        m,
+        args,
+    })
+}
+
+/// Weight and bias (or weight alone) must have a value per channel: the kernels read one.
+fn check_affine(d: &Dims, params: &[&Layout]) -> Result<()> {
+    for l in params {
+        if l.shape().elem_count() != d.c {
+            candle_core::bail!(
+                "{WHAT}: a weight or bias of {} values for {} channels",
+                l.shape().elem_count(),
+                d.c
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Chunks per channel for the reductions: enough blocks in all to fill a large GPU
 /// (about 1024), none smaller than 4096 values.
-fn chunks(c: usize, m: usize) -> usize {
-    1024usize.div_ceil(c).min(m.div_ceil(4096)).max(1)
+fn chunks(d: &Dims) -> usize {
+    1024usize.div_ceil(d.c).min(d.m.div_ceil(4096)).max(1)
+}
+
+/// The (plane, pixel block) grid of the element-wise kernels.
+fn grid_planes(d: &Dims) -> Result<LaunchConfig> {
+    let pixel_blocks = d.hw.div_ceil(THREADS as usize);
+    if pixel_blocks > 65_535 || d.planes > i32::MAX as usize {
+        candle_core::bail!(
+            "{WHAT}: {} planes of {} values exceed the grid",
+            d.planes,
+            d.hw
+        );
+    }
+    Ok(LaunchConfig {
+        grid_dim: (d.planes as u32, pixel_blocks as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// The f64 storage of a tensor an op holds (its statistics or coefficients).
@@ -335,14 +393,14 @@ fn moments_typed<T: CudaDType + DeviceRepr>(
     (ws, wl): (&CudaStorage, &Layout),
     (bs, bl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<f64>> {
-    let (n, c, hw) = dims(xl)?;
-    let (m, ci) = (n * hw, i32_of(c, WHAT)?);
-    let k = chunks(c, m);
-    let len = m.div_ceil(k) as i64;
+    let d = dims(xl)?;
+    check_affine(&d, &[wl, bl])?;
+    let ((ci, hwi, mi), c) = (d.args, d.c);
+    let k = chunks(&d);
+    let (len, ki) = (i32_of(d.m.div_ceil(k), WHAT)?, i32_of(k, WHAT)?);
     let dev = xs.device();
     let x = view::<T>(xs, xl, WHAT)?;
     let (w, b) = (view::<T>(ws, wl, WHAT)?, view::<T>(bs, bl, WHAT)?);
-    let (hw64, m64, ki) = (hw as i64, m as i64, i32_of(k, WHAT)?);
     // SAFETY: block (channel, chunk) writes its two partial sums; every block runs.
     let part = unsafe { dev.alloc::<f64>(c * k * 2)? };
     launch!(
@@ -350,17 +408,17 @@ fn moments_typed<T: CudaDType + DeviceRepr>(
         "bn_moments_partial",
         xs.dtype(),
         grid_channels(c, k),
-        [&x, &part, &ci, &hw64, &m64, &len]
+        [&x, &part, &ci, &hwi, &mi, &len]
     );
     // SAFETY: one thread per channel writes its five values.
     let stats = unsafe { dev.alloc::<f64>(5 * c)? };
-    let (mf, eps) = (m as f64, op.eps);
+    let (mf, eps) = (d.m as f64, op.eps);
     launch!(
         dev,
         "bn_moments_finish",
         xs.dtype(),
         grid_1d(c),
-        [&x, &part, &w, &b, &stats, &ci, &hw64, &ki, &mf, &eps]
+        [&x, &part, &w, &b, &stats, &ci, &hwi, &ki, &mf, &eps]
     );
     Ok(stats)
 }
@@ -391,7 +449,7 @@ impl candle_core::CustomOp3 for Moments {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (_, c, _) = dims(xl)?;
+        let c = dims(xl)?.c;
         let (x, w, b) = ((xs, xl), (ws, wl), (bs, bl));
         let stats = match xs.dtype() {
             DType::F32 => moments_typed::<f32>(self, x, w, b)?,
@@ -415,22 +473,21 @@ fn affine_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     op: &Affine,
     (xs, xl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
-    let (n, c, hw) = dims(xl)?;
-    let total = n * c * hw;
+    let d = dims(xl)?;
+    let (ci, hwi, _) = d.args;
     let dev = xs.device();
     let x = view::<T>(xs, xl, WHAT)?;
     let (flag, lo, hi) = clip_args::<T>(op.clip);
-    let (ci, hw64, total64) = (i32_of(c, WHAT)?, hw as i64, total as i64);
     // SAFETY: one thread per element writes it.
-    let y = unsafe { dev.alloc::<T>(total)? };
+    let y = unsafe { dev.alloc::<T>(d.planes * d.hw)? };
     with_f64(&op.stats, |ss, sl| {
         let stats = view::<f64>(ss, sl, WHAT)?;
         launch!(
             dev,
             "bn_affine",
             xs.dtype(),
-            grid_1d(total),
-            [&x, &stats, &y, &total64, &ci, &hw64, &flag, &lo, &hi]
+            grid_planes(&d)?,
+            [&x, &stats, &y, &ci, &hwi, &flag, &lo, &hi]
         );
         Ok(())
     })?;
@@ -517,10 +574,11 @@ fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     (gs, gl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<f64>> {
-    let (n, c, hw) = dims(xl)?;
-    let (m, ci) = (n * hw, i32_of(c, WHAT)?);
-    let k = chunks(c, m);
-    let len = m.div_ceil(k) as i64;
+    let d = dims(xl)?;
+    check_affine(&d, &[wl])?;
+    let ((ci, hwi, mi), c) = (d.args, d.c);
+    let k = chunks(&d);
+    let (len, ki, mf) = (i32_of(d.m.div_ceil(k), WHAT)?, i32_of(k, WHAT)?, d.m as f64);
     let dev = xs.device();
     let (x, g, w) = (
         view::<T>(xs, xl, WHAT)?,
@@ -528,7 +586,6 @@ fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
         view::<T>(ws, wl, WHAT)?,
     );
     let (flag, lo, hi) = clip_args::<T>(op.clip);
-    let (hw64, m64, ki, mf) = (hw as i64, m as i64, i32_of(k, WHAT)?, m as f64);
     with_f64(&op.stats, |ss, sl| {
         let stats = view::<f64>(ss, sl, WHAT)?;
         // SAFETY: block (channel, chunk) writes its two partial sums; every block runs.
@@ -538,7 +595,7 @@ fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
             "bn_grad_partial",
             xs.dtype(),
             grid_channels(c, k),
-            [&x, &g, &stats, &part, &ci, &hw64, &m64, &len, &flag, &lo, &hi]
+            [&x, &g, &stats, &part, &ci, &hwi, &mi, &len, &flag, &lo, &hi]
         );
         // SAFETY: one thread per channel writes its five values.
         let coef = unsafe { dev.alloc::<f64>(5 * c)? };
@@ -579,7 +636,7 @@ impl candle_core::CustomOp3 for GradCoefficients {
         ws: &CudaStorage,
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (_, c, _) = dims(xl)?;
+        let c = dims(xl)?.c;
         let (x, g, w) = ((xs, xl), (gs, gl), (ws, wl));
         let coef = match xs.dtype() {
             DType::F32 => grad_coefficients_typed::<f32>(self, x, g, w)?,
@@ -604,14 +661,13 @@ fn input_grad_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     (xs, xl): (&CudaStorage, &Layout),
     (gs, gl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
-    let (n, c, hw) = dims(xl)?;
-    let total = n * c * hw;
+    let d = dims(xl)?;
+    let (ci, hwi, _) = d.args;
     let dev = xs.device();
     let (x, g) = (view::<T>(xs, xl, WHAT)?, view::<T>(gs, gl, WHAT)?);
     let (flag, lo, hi) = clip_args::<T>(op.clip);
-    let (ci, hw64, total64) = (i32_of(c, WHAT)?, hw as i64, total as i64);
     // SAFETY: one thread per element writes it.
-    let gx = unsafe { dev.alloc::<T>(total)? };
+    let gx = unsafe { dev.alloc::<T>(d.planes * d.hw)? };
     with_f64(&op.stats, |ss, sl| {
         with_f64(&op.coef, |cs, cl| {
             let (stats, coef) = (view::<f64>(ss, sl, WHAT)?, view::<f64>(cs, cl, WHAT)?);
@@ -619,8 +675,8 @@ fn input_grad_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
                 dev,
                 "bn_input_grad",
                 xs.dtype(),
-                grid_1d(total),
-                [&x, &g, &stats, &coef, &gx, &total64, &ci, &hw64, &flag, &lo, &hi]
+                grid_planes(&d)?,
+                [&x, &g, &stats, &coef, &gx, &ci, &hwi, &flag, &lo, &hi]
             );
             Ok(())
         })

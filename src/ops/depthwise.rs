@@ -495,7 +495,7 @@ custom_op2!(
 );
 
 /// Depthwise convolution of `x` (N, C, H, W) with `w` (C, 1, K, K): the custom op on CPU
-/// and on CUDA (f32/f64), the portable path elsewhere. `CANDLETRON_DEPTHWISE=portable`
+/// (f32/f64) and on CUDA (f32/f64/bf16/f16), the portable path elsewhere. `CANDLETRON_DEPTHWISE=portable`
 /// forces the portable path everywhere, to compare the two.
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: ConvGeometry) -> Result<Tensor> {
     if custom_op_for(x) {
