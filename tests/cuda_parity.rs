@@ -554,3 +554,61 @@ fn batch_norm_layer_running_statistics_match_the_cpu() {
         assert!(d <= 1e-6, "{k}: {d:e}");
     }
 }
+
+/// Hard-negative mining's op on CUDA picks exactly the CPU's anchors: per row the `k`
+/// highest candidates in `f32::total_cmp` order, ties to the lower index, on rows longer
+/// than a block (SSDLite at 640 px has ~50k anchors), with heavy ties, NaN, infinities
+/// and signed zeros, and k from 0 to past the candidates.
+#[test]
+fn top_k_mask_kernel_picks_the_cpu_anchors() {
+    use candletron::ops::top_k_mask;
+    use rand::{Rng, SeedableRng};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for (n, r, tied) in [
+        (3, 7, true),
+        (4, 1000, true),
+        (8, 3234, false),
+        (2, 51_150, true),
+    ] {
+        let scores: Vec<f32> = (0..n * r)
+            .map(|_| match rng.random_range(0..100) {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                3 => -0.0,
+                4 => 0.0,
+                _ if tied => rng.random_range(0..30) as f32 / 4.0,
+                _ => rng.random::<f32>() * 20.0,
+            })
+            .collect();
+        let candidates: Vec<u8> = (0..n * r).map(|_| rng.random_bool(0.8) as u8).collect();
+        let k: Vec<u32> = (0..n)
+            .map(|i| match i % 4 {
+                0 => 0,
+                1 => (r + 3) as u32,
+                _ => rng.random_range(1..=r as u32),
+            })
+            .collect();
+        let on = |dev: &Device| {
+            top_k_mask(
+                &Tensor::from_slice(&scores, (n, r), dev).unwrap(),
+                &Tensor::from_slice(&candidates, (n, r), dev).unwrap(),
+                &Tensor::from_slice(&k, n, dev).unwrap(),
+            )
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        };
+        let (cpu, cuda) = (on(&Device::Cpu), on(&gpu));
+        let differ = cpu.iter().zip(&cuda).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ, 0,
+            "{n} x {r} (ties {tied}): {differ} anchors differ"
+        );
+    }
+}

@@ -25,6 +25,9 @@ pub mod linear;
 mod parallel;
 mod pointwise;
 pub mod roi_align;
+pub mod top_k_mask;
+#[cfg(feature = "cuda")]
+mod top_k_mask_cuda;
 pub mod upsample;
 
 pub use activation::Activation;
@@ -37,6 +40,7 @@ pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use geometry::ConvGeometry;
 pub use linear::linear;
 pub use roi_align::{roi_align, roi_align_portable, RoiAlignParams};
+pub use top_k_mask::top_k_mask;
 pub use upsample::upsample_nearest_2x;
 
 /// Largest absolute element-wise difference, for the ops' unit tests.

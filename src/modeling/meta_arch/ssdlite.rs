@@ -3,8 +3,10 @@
 //! 3:1 hard negative mining or sigmoid focal loss, smooth-L1 or GIoU box loss, and
 //! inference by score threshold, per-level top-k, per-class NMS and a per-image cap.
 //!
-//! Matching and mining run on the host on detached values; the losses themselves are
-//! built from the head's tensors by `index_select`/`gather`, so gradients flow only
+//! Matching runs on the host (anchors and ground truth are host values); hard-negative
+//! mining runs where the scores are, as the `top_k_mask` op on the detached background
+//! losses, so a training step reads nothing back for it. The losses are built from the
+//! head's tensors (`index_select`/`gather`, the mining mask), so gradients flow only
 //! through the selected anchors.
 
 mod export;
@@ -221,30 +223,38 @@ impl SsdLite {
         let loss_cls = match self.params.cls_loss {
             ClsLoss::CrossEntropy => {
                 let log_p = candle_nn::ops::log_softmax(&flat_scores, D::Minus1)?;
-                // Mining on the detached background loss: the hardest negatives per image.
-                let bg_loss: Vec<f32> =
-                    host::to_vec1(&log_p.narrow(1, c - 1, 1)?.squeeze(1)?.neg()?)?;
-                let mut sel: Vec<u32> = pos_idx.clone();
-                let mut sel_cls: Vec<u32> = pos_cls.iter().map(|&l| l as u32).collect();
-                for (i, labels) in labels_all.iter().enumerate() {
+                // The background loss of every anchor; mining picks, per image, the
+                // negatives where it is largest (on the detached values, on the device).
+                let bg_loss = log_p.narrow(1, c - 1, 1)?.neg()?.reshape((n, r))?;
+                let mut negatives: Vec<u8> = Vec::with_capacity(n * r);
+                let mut keep: Vec<u32> = Vec::with_capacity(n);
+                for labels in &labels_all {
                     let npos = labels.iter().filter(|&&l| l >= 0 && l < k).count();
-                    let mut negs: Vec<usize> = (0..r).filter(|&a| labels[a] == k).collect();
-                    let keep =
-                        ((self.params.neg_pos_ratio * npos.max(1) as f32) as usize).min(negs.len());
-                    negs.sort_by(|&x, &y| bg_loss[i * r + y].total_cmp(&bg_loss[i * r + x]));
-                    for &a in &negs[..keep] {
-                        sel.push((i * r + a) as u32);
-                        sel_cls.push(k as u32);
-                    }
+                    let before = negatives.len();
+                    negatives.extend(labels.iter().map(|&l| (l == k) as u8));
+                    let nneg = negatives.len() - before;
+                    let wanted = (self.params.neg_pos_ratio * npos.max(1) as f32) as usize;
+                    keep.push(wanted.min(nneg) as u32);
                 }
-                if sel.is_empty() {
-                    (flat_scores.sum_all()? * 0.0)?
+                let hard = crate::ops::top_k_mask(
+                    &bg_loss.detach(),
+                    &Tensor::from_vec(negatives, (n, r), &dev)?,
+                    &Tensor::from_vec(keep, n, &dev)?,
+                )?;
+                let neg_loss = (bg_loss * hard)?.sum_all()?;
+                let pos_loss = if pos_idx.is_empty() {
+                    neg_loss.zeros_like()?
                 } else {
-                    let idx = Tensor::new(sel.as_slice(), &dev)?;
-                    let cls = Tensor::new(sel_cls.as_slice(), &dev)?.unsqueeze(1)?;
-                    let picked = log_p.index_select(&idx, 0)?.gather(&cls, 1)?;
-                    (picked.sum_all()?.neg()? / norm)?
-                }
+                    let idx = Tensor::new(pos_idx.as_slice(), &dev)?;
+                    let cls: Vec<u32> = pos_cls.iter().map(|&l| l as u32).collect();
+                    let cls = Tensor::new(cls.as_slice(), &dev)?.unsqueeze(1)?;
+                    log_p
+                        .index_select(&idx, 0)?
+                        .gather(&cls, 1)?
+                        .sum_all()?
+                        .neg()?
+                };
+                ((pos_loss + neg_loss)? / norm)?
             }
             ClsLoss::Focal => {
                 let mut valid: Vec<u32> = Vec::new();
@@ -402,5 +412,108 @@ impl MetaArch for SsdLite {
             coder: self.coder,
             params: self.params.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::layers::params::ParamStore;
+    use std::sync::Arc;
+
+    /// Mining on the device picks what mining on the host picked: per image the
+    /// negatives by background loss, descending, ties to the lower anchor (a stable
+    /// sort), `NEG_POS_RATIO` per positive (at least one positive's worth). Checked on the
+    /// loss and on which anchors get a gradient, with scores quantised so that ties at the
+    /// cut are common, and with an image without ground truth.
+    #[test]
+    fn device_mining_picks_the_host_minings_anchors_and_loss() {
+        let cfg = Config::from_args(
+            Some(std::path::Path::new(
+                "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+            )),
+            &["MODEL.WEIGHTS", "", "MODEL.MOBILENET.WIDTH_MULT", "0.35"],
+        )
+        .unwrap();
+        let dev = Device::Cpu;
+        let store = Arc::new(ParamStore::new(0));
+        let model = SsdLite::from_config(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+        let images = Tensor::zeros((3, 3, 96, 96), DType::F32, &dev).unwrap();
+        let (scores, deltas, anchors, _) = model.run(&images, true).unwrap();
+        let (n, r, c) = scores.dims3().unwrap();
+        // Quantised random scores: many equal background losses.
+        let q = (Tensor::randn(0f32, 1.0, (n, r, c), &dev).unwrap() * 2.0)
+            .unwrap()
+            .round()
+            .unwrap();
+        let scores = candle_core::Var::from_tensor(&q).unwrap();
+        let gt = |a: &[usize]| Instances {
+            boxes: a.iter().map(|&i| anchors[i]).collect(),
+            classes: vec![0; a.len()],
+            ignore: vec![false; a.len()],
+        };
+        let targets = vec![gt(&[10, r / 2]), gt(&[]), gt(&[r - 1])];
+        let losses = model
+            .losses(scores.as_tensor(), &deltas.detach(), &anchors, &targets)
+            .unwrap();
+        let got = losses["loss_cls"].to_scalar::<f32>().unwrap() as f64;
+
+        // Host mining, as before the op.
+        let log_p: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&q, D::Minus1)
+            .unwrap()
+            .reshape((n * r, c))
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let k = model.params.num_classes as i64;
+        let (mut sum, mut total_pos) = (0f64, 0usize);
+        let mut picked = vec![false; n * r];
+        for (i, inst) in targets.iter().enumerate() {
+            let (labels, _) = model.label_anchors(&anchors, inst);
+            let npos = labels.iter().filter(|&&l| l >= 0 && l < k).count();
+            total_pos += npos;
+            for (a, &l) in labels.iter().enumerate() {
+                if l >= 0 && l < k {
+                    sum -= log_p[i * r + a][l as usize] as f64;
+                    picked[i * r + a] = true;
+                }
+            }
+            let bg = |a: usize| -log_p[i * r + a][c - 1];
+            let mut negs: Vec<usize> = (0..r).filter(|&a| labels[a] == k).collect();
+            negs.sort_by(|&x, &y| bg(y).total_cmp(&bg(x)));
+            let keep = ((model.params.neg_pos_ratio * npos.max(1) as f32) as usize).min(negs.len());
+            for &a in &negs[..keep] {
+                sum += bg(a) as f64;
+                picked[i * r + a] = true;
+            }
+        }
+        assert!(total_pos > 0);
+        let expected = sum / total_pos as f64;
+        assert!(
+            (got - expected).abs() <= 1e-5 * expected.abs(),
+            "loss_cls {got} vs host mining {expected}"
+        );
+        let grads = losses["loss_cls"].backward().unwrap();
+        let g = grads.get(scores.as_tensor()).unwrap();
+        let rows: Vec<f32> = g
+            .abs()
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let differ: Vec<usize> = (0..n * r)
+            .filter(|&a| (rows[a] > 0.0) != picked[a])
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{} anchors (image * {r} + anchor) have a gradient without being picked on the \
+             host, or the other way round: {:?}",
+            differ.len(),
+            &differ[..differ.len().min(10)]
+        );
     }
 }
