@@ -137,17 +137,15 @@ impl Rpn {
         let anchors = self.anchors.grid_anchors(&sizes);
         let (logits, deltas) = self.head.forward(&levels)?;
         let train = targets.is_some();
-        let host = |t: &Tensor| -> Result<Vec<f32>> {
-            crate::ops::host::to_vec1(
-                &t.detach()
-                    .to_device(&Device::Cpu)?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?,
-            )
-        };
+        // Objectness and deltas in one read: on a GPU each read waits for the device.
+        let flat = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all();
+        let both = crate::ops::host::to_vec1::<f32>(
+            &Tensor::cat(&[flat(&logits)?, flat(&deltas)?], 0)?.to_device(&Device::Cpu)?,
+        )?;
+        let (host_logits, host_deltas) = both.split_at(logits.elem_count());
         let proposals = self.find_top_proposals(
-            &host(&logits)?,
-            &host(&deltas)?,
+            host_logits,
+            host_deltas,
             &anchors,
             &per_level,
             image_sizes,
