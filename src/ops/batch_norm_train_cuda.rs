@@ -382,6 +382,51 @@ fn grid_channels(c: usize, chunk_count: usize) -> LaunchConfig {
     }
 }
 
+/// `impl CustomOp3` for a CUDA-only op of three inputs whose output is (5, C) f64 per-channel
+/// values, computed by `$typed::<T>(self, first, second, third)` for the first input's dtype.
+macro_rules! per_channel_op3 {
+    ($op:ty, $name:literal, $typed:ident) => {
+        impl candle_core::CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                cpu_only_error(self.name())
+            }
+
+            fn cuda_fwd(
+                &self,
+                xs: &CudaStorage,
+                xl: &Layout,
+                s2: &CudaStorage,
+                l2: &Layout,
+                s3: &CudaStorage,
+                l3: &Layout,
+            ) -> Result<(CudaStorage, Shape)> {
+                let c = dims(xl)?.c;
+                let (x, second, third) = ((xs, xl), (s2, l2), (s3, l3));
+                let values = match xs.dtype() {
+                    DType::F32 => $typed::<f32>(self, x, second, third)?,
+                    _ => $typed::<f64>(self, x, second, third)?,
+                };
+                Ok((
+                    CudaStorage::wrap_cuda_slice(values, xs.device().clone()),
+                    Shape::from((5, c)),
+                ))
+            }
+        }
+    };
+}
+
 /// (x, weight, bias) -> stats (5, C) f64.
 struct Moments {
     eps: f64,
@@ -423,44 +468,7 @@ fn moments_typed<T: CudaDType + DeviceRepr>(
     Ok(stats)
 }
 
-impl candle_core::CustomOp3 for Moments {
-    fn name(&self) -> &'static str {
-        "batch-norm-moments-cuda"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_only_error(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let c = dims(xl)?.c;
-        let (x, w, b) = ((xs, xl), (ws, wl), (bs, bl));
-        let stats = match xs.dtype() {
-            DType::F32 => moments_typed::<f32>(self, x, w, b)?,
-            _ => moments_typed::<f64>(self, x, w, b)?,
-        };
-        Ok((
-            CudaStorage::wrap_cuda_slice(stats, xs.device().clone()),
-            Shape::from((5, c)),
-        ))
-    }
-}
+per_channel_op3!(Moments, "batch-norm-moments-cuda", moments_typed);
 
 /// The differentiable op: (x, weight, bias) -> activation(x * scale + shift), with the
 /// scale and shift of `stats` (which the weight and bias made).
@@ -610,44 +618,11 @@ fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     })
 }
 
-impl candle_core::CustomOp3 for GradCoefficients {
-    fn name(&self) -> &'static str {
-        "batch-norm-grad-coefficients-cuda"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_only_error(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let c = dims(xl)?.c;
-        let (x, g, w) = ((xs, xl), (gs, gl), (ws, wl));
-        let coef = match xs.dtype() {
-            DType::F32 => grad_coefficients_typed::<f32>(self, x, g, w)?,
-            _ => grad_coefficients_typed::<f64>(self, x, g, w)?,
-        };
-        Ok((
-            CudaStorage::wrap_cuda_slice(coef, xs.device().clone()),
-            Shape::from((5, c)),
-        ))
-    }
-}
+per_channel_op3!(
+    GradCoefficients,
+    "batch-norm-grad-coefficients-cuda",
+    grad_coefficients_typed
+);
 
 /// (x, dy) -> dx.
 struct InputGrad {
