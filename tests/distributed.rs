@@ -135,16 +135,11 @@ impl Launch {
     /// The pid of this launch's `train_net` with OMPI_COMM_WORLD_RANK=`rank`.
     fn rank_pid(&self, rank: usize) -> Option<i32> {
         let want = format!("OMPI_COMM_WORLD_RANK={rank}");
-        self.processes().into_iter().find(|&pid| {
+        processes_of(&self.output_dir).into_iter().find(|&pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_bytes()))
                 .unwrap_or(false)
         })
-    }
-
-    /// The `train_net` processes writing to this launch's OUTPUT_DIR.
-    fn processes(&self) -> Vec<i32> {
-        processes_of(&self.output_dir)
     }
 
     fn pid(&self) -> i32 {
