@@ -13,6 +13,8 @@ pub enum Value {
     Int(i64),
     /// Integers wider than 64 bits (torch's legacy magic number is one).
     BigInt(i128),
+    /// An integer beyond 128 bits: kept as a value that no reader takes for a number.
+    HugeInt,
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
@@ -214,24 +216,9 @@ impl<'a> Machine<'a> {
                     self.push(Value::Int(v as i64))
                 }
                 0x8a => {
-                    // LONG1: little-endian two's complement of n bytes.
                     let n = self.u8()? as usize;
                     let bytes = self.take(n)?;
-                    let mut v: i128 = 0;
-                    if n > 16 {
-                        self.push(Value::Int(i64::MAX));
-                        continue;
-                    }
-                    for (i, b) in bytes.iter().enumerate() {
-                        v |= (*b as i128) << (8 * i);
-                    }
-                    if n > 0 && bytes[n - 1] & 0x80 != 0 {
-                        v -= 1i128 << (8 * n);
-                    }
-                    self.push(match i64::try_from(v) {
-                        Ok(small) => Value::Int(small),
-                        Err(_) => Value::BigInt(v),
-                    })
+                    self.push(long_int(bytes))
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.le()?);
@@ -381,6 +368,26 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// A LONG1 integer: little-endian two's complement of any length.
+fn long_int(bytes: &[u8]) -> Value {
+    let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
+    let fill = if negative { 0xff } else { 0 };
+    // Beyond 16 bytes the value fits an i128 only if the rest is sign extension.
+    if bytes.len() > 16
+        && (bytes[16..].iter().any(|&b| b != fill) || (bytes[15] & 0x80 != 0) != negative)
+    {
+        return Value::HugeInt;
+    }
+    let mut buf = [fill; 16];
+    let n = bytes.len().min(16);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    let v = i128::from_le_bytes(buf);
+    match i64::try_from(v) {
+        Ok(small) => Value::Int(small),
+        Err(_) => Value::BigInt(v),
+    }
+}
+
 /// Interprets the calls torch checkpoints make; anything else stays a `Call`.
 fn reduce(callable: Value, args: Value) -> PResult<Value> {
     let Value::Global(module, name) = &callable else {
@@ -448,4 +455,44 @@ pub fn load(data: &[u8], pos: &mut usize) -> PResult<Value> {
     let v = m.run()?;
     *pos = m.pos;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_integers_of_any_length_keep_their_value_or_none() {
+        let mut magic = 0x1950a86a20f9469cfc6c_i128.to_le_bytes()[..10].to_vec();
+        assert_eq!(long_int(&magic), Value::BigInt(0x1950a86a20f9469cfc6c));
+        magic.extend([0; 7]);
+        assert_eq!(long_int(&magic), Value::BigInt(0x1950a86a20f9469cfc6c));
+        assert_eq!(long_int(&[]), Value::Int(0));
+        assert_eq!(long_int(&[0xff]), Value::Int(-1));
+        assert_eq!(long_int(&[0x00, 0x80]), Value::Int(-32768));
+        assert_eq!(long_int(&[0x80, 0x00]), Value::Int(128));
+        let mut min = [0u8; 16];
+        min[15] = 0x80;
+        assert_eq!(long_int(&min), Value::BigInt(i128::MIN));
+        assert_eq!(long_int(&[0xff; 40]), Value::Int(-1));
+        let mut huge = [0u8; 17];
+        huge[16] = 1;
+        assert_eq!(long_int(&huge), Value::HugeInt);
+        // Bit 127 set with zero extension: 2^127 does not fit.
+        let mut beyond = [0u8; 17];
+        beyond[15] = 0x80;
+        assert_eq!(long_int(&beyond), Value::HugeInt);
+        let mut v = 0x1234_5678_9abc_def0_1122_3344_i128.to_le_bytes().to_vec();
+        v.truncate(12);
+        assert_eq!(long_int(&v), Value::BigInt(0x1234_5678_9abc_def0_1122_3344));
+    }
+
+    #[test]
+    fn a_long_integer_in_a_pickle_is_read_without_overflow() {
+        // The fuzzer's find: PROTO 2, LONG1 of 16 bytes whose top bit is set.
+        let mut data = vec![0x80, 0x02, 0x8a, 16];
+        data.extend([0u8; 15]);
+        data.extend([0x80, b'.']);
+        assert_eq!(load(&data, &mut 0).unwrap(), Value::BigInt(i128::MIN));
+    }
 }

@@ -31,24 +31,38 @@ fn storage_dtype(storage_type: &str) -> Result<(DType, usize), String> {
 fn materialize(t: &TensorRef, bytes: &[u8], name: &str) -> Result<Tensor, String> {
     let (dtype, size) = storage_dtype(&t.storage_type)?;
     let numel_storage = bytes.len() / size;
-    let numel: usize = t.shape.iter().product();
     if t.shape.len() != t.stride.len() {
         return Err(format!(
             "{name}: shape {:?} and stride {:?} disagree",
             t.shape, t.stride
         ));
     }
-    // Highest element index touched, to check bounds before reading.
-    let last = t.offset
-        + t.shape
+    // Shape, stride and offset are untrusted: every product and sum is checked, so that
+    // no index computed below can wrap around (the running product too, as candle's
+    // element count multiplies in the same order).
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("{name}: shape {:?} has too many elements", t.shape))?;
+    if numel > 0 {
+        // Highest element index touched, to check bounds before reading.
+        let last = t
+            .shape
             .iter()
             .zip(&t.stride)
-            .map(|(d, s)| d.saturating_sub(1) * s)
-            .sum::<usize>();
-    if numel > 0 && last >= numel_storage {
-        return Err(format!(
-            "{name}: tensor reaches element {last} but its storage has {numel_storage} (file truncated or corrupt)"
-        ));
+            .try_fold(t.offset, |acc, (d, s)| {
+                (d - 1).checked_mul(*s)?.checked_add(acc)
+            });
+        match last {
+            Some(last) if last < numel_storage => {}
+            _ => {
+                return Err(format!(
+                    "{name}: tensor (offset {}, shape {:?}, stride {:?}) reaches beyond its storage of {numel_storage} elements (file truncated or corrupt)",
+                    t.offset, t.shape, t.stride
+                ))
+            }
+        }
     }
     // Element indices in row-major order of the logical shape.
     // The shape is untrusted (a zero stride repeats storage): reserve by the storage.
@@ -281,4 +295,50 @@ pub(crate) fn read_zip(data: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor_ref(offset: usize, shape: &[usize], stride: &[usize]) -> TensorRef {
+        TensorRef {
+            storage_key: "0".into(),
+            storage_type: "FloatStorage".into(),
+            storage_numel: 6,
+            offset,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+        }
+    }
+
+    #[test]
+    fn strides_and_offsets_pick_the_storage_elements() {
+        let bytes: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let t = materialize(&tensor_ref(1, &[2, 2], &[1, 2]), &bytes, "w").unwrap();
+        assert_eq!(t.to_vec2::<f32>().unwrap(), [[1.0, 3.0], [2.0, 4.0]]);
+        let empty = materialize(&tensor_ref(0, &[0, 1 << 40], &[1, 1]), &bytes, "e").unwrap();
+        assert_eq!(empty.dims(), [0, 1 << 40]);
+    }
+
+    #[test]
+    fn descriptions_that_overflow_or_overrun_are_errors() {
+        let bytes = vec![0u8; 24];
+        let big = 1usize << 62;
+        for (offset, shape, stride) in [
+            (0, vec![big, 4], vec![1, 1]),
+            (0, vec![1 << 32, 1 << 32, 2], vec![0, 0, 0]),
+            (0, vec![big, 4, 0], vec![0, 0, 0]),
+            (0, vec![3, 2], vec![big * 2, 1]),
+            (usize::MAX, vec![2], vec![1]),
+            (usize::MAX - 1, vec![2], vec![3]),
+            (0, vec![7], vec![1]),
+        ] {
+            let e = materialize(&tensor_ref(offset, &shape, &stride), &bytes, "w").unwrap_err();
+            assert!(
+                e.starts_with("w: ") && (e.contains("too many") || e.contains("beyond")),
+                "{shape:?} {stride:?}: {e}"
+            );
+        }
+    }
 }

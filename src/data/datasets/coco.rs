@@ -108,11 +108,16 @@ pub fn parse_coco_json(
             ))
         })?;
         let [x, y, w, h] = a.bbox;
-        if !(x.is_finite() && y.is_finite() && w.is_finite() && h.is_finite()) {
-            return Err(err(format!("annotation {} has a non-finite bbox", a.id)));
+        // Checked after the conversion: a finite f64 beyond f32's range becomes infinite.
+        let bbox = [x as f32, y as f32, (x + w) as f32, (y + h) as f32];
+        if !(bbox.iter().all(|v| v.is_finite()) && w.is_finite() && h.is_finite()) {
+            return Err(err(format!(
+                "annotation {} has a bbox that is not finite in 32-bit floats: {:?}",
+                a.id, a.bbox
+            )));
         }
         records[r].annotations.push(ObjectAnnotation {
-            bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
+            bbox,
             category_id,
             ignore: a.iscrowd != 0 || w <= 0.0 || h <= 0.0,
             attributes: Vec::new(),
@@ -165,5 +170,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("annotation 3") && e.contains("91"), "{e}");
+        for bbox in [
+            "[1e39, 0, 5, 5]",
+            "[3e38, 0, 3e38, 0]",
+            "[0, 1e308, 1, 1e308]",
+        ] {
+            let bad = SAMPLE.replace("[5, 5, 0, 10]", bbox);
+            let e = parse_coco_json(&bad, Path::new("x.json"), Path::new(""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("annotation 3") && e.contains("not finite"),
+                "{bbox}: {e}"
+            );
+        }
     }
 }

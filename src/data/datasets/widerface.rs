@@ -137,6 +137,18 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, DataE
                 )
                 .into());
             }
+            // Training works in f32: a box corner beyond its range would become infinite.
+            let [x, y, w, h] = [vals[0], vals[1], vals[2], vals[3]];
+            if [x, y, x + w, y + h]
+                .iter()
+                .any(|v| !(*v as f32).is_finite())
+            {
+                return Err(err(
+                    ln + 1,
+                    format!("the box `{x} {y} {w} {h}` is beyond 32-bit float range"),
+                )
+                .into());
+            }
             if count == 0 {
                 continue;
             }
@@ -351,5 +363,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("blur"), "{e}");
+        for line in ["1e39 2 3 4", "1 2 3 1e39", "3e38 0 3e38 4"] {
+            let text = format!("a/b.jpg\n1\n{line} 0 0 0 0 0 0\n");
+            let e = parse_bbx_gt(&text, Path::new("gt.txt"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("gt.txt:3") && e.contains("32-bit"),
+                "{line}: {e}"
+            );
+        }
     }
 }
