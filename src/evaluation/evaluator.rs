@@ -196,5 +196,6 @@ mod tests {
         assert!(dir.join("pr_curves.png").is_file());
         ev.reset();
         assert_eq!(ev.evaluate().unwrap()["easy"], 0.0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

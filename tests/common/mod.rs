@@ -40,10 +40,40 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> (f32, f
     (diff, scale)
 }
 
+/// The folders `tmp_dir` made in this test process, removed when it exits.
+static TMP_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// Whether any test of this process panicked: its folders are then kept to look into.
+static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn remove_tmp_dirs() {
+    let dirs = TMP_DIRS.lock().map(|d| d.clone()).unwrap_or_default();
+    if PANICKED.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("a test failed; its folders are kept under {:?}", dirs);
+    } else {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A fresh folder for test `name` (runs write hundreds of MiB): removed when the test
+/// process exits, unless a test panicked. Tests hand paths inside it to helpers and
+/// child processes, so it lives as long as the process rather than a scope.
 pub fn tmp_dir(name: &str) -> PathBuf {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            previous(info)
+        }));
+        // SAFETY: registers a function that only touches this module's statics.
+        unsafe { libc::atexit(remove_tmp_dirs) };
+    });
     let dir = std::env::temp_dir().join(format!("candletron-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    TMP_DIRS.lock().unwrap().push(dir.clone());
     dir
 }
 

@@ -180,5 +180,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read the image folder"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
