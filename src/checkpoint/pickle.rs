@@ -27,7 +27,7 @@ pub enum Value {
     Call(Box<Value>, Box<Value>),
     /// What `persistent_load` would resolve (torch's storage descriptors).
     Persistent(Box<Value>),
-    Tensor(TensorRef),
+    Tensor(Box<TensorRef>),
 }
 
 /// A tensor as pickled: a view into a storage saved elsewhere in the file.
@@ -69,16 +69,73 @@ impl Value {
     }
 }
 
+/// Nesting deeper than this is refused: values are dropped, compared and walked
+/// recursively, and torch checkpoints nest a few levels.
+const MAX_DEPTH: u32 = 100;
+
+/// The memo copies values (Python shares them): a few bytes of BINGETs can double a value
+/// again and again. Copies are charged by size, up to this many values plus one per byte
+/// of input; torchvision's MobileNetV2 checkpoint copies one per two bytes of its pickle.
+const COPY_ALLOWANCE: usize = 1 << 16;
+
+/// A value's nesting depth and size (values, plus one per 16 bytes of text), kept beside
+/// it so that neither needs a walk.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    depth: u32,
+    weight: usize,
+}
+
+impl Meta {
+    fn leaf(v: &Value) -> Meta {
+        let text = match v {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Global(m, n) => m.len() + n.len(),
+            _ => 0,
+        };
+        Meta {
+            depth: 0,
+            weight: 1 + text / 16,
+        }
+    }
+
+    fn parent(children: impl IntoIterator<Item = Meta>) -> PResult<Meta> {
+        let mut m = Meta {
+            depth: 0,
+            weight: 1,
+        };
+        for c in children {
+            m.adopt(c)?;
+        }
+        Ok(m)
+    }
+
+    fn adopt(&mut self, child: Meta) -> PResult<()> {
+        self.depth = self.depth.max(child.depth + 1);
+        self.weight = self.weight.saturating_add(child.weight);
+        if self.depth > MAX_DEPTH {
+            return Err(format!(
+                "corrupt pickle: values nested deeper than {MAX_DEPTH} levels"
+            ));
+        }
+        Ok(())
+    }
+}
+
 enum Item {
     Mark,
-    V(Value),
+    V(Value, Meta),
 }
 
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Item>,
-    memo: HashMap<u32, Value>,
+    memo: HashMap<u32, (Value, Meta)>,
+    /// Size of the values the memo copied so far, and the most it may copy.
+    copied: usize,
+    copy_budget: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -127,50 +184,90 @@ impl<'a> Machine<'a> {
     }
 
     fn push(&mut self, v: Value) {
-        self.stack.push(Item::V(v));
+        let meta = Meta::leaf(&v);
+        self.stack.push(Item::V(v, meta));
     }
 
-    fn pop(&mut self) -> PResult<Value> {
+    /// Pushes a value built from `children`.
+    fn push_parent(&mut self, v: Value, children: impl IntoIterator<Item = Meta>) -> PResult<()> {
+        let meta = Meta::parent(children)?;
+        self.stack.push(Item::V(v, meta));
+        Ok(())
+    }
+
+    fn pop_item(&mut self) -> PResult<(Value, Meta)> {
         match self.stack.pop() {
-            Some(Item::V(v)) => Ok(v),
+            Some(Item::V(v, m)) => Ok((v, m)),
             Some(Item::Mark) => Err("corrupt pickle: unexpected mark".into()),
             None => Err("corrupt pickle: stack underflow".into()),
         }
     }
 
-    fn pop_mark(&mut self) -> PResult<Vec<Value>> {
+    fn pop(&mut self) -> PResult<Value> {
+        Ok(self.pop_item()?.0)
+    }
+
+    /// The values above the topmost mark, and their metas.
+    fn pop_mark(&mut self) -> PResult<(Vec<Value>, Vec<Meta>)> {
         let mut items = Vec::new();
         loop {
             match self.stack.pop() {
                 Some(Item::Mark) => break,
-                Some(Item::V(v)) => items.push(v),
+                Some(Item::V(v, m)) => items.push((v, m)),
                 None => return Err("corrupt pickle: missing mark".into()),
             }
         }
         items.reverse();
-        Ok(items)
+        Ok(items.into_iter().unzip())
     }
 
-    fn top(&mut self) -> PResult<&mut Value> {
+    /// The value on top of the stack, which gains `children`.
+    fn top_adopting(&mut self, children: &[Meta]) -> PResult<&mut Value> {
         match self.stack.last_mut() {
-            Some(Item::V(v)) => Ok(v),
+            Some(Item::V(v, m)) => {
+                for c in children {
+                    m.adopt(*c)?;
+                }
+                Ok(v)
+            }
             _ => Err("corrupt pickle: expected a value on the stack".into()),
         }
     }
 
-    fn memo_get(&self, idx: u32) -> PResult<Value> {
-        self.memo
+    fn charge_copy(&mut self, weight: usize) -> PResult<()> {
+        self.copied = self.copied.saturating_add(weight);
+        if self.copied > self.copy_budget {
+            return Err(format!(
+                "corrupt pickle: its memo copies more than {} values for {} bytes",
+                self.copy_budget,
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn memo_get(&mut self, idx: u32) -> PResult<()> {
+        let weight = self
+            .memo
             .get(&idx)
-            .cloned()
-            .ok_or_else(|| format!("corrupt pickle: memo {idx} not set"))
+            .ok_or_else(|| format!("corrupt pickle: memo {idx} not set"))?
+            .1
+            .weight;
+        self.charge_copy(weight)?;
+        let (v, m) = self.memo[&idx].clone();
+        self.stack.push(Item::V(v, m));
+        Ok(())
     }
 
     fn memo_put(&mut self, idx: u32) -> PResult<()> {
-        let v = match self.stack.last() {
-            Some(Item::V(v)) => v.clone(),
+        let weight = match self.stack.last() {
+            Some(Item::V(_, m)) => m.weight,
             _ => return Err("corrupt pickle: memo put on empty stack".into()),
         };
-        self.memo.insert(idx, v);
+        self.charge_copy(weight)?;
+        if let Some(Item::V(v, m)) = self.stack.last() {
+            self.memo.insert(idx, (v.clone(), *m));
+        }
         Ok(())
     }
 
@@ -288,75 +385,74 @@ impl<'a> Machine<'a> {
                 }
                 b'h' => {
                     let i = self.u8()? as u32;
-                    let v = self.memo_get(i)?;
-                    self.push(v)
+                    self.memo_get(i)?
                 }
                 b'j' => {
                     let i = u32::from_le_bytes(self.le()?);
-                    let v = self.memo_get(i)?;
-                    self.push(v)
+                    self.memo_get(i)?
                 }
                 b'}' => self.push(Value::Dict(Vec::new())),
                 b']' => self.push(Value::List(Vec::new())),
                 b')' => self.push(Value::Tuple(Vec::new())),
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))
+                    let (items, metas) = self.pop_mark()?;
+                    self.push_parent(Value::Tuple(items), metas)?
                 }
                 b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items))
+                    let (items, metas) = self.pop_mark()?;
+                    self.push_parent(Value::List(items), metas)?
                 }
                 b'd' => {
-                    let items = self.pop_mark()?;
+                    let (items, metas) = self.pop_mark()?;
                     let mut d = Value::Dict(Vec::new());
                     Self::set_items(&mut d, items)?;
-                    self.push(d)
+                    self.push_parent(d, metas)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
-                        items.push(self.pop()?);
+                        items.push(self.pop_item()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items))
+                    let (items, metas): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+                    self.push_parent(Value::Tuple(items), metas)?
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    Self::set_items(self.top()?, vec![k, v])?
+                    let (v, vm) = self.pop_item()?;
+                    let (k, km) = self.pop_item()?;
+                    Self::set_items(self.top_adopting(&[km, vm])?, vec![k, v])?
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
-                    Self::set_items(self.top()?, items)?
+                    let (items, metas) = self.pop_mark()?;
+                    Self::set_items(self.top_adopting(&metas)?, items)?
                 }
                 b'a' => {
-                    let v = self.pop()?;
-                    if let Value::List(l) = self.top()? {
+                    let (v, m) = self.pop_item()?;
+                    if let Value::List(l) = self.top_adopting(&[m])? {
                         l.push(v)
                     }
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
-                    if let Value::List(l) = self.top()? {
+                    let (items, metas) = self.pop_mark()?;
+                    if let Value::List(l) = self.top_adopting(&metas)? {
                         l.extend(items)
                     }
                 }
                 b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
+                    let (args, am) = self.pop_item()?;
+                    let (callable, cm) = self.pop_item()?;
                     let v = reduce(callable, args)
                         .map_err(|e| format!("at pickle offset {at}: {e}"))?;
-                    self.push(v)
+                    self.push_parent(v, [cm, am])?
                 }
                 b'b' => {
                     // BUILD: object state (e.g. a state dict's `_metadata`); not needed.
                     self.pop()?;
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
-                    self.push(Value::Persistent(Box::new(pid)))
+                    let (pid, m) = self.pop_item()?;
+                    self.push_parent(Value::Persistent(Box::new(pid)), [m])?
                 }
                 other => {
                     return Err(format!(
@@ -426,14 +522,18 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
                 Some(Value::Tuple(view)) if view.len() == 3 => view[1].as_usize()?,
                 _ => 0,
             };
-            Ok(Value::Tensor(TensorRef {
+            let offset = a[1]
+                .as_usize()?
+                .checked_add(view_offset)
+                .ok_or("tensor offset overflows")?;
+            Ok(Value::Tensor(Box::new(TensorRef {
                 storage_key: key,
                 storage_type,
                 storage_numel,
-                offset: a[1].as_usize()? + view_offset,
+                offset,
                 shape: a[2].as_usizes()?,
                 stride: a[3].as_usizes()?,
-            }))
+            })))
         }
         ("torch._utils", "_rebuild_parameter")
         | ("torch._utils", "_rebuild_parameter_with_state") => a
@@ -451,6 +551,8 @@ pub fn load(data: &[u8], pos: &mut usize) -> PResult<Value> {
         pos: *pos,
         stack: Vec::new(),
         memo: HashMap::new(),
+        copied: 0,
+        copy_budget: COPY_ALLOWANCE.saturating_add(data.len()),
     };
     let v = m.run()?;
     *pos = m.pos;
@@ -485,6 +587,54 @@ mod tests {
         let mut v = 0x1234_5678_9abc_def0_1122_3344_i128.to_le_bytes().to_vec();
         v.truncate(12);
         assert_eq!(long_int(&v), Value::BigInt(0x1234_5678_9abc_def0_1122_3344));
+    }
+
+    /// PROTO 2, an empty list memoised, then `n` times: the memo's value twice, as a
+    /// pair, memoised again (2^n values from 6n bytes).
+    fn doubling(n: usize) -> Vec<u8> {
+        let mut data = vec![0x80, 0x02, b']', b'q', 0];
+        for _ in 0..n {
+            data.extend([b'h', 0, b'h', 0, 0x86, b'q', 0]);
+        }
+        data.push(b'.');
+        data
+    }
+
+    #[test]
+    fn memo_copies_are_bounded_by_the_input() {
+        // 2^10 values from 71 bytes: within the allowance, read whole.
+        let Value::Tuple(pair) = load(&doubling(10), &mut 0).unwrap() else {
+            panic!("not a tuple")
+        };
+        assert_eq!(pair.len(), 2);
+        // 2^40 values from 281 bytes: refused after copying at most the allowance.
+        let e = load(&doubling(40), &mut 0).unwrap_err();
+        assert!(e.contains("memo copies more than"), "{e}");
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        // n lists (or tuples), each holding the next: MARK n times, then LIST n times.
+        let nested = |n: usize, op: u8| {
+            let mut data = vec![0x80, 0x02];
+            data.extend(std::iter::repeat_n(b'(', n));
+            data.extend(std::iter::repeat_n(op, n));
+            data.push(b'.');
+            data
+        };
+        assert!(load(&nested(100, b'l'), &mut 0).is_ok());
+        for (n, op) in [(102, b'l'), (100_000, b'l'), (300, b't')] {
+            let e = load(&nested(n, op), &mut 0).unwrap_err();
+            assert!(e.contains("nested deeper than 100"), "{e}");
+        }
+        // APPEND nests too: a list appended into a fresh one, memoised, again and again.
+        let mut data = vec![0x80, 0x02, b']', b'q', 0];
+        for _ in 0..200 {
+            data.extend([b']', b'h', 0, b'a', b'q', 0]);
+        }
+        data.push(b'.');
+        let e = load(&data, &mut 0).unwrap_err();
+        assert!(e.contains("nested deeper than 100"), "{e}");
     }
 
     #[test]

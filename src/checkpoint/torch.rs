@@ -154,7 +154,7 @@ fn collect_tensors(value: &Value, prefix: &str, out: &mut Vec<(String, TensorRef
                 collect_tensors(v, &name, out);
             }
         }
-        Value::Tensor(t) => out.push((prefix.to_string(), t.clone())),
+        Value::Tensor(t) => out.push((prefix.to_string(), t.as_ref().clone())),
         _ => {}
     }
 }
