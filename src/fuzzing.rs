@@ -92,3 +92,14 @@ pub fn coco_json(data: &[u8]) {
 pub fn image(data: &[u8]) {
     let _ = crate::data::image_io::decode_image(data, Path::new("fuzz.img"));
 }
+
+/// A prediction request's query string, as `/v1/detect` and `/v1/classify` read it.
+pub fn serve_query(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(uri) = format!("/v1/detect?{text}").parse::<axum::http::Uri>() {
+        let _ = crate::serve::request::DetectParams::from_uri(&uri);
+        let _ = crate::serve::request::classify_topk(&uri, 1000);
+    }
+}

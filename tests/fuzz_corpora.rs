@@ -9,7 +9,7 @@ type Target = (&'static str, fn(&[u8]));
 
 #[test]
 fn every_fuzz_corpus_input_is_handled() {
-    let targets: [Target; 7] = [
+    let targets: [Target; 8] = [
         ("wider_bbx_gt", candletron::fuzzing::wider_bbx_gt),
         ("prediction_file", candletron::fuzzing::prediction_file),
         ("mat_file", candletron::fuzzing::mat_file),
@@ -17,6 +17,7 @@ fn every_fuzz_corpus_input_is_handled() {
         ("config", candletron::fuzzing::config),
         ("coco_json", candletron::fuzzing::coco_json),
         ("image", candletron::fuzzing::image),
+        ("serve_query", candletron::fuzzing::serve_query),
     ];
     let root = Path::new("fuzz/corpus");
     for (name, run) in targets {
