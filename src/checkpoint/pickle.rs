@@ -45,6 +45,34 @@ pub struct TensorRef {
 
 pub(crate) type PResult<T> = std::result::Result<T, String>;
 
+/// A value as error messages show it: its debug form cut at 200 bytes, since a small
+/// pickle can describe a value whose full form runs to megabytes.
+pub(crate) fn brief(v: &Value) -> String {
+    const LIMIT: usize = 200;
+    struct Capped(String);
+    impl std::fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = LIMIT.saturating_sub(self.0.len());
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            let mut cut = room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.0.push_str(&s[..cut]);
+            // Stops the formatter: nothing more is wanted.
+            Err(std::fmt::Error)
+        }
+    }
+    let mut out = Capped(String::new());
+    if std::fmt::write(&mut out, format_args!("{v:?}")).is_err() {
+        out.0.push_str(" ...");
+    }
+    out.0
+}
+
 impl Value {
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -57,14 +85,20 @@ impl Value {
         match self {
             Value::Int(i) if *i >= 0 => Ok(*i as usize),
             Value::Bool(b) => Ok(*b as usize),
-            other => Err(format!("expected a non-negative integer, found {other:?}")),
+            other => Err(format!(
+                "expected a non-negative integer, found {}",
+                brief(other)
+            )),
         }
     }
 
     fn as_usizes(&self) -> PResult<Vec<usize>> {
         match self {
             Value::Tuple(items) | Value::List(items) => items.iter().map(Value::as_usize).collect(),
-            other => Err(format!("expected a tuple of integers, found {other:?}")),
+            other => Err(format!(
+                "expected a tuple of integers, found {}",
+                brief(other)
+            )),
         }
     }
 }
@@ -505,15 +539,15 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
                 return Err("storage descriptor is not a tuple".into());
             };
             if pid.len() < 5 || pid[0].as_str() != Some("storage") {
-                return Err(format!("unrecognised storage descriptor {pid:?}"));
+                return Err(format!("unrecognised storage descriptor {}", brief(&a[0])));
             }
             let storage_type = match &pid[1] {
                 Value::Global(_, n) => n.clone(),
-                other => return Err(format!("storage type {other:?}")),
+                other => return Err(format!("storage type {}", brief(other))),
             };
             let key = match &pid[2] {
                 Value::Str(s) => s.clone(),
-                other => return Err(format!("storage key {other:?}")),
+                other => return Err(format!("storage key {}", brief(other))),
             };
             let storage_numel = pid[4].as_usize()?;
             // Legacy files describe a storage that views another as
@@ -610,6 +644,21 @@ mod tests {
         // 2^40 values from 281 bytes: refused after copying at most the allowance.
         let e = load(&doubling(40), &mut 0).unwrap_err();
         assert!(e.contains("memo copies more than"), "{e}");
+    }
+
+    #[test]
+    fn error_messages_show_a_bounded_part_of_a_value() {
+        // 2^12 strings through the memo, then handed where an integer tuple belongs.
+        let Value::Tuple(big) = load(&doubling(12), &mut 0).unwrap() else {
+            panic!("not a tuple")
+        };
+        let e = Value::Tuple(big).as_usizes().unwrap_err();
+        assert!(
+            e.len() < 260 && e.ends_with(" ..."),
+            "{} bytes: {e}",
+            e.len()
+        );
+        assert_eq!(brief(&Value::Int(3)), "Int(3)");
     }
 
     #[test]

@@ -26,6 +26,11 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// against the header first.
 pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
 
+/// The largest box coordinate an annotation may give, in pixels: beyond any side an
+/// accepted image can have (a 1-pixel-high image under [`MAX_IMAGE_PIXELS`]), yet far from
+/// f32's limits, so that resizing, widths and areas stay finite.
+pub const MAX_BOX_COORDINATE: f64 = 1e8;
+
 /// Why image bytes were refused; the variants let a caller answer each differently (an
 /// HTTP server: 415 for an unknown format, 400 for the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]

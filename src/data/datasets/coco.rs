@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::record::{DataError, DatasetRecord, ObjectAnnotation};
+use crate::data::image_io::MAX_BOX_COORDINATE;
 
 #[derive(Deserialize)]
 struct CocoFile {
@@ -108,16 +109,15 @@ pub fn parse_coco_json(
             ))
         })?;
         let [x, y, w, h] = a.bbox;
-        // Checked after the conversion: a finite f64 beyond f32's range becomes infinite.
-        let bbox = [x as f32, y as f32, (x + w) as f32, (y + h) as f32];
-        if !(bbox.iter().all(|v| v.is_finite()) && w.is_finite() && h.is_finite()) {
+        let corners = [x, y, x + w, y + h];
+        if !corners.iter().all(|v| v.abs() <= MAX_BOX_COORDINATE) {
             return Err(err(format!(
-                "annotation {} has a bbox that is not finite in 32-bit floats: {:?}",
+                "annotation {} has a bbox {:?} beyond ±{MAX_BOX_COORDINATE} pixels",
                 a.id, a.bbox
             )));
         }
         records[r].annotations.push(ObjectAnnotation {
-            bbox,
+            bbox: corners.map(|v| v as f32),
             category_id,
             ignore: a.iscrowd != 0 || w <= 0.0 || h <= 0.0,
             attributes: Vec::new(),
@@ -172,15 +172,16 @@ mod tests {
         assert!(e.contains("annotation 3") && e.contains("91"), "{e}");
         for bbox in [
             "[1e39, 0, 5, 5]",
-            "[3e38, 0, 3e38, 0]",
+            "[-3e38, 0, 6e38, 0]",
             "[0, 1e308, 1, 1e308]",
+            "[0, 0, 2e8, 1]",
         ] {
             let bad = SAMPLE.replace("[5, 5, 0, 10]", bbox);
             let e = parse_coco_json(&bad, Path::new("x.json"), Path::new(""))
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains("annotation 3") && e.contains("not finite"),
+                e.contains("annotation 3") && e.contains("beyond"),
                 "{bbox}: {e}"
             );
         }

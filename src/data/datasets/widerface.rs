@@ -14,6 +14,7 @@ use std::path::Path;
 
 use super::record::{Attributes, DataError, DatasetRecord, ObjectAnnotation};
 use crate::config::Config;
+use crate::data::image_io::MAX_BOX_COORDINATE;
 
 /// One face with its attributes as the file gives them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,15 +138,16 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, DataE
                 )
                 .into());
             }
-            // Training works in f32: a box corner beyond its range would become infinite.
             let [x, y, w, h] = [vals[0], vals[1], vals[2], vals[3]];
             if [x, y, x + w, y + h]
                 .iter()
-                .any(|v| !(*v as f32).is_finite())
+                .any(|v| v.abs() > MAX_BOX_COORDINATE)
             {
                 return Err(err(
                     ln + 1,
-                    format!("the box `{x} {y} {w} {h}` is beyond 32-bit float range"),
+                    format!(
+                        "the box `{x} {y} {w} {h}` reaches beyond ±{MAX_BOX_COORDINATE} pixels"
+                    ),
                 )
                 .into());
             }
@@ -363,13 +365,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("blur"), "{e}");
-        for line in ["1e39 2 3 4", "1 2 3 1e39", "3e38 0 3e38 4"] {
+        for line in ["1e39 2 3 4", "1 2 3 1e39", "-3e38 0 6e38 4", "0 0 2e8 1"] {
             let text = format!("a/b.jpg\n1\n{line} 0 0 0 0 0 0\n");
             let e = parse_bbx_gt(&text, Path::new("gt.txt"))
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains("gt.txt:3") && e.contains("32-bit"),
+                e.contains("gt.txt:3") && e.contains("beyond"),
                 "{line}: {e}"
             );
         }
