@@ -230,7 +230,8 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), DataError>
     let name = String::from_utf8_lossy(name_b).into_owned();
     let value = match class {
         MX_CELL => {
-            let mut items = Vec::with_capacity(count.min(1 << 20));
+            // Each element takes at least an 8-byte tag: reserve no more than could follow.
+            let mut items = Vec::with_capacity(count.min(payload.len() / 8));
             for _ in 0..count {
                 let (ty, p) = c.element()?;
                 if ty != MI_MATRIX {
@@ -259,7 +260,9 @@ fn matrix(payload: &[u8], depth: usize) -> Result<(String, MatValue), DataError>
                 .collect();
             let mut fields: Vec<(String, Vec<MatValue>)> =
                 names.into_iter().map(|n| (n, Vec::new())).collect();
-            for _ in 0..count {
+            // A struct without fields holds nothing, whatever its dimensions claim.
+            let elements = if fields.is_empty() { 0 } else { count };
+            for _ in 0..elements {
                 for f in fields.iter_mut() {
                     let (ty, p) = c.element()?;
                     if ty != MI_MATRIX {
@@ -370,4 +373,44 @@ pub fn read_mat(bytes: &[u8]) -> Result<Vec<(String, MatValue)>, DataError> {
 pub fn read_mat_file(path: &std::path::Path) -> Result<Vec<(String, MatValue)>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     read_mat(&bytes).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(ty: u32, payload: &[u8]) -> Vec<u8> {
+        let mut e = [ty.to_le_bytes(), (payload.len() as u32).to_le_bytes()].concat();
+        e.extend(payload);
+        e.resize(e.len().next_multiple_of(8), 0);
+        e
+    }
+
+    /// A MAT-file with one array of `class` and `dims`, followed by `body`.
+    fn file(class: u8, dims: &[i32], body: &[u8]) -> Vec<u8> {
+        let mut m = element(MI_UINT32, &[class, 0, 0, 0, 0, 0, 0, 0]);
+        let dims: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+        m.extend(element(MI_INT32, &dims));
+        m.extend(element(MI_INT8, b"x"));
+        m.extend(body);
+        let mut f = vec![b' '; 124];
+        f.extend([0, 1, b'I', b'M']);
+        f.extend(element(MI_MATRIX, &m));
+        f
+    }
+
+    #[test]
+    fn claimed_sizes_cost_nothing_the_data_does_not_hold() {
+        // A cell claiming 2^62 elements and holding none: an error, not a reservation.
+        let e = read_mat(&file(MX_CELL, &[i32::MAX, i32::MAX], &[])).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        // A struct without fields claiming 2^62 elements holds nothing.
+        let len = element(MI_INT32, &8i32.to_le_bytes());
+        let body = [len, element(MI_INT8, &[])].concat();
+        let vars = read_mat(&file(MX_STRUCT, &[i32::MAX, i32::MAX], &body)).unwrap();
+        let MatValue::Struct { dims, fields } = &vars[0].1 else {
+            panic!("not a struct: {:?}", vars[0].1)
+        };
+        assert_eq!((dims.len(), fields.len()), (2, 0));
+    }
 }
