@@ -117,9 +117,22 @@ pub fn decode_image_bytes(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage,
             max_pixels,
         });
     }
-    reader()
-        .decode()
-        .map_err(|e| ImageDecodeError::Decode(e.to_string()))
+    // The decoders are other crates' code fed outside input; one that panics (png 0.18
+    // slices a palette whose length is not a multiple of 3) costs this image, not the run.
+    match std::panic::catch_unwind(|| reader().decode()) {
+        Ok(decoded) => decoded.map_err(|e| ImageDecodeError::Decode(e.to_string())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(ImageDecodeError::Decode(format!(
+                "the {} decoder failed on malformed data ({why})",
+                format!("{format:?}").to_uppercase()
+            )))
+        }
+    }
 }
 
 /// Decodes an image file's bytes (format from the content, at most [`MAX_IMAGE_PIXELS`]);
@@ -179,6 +192,19 @@ mod tests {
         padded.extend_from_slice(b"trailer");
         assert!(decode_image(&padded, p).is_ok());
         assert!(decode_image(b"not an image", p).is_err());
+    }
+
+    #[test]
+    fn a_decoder_that_panics_costs_the_image_only() {
+        // Found by fuzzing: an interlaced palette PNG whose PLTE chunk is 49 bytes long
+        // (16 entries and one byte) makes png 0.18 slice past its end.
+        let bytes = include_bytes!("../../tests/data/png_bad_palette.png");
+        match decode_image_bytes(bytes, MAX_IMAGE_PIXELS) {
+            Err(ImageDecodeError::Decode(e)) => {
+                assert!(e.contains("PNG decoder failed on malformed data"), "{e}")
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
     }
 
     #[test]
