@@ -31,6 +31,18 @@ pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
 /// f32's limits, so that resizing, widths and areas stay finite.
 pub const MAX_BOX_COORDINATE: f64 = 1e8;
 
+/// Whether an `[x, y, w, h]` box's corners lie within ±[`MAX_BOX_COORDINATE`].
+pub fn xywh_within_range([x, y, w, h]: [f64; 4]) -> bool {
+    [x, y, x + w, y + h]
+        .iter()
+        .all(|v| v.abs() <= MAX_BOX_COORDINATE)
+}
+
+/// A format's name as messages give it (`PNG`, `GIF`).
+fn format_name(format: image::ImageFormat) -> String {
+    format!("{format:?}").to_uppercase()
+}
+
 /// Why image bytes were refused; the variants let a caller answer each differently (an
 /// HTTP server: 415 for an unknown format, 400 for the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +108,7 @@ pub fn decode_image_bytes(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage,
     }
     let format = image::guess_format(bytes).map_err(|_| ImageDecodeError::UnknownFormat)?;
     if !format.reading_enabled() {
-        return Err(ImageDecodeError::UnsupportedFormat(
-            format!("{format:?}").to_uppercase(),
-        ));
+        return Err(ImageDecodeError::UnsupportedFormat(format_name(format)));
     }
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(ImageDecodeError::Truncated);
@@ -129,7 +139,7 @@ pub fn decode_image_bytes(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage,
                 .unwrap_or_default();
             Err(ImageDecodeError::Decode(format!(
                 "the {} decoder failed on malformed data ({why})",
-                format!("{format:?}").to_uppercase()
+                format_name(format)
             )))
         }
     }

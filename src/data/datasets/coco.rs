@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::record::{DataError, DatasetRecord, ObjectAnnotation};
-use crate::data::image_io::MAX_BOX_COORDINATE;
+use crate::data::image_io::{xywh_within_range, MAX_BOX_COORDINATE};
 
 #[derive(Deserialize)]
 struct CocoFile {
@@ -109,15 +109,14 @@ pub fn parse_coco_json(
             ))
         })?;
         let [x, y, w, h] = a.bbox;
-        let corners = [x, y, x + w, y + h];
-        if !corners.iter().all(|v| v.abs() <= MAX_BOX_COORDINATE) {
+        if !xywh_within_range(a.bbox) {
             return Err(err(format!(
                 "annotation {} has a bbox {:?} beyond ±{MAX_BOX_COORDINATE} pixels",
                 a.id, a.bbox
             )));
         }
         records[r].annotations.push(ObjectAnnotation {
-            bbox: corners.map(|v| v as f32),
+            bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
             category_id,
             ignore: a.iscrowd != 0 || w <= 0.0 || h <= 0.0,
             attributes: Vec::new(),

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::record::{Attributes, DataError, DatasetRecord, ObjectAnnotation};
 use crate::config::Config;
-use crate::data::image_io::MAX_BOX_COORDINATE;
+use crate::data::image_io::{xywh_within_range, MAX_BOX_COORDINATE};
 
 /// One face with its attributes as the file gives them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,10 +139,7 @@ pub fn parse_bbx_gt(text: &str, source: &Path) -> Result<Vec<WiderRecord>, DataE
                 .into());
             }
             let [x, y, w, h] = [vals[0], vals[1], vals[2], vals[3]];
-            if [x, y, x + w, y + h]
-                .iter()
-                .any(|v| v.abs() > MAX_BOX_COORDINATE)
-            {
+            if !xywh_within_range([x, y, w, h]) {
                 return Err(err(
                     ln + 1,
                     format!(
