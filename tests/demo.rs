@@ -80,3 +80,59 @@ fn demo_draws_a_detector_keeps_relative_paths_and_writes_coco_json() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not a folder"));
 }
+
+/// `demo` into its own input folder would replace the input PNGs with drawings: refused
+/// before anything is written. An output folder inside the input folder is fine, and a
+/// second run there does not draw the first run's drawings.
+#[test]
+fn demo_never_replaces_an_input_or_redraws_its_drawings() {
+    let root = common::tmp_dir("demo-inputs");
+    let input = root.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let img = image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 77])
+    });
+    img.save(input.join("x.png")).unwrap();
+    img.save(input.join("x.jpg")).unwrap();
+    let original = std::fs::read(input.join("x.png")).unwrap();
+    // Drawing the WIDER prediction folder needs no model; its boxes are beside the point.
+    let pred = root.join("pred");
+    std::fs::create_dir_all(pred.join("in")).unwrap();
+    std::fs::write(pred.join("in/x.txt"), "x\n1\n2 3 10 12 0.9\n").unwrap();
+    let demo = |output: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_demo"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(output)
+            .arg("--predictions")
+            .arg(&pred)
+            .output()
+            .unwrap()
+    };
+    let o = demo(&input);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("would replace the input image"), "{stderr}");
+    assert_eq!(std::fs::read(input.join("x.png")).unwrap(), original);
+    assert!(!input.join("x.jpg.png").exists());
+
+    let inner = input.join("drawn");
+    for run in 0..2 {
+        let o = demo(&inner);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            stdout.contains("not drawing the 2 image(s)"),
+            run == 1,
+            "{stdout}"
+        );
+        assert!(inner.join("x.png").is_file() && inner.join("x.jpg.png").is_file());
+        assert!(!inner.join("drawn").exists());
+    }
+    assert_eq!(std::fs::read(input.join("x.png")).unwrap(), original);
+}

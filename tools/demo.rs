@@ -28,7 +28,8 @@ struct Args {
     /// An image or a folder of images (.jpg, .jpeg, .png).
     #[arg(long)]
     input: PathBuf,
-    /// Folder to write the drawn images to (PNG).
+    /// Folder to write the drawn images to, as PNG under the inputs' paths below --input
+    /// (`x.jpg` beside `x.png` becomes `x.jpg.png`); it may not replace an input image.
     #[arg(long)]
     output: PathBuf,
     /// Draw only detections with at least this score.
@@ -81,11 +82,28 @@ fn main() -> Result<()> {
             bail!("--predictions {} is not a folder", pred.display());
         }
     }
-    let images = image_files(&args.input)
+    let mut images = image_files(&args.input)
         .with_context(|| format!("cannot list --input {}", args.input.display()))?;
+    // An output folder inside the input folder holds earlier drawings, not inputs.
+    if let (Ok(out), Ok(inp)) = (args.output.canonicalize(), args.input.canonicalize()) {
+        if out != inp && out.starts_with(&inp) {
+            let before = images.len();
+            images.retain(|p| p.canonicalize().map_or(true, |c| !c.starts_with(&out)));
+            if images.len() < before {
+                println!(
+                    "not drawing the {} image(s) under --output {}",
+                    before - images.len(),
+                    args.output.display()
+                );
+            }
+        }
+    }
     if images.is_empty() {
         bail!("no .jpg/.jpeg/.png images under {}", args.input.display());
     }
+    let outputs =
+        candletron::utils::fs::mirrored_outputs(&images, &args.input, &args.output, "png")
+            .map_err(|e| anyhow!("--output {}: {e}", args.output.display()))?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let predictor = if args.predictions.is_none() {
@@ -103,7 +121,7 @@ fn main() -> Result<()> {
     };
     let mut results = Vec::new();
     let mut failures = 0;
-    for path in &images {
+    for (path, out) in images.iter().zip(&outputs) {
         // The image's path under --input, so that A/x.png and B/x.png stay apart.
         let rel = path.strip_prefix(&args.input).unwrap_or(path);
         let rel = if rel.as_os_str().is_empty() {
@@ -176,12 +194,11 @@ fn main() -> Result<()> {
                 }
             }
         }
-        let out = args.output.join(rel).with_extension("png");
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        img.save(&out)
+        img.save(out)
             .with_context(|| format!("cannot write {}", out.display()))?;
         println!("{} -> {} ({summary})", path.display(), out.display());
     }

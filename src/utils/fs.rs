@@ -1,5 +1,6 @@
 //! File helpers.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,73 @@ pub fn image_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// One output file per input image: `output` joined with the input's path under
+/// `input_root`, extension `ext`. So `A/x.png` and `B/x.png` stay apart, and `x.jpg` beside
+/// `x.png` keeps its extension in its name (`x.jpg.png`) instead of one replacing the
+/// other. An output that would replace an input (`output` is the input folder) is an error,
+/// returned before the caller writes anything.
+pub fn mirrored_outputs(
+    inputs: &[PathBuf],
+    input_root: &Path,
+    output: &Path,
+    ext: &str,
+) -> Result<Vec<PathBuf>, String> {
+    let relative = |p: &PathBuf| match p.strip_prefix(input_root) {
+        Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
+        _ => PathBuf::from(p.file_name().unwrap_or_default()),
+    };
+    let plain: Vec<PathBuf> = inputs
+        .iter()
+        .map(|p| output.join(relative(p)).with_extension(ext))
+        .collect();
+    let mut uses: HashMap<&PathBuf, usize> = HashMap::new();
+    for o in &plain {
+        *uses.entry(o).or_default() += 1;
+    }
+    let outputs: Vec<PathBuf> = inputs
+        .iter()
+        .zip(&plain)
+        .map(|(p, o)| {
+            if uses[o] > 1 && p.extension().and_then(|e| e.to_str()) != Some(ext) {
+                let mut name = output.join(relative(p)).into_os_string();
+                name.push(".");
+                name.push(ext);
+                PathBuf::from(name)
+            } else {
+                o.clone()
+            }
+        })
+        .collect();
+    let mut first: HashMap<&PathBuf, &PathBuf> = HashMap::new();
+    for (p, o) in inputs.iter().zip(&outputs) {
+        if let Some(other) = first.insert(o, p) {
+            return Err(format!(
+                "{} and {} would both be written to {}",
+                other.display(),
+                p.display(),
+                o.display()
+            ));
+        }
+    }
+    // Only an existing file can be an input; comparing canonical paths also sees through
+    // `./`, symbolic links and case-insensitive file systems.
+    let canonical: HashMap<PathBuf, &PathBuf> = inputs
+        .iter()
+        .filter_map(|p| Some((p.canonicalize().ok()?, p)))
+        .collect();
+    for o in &outputs {
+        if let Some(input) = o.canonicalize().ok().and_then(|c| canonical.get(&c)) {
+            return Err(format!(
+                "writing {} would replace the input image {}: choose an output folder apart \
+                 from the inputs",
+                o.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(outputs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +172,40 @@ mod tests {
         assert!(!is_atomic_temporary(".hidden"));
         assert!(!is_atomic_temporary(".x.tmp"));
         assert!(!is_atomic_temporary(".x.tmp12a"));
+    }
+
+    #[test]
+    fn mirrored_outputs_keep_every_input_apart_and_never_replace_one() {
+        let root = std::env::temp_dir().join(format!("candletron-mirror-{}", std::process::id()));
+        let input = root.join("in");
+        std::fs::create_dir_all(input.join("A")).unwrap();
+        std::fs::create_dir_all(input.join("B")).unwrap();
+        let inputs: Vec<PathBuf> = ["A/x.png", "B/x.png", "A/y.jpg", "A/y.png", "B/z.jpeg"]
+            .iter()
+            .map(|r| input.join(r))
+            .collect();
+        for p in &inputs {
+            std::fs::write(p, b"").unwrap();
+        }
+        let out = root.join("out");
+        let got = mirrored_outputs(&inputs, &input, &out, "png").unwrap();
+        let want: Vec<PathBuf> = ["A/x.png", "B/x.png", "A/y.jpg.png", "A/y.png", "B/z.png"]
+            .iter()
+            .map(|r| out.join(r))
+            .collect();
+        assert_eq!(got, want);
+        // A single file as the input: its own name.
+        let one = mirrored_outputs(&inputs[2..3], &inputs[2], &out, "png").unwrap();
+        assert_eq!(one, vec![out.join("y.png")]);
+        // The input folder as the output folder: the PNGs would be replaced.
+        let e = mirrored_outputs(&inputs, &input, &input, "png").unwrap_err();
+        assert!(e.contains("would replace the input image"), "{e}");
+        let via_dot = input.join("A").join("..");
+        let e = mirrored_outputs(&inputs, &input, &via_dot, "png").unwrap_err();
+        assert!(e.contains("would replace the input image"), "{e}");
+        // A JPEG may be drawn beside itself.
+        let jpeg = mirrored_outputs(&inputs[4..], &input, &input, "png").unwrap();
+        assert_eq!(jpeg, vec![input.join("B/z.png")]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
