@@ -34,6 +34,59 @@ pub fn remove_atomic_temporaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Whether process `pid` is still running. Where that cannot be asked (outside unix) every
+/// process counts as running, so nothing a live writer holds is ever deleted.
+pub fn process_is_running(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // Signal 0 delivers nothing; it only checks that the process exists. EPERM means it
+        // exists under another user.
+        // SAFETY: kill with signal 0 has no effect on the target.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Deletes what writers that were killed left of `.{target}.tmpPID` in `dir` (files or
+/// folders: a generated dataset is written as a temporary folder) and returns the paths.
+/// Unlike [`remove_atomic_temporaries`] it is safe beside other writers of the same
+/// target: a temporary whose process still runs is theirs, and stays.
+pub fn remove_abandoned_temporaries(dir: &Path, target: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(removed);
+    };
+    let prefix = format!(".{target}{TEMP_MARK}");
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || process_is_running(pid) {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed.push(entry.path());
+    }
+    Ok(removed)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash or Ctrl-C never leaves a half-written file where a good one was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -172,6 +225,36 @@ mod tests {
         assert!(!is_atomic_temporary(".hidden"));
         assert!(!is_atomic_temporary(".x.tmp"));
         assert!(!is_atomic_temporary(".x.tmp12a"));
+    }
+
+    #[test]
+    fn abandoned_temporaries_go_and_those_of_running_writers_stay() {
+        let dir = std::env::temp_dir().join(format!("candletron-abandoned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A finished (and reaped) child's process id belongs to no running process.
+        let mut done = std::process::Command::new("true").spawn().unwrap();
+        done.wait().unwrap();
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let killed = dir.join(format!(".data.tmp{}", done.id()));
+        std::fs::create_dir_all(killed.join("images")).unwrap();
+        std::fs::write(killed.join("images/0.png"), b"x").unwrap();
+        let live = dir.join(format!(".data.tmp{}", running.id()));
+        std::fs::create_dir_all(&live).unwrap();
+        let own = dir.join(format!(".data.tmp{}", std::process::id()));
+        std::fs::write(&own, b"x").unwrap();
+        let other_target = dir.join(format!(".other.tmp{}", done.id()));
+        std::fs::write(&other_target, b"x").unwrap();
+        assert!(process_is_running(running.id()) && !process_is_running(done.id()));
+
+        let removed = remove_abandoned_temporaries(&dir, "data").unwrap();
+        running.kill().unwrap();
+        running.wait().unwrap();
+        assert_eq!(removed, vec![killed.clone()]);
+        assert!(!killed.exists() && live.exists() && own.exists() && other_target.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

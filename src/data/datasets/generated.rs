@@ -1,7 +1,8 @@
 //! The cache of generated datasets: `base/TAG/`, complete when its `SPEC` file holds the
 //! tag. A dataset is generated into a temporary folder and renamed into place, so an
 //! interrupted run never leaves a half-written dataset that looks complete, and two
-//! processes generating the same one at once both end with it.
+//! processes generating the same one at once both end with it. The next generation
+//! deletes the temporary folders of killed runs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,6 +19,20 @@ pub fn cached_dataset(
 ) -> Result<PathBuf, DataError> {
     let dir = base.join(tag);
     let complete = |d: &Path| std::fs::read_to_string(d.join("SPEC")).is_ok_and(|t| t == tag);
+    // A run killed while generating left its temporary folder (hundreds of MB); any
+    // folder of a process that no longer runs is such a leftover.
+    match crate::utils::fs::remove_abandoned_temporaries(base, tag) {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            "removed {} unfinished dataset folder(s) of killed runs in {}",
+            removed.len(),
+            base.display()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "cannot remove an unfinished dataset folder in {}: {e}",
+            base.display()
+        ),
+    }
     if complete(&dir) {
         return Ok(dir);
     }
@@ -41,4 +56,32 @@ pub fn cached_dataset(
     }
     tracing::info!("generated in {:.1} s", t.elapsed().as_secs_f64());
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_generation_is_cleaned_up_and_a_complete_dataset_reused() {
+        let base = std::env::temp_dir().join(format!("candletron-gen-{}", std::process::id()));
+        let mut done = std::process::Command::new("true").spawn().unwrap();
+        done.wait().unwrap();
+        let killed = base.join(format!(".d1.tmp{}", done.id()));
+        std::fs::create_dir_all(killed.join("images")).unwrap();
+        let write = |d: &Path| -> Result<(), DataError> {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("SPEC"), "d1").unwrap();
+            Ok(())
+        };
+        let dir = cached_dataset(&base, "d1", "test data", write).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("SPEC")).unwrap(), "d1");
+        assert!(!killed.exists());
+        // Complete: not generated again, and a later leftover still goes.
+        std::fs::create_dir_all(&killed).unwrap();
+        let again = cached_dataset(&base, "d1", "test data", |_| panic!("regenerated")).unwrap();
+        assert_eq!(again, dir);
+        assert!(!killed.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
