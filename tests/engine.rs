@@ -33,6 +33,45 @@ fn an_unknown_dataset_is_reported_before_anything_runs() {
     }
 }
 
+#[test]
+fn an_empty_training_set_is_reported_before_anything_is_written() {
+    let dir = common::tmp_dir("engine-empty-train");
+    let out = dir.join("out");
+    let f = dir.join("empty.yaml");
+    std::fs::write(
+        &f,
+        format!("DATASETS:\n  TRAIN: []\nOUTPUT_DIR: {}\n", out.display()),
+    )
+    .unwrap();
+    let mut cfg = Config::from_file(&f).unwrap();
+    cfg.merge_from_list(&["MODEL.WEIGHTS", ""]).unwrap();
+    // Evaluation alone needs no training set.
+    let mut trainer = DefaultTrainer::from_config(&cfg).unwrap();
+    let e = trainer.train().err().unwrap().to_string();
+    assert!(
+        e.contains(&format!("{}:2: DATASETS.TRAIN is empty", f.display())),
+        "{e}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written for a run that cannot train"
+    );
+
+    // An OUTPUT_DIR that is a file is named as one, and left alone.
+    std::fs::write(&out, b"notes").unwrap();
+    let mut cfg = Config::from_file("configs/synthetic_faces/ssdlite_mnv2_fpn.yaml").unwrap();
+    cfg.merge_from_list(&["OUTPUT_DIR", out.to_str().unwrap(), "MODEL.WEIGHTS", ""])
+        .unwrap();
+    let e = DefaultTrainer::from_config(&cfg)
+        .unwrap()
+        .train()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("is a file, not a folder"), "{e}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"notes");
+}
+
 /// A registry name is checked before the run writes anything, and the error points at the
 /// line that set it and at the closest registered name.
 #[test]

@@ -271,9 +271,10 @@ fn sigterm_checkpoints_and_exits_cleanly() {
             "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
         ])
         .args(common::tiny_run_overrides(&root, &out))
-        .args(["SOLVER.MAX_ITER", "100000"])
+        // A batch larger than the 2 training images is allowed, with a warning.
+        .args(["SOLVER.MAX_ITER", "100000", "SOLVER.IMS_PER_BATCH", "3"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait until training has written its first metrics record.
@@ -294,6 +295,13 @@ fn sigterm_checkpoints_and_exits_cleanly() {
     );
     let last = std::fs::read_to_string(out.join("last_checkpoint")).unwrap();
     assert!(out.join(last.trim()).is_file());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(
+            "SOLVER.IMS_PER_BATCH 3): SOLVER.IMS_PER_BATCH is 3, more than the 2 training images"
+        ),
+        "{stderr}"
+    );
 }
 
 /// Parsers never allocate from a count the data does not back, and take legal paths.

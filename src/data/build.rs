@@ -28,6 +28,17 @@ pub fn build_detection_train_loader(
             tracing::info!("removed {dropped} of {before} training images without trainable boxes");
         }
     }
+    if cfg.solver.ims_per_batch > dataset.records.len() {
+        // Allowed, as in Detectron2 (the sampler cycles), but rarely meant: a batch of
+        // 100000 on 2,000 images decodes each image 50 times and runs out of memory.
+        tracing::warn!(
+            "{} is {}, more than the {} training images: every batch holds some images \
+             several times",
+            cfg.located("SOLVER.IMS_PER_BATCH"),
+            cfg.solver.ims_per_batch,
+            dataset.records.len()
+        );
+    }
     let mapper = DatasetMapper::from_config(cfg, true)?;
     let loader = DataLoader::new(
         Arc::new(dataset.records),

@@ -217,5 +217,5 @@ pub fn get_datasets(names: &[String], cfg: &Config) -> Result<Dataset, DataError
             }
         }
     }
-    out.ok_or_else(|| DataError::new("no dataset named (DATASETS.TRAIN / DATASETS.TEST is empty)"))
+    out.ok_or_else(|| DataError::new("no dataset given (the list of names is empty)"))
 }

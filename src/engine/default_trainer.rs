@@ -512,6 +512,15 @@ impl DefaultTrainer {
     pub fn train(&mut self) -> Result<TrainOutcome> {
         let max_iter = self.cfg.solver.max_iter;
         let scheduler = Self::check_schedule(&self.cfg)?;
+        // Evaluation needs no training set (so `from_config` allows an empty one);
+        // training does, and says so before writing anything.
+        if self.cfg.datasets.train.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{} is empty: training needs a registered dataset or `folder:PATH`",
+                self.cfg.located("DATASETS.TRAIN")
+            ))
+            .into());
+        }
         if !self.prepared {
             self.prepare(false)?;
         }

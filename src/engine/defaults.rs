@@ -17,6 +17,13 @@ pub fn default_setup(cfg: &Config) -> Result<u64> {
 /// Creates `OUTPUT_DIR` and writes the resolved config to `OUTPUT_DIR/config.yaml`.
 pub fn write_config(cfg: &Config) -> Result<()> {
     let out = PathBuf::from(&cfg.output_dir);
+    if out.exists() && !out.is_dir() {
+        return Err(Error::run(format!(
+            "{} {} is a file, not a folder",
+            cfg.located("OUTPUT_DIR"),
+            out.display()
+        )));
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io("cannot create OUTPUT_DIR", &out, e))?;
     let path = out.join("config.yaml");
     cfg.save(&path)
