@@ -136,6 +136,25 @@ fn widerface_eval_on_a_bbx_gt_file_reports_missing_files() {
         out.status.success() && stderr.contains("1 predictions") && stderr.contains("negative"),
         "{stderr}"
     );
+
+    // `--pred` naming a file, or nothing, says which.
+    for (pred, says) in [
+        (dir.join("gt.txt"), "is not a folder"),
+        (dir.join("nothing"), "does not exist"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
+            .arg("--pred")
+            .arg(&pred)
+            .arg("--gt")
+            .arg(dir.join("gt.txt"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&format!("{} {says}", pred.display())),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -67,7 +67,12 @@ pub fn read_predictions(
     gt: &GroundTruth,
 ) -> Result<(HashMap<(String, String), Vec<[f64; 5]>>, Vec<String>), DataError> {
     if !dir.is_dir() {
-        return Err(format!("prediction folder {} does not exist", dir.display()).into());
+        let what = if dir.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        };
+        return Err(format!("prediction folder {} {what}", dir.display()).into());
     }
     let mut out = HashMap::with_capacity(gt.images.len());
     let mut missing = Vec::new();
