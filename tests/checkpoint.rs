@@ -142,6 +142,31 @@ fn convert_writes_equal_safetensors() {
         .unwrap_or(0.0);
         assert_eq!(diff, 0.0, "{na}");
     }
+    // Converting onto the input (through `./`), or to a name that is not .safetensors, is
+    // refused and leaves the input as it was.
+    let before = std::fs::read(&out).unwrap();
+    for (input, output, says) in [
+        (
+            out.clone(),
+            dir.join(".").join("w.safetensors"),
+            "would replace the input",
+        ),
+        (
+            input.to_path_buf(),
+            dir.join("w2.pth"),
+            "name it *.safetensors",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_convert"))
+            .arg(&input)
+            .arg(&output)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(says), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    assert!(!dir.join("w2.pth").exists());
     // Round trip through the library writer too.
     write_safetensors(&a, &dir.join("x.safetensors")).unwrap();
     assert_eq!(

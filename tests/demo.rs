@@ -135,4 +135,24 @@ fn demo_never_replaces_an_input_or_redraws_its_drawings() {
         assert!(!inner.join("drawn").exists());
     }
     assert_eq!(std::fs::read(input.join("x.png")).unwrap(), original);
+
+    // Nor does --json.
+    let o = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(root.join("out"))
+        .arg("--predictions")
+        .arg(&pred)
+        .arg("--json")
+        .arg(input.join("x.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("--json: writing"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(input.join("x.png")).unwrap(), original);
+    assert!(!root.join("out").exists());
 }

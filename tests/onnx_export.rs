@@ -302,6 +302,22 @@ fn export_tool_writes_onnx_with_metadata_and_refuses_what_it_cannot_export() {
         "{stderr}"
     );
     assert!(!dir.join("frcnn.onnx").exists());
+    // Exporting over the weights (here through `./`) would lose them: refused first.
+    let before = std::fs::read(&weights).unwrap();
+    let o = run(&[
+        "--config-file".as_ref(),
+        frcnn.as_ref(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--output".as_ref(),
+        dir.join(".").join("frcnn.safetensors").as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("would replace the input"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
     let o = run(&[
         "--config-file".as_ref(),
         "configs/imagenet/mobilenet_v2_classifier.yaml".as_ref(),

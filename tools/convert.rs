@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use candle_core::DType;
 use clap::{Parser, ValueEnum};
 
@@ -23,7 +23,7 @@ enum Precision {
 struct Args {
     /// Input checkpoint (a path, or an https:// URL fetched into the cache).
     input: String,
-    /// Output .safetensors file (written atomically).
+    /// Output .safetensors file (written atomically; never the input).
     output: PathBuf,
     /// Precision of the floating-point tensors in the output.
     #[arg(long, value_enum, default_value = "keep")]
@@ -32,7 +32,22 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!(
+            "{}: the output is a safetensors file; name it *.safetensors (PyTorch would not \
+             read it as {})",
+            args.output.display(),
+            args.output
+                .extension()
+                .map_or("a file without an extension".into(), |e| format!(
+                    "a .{}",
+                    e.to_string_lossy()
+                ))
+        );
+    }
     let path = candletron::checkpoint::resolve(&args.input)?;
+    candletron::utils::fs::check_replaces_no_input(&args.output, &[&path])
+        .map_err(|e| anyhow!(e))?;
     let mut tensors = candletron::checkpoint::read_checkpoint(&path)?;
     let target = match args.dtype {
         Precision::Keep => None,

@@ -104,6 +104,11 @@ fn main() -> Result<()> {
     let outputs =
         candletron::utils::fs::mirrored_outputs(&images, &args.input, &args.output, "png")
             .map_err(|e| anyhow!("--output {}: {e}", args.output.display()))?;
+    if let Some(json) = &args.json {
+        let inputs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+        candletron::utils::fs::check_replaces_no_input(json, &inputs)
+            .map_err(|e| anyhow!("--json: {e}"))?;
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let predictor = if args.predictions.is_none() {

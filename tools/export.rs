@@ -1,14 +1,15 @@
 //! Export a trained model to ONNX.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
 
 use candletron::engine::{inference_config, Predictor};
 use candletron::modeling::{ExportBatch, OnnxExportSpec, Prediction};
 use candletron::structures::ModelInput;
+use candletron::utils::fs::check_replaces_no_input;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
@@ -30,7 +31,7 @@ struct Args {
     weights: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "onnx")]
     format: Format,
-    /// The .onnx file to write.
+    /// The .onnx file to write (never the weights, config or reference image).
     #[arg(long)]
     output: PathBuf,
     /// Input height and width (default: INPUT.CROP_SIZE for a classifier, INPUT.MIN_SIZE_TEST
@@ -65,6 +66,17 @@ fn main() -> Result<()> {
         args.weights.as_deref(),
         &args.opts,
     )?;
+    // Checked before the model is built: exporting over the weights would lose them.
+    let weights = PathBuf::from(&cfg.model.weights);
+    let mut inputs: Vec<&Path> = vec![&weights];
+    inputs.extend(args.config_file.as_deref());
+    inputs.extend(args.reference_image.as_deref());
+    for out in std::iter::once(&args.output).chain(&args.reference) {
+        check_replaces_no_input(out, &inputs).map_err(|e| anyhow!(e))?;
+    }
+    if args.reference.as_ref().is_some_and(|r| r == &args.output) {
+        bail!("--reference and --output name the same file");
+    }
     let predictor = Predictor::from_config(&cfg)?;
     let model = predictor.model();
     let (height, width) = match &args.size {

@@ -34,6 +34,37 @@ pub fn remove_atomic_temporaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Whether `a` and `b` name the same existing file, however written (`./`, `..`, symbolic
+/// and, on unix, hard links).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    }
+}
+
+/// An error, before anything is written, when writing `output` would replace one of
+/// `inputs`: a tool's output named like its input is almost always a slip, and the input
+/// (a `.pth`, a trained checkpoint) may be the only copy.
+pub fn check_replaces_no_input(output: &Path, inputs: &[&Path]) -> Result<(), String> {
+    match inputs.iter().find(|i| same_file(output, i)) {
+        Some(input) => Err(format!(
+            "writing {} would replace the input {}: choose another output path",
+            output.display(),
+            input.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether process `pid` is still running. Where that cannot be asked (outside unix) every
 /// process counts as running, so nothing a live writer holds is ever deleted.
 pub fn process_is_running(pid: u32) -> bool {
@@ -254,6 +285,31 @@ mod tests {
         running.wait().unwrap();
         assert_eq!(removed, vec![killed.clone()]);
         assert!(!killed.exists() && live.exists() && own.exists() && other_target.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_by_any_name_is_refused() {
+        let dir = std::env::temp_dir().join(format!("candletron-same-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let input = dir.join("w.pth");
+        std::fs::write(&input, b"weights").unwrap();
+        let other = dir.join("other.pth");
+        std::fs::write(&other, b"x").unwrap();
+        for name in [input.clone(), dir.join("sub/../w.pth"), dir.join("./w.pth")] {
+            let e = check_replaces_no_input(&name, &[&other, &input]).unwrap_err();
+            assert!(e.contains("would replace the input"), "{e}");
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&input, dir.join("link.pth")).unwrap();
+            std::fs::hard_link(&input, dir.join("hard.pth")).unwrap();
+            assert!(check_replaces_no_input(&dir.join("link.pth"), &[&input]).is_err());
+            assert!(check_replaces_no_input(&dir.join("hard.pth"), &[&input]).is_err());
+        }
+        // A new file, or another existing one (replacing an earlier output is allowed).
+        assert!(check_replaces_no_input(&dir.join("w.safetensors"), &[&input]).is_ok());
+        assert!(check_replaces_no_input(&other, &[&input]).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
