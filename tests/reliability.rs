@@ -260,6 +260,53 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Command-line numbers outside their range are refused by name before anything runs.
+#[test]
+fn tool_options_outside_their_range_are_refused() {
+    for (bin, args, says) in [
+        (
+            env!("CARGO_BIN_EXE_demo"),
+            &[
+                "--input",
+                "x.png",
+                "--output",
+                "o",
+                "--confidence-threshold",
+                "NaN",
+            ][..],
+            "--confidence-threshold",
+        ),
+        (
+            env!("CARGO_BIN_EXE_demo"),
+            &[
+                "--input",
+                "x.png",
+                "--output",
+                "o",
+                "--confidence-threshold=1.5",
+            ][..],
+            "not in [0, 1]",
+        ),
+        (
+            env!("CARGO_BIN_EXE_classify"),
+            &["--topk", "0", "x.png"][..],
+            "--topk",
+        ),
+        (
+            env!("CARGO_BIN_EXE_benchmark"),
+            &["--task", "inference", "--iters", "0"][..],
+            "--iters",
+        ),
+    ] {
+        let o = Command::new(bin).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && stderr.contains(says) && stderr.contains("invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// SIGTERM (what schedulers send before a kill) checkpoints and exits 0, like Ctrl-C.
 #[test]
 fn sigterm_checkpoints_and_exits_cleanly() {

@@ -48,8 +48,8 @@ struct Args {
     #[arg(long, default_value_t = 224)]
     size: usize,
     /// Timed iterations (default 30, 5 for train).
-    #[arg(long)]
-    iters: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: Option<u32>,
     /// Untimed iterations first (default 5, 2 for train).
     #[arg(long)]
     warmup: Option<usize>,
@@ -73,7 +73,9 @@ fn main() -> Result<()> {
         return bench_data(cfg, &args, threads);
     }
     let train = args.task == Task::Train;
-    let iters = args.iters.unwrap_or(if train { 5 } else { 30 }).max(1);
+    let iters = args
+        .iters
+        .map_or(if train { 5 } else { 30 }, |n| n as usize);
     let warmup = args.warmup.unwrap_or(if train { 2 } else { 5 });
     let (model, _) = build_model(&cfg, 0)?;
     let device = model.device.clone();
@@ -222,7 +224,7 @@ fn main() -> Result<()> {
 fn bench_data(mut cfg: Config, args: &Args, threads: usize) -> Result<()> {
     cfg.input.train_size = args.size;
     cfg.solver.ims_per_batch = args.batch;
-    let iters = args.iters.unwrap_or(30).max(1);
+    let iters = args.iters.map_or(30, |n| n as usize);
     let warmup = args.warmup.unwrap_or(cfg.dataloader.prefetch);
     let (mut loader, _) = build_detection_train_loader(&cfg, 0, 0)?;
     for _ in 0..warmup {

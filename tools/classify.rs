@@ -28,8 +28,8 @@ struct Args {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Number of classes to print per image.
-    #[arg(long, default_value_t = 5)]
-    topk: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    topk: u32,
     /// Run even when the weights leave model parameters unloaded or mismatched (their
     /// random values then decide the answer; by default that is an error).
     #[arg(long)]
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
         println!("{}:", path.display());
-        for &c in order.iter().take(args.topk) {
+        for &c in order.iter().take(args.topk as usize) {
             println!("  {c:>4}  {:>7.4}  {}", probs[c], names[c]);
         }
         if i == 0 {

@@ -32,8 +32,8 @@ struct Args {
     /// (`x.jpg` beside `x.png` becomes `x.jpg.png`); it may not replace an input image.
     #[arg(long)]
     output: PathBuf,
-    /// Draw only detections with at least this score.
-    #[arg(long, default_value_t = 0.5)]
+    /// Draw only detections with at least this score (0 to 1).
+    #[arg(long, default_value_t = 0.5, value_parser = score_threshold)]
     confidence_threshold: f64,
     /// Draw boxes from a WIDER prediction folder (EVENT/IMAGE.txt) instead of running a model.
     #[arg(long)]
@@ -70,6 +70,15 @@ fn prediction_file(pred: &Path, image: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path().join(format!("{stem}.txt")))
         .find(|p| p.is_file())
+}
+
+/// A score threshold in [0, 1]; NaN or 1.5 would silently draw nothing.
+fn score_threshold(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s} is not in [0, 1]")),
+        Err(e) => Err(format!("`{s}`: {e}")),
+    }
 }
 
 fn main() -> Result<()> {
