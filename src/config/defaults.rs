@@ -166,7 +166,9 @@ config_group! {
         /// Anchors with IoU below the first threshold are background, at or above the
         /// last foreground, in between ignored.
         iou_thresholds: Vec<f64> = vec![0.35, 0.35],
-        /// Each ground truth also gets its best anchors (Detectron2's low-quality matches).
+        /// Each ground truth also gets its best anchors, matched to it (SSD's and
+        /// RetinaFace's low-quality matches; Detectron2's RPN keeps such an anchor on the
+        /// box it overlaps most).
         allow_low_quality_matches: bool = true,
         /// `ce` (softmax cross-entropy with hard negative mining) or `focal` (sigmoid).
         cls_loss: ClsLoss = ClsLoss::CrossEntropy,

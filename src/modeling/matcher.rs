@@ -1,6 +1,6 @@
 //! Detectron2's `Matcher`: assigns each anchor (or proposal) the ground truth of highest
 //! IoU and a label from IoU thresholds; low-quality matches give every ground truth its
-//! best anchors even below the foreground threshold.
+//! best anchors even below the foreground threshold, in Detectron2's way (RPN) or SSD's.
 
 use crate::config::ConfigError;
 use crate::structures::boxes::{pairwise_iou, Box4};
@@ -10,15 +10,31 @@ pub const BACKGROUND: i8 = 0;
 pub const IGNORE: i8 = -1;
 pub const FOREGROUND: i8 = 1;
 
+/// What happens to an anchor that is a ground truth's best (ties included) but below the
+/// foreground threshold. The two conventions differ only where that anchor overlaps
+/// another box more: Detectron2 regresses it to that other box, SSD to the box it is best
+/// for, so that no box is left without an anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LowQualityMatches {
+    /// Thresholds alone (Detectron2's ROI heads).
+    Off,
+    /// Foreground, matched to the box it overlaps most: Detectron2's `Matcher`
+    /// (`set_low_quality_matches_` sets labels only), as its RPN uses it.
+    Relabel,
+    /// Foreground, matched to the box it is best for: SSD, RetinaFace and torchvision's
+    /// `SSDMatcher` (a later box wins an anchor that two boxes share).
+    Assign,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matcher {
     /// IoU < thresholds[0]: background; >= thresholds[last]: foreground; between: ignored.
     pub thresholds: Vec<f32>,
-    pub allow_low_quality_matches: bool,
+    pub low_quality: LowQualityMatches,
 }
 
 impl Matcher {
-    pub fn new(thresholds: &[f64], allow_low_quality_matches: bool) -> Result<Self, ConfigError> {
+    pub fn new(thresholds: &[f64], low_quality: LowQualityMatches) -> Result<Self, ConfigError> {
         if thresholds.is_empty() || thresholds.windows(2).any(|w| w[0] > w[1]) {
             return Err(format!(
                 "IoU thresholds must be a non-empty increasing list, got {thresholds:?}"
@@ -27,7 +43,7 @@ impl Matcher {
         }
         Ok(Self {
             thresholds: thresholds.iter().map(|&t| t as f32).collect(),
-            allow_low_quality_matches,
+            low_quality,
         })
     }
 
@@ -64,7 +80,7 @@ impl Matcher {
                 IGNORE
             };
         }
-        if self.allow_low_quality_matches {
+        if self.low_quality != LowQualityMatches::Off {
             for g in 0..num_gt {
                 let row = &iou[g * num_anchors..(g + 1) * num_anchors];
                 let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -75,7 +91,9 @@ impl Matcher {
                 for (a, &v) in row.iter().enumerate() {
                     if v == best {
                         labels[a] = FOREGROUND;
-                        matched[a] = g;
+                        if self.low_quality == LowQualityMatches::Assign {
+                            matched[a] = g;
+                        }
                     }
                 }
             }
@@ -126,7 +144,7 @@ mod tests {
 
     #[test]
     fn thresholds_low_quality_and_no_gt() {
-        let m = Matcher::new(&[0.4, 0.5], false).unwrap();
+        let m = Matcher::new(&[0.4, 0.5], LowQualityMatches::Off).unwrap();
         // 2 gt x 4 anchors.
         let iou = [0.1, 0.45, 0.6, 0.0, 0.2, 0.3, 0.7, 0.05];
         let (matched, labels) = m.match_iou(&iou, 2, 4);
@@ -134,18 +152,48 @@ mod tests {
         assert_eq!(matched[2], 1);
         // Gt 0's best anchor (1, IoU 0.45) is only "ignore" by thresholds; low-quality
         // matching makes it foreground for gt 0.
-        let lq = Matcher::new(&[0.4, 0.5], true).unwrap();
-        let (matched, labels) = lq.match_iou(&[0.1, 0.45, 0.2, 0.0, 0.2, 0.3, 0.7, 0.05], 2, 4);
-        assert_eq!(labels, vec![BACKGROUND, FOREGROUND, FOREGROUND, BACKGROUND]);
-        assert_eq!((matched[1], matched[2]), (0, 1));
-        let (_, labels) = lq.match_iou(&[], 0, 3);
-        assert_eq!(labels, vec![BACKGROUND; 3]);
-        assert!(Matcher::new(&[0.5, 0.4], true).is_err());
+        for mode in [LowQualityMatches::Relabel, LowQualityMatches::Assign] {
+            let lq = Matcher::new(&[0.4, 0.5], mode).unwrap();
+            let iou = [0.1, 0.45, 0.2, 0.0, 0.2, 0.3, 0.7, 0.05];
+            let (matched, labels) = lq.match_iou(&iou, 2, 4);
+            assert_eq!(labels, vec![BACKGROUND, FOREGROUND, FOREGROUND, BACKGROUND]);
+            assert_eq!((matched[1], matched[2]), (0, 1));
+            let (_, labels) = lq.match_iou(&[], 0, 3);
+            assert_eq!(labels, vec![BACKGROUND; 3]);
+        }
+        assert!(Matcher::new(&[0.5, 0.4], LowQualityMatches::Relabel).is_err());
+    }
+
+    /// Anchor 0 overlaps box 0 most (0.45) and is box 1's best (0.30): both modes make it
+    /// foreground; Detectron2 keeps it on box 0, SSD gives it to box 1. Anchors 1 and 2
+    /// tie as box 2's best: both become foreground.
+    #[test]
+    fn low_quality_modes_differ_only_in_the_match_of_a_shared_anchor() {
+        #[rustfmt::skip]
+        let iou = [
+            0.45, 0.10, 0.00, 0.00,
+            0.30, 0.20, 0.00, 0.00,
+            0.00, 0.25, 0.25, 0.00,
+        ];
+        let run = |mode| {
+            Matcher::new(&[0.4, 0.5], mode)
+                .unwrap()
+                .match_iou(&iou, 3, 4)
+        };
+        let (m_d2, l_d2) = run(LowQualityMatches::Relabel);
+        let (m_ssd, l_ssd) = run(LowQualityMatches::Assign);
+        let want = vec![FOREGROUND, FOREGROUND, FOREGROUND, BACKGROUND];
+        assert_eq!((l_d2, l_ssd), (want.clone(), want));
+        assert_eq!(m_d2[..3], [0, 2, 2]);
+        assert_eq!(m_ssd[..3], [1, 2, 2]);
+        let (m_off, l_off) = run(LowQualityMatches::Off);
+        assert_eq!(l_off, vec![IGNORE, BACKGROUND, BACKGROUND, BACKGROUND]);
+        assert_eq!(m_off[..3], [0, 2, 2]);
     }
 
     #[test]
     fn ignored_boxes_turn_background_into_ignore() {
-        let m = Matcher::new(&[0.3, 0.7], true).unwrap();
+        let m = Matcher::new(&[0.3, 0.7], LowQualityMatches::Relabel).unwrap();
         let anchors = [
             [0.0, 0.0, 10.0, 10.0],
             [20.0, 0.0, 30.0, 10.0],

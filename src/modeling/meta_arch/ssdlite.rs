@@ -26,7 +26,7 @@ use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform};
 use crate::modeling::heads::ssdlite_head::SsdLiteHeadConfig;
 use crate::modeling::heads::SsdLiteHead;
 use crate::modeling::helpers::{reg_weights, select_features};
-use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
+use crate::modeling::matcher::{LowQualityMatches, Matcher, FOREGROUND, IGNORE};
 use crate::modeling::OnnxExportSpec;
 use crate::onnx::OnnxGraph;
 use crate::ops::host;
@@ -118,8 +118,15 @@ impl SsdLite {
             &head_cfg,
             vb.pp("head"),
         )?;
-        let matcher = Matcher::new(&c.iou_thresholds, c.allow_low_quality_matches)
-            .map_err(|e| msg(format!("MODEL.SSDLITE.IOU_THRESHOLDS: {e}")))?;
+        let matcher = Matcher::new(
+            &c.iou_thresholds,
+            if c.allow_low_quality_matches {
+                LowQualityMatches::Assign
+            } else {
+                LowQualityMatches::Off
+            },
+        )
+        .map_err(|e| msg(format!("MODEL.SSDLITE.IOU_THRESHOLDS: {e}")))?;
         let coder = Box2BoxTransform::new(reg_weights(
             "MODEL.SSDLITE.BBOX_REG_WEIGHTS",
             &c.bbox_reg_weights,

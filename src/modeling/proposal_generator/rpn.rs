@@ -19,7 +19,7 @@ use crate::modeling::anchor_generator::AnchorGenerator;
 use crate::modeling::box_regression::{box_reg_loss, Box2BoxTransform, BoxLoss};
 use crate::modeling::heads::RpnHead;
 use crate::modeling::helpers::{reg_weights, select_features};
-use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
+use crate::modeling::matcher::{LowQualityMatches, Matcher, FOREGROUND, IGNORE};
 use crate::modeling::sampling::subsample_labels;
 use crate::structures::boxes::{batched_nms, clip, Box4};
 use crate::structures::Instances;
@@ -86,7 +86,7 @@ impl Rpn {
         let anchors = AnchorGenerator::from_config(cfg, &strides)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let head = RpnHead::new(&specs, &anchors.num_cell_anchors(), vb.pp("rpn_head"))?;
-        let matcher = Matcher::new(&c.iou_thresholds, true)
+        let matcher = Matcher::new(&c.iou_thresholds, LowQualityMatches::Relabel)
             .map_err(|e| candle_core::Error::Msg(format!("MODEL.RPN.IOU_THRESHOLDS: {e}")))?;
         let coder = Box2BoxTransform::new(reg_weights(
             "MODEL.RPN.BBOX_REG_WEIGHTS",

@@ -15,7 +15,7 @@ use crate::config::PoolerType;
 use crate::layers::ShapeSpec;
 use crate::modeling::box_regression::{Box2BoxTransform, BoxLoss};
 use crate::modeling::helpers::{reg_weights, select_features};
-use crate::modeling::matcher::{Matcher, FOREGROUND, IGNORE};
+use crate::modeling::matcher::{LowQualityMatches, Matcher, FOREGROUND, IGNORE};
 use crate::modeling::poolers::RoiPooler;
 use crate::modeling::sampling::subsample_labels;
 use crate::structures::boxes::Box4;
@@ -125,7 +125,7 @@ impl StandardRoiHeads {
             params,
             vb.pp("box_predictor"),
         )?;
-        let matcher = Matcher::new(&c.iou_thresholds, false)
+        let matcher = Matcher::new(&c.iou_thresholds, LowQualityMatches::Off)
             .map_err(|e| msg(format!("MODEL.ROI_HEADS.IOU_THRESHOLDS: {e}")))?;
         if !(0.0..=1.0).contains(&c.positive_fraction) {
             candle_core::bail!("MODEL.ROI_HEADS.POSITIVE_FRACTION must be in [0, 1]");
