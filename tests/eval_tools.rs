@@ -77,14 +77,17 @@ fn widerface_eval_on_a_bbx_gt_file_reports_missing_files() {
         "a\n2\n10 10 60 60 0.9\n100 100 12 12 0.8\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
-        .arg("--pred")
-        .arg(dir.join("pred"))
-        .arg("--gt")
-        .arg(dir.join("gt.txt"))
-        .arg("--json")
-        .output()
-        .unwrap();
+    let eval = |pred: &std::path::Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
+            .arg("--pred")
+            .arg(pred)
+            .arg("--gt")
+            .arg(dir.join("gt.txt"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&dir.join("pred"), &["--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -104,13 +107,7 @@ fn widerface_eval_on_a_bbx_gt_file_reports_missing_files() {
 
     // A malformed prediction file is an error naming file and line.
     std::fs::write(dir.join("pred/0--Synth/b.txt"), "b\n1\n5 5 30 zz 0.5\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
-        .arg("--pred")
-        .arg(dir.join("pred"))
-        .arg("--gt")
-        .arg(dir.join("gt.txt"))
-        .output()
-        .unwrap();
+    let out = eval(&dir.join("pred"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("b.txt:3") && stderr.contains("`zz`"),
@@ -124,13 +121,7 @@ fn widerface_eval_on_a_bbx_gt_file_reports_missing_files() {
         "b\n2\n5 5 30 30 0.5\n35 35 -30 -30 0.4\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
-        .arg("--pred")
-        .arg(dir.join("pred"))
-        .arg("--gt")
-        .arg(dir.join("gt.txt"))
-        .output()
-        .unwrap();
+    let out = eval(&dir.join("pred"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.contains("1 predictions") && stderr.contains("negative"),
@@ -142,13 +133,7 @@ fn widerface_eval_on_a_bbx_gt_file_reports_missing_files() {
         (dir.join("gt.txt"), "is not a folder"),
         (dir.join("nothing"), "does not exist"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_widerface_eval"))
-            .arg("--pred")
-            .arg(&pred)
-            .arg("--gt")
-            .arg(dir.join("gt.txt"))
-            .output()
-            .unwrap();
+        let out = eval(&pred, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && stderr.contains(&format!("{} {says}", pred.display())),
