@@ -34,21 +34,32 @@ pub fn remove_atomic_temporaries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Whether `a` and `b` name the same existing file, however written (`./`, `..`, symbolic
-/// and, on unix, hard links).
-pub fn same_file(a: &Path, b: &Path) -> bool {
+/// What identifies an existing file however it is named: device and inode on unix (so
+/// `./`, `..`, symbolic and hard links), the canonical path elsewhere.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum FileId {
+    #[cfg(unix)]
+    Inode(u64, u64),
+    #[cfg(not(unix))]
+    Path(PathBuf),
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-            _ => false,
-        }
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId::Inode(m.dev(), m.ino()))
     }
     #[cfg(not(unix))]
     {
-        matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        path.canonicalize().ok().map(FileId::Path)
     }
+}
+
+/// Whether `a` and `b` name the same existing file, however written.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((file_id(a), file_id(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// An error, before anything is written, when writing `output` would replace one of
@@ -225,14 +236,14 @@ pub fn mirrored_outputs(
             ));
         }
     }
-    // Only an existing file can be an input; comparing canonical paths also sees through
-    // `./`, symbolic links and case-insensitive file systems.
-    let canonical: HashMap<PathBuf, &PathBuf> = inputs
+    // Only an existing file can be an input; file identities see through `./`, links and
+    // case-insensitive file systems.
+    let ids: HashMap<FileId, &PathBuf> = inputs
         .iter()
-        .filter_map(|p| Some((p.canonicalize().ok()?, p)))
+        .filter_map(|p| Some((file_id(p)?, p)))
         .collect();
     for o in &outputs {
-        if let Some(input) = o.canonicalize().ok().and_then(|c| canonical.get(&c)) {
+        if let Some(input) = file_id(o).and_then(|id| ids.get(&id)) {
             return Err(format!(
                 "writing {} would replace the input image {}: choose an output folder apart \
                  from the inputs",
