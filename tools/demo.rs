@@ -136,13 +136,8 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     let mut failures = 0;
     for (path, out) in images.iter().zip(&outputs) {
-        // The image's path under --input, so that A/x.png and B/x.png stay apart.
-        let rel = path.strip_prefix(&args.input).unwrap_or(path);
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(path.file_name().unwrap_or_default())
-        } else {
-            rel
-        };
+        // The image's name in the COCO results: its path under --input.
+        let rel = candletron::utils::fs::relative_to(path, &args.input);
         let decoded = match candletron::data::image_io::read_image(path) {
             Ok(i) => i,
             Err(e) => {

@@ -188,6 +188,15 @@ pub fn image_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `path` below `root`, or its file name when `root` is the file itself or does not hold
+/// it: the name an input goes by in outputs (a drawing's path, a COCO `image_id`).
+pub fn relative_to(path: &Path, root: &Path) -> PathBuf {
+    match path.strip_prefix(root) {
+        Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
+        _ => PathBuf::from(path.file_name().unwrap_or_default()),
+    }
+}
+
 /// One output file per input image: `output` joined with the input's path under
 /// `input_root`, extension `ext`. So `A/x.png` and `B/x.png` stay apart, and `x.jpg` beside
 /// `x.png` keeps its extension in its name (`x.jpg.png`) instead of one replacing the
@@ -199,10 +208,7 @@ pub fn mirrored_outputs(
     output: &Path,
     ext: &str,
 ) -> Result<Vec<PathBuf>, String> {
-    let relative = |p: &PathBuf| match p.strip_prefix(input_root) {
-        Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
-        _ => PathBuf::from(p.file_name().unwrap_or_default()),
-    };
+    let relative = |p: &PathBuf| relative_to(p, input_root);
     let plain: Vec<PathBuf> = inputs
         .iter()
         .map(|p| output.join(relative(p)).with_extension(ext))
