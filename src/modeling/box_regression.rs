@@ -64,6 +64,31 @@ impl Box2BoxTransform {
         [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
     }
 
+    /// [`Self::get_deltas`] for (..., 4) tensors of sources and targets, in the host's f32
+    /// arithmetic, for regression targets built on the device.
+    pub fn get_deltas_tensor(&self, src: &Tensor, target: &Tensor) -> Result<Tensor> {
+        let [wx, wy, ww, wh] = self.weights.map(|v| v as f64);
+        let col = |t: &Tensor, i: usize| t.narrow(D::Minus1, i, 1);
+        let centre_size = |b: &Tensor| -> Result<[Tensor; 4]> {
+            let w = (col(b, 2)? - col(b, 0)?)?;
+            let h = (col(b, 3)? - col(b, 1)?)?;
+            let x = (col(b, 0)? + (&w * 0.5)?)?;
+            let y = (col(b, 1)? + (&h * 0.5)?)?;
+            Ok([x, y, w, h])
+        };
+        let [sx, sy, sw, sh] = centre_size(src)?;
+        let [tx, ty, tw, th] = centre_size(target)?;
+        Tensor::cat(
+            &[
+                ((tx - sx)? * wx)?.div(&sw)?,
+                ((ty - sy)? * wy)?.div(&sh)?,
+                (tw.div(&sw)?.log()? * ww)?,
+                (th.div(&sh)?.log()? * wh)?,
+            ],
+            D::Minus1,
+        )
+    }
+
     /// The differentiable version for (P, 4) deltas and anchors, for box losses on
     /// decoded boxes (GIoU).
     pub fn apply_deltas_tensor(&self, deltas: &Tensor, anchors: &Tensor) -> Result<Tensor> {
@@ -149,5 +174,39 @@ mod tests {
         let at = Tensor::new(&[[0.0f32, 0.0, 8.0, 8.0]], &Device::Cpu).unwrap();
         let b: Vec<Vec<f32>> = t.apply_deltas_tensor(&dt, &at).unwrap().to_vec2().unwrap();
         assert_eq!(b[0], [2.0, 0.0, 10.0, 8.0]);
+    }
+
+    #[test]
+    fn tensor_deltas_are_the_host_deltas() {
+        let t = Box2BoxTransform::new([10.0, 10.0, 5.0, 5.0]);
+        let src = [
+            [10.0f32, 20.0, 42.0, 52.0],
+            [0.0, 0.0, 8.0, 8.0],
+            [3.5, 1.0, 4.0, 90.0],
+        ];
+        let dst = [
+            [12.0f32, 18.0, 40.0, 60.0],
+            [2.0, 0.0, 10.0, 8.0],
+            [0.0, 0.0, 5.0, 300.0],
+        ];
+        let dev = Device::Cpu;
+        let got: Vec<Vec<f32>> = t
+            .get_deltas_tensor(
+                &Tensor::new(&src, &dev).unwrap(),
+                &Tensor::new(&dst, &dev).unwrap(),
+            )
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for i in 0..3 {
+            let want = t.get_deltas(&src[i], &dst[i]);
+            for k in 0..4 {
+                assert!(
+                    (got[i][k] - want[k]).abs() <= 1e-6 * want[k].abs().max(1.0),
+                    "box {i}: {:?} vs {want:?}",
+                    got[i]
+                );
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::config::ConfigError;
 use crate::structures::boxes::{pairwise_iou, Box4};
+use candle_core::{DType, Tensor};
 
 /// Label of an anchor after matching.
 pub const BACKGROUND: i8 = 0;
@@ -136,6 +137,78 @@ impl Matcher {
         }
         (matched, labels)
     }
+
+    /// [`Matcher::match_boxes`] for a batch, as tensor ops where the IoU is, so a
+    /// training step on a GPU neither reads its boxes back nor waits for the host.
+    /// `iou` (N, G, A) is each image's boxes (padded to G) against the anchors; `kept` and
+    /// `ignored` (N, G) are 1 for a box matched as usual and for an ignored box (crowd,
+    /// invalid face), 0 for padding. Returns per anchor the matched box index (N, A) u32
+    /// and the label (N, A) f32: [`FOREGROUND`], [`BACKGROUND`] or [`IGNORE`], equal to
+    /// the host's, ties included (the first box of highest IoU; in SSD's form the last
+    /// box an anchor is best for).
+    pub fn match_batch(
+        &self,
+        iou: &Tensor,
+        kept: &Tensor,
+        ignored: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (n, g, a) = iou.dims3()?;
+        let dev = iou.device();
+        if g == 0 {
+            return Ok((
+                Tensor::zeros((n, a), DType::U32, dev)?,
+                Tensor::zeros((n, a), DType::F32, dev)?,
+            ));
+        }
+        let full = |v: f32, shape: (usize, usize, usize)| Tensor::full(v, shape, dev);
+        let by_box = |m: &Tensor| m.unsqueeze(2)?.broadcast_as((n, g, a));
+        // Boxes that are not matched as usual score below every real IoU (>= 0).
+        let iou_kept = by_box(&kept.ne(0f32)?)?.where_cond(iou, &full(-1.0, (n, g, a))?)?;
+        let best = iou_kept.max_keepdim(1)?;
+        let box_index = Tensor::arange(0f32, g as f32, dev)?
+            .reshape((1, g, 1))?
+            .broadcast_as((n, g, a))?;
+        let mut matched = iou_kept
+            .broadcast_eq(&best)?
+            .where_cond(&box_index, &full(g as f32, (n, g, a))?)?
+            .min(1)?;
+        let best = best.squeeze(1)?;
+        let label = |v: i8| Tensor::full(v as f32, (n, a), dev);
+        let lo = self.thresholds[0];
+        let hi = *self.thresholds.last().unwrap();
+        let mut labels = best.ge(hi)?.where_cond(
+            &label(FOREGROUND)?,
+            &best
+                .lt(lo)?
+                .where_cond(&label(BACKGROUND)?, &label(IGNORE)?)?,
+        )?;
+        if self.low_quality != LowQualityMatches::Off {
+            let box_best = iou_kept.max_keepdim(2)?;
+            let is_best = iou_kept
+                .broadcast_eq(&box_best)?
+                .to_dtype(DType::F32)?
+                .broadcast_mul(&box_best.gt(0f32)?.to_dtype(DType::F32)?)?;
+            let low_quality = is_best.max(1)?.ne(0f32)?;
+            labels = low_quality.where_cond(&label(FOREGROUND)?, &labels)?;
+            if self.low_quality == LowQualityMatches::Assign {
+                let last = is_best.broadcast_mul(&box_index)?.max(1)?;
+                matched = low_quality.where_cond(&last, &matched)?;
+            }
+        }
+        let near_ignored = iou
+            .ge(lo)?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&ignored.unsqueeze(2)?)?
+            .max(1)?
+            .ne(0f32)?;
+        let background = labels.eq(BACKGROUND as f32)?;
+        let to_ignore = near_ignored
+            .to_dtype(DType::F32)?
+            .mul(&background.to_dtype(DType::F32)?)?
+            .ne(0f32)?;
+        labels = to_ignore.where_cond(&label(IGNORE)?, &labels)?;
+        Ok((matched.to_dtype(DType::U32)?, labels))
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +262,85 @@ mod tests {
         let (m_off, l_off) = run(LowQualityMatches::Off);
         assert_eq!(l_off, vec![IGNORE, BACKGROUND, BACKGROUND, BACKGROUND]);
         assert_eq!(m_off[..3], [0, 2, 2]);
+    }
+
+    /// The batched tensor matcher labels and matches every anchor as the host does, in
+    /// all three modes: images with ignored boxes, without boxes, with only ignored boxes,
+    /// with duplicated boxes (ties between boxes) and boxes equal to anchors (ties
+    /// between anchors), boxes padded to the batch's largest count.
+    #[test]
+    fn batched_tensor_matching_is_the_host_matching() {
+        use crate::structures::boxes::pairwise_iou_tensor;
+        use candle_core::Device;
+        let mut s = 11u32;
+        let mut rnd = |m: u32| {
+            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (s >> 8) % m
+        };
+        let anchors: Vec<Box4> = (0..8)
+            .flat_map(|y| (0..8).map(move |x| (x, y)))
+            .flat_map(|(x, y)| {
+                let (cx, cy) = (x as f32 * 8.0 + 4.0, y as f32 * 8.0 + 4.0);
+                [6.0f32, 12.0].map(|h| [cx - h, cy - h, cx + h, cy + h])
+            })
+            .collect();
+        let mut images: Vec<(Vec<Box4>, Vec<bool>)> = Vec::new();
+        for count in [5usize, 0, 3, 9] {
+            let mut boxes: Vec<Box4> = (0..count)
+                .map(|_| {
+                    let (x, y) = (rnd(56) as f32, rnd(56) as f32);
+                    [x, y, x + 2.0 + rnd(20) as f32, y + 2.0 + rnd(20) as f32]
+                })
+                .collect();
+            if count > 3 {
+                boxes[1] = boxes[0];
+                boxes[2] = anchors[rnd(anchors.len() as u32) as usize];
+            }
+            let ignore = (0..count).map(|i| count == 3 || (i == 3)).collect();
+            images.push((boxes, ignore));
+        }
+        let g = images.iter().map(|(b, _)| b.len()).max().unwrap();
+        let dev = Device::Cpu;
+        let mut boxes = vec![0f32; images.len() * g * 4];
+        let mut kept = vec![0f32; images.len() * g];
+        let mut ignored = vec![0f32; images.len() * g];
+        for (i, (b, ig)) in images.iter().enumerate() {
+            for j in 0..b.len() {
+                boxes[(i * g + j) * 4..(i * g + j + 1) * 4].copy_from_slice(&b[j]);
+                kept[i * g + j] = (!ig[j]) as u8 as f32;
+                ignored[i * g + j] = ig[j] as u8 as f32;
+            }
+        }
+        let n = images.len();
+        let boxes = Tensor::from_vec(boxes, (n, g, 4), &dev).unwrap();
+        let anchors_t = Tensor::from_vec(anchors.concat(), (anchors.len(), 4), &dev).unwrap();
+        let iou = pairwise_iou_tensor(&boxes, &anchors_t).unwrap();
+        let kept = Tensor::from_vec(kept, (n, g), &dev).unwrap();
+        let ignored = Tensor::from_vec(ignored, (n, g), &dev).unwrap();
+        for mode in [
+            LowQualityMatches::Off,
+            LowQualityMatches::Relabel,
+            LowQualityMatches::Assign,
+        ] {
+            let m = Matcher::new(&[0.3, 0.5], mode).unwrap();
+            let (matched, labels) = m.match_batch(&iou, &kept, &ignored).unwrap();
+            let matched: Vec<Vec<u32>> = matched.to_vec2().unwrap();
+            let labels: Vec<Vec<f32>> = labels.to_vec2().unwrap();
+            for (i, (b, ig)) in images.iter().enumerate() {
+                let (want_m, want_l) = m.match_boxes(&anchors, b, ig);
+                let got_l: Vec<i8> = labels[i].iter().map(|&v| v as i8).collect();
+                assert_eq!(got_l, want_l, "{mode:?}, image {i}: labels");
+                let got_m: Vec<usize> = matched[i].iter().map(|&v| v as usize).collect();
+                assert_eq!(got_m, want_m, "{mode:?}, image {i}: matched boxes");
+            }
+            let all: Vec<f32> = labels.concat();
+            for l in [FOREGROUND, BACKGROUND, IGNORE] {
+                assert!(
+                    all.contains(&(l as f32)),
+                    "{mode:?}: no anchor labelled {l}"
+                );
+            }
+        }
     }
 
     #[test]

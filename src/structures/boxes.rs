@@ -1,5 +1,7 @@
 //! XYXY boxes in continuous pixel coordinates (Detectron2's convention: no +1).
 
+use candle_core::{Result, Tensor, D};
+
 pub type Box4 = [f32; 4];
 
 pub fn area(b: &Box4) -> f32 {
@@ -27,6 +29,34 @@ pub fn pairwise_iou(a: &[Box4], b: &[Box4]) -> Vec<f32> {
         }
     }
     out
+}
+
+/// [`pairwise_iou`] on tensors, for targets built where the boxes are: `a` (..., N, 4)
+/// and `b` (..., M, 4), batch dimensions broadcast, give (..., N, M). The f32 arithmetic
+/// is the host's, in the same order, so on the CPU the two agree bit for bit.
+pub fn pairwise_iou_tensor(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let col = |t: &Tensor, i: usize| t.narrow(D::Minus1, i, 1);
+    let row = |t: &Tensor, i: usize| col(t, i)?.transpose(D::Minus1, D::Minus2);
+    let (ax0, ay0, ax1, ay1) = (col(a, 0)?, col(a, 1)?, col(a, 2)?, col(a, 3)?);
+    let (bx0, by0, bx1, by1) = (row(b, 0)?, row(b, 1)?, row(b, 2)?, row(b, 3)?);
+    let w = ax1
+        .broadcast_minimum(&bx1)?
+        .sub(&ax0.broadcast_maximum(&bx0)?)?
+        .maximum(0f32)?;
+    let h = ay1
+        .broadcast_minimum(&by1)?
+        .sub(&ay0.broadcast_maximum(&by0)?)?
+        .maximum(0f32)?;
+    let inter = (w * h)?;
+    let area = |x0: &Tensor, y0: &Tensor, x1: &Tensor, y1: &Tensor| {
+        (x1 - x0)?.maximum(0f32)?.mul(&(y1 - y0)?.maximum(0f32)?)
+    };
+    let union = area(&ax0, &ay0, &ax1, &ay1)?
+        .broadcast_add(&area(&bx0, &by0, &bx1, &by1)?)?
+        .sub(&inter)?;
+    // 0/0 where the union is empty is computed and then not selected.
+    let iou = inter.div(&union)?;
+    union.gt(0f32)?.where_cond(&iou, &iou.zeros_like()?)
 }
 
 pub fn clip(b: &mut Box4, width: f32, height: f32) {
@@ -81,6 +111,44 @@ pub fn batched_nms(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bit for bit the host's IoU, with empty, inverted and disjoint boxes among them,
+    /// and over a batch dimension.
+    #[test]
+    fn tensor_iou_is_the_host_iou() {
+        use candle_core::Device;
+        let mut s = 7u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            ((s >> 8) % 64) as f32 * 0.5
+        };
+        let mut boxes = |n: usize| -> Vec<Box4> {
+            (0..n)
+                .map(|_| {
+                    let (x, y) = (rnd(), rnd());
+                    [x, y, x + rnd() - 4.0, y + rnd() - 4.0]
+                })
+                .collect()
+        };
+        let (a, b) = (boxes(12), boxes(30));
+        let a2 = boxes(12);
+        let t = |v: &[Box4]| Tensor::from_vec(v.concat(), (v.len(), 4), &Device::Cpu).unwrap();
+        let a_t = Tensor::stack(&[t(&a), t(&a2)], 0).unwrap();
+        let got: Vec<Vec<Vec<f32>>> = pairwise_iou_tensor(&a_t, &t(&b))
+            .unwrap()
+            .to_vec3()
+            .unwrap();
+        for (i, a) in [&a, &a2].into_iter().enumerate() {
+            let want = pairwise_iou(a, &b);
+            let flat: Vec<f32> = got[i].concat();
+            assert_eq!(
+                flat.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        assert!(got[0].concat().iter().any(|&v| v == 0.0));
+        assert!(got[0].concat().iter().any(|&v| v > 0.0 && v < 1.0));
+    }
 
     #[test]
     fn iou_by_hand() {

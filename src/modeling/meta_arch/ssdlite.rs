@@ -3,12 +3,14 @@
 //! 3:1 hard negative mining or sigmoid focal loss, smooth-L1 or GIoU box loss, and
 //! inference by score threshold, per-level top-k, per-class NMS and a per-image cap.
 //!
-//! Matching runs on the host (anchors and ground truth are host values); hard-negative
-//! mining runs where the scores are, as the `top_k_mask` op on the detached background
-//! losses, so a training step reads nothing back for it. The losses are built from the
-//! head's tensors (`index_select`/`gather`, the mining mask), so gradients flow only
-//! through the selected anchors.
+//! On the CPU, matching runs on the host (anchors and ground truth are host values) and
+//! the losses are built from the positives' rows (`index_select`/`gather`); on a GPU the
+//! targets are built there and the losses are masked sums over all anchors
+//! (`dense_losses`), with the same values and gradients. Hard-negative mining runs where
+//! the scores are, as the `top_k_mask` op on the detached background losses, so a
+//! training step reads nothing back for it.
 
+mod dense_losses;
 mod export;
 
 use std::collections::BTreeMap;
@@ -198,6 +200,9 @@ impl SsdLite {
         anchors: &[Box4],
         targets: &[Instances],
     ) -> Result<LossMap> {
+        if !scores.device().is_cpu() {
+            return self.dense_losses(scores, deltas, anchors, targets);
+        }
         let (n, r, c) = scores.dims3()?;
         if targets.len() != n {
             candle_core::bail!("SSDLite: {} images but {} targets", n, targets.len());

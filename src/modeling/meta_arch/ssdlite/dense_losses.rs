@@ -1,0 +1,329 @@
+//! SSDLite's losses with the targets built where the head's outputs are, for GPUs: the
+//! batch's boxes go up once (padded to the largest count), [`Matcher::match_batch`]
+//! matches them to the anchors, and each loss is a masked sum over every anchor, so a
+//! step neither waits for host matching nor reads a value back (in a data-parallel group
+//! the positive count is read once, to be summed over ranks). On the CPU the host form,
+//! over the positives' rows only, is faster and is used instead; the two give the same
+//! losses and gradients.
+//!
+//! [`Matcher::match_batch`]: crate::modeling::matcher::Matcher::match_batch
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::{ClsLoss, SsdLite};
+use crate::layers::losses::{giou_loss, sigmoid_focal_loss, smooth_l1};
+use crate::modeling::box_regression::BoxLoss;
+use crate::modeling::matcher::{BACKGROUND, FOREGROUND, IGNORE};
+use crate::structures::boxes::{pairwise_iou_tensor, Box4};
+use crate::structures::{Instances, LossMap};
+
+/// The loss normaliser: the positives of the global batch, at least one.
+enum Normaliser {
+    /// Summed over data-parallel ranks (and divided by their number, whose gradients
+    /// are averaged), on the host.
+    Host(f64),
+    /// One process: the count stays on the device.
+    Device(Tensor),
+}
+
+impl Normaliser {
+    fn apply(&self, loss: Tensor) -> Result<Tensor> {
+        match self {
+            Self::Host(v) => loss / *v,
+            Self::Device(t) => loss.broadcast_div(&t.to_dtype(loss.dtype())?),
+        }
+    }
+}
+
+impl SsdLite {
+    pub(super) fn dense_losses(
+        &self,
+        scores: &Tensor,
+        deltas: &Tensor,
+        anchors: &[Box4],
+        targets: &[Instances],
+    ) -> Result<LossMap> {
+        let (n, r, c) = scores.dims3()?;
+        if targets.len() != n {
+            candle_core::bail!("SSDLite: {} images but {} targets", n, targets.len());
+        }
+        let dev = scores.device().clone();
+        // At least one (padding) row, so that every reduction over boxes has a value.
+        let g = targets.iter().map(Instances::len).max().unwrap_or(0).max(1);
+        let mut boxes = vec![0f32; n * g * 4];
+        let mut kept = vec![0f32; n * g];
+        let mut ignored = vec![0f32; n * g];
+        let mut classes = vec![0f32; n * g];
+        for (i, inst) in targets.iter().enumerate() {
+            for (j, b) in inst.boxes.iter().enumerate() {
+                let at = i * g + j;
+                boxes[at * 4..at * 4 + 4].copy_from_slice(b);
+                kept[at] = (!inst.ignore[j]) as u8 as f32;
+                ignored[at] = inst.ignore[j] as u8 as f32;
+                classes[at] = inst.classes[j] as f32;
+            }
+        }
+        let gt = Tensor::from_vec(boxes, (n, g, 4), &dev)?;
+        let kept = Tensor::from_vec(kept, (n, g), &dev)?;
+        let ignored = Tensor::from_vec(ignored, (n, g), &dev)?;
+        let classes = Tensor::from_vec(classes, (n, g), &dev)?;
+        let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
+        let anchors = Tensor::from_vec(anchor_rows, (r, 4), &dev)?;
+
+        let iou = pairwise_iou_tensor(&gt, &anchors)?;
+        let (matched, labels) = self.matcher.match_batch(&iou, &kept, &ignored)?;
+        let fg = labels.eq(FOREGROUND as f32)?;
+        let bg = labels.eq(BACKGROUND as f32)?;
+        let fg_f32 = fg.to_dtype(DType::F32)?;
+        let class = classes.gather(&matched, 1)?;
+
+        let norm = if crate::distributed::in_group() {
+            let local = fg_f32.sum_all()?.to_scalar::<f32>()? as usize;
+            let total = crate::distributed::global_count(local, "SSDLite positive anchors")?;
+            Normaliser::Host(total.max(1) as f64 / crate::distributed::world_size() as f64)
+        } else {
+            Normaliser::Device(fg_f32.sum_all()?.maximum(1f32)?)
+        };
+
+        let flat_scores = scores.reshape((n * r, c))?;
+        let fg_scores = fg.to_dtype(scores.dtype())?;
+        let loss_cls = match self.params.cls_loss {
+            ClsLoss::CrossEntropy => {
+                let log_p = candle_nn::ops::log_softmax(&flat_scores, D::Minus1)?;
+                let bg_loss = log_p.narrow(1, c - 1, 1)?.neg()?.reshape((n, r))?;
+                let num_pos = fg_f32.sum(1)?;
+                let num_neg = bg.to_dtype(DType::F32)?.sum(1)?;
+                let keep = (num_pos.maximum(1f32)? * self.params.neg_pos_ratio as f64)?
+                    .floor()?
+                    .minimum(&num_neg)?
+                    .to_dtype(DType::U32)?;
+                let hard = crate::ops::top_k_mask(&bg_loss.detach(), &bg, &keep)?;
+                let neg_loss = (bg_loss * hard)?.sum_all()?;
+                let class_index = fg
+                    .where_cond(&class, &class.zeros_like()?)?
+                    .to_dtype(DType::U32)?
+                    .reshape((n * r, 1))?;
+                let pos_loss = log_p
+                    .gather(&class_index, 1)?
+                    .reshape((n, r))?
+                    .mul(&fg_scores)?
+                    .sum_all()?
+                    .neg()?;
+                norm.apply((pos_loss + neg_loss)?)?
+            }
+            ClsLoss::Focal => {
+                // Background anchors have no class column: an all-zero one-hot row.
+                let none = Tensor::full(c as f32, (n, r), &dev)?;
+                let target_class = fg.where_cond(&class, &none)?.reshape((n * r, 1))?;
+                let onehot = Tensor::arange(0f32, c as f32, &dev)?
+                    .reshape((1, c))?
+                    .broadcast_eq(&target_class)?
+                    .to_dtype(flat_scores.dtype())?;
+                let valid = labels
+                    .ne(IGNORE as f32)?
+                    .to_dtype(flat_scores.dtype())?
+                    .reshape((n * r, 1))?;
+                let loss = sigmoid_focal_loss(
+                    &flat_scores,
+                    &onehot,
+                    self.params.focal_alpha,
+                    self.params.focal_gamma,
+                )?;
+                norm.apply(loss.broadcast_mul(&valid)?.sum_all()?)?
+            }
+        };
+
+        let pred = deltas.reshape((n * r, 4))?;
+        let anchors = anchors
+            .unsqueeze(0)?
+            .broadcast_as((n, r, 4))?
+            .contiguous()?;
+        let matched_boxes = gt.gather(
+            &matched
+                .unsqueeze(2)?
+                .broadcast_as((n, r, 4))?
+                .contiguous()?,
+            1,
+        )?;
+        // Anchors that are not positives regress to themselves: finite values (no 0/0
+        // to leak into the gradient) whose loss is masked out.
+        let target = fg
+            .unsqueeze(2)?
+            .broadcast_as((n, r, 4))?
+            .where_cond(&matched_boxes, &anchors)?
+            .reshape((n * r, 4))?;
+        let anchors = anchors.reshape((n * r, 4))?;
+        let fg_rows = fg.to_dtype(pred.dtype())?.reshape((n * r, 1))?;
+        let loss_box = match self.params.box_loss {
+            BoxLoss::SmoothL1(beta) => {
+                let t = self
+                    .coder
+                    .get_deltas_tensor(&anchors, &target)?
+                    .to_dtype(pred.dtype())?;
+                smooth_l1(&(pred - t)?, beta)?
+                    .broadcast_mul(&fg_rows)?
+                    .sum_all()?
+            }
+            BoxLoss::GIoU => {
+                let a = anchors.to_dtype(pred.dtype())?;
+                let decoded = self.coder.apply_deltas_tensor(&pred, &a)?;
+                giou_loss(&decoded, &target.to_dtype(pred.dtype())?)?
+                    .mul(&fg_rows.squeeze(1)?)?
+                    .sum_all()?
+            }
+        };
+        let loss_box = (norm.apply(loss_box)? * self.params.box_loss_weight as f64)?;
+        let mut out = LossMap::new();
+        out.insert("loss_cls".to_string(), loss_cls);
+        out.insert("loss_box_reg".to_string(), loss_box);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::layers::params::ParamStore;
+    use crate::modeling::matcher::LowQualityMatches;
+    use candle_core::{Device, Var};
+    use std::sync::Arc;
+
+    /// The dense (device) losses equal the host's, value and gradient, for both class
+    /// losses, both box losses and with or without low-quality matches: images with
+    /// ignored boxes, duplicated boxes, a box on an anchor, only ignored boxes and none;
+    /// scores quantised so that mined negatives tie at the cut.
+    #[test]
+    fn dense_losses_are_the_host_losses() {
+        let cfg = Config::from_args(
+            Some(std::path::Path::new(
+                "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+            )),
+            &["MODEL.WEIGHTS", "", "MODEL.MOBILENET.WIDTH_MULT", "0.35"],
+        )
+        .unwrap();
+        let dev = Device::Cpu;
+        let store = Arc::new(ParamStore::new(0));
+        let mut model = SsdLite::from_config(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+        let images = Tensor::zeros((4, 3, 96, 96), DType::F32, &dev).unwrap();
+        let (_, _, anchors, _) = model.run(&images, true).unwrap();
+        let r = anchors.len();
+        let mut s = 5u32;
+        let mut rnd = |m: u32| {
+            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (s >> 8) % m
+        };
+        let mut random_boxes = |count: usize| -> Vec<Box4> {
+            (0..count)
+                .map(|_| {
+                    let (x, y) = (rnd(80) as f32, rnd(80) as f32);
+                    [x, y, x + 4.0 + rnd(40) as f32, y + 4.0 + rnd(40) as f32]
+                })
+                .collect()
+        };
+        let mut first = random_boxes(6);
+        first[1] = first[0];
+        first[2] = anchors[r / 3];
+        let targets = vec![
+            Instances {
+                classes: vec![0; 6],
+                ignore: vec![false, false, false, true, false, false],
+                boxes: first,
+            },
+            Instances {
+                boxes: vec![],
+                classes: vec![],
+                ignore: vec![],
+            },
+            Instances {
+                boxes: random_boxes(2),
+                classes: vec![0; 2],
+                ignore: vec![true; 2],
+            },
+            Instances {
+                boxes: random_boxes(3),
+                classes: vec![0; 3],
+                ignore: vec![false; 3],
+            },
+        ];
+        let k = model.params.num_classes;
+        // A ratio of 2.5 makes the number of mined negatives round down.
+        for (cls_loss, box_loss, low_quality, ratio) in [
+            (
+                ClsLoss::CrossEntropy,
+                BoxLoss::SmoothL1(0.0),
+                LowQualityMatches::Assign,
+                3.0,
+            ),
+            (
+                ClsLoss::CrossEntropy,
+                BoxLoss::SmoothL1(0.11),
+                LowQualityMatches::Off,
+                2.5,
+            ),
+            (
+                ClsLoss::Focal,
+                BoxLoss::GIoU,
+                LowQualityMatches::Assign,
+                3.0,
+            ),
+        ] {
+            model.params.neg_pos_ratio = ratio;
+            model.params.cls_loss = cls_loss;
+            model.params.box_loss = box_loss;
+            model.matcher.low_quality = low_quality;
+            let c = match cls_loss {
+                ClsLoss::CrossEntropy => k + 1,
+                ClsLoss::Focal => k,
+            };
+            let scores = Var::from_tensor(
+                &(Tensor::randn(0f32, 1.0, (4, r, c), &dev).unwrap() * 2.0)
+                    .unwrap()
+                    .round()
+                    .unwrap(),
+            )
+            .unwrap();
+            let deltas =
+                Var::from_tensor(&Tensor::randn(0f32, 0.5, (4, r, 4), &dev).unwrap()).unwrap();
+            let (st, dt) = (scores.as_tensor(), deltas.as_tensor());
+            let host = model.losses(st, dt, &anchors, &targets).unwrap();
+            let dense = model.dense_losses(st, dt, &anchors, &targets).unwrap();
+            let case = format!("{cls_loss:?}, {box_loss:?}, {low_quality:?}");
+            for (name, h) in &host {
+                let d = &dense[name];
+                let (hv, dv) = (h.to_scalar::<f32>().unwrap(), d.to_scalar::<f32>().unwrap());
+                assert!(hv > 0.0, "{case}: {name} is {hv}");
+                assert!(
+                    (hv - dv).abs() <= 1e-5 * hv.abs(),
+                    "{case}: {name} host {hv}, dense {dv}"
+                );
+                let (gh, gd) = (h.backward().unwrap(), d.backward().unwrap());
+                for (what, v) in [("scores", st), ("deltas", dt)] {
+                    let zero = v.zeros_like().unwrap();
+                    let a = gh.get(v).unwrap_or(&zero);
+                    let b = gd.get(v).unwrap_or(&zero);
+                    let scale = a
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let diff = (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(
+                        diff <= 1e-5 * scale.max(1e-3),
+                        "{case}: d {name} / d {what} differs by {diff} (largest {scale})"
+                    );
+                }
+            }
+        }
+    }
+}
