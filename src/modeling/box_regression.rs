@@ -151,6 +151,37 @@ pub fn box_reg_loss(
     }
 }
 
+/// [`box_reg_loss`] over every row, summed where `mask` (P) is 1: the form for targets
+/// built on the device, where selecting the positives' rows would need their count on
+/// the host. `src` and `targets` are (P, 4) f32; rows outside the mask must still hold
+/// boxes of positive size (the source box itself will do), so that no 0/0 reaches the
+/// gradient.
+pub fn masked_box_reg_loss(
+    coder: &Box2BoxTransform,
+    kind: BoxLoss,
+    deltas: &Tensor,
+    src: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let dtype = deltas.dtype();
+    let mask = mask.to_dtype(dtype)?;
+    match kind {
+        BoxLoss::SmoothL1(beta) => {
+            let t = coder.get_deltas_tensor(src, targets)?.to_dtype(dtype)?;
+            smooth_l1(&(deltas - t)?, beta)?
+                .broadcast_mul(&mask.unsqueeze(1)?)?
+                .sum_all()
+        }
+        BoxLoss::GIoU => {
+            let decoded = coder.apply_deltas_tensor(deltas, &src.to_dtype(dtype)?)?;
+            giou_loss(&decoded, &targets.to_dtype(dtype)?)?
+                .mul(&mask)?
+                .sum_all()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

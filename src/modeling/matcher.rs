@@ -211,6 +211,34 @@ impl Matcher {
     }
 }
 
+/// Per anchor, as (N * A, 4) rows: the matched box where `mask` (N, A) is set and the
+/// anchor itself elsewhere (a finite regression target whose loss is masked out), and
+/// the anchors repeated per image. `boxes` (N, G, 4), `matched` (N, A) u32 from
+/// [`Matcher::match_batch`], `anchors` (A, 4).
+pub fn regression_targets(
+    boxes: &Tensor,
+    matched: &Tensor,
+    mask: &Tensor,
+    anchors: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (n, a) = matched.dims2()?;
+    let anchors = anchors
+        .unsqueeze(0)?
+        .broadcast_as((n, a, 4))?
+        .contiguous()?;
+    let index = matched
+        .unsqueeze(2)?
+        .broadcast_as((n, a, 4))?
+        .contiguous()?;
+    let matched_boxes = boxes.gather(&index, 1)?;
+    let targets = mask
+        .ne(0u8)?
+        .unsqueeze(2)?
+        .broadcast_as((n, a, 4))?
+        .where_cond(&matched_boxes, &anchors)?;
+    Ok((targets.reshape((n * a, 4))?, anchors.reshape((n * a, 4))?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,7 +146,7 @@ mod tests {
                 want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             );
         }
-        assert!(got[0].concat().iter().any(|&v| v == 0.0));
+        assert!(got[0].concat().contains(&0.0));
         assert!(got[0].concat().iter().any(|&v| v > 0.0 && v < 1.0));
     }
 

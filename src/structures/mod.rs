@@ -8,6 +8,7 @@ pub mod detections;
 pub mod instances;
 pub mod loss_map;
 pub mod model_input;
+pub mod padded_instances;
 
 pub use batch::{Batch, Targets};
 pub use class_label::ClassLabel;
@@ -15,3 +16,4 @@ pub use detections::InstanceDetections;
 pub use instances::Instances;
 pub use loss_map::LossMap;
 pub use model_input::ModelInput;
+pub use padded_instances::PaddedInstances;

@@ -11,11 +11,11 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::{ClsLoss, SsdLite};
-use crate::layers::losses::{giou_loss, sigmoid_focal_loss, smooth_l1};
-use crate::modeling::box_regression::BoxLoss;
-use crate::modeling::matcher::{BACKGROUND, FOREGROUND, IGNORE};
+use crate::layers::losses::sigmoid_focal_loss;
+use crate::modeling::box_regression::masked_box_reg_loss;
+use crate::modeling::matcher::{regression_targets, BACKGROUND, FOREGROUND, IGNORE};
 use crate::structures::boxes::{pairwise_iou_tensor, Box4};
-use crate::structures::{Instances, LossMap};
+use crate::structures::{Instances, LossMap, PaddedInstances};
 
 /// The loss normaliser: the positives of the global batch, at least one.
 enum Normaliser {
@@ -48,37 +48,19 @@ impl SsdLite {
             candle_core::bail!("SSDLite: {} images but {} targets", n, targets.len());
         }
         let dev = scores.device().clone();
-        // At least one (padding) row, so that every reduction over boxes has a value.
-        let g = targets.iter().map(Instances::len).max().unwrap_or(0).max(1);
-        let mut boxes = vec![0f32; n * g * 4];
-        let mut kept = vec![0f32; n * g];
-        let mut ignored = vec![0f32; n * g];
-        let mut classes = vec![0f32; n * g];
-        for (i, inst) in targets.iter().enumerate() {
-            for (j, b) in inst.boxes.iter().enumerate() {
-                let at = i * g + j;
-                boxes[at * 4..at * 4 + 4].copy_from_slice(b);
-                kept[at] = (!inst.ignore[j]) as u8 as f32;
-                ignored[at] = inst.ignore[j] as u8 as f32;
-                classes[at] = inst.classes[j] as f32;
-            }
-        }
-        let gt = Tensor::from_vec(boxes, (n, g, 4), &dev)?;
-        let kept = Tensor::from_vec(kept, (n, g), &dev)?;
-        let ignored = Tensor::from_vec(ignored, (n, g), &dev)?;
-        let classes = Tensor::from_vec(classes, (n, g), &dev)?;
+        let gt = PaddedInstances::new(targets, &dev)?;
         let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
         let anchors = Tensor::from_vec(anchor_rows, (r, 4), &dev)?;
 
-        let iou = pairwise_iou_tensor(&gt, &anchors)?;
-        let (matched, labels) = self.matcher.match_batch(&iou, &kept, &ignored)?;
+        let iou = pairwise_iou_tensor(&gt.boxes, &anchors)?;
+        let (matched, labels) = self.matcher.match_batch(&iou, &gt.kept, &gt.ignored)?;
         let fg = labels.eq(FOREGROUND as f32)?;
         let bg = labels.eq(BACKGROUND as f32)?;
         let fg_f32 = fg.to_dtype(DType::F32)?;
-        let class = classes.gather(&matched, 1)?;
+        let class = gt.classes.gather(&matched, 1)?;
 
         let norm = if crate::distributed::in_group() {
-            let local = fg_f32.sum_all()?.to_scalar::<f32>()? as usize;
+            let local = crate::ops::host::to_scalar::<f32>(&fg_f32.sum_all()?)? as usize;
             let total = crate::distributed::global_count(local, "SSDLite positive anchors")?;
             Normaliser::Host(total.max(1) as f64 / crate::distributed::world_size() as f64)
         } else {
@@ -133,45 +115,15 @@ impl SsdLite {
             }
         };
 
-        let pred = deltas.reshape((n * r, 4))?;
-        let anchors = anchors
-            .unsqueeze(0)?
-            .broadcast_as((n, r, 4))?
-            .contiguous()?;
-        let matched_boxes = gt.gather(
-            &matched
-                .unsqueeze(2)?
-                .broadcast_as((n, r, 4))?
-                .contiguous()?,
-            1,
+        let (target, anchors) = regression_targets(&gt.boxes, &matched, &fg, &anchors)?;
+        let loss_box = masked_box_reg_loss(
+            &self.coder,
+            self.params.box_loss,
+            &deltas.reshape((n * r, 4))?,
+            &anchors,
+            &target,
+            &fg.flatten_all()?,
         )?;
-        // Anchors that are not positives regress to themselves: finite values (no 0/0
-        // to leak into the gradient) whose loss is masked out.
-        let target = fg
-            .unsqueeze(2)?
-            .broadcast_as((n, r, 4))?
-            .where_cond(&matched_boxes, &anchors)?
-            .reshape((n * r, 4))?;
-        let anchors = anchors.reshape((n * r, 4))?;
-        let fg_rows = fg.to_dtype(pred.dtype())?.reshape((n * r, 1))?;
-        let loss_box = match self.params.box_loss {
-            BoxLoss::SmoothL1(beta) => {
-                let t = self
-                    .coder
-                    .get_deltas_tensor(&anchors, &target)?
-                    .to_dtype(pred.dtype())?;
-                smooth_l1(&(pred - t)?, beta)?
-                    .broadcast_mul(&fg_rows)?
-                    .sum_all()?
-            }
-            BoxLoss::GIoU => {
-                let a = anchors.to_dtype(pred.dtype())?;
-                let decoded = self.coder.apply_deltas_tensor(&pred, &a)?;
-                giou_loss(&decoded, &target.to_dtype(pred.dtype())?)?
-                    .mul(&fg_rows.squeeze(1)?)?
-                    .sum_all()?
-            }
-        };
         let loss_box = (norm.apply(loss_box)? * self.params.box_loss_weight as f64)?;
         let mut out = LossMap::new();
         out.insert("loss_cls".to_string(), loss_cls);
@@ -186,6 +138,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::layers::params::ParamStore;
+    use crate::modeling::box_regression::BoxLoss;
     use crate::modeling::matcher::LowQualityMatches;
     use candle_core::{Device, Var};
     use std::sync::Arc;
@@ -288,7 +241,13 @@ mod tests {
                 Var::from_tensor(&Tensor::randn(0f32, 0.5, (4, r, 4), &dev).unwrap()).unwrap();
             let (st, dt) = (scores.as_tensor(), deltas.as_tensor());
             let host = model.losses(st, dt, &anchors, &targets).unwrap();
+            let reads = crate::ops::host::reads();
             let dense = model.dense_losses(st, dt, &anchors, &targets).unwrap();
+            assert_eq!(
+                crate::ops::host::reads(),
+                reads,
+                "the dense losses read nothing back"
+            );
             let case = format!("{cls_loss:?}, {box_loss:?}, {low_quality:?}");
             for (name, h) in &host {
                 let d = &dense[name];
