@@ -2,8 +2,34 @@
 //! background indices, with at most a given share of foreground, so the losses of
 //! two-stage detectors see a balanced set whatever the image holds.
 
-use rand::seq::index::sample;
 use rand::Rng;
+
+/// One random key per label, uniform in [0, 1) on a 2^-24 grid (exact in f32, so the
+/// same keys select the same sample on the host and, through `ops::top_k_mask`, on a
+/// device). A sample of k is the k candidates of highest key: uniformly random, and
+/// drawing as many keys whatever the labels keeps the generator's stream independent
+/// of the image's content.
+pub fn random_keys(len: usize, rng: &mut impl Rng) -> Vec<f32> {
+    (0..len)
+        .map(|_| (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32))
+        .collect()
+}
+
+/// The `n` of `from` with the highest keys (ties: the lower index, as the device op's
+/// stable sort), in increasing index order.
+pub fn highest_keys(from: &[usize], keys: &[f32], n: usize) -> Vec<usize> {
+    let mut v = from.to_vec();
+    let order = |a: &usize, b: &usize| keys[*b].total_cmp(&keys[*a]).then(a.cmp(b));
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < v.len() {
+        v.select_nth_unstable_by(n - 1, order);
+        v.truncate(n);
+    }
+    v.sort_unstable();
+    v
+}
 
 /// `labels`: -1 ignored, `bg_label` background, anything else foreground. Returns
 /// (foreground, background) indices: at most `num_samples * positive_fraction`
@@ -15,6 +41,7 @@ pub fn subsample_labels(
     bg_label: i64,
     rng: &mut impl Rng,
 ) -> (Vec<usize>, Vec<usize>) {
+    let keys = random_keys(labels.len(), rng);
     let fg: Vec<usize> = (0..labels.len())
         .filter(|&i| labels[i] >= 0 && labels[i] != bg_label)
         .collect();
@@ -23,17 +50,10 @@ pub fn subsample_labels(
         .collect();
     let num_fg = ((num_samples as f64 * positive_fraction) as usize).min(fg.len());
     let num_bg = (num_samples - num_fg).min(bg.len());
-    let pick = |from: &[usize], n: usize, rng: &mut dyn rand::RngCore| -> Vec<usize> {
-        let mut v: Vec<usize> = sample(rng, from.len(), n)
-            .into_iter()
-            .map(|i| from[i])
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    let f = pick(&fg, num_fg, rng);
-    let b = pick(&bg, num_bg, rng);
-    (f, b)
+    (
+        highest_keys(&fg, &keys, num_fg),
+        highest_keys(&bg, &keys, num_bg),
+    )
 }
 
 #[cfg(test)]
@@ -77,5 +97,20 @@ mod tests {
             &mut rand::rngs::StdRng::seed_from_u64(3),
         );
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn highest_keys_by_hand() {
+        let keys = [0.5, 0.9, 0.1, 0.9, 0.7];
+        assert_eq!(highest_keys(&[0, 1, 2, 3, 4], &keys, 3), vec![1, 3, 4]);
+        // A tie at the cut goes to the lower index.
+        assert_eq!(highest_keys(&[0, 1, 2, 3, 4], &keys, 1), vec![1]);
+        assert_eq!(highest_keys(&[0, 2, 4], &keys, 2), vec![0, 4]);
+        assert_eq!(highest_keys(&[0, 2], &keys, 5), vec![0, 2]);
+        assert!(highest_keys(&[0, 2], &keys, 0).is_empty());
+        let k = random_keys(1000, &mut rand::rngs::StdRng::seed_from_u64(1));
+        assert!(k.iter().all(|&v| (0.0..1.0).contains(&v)));
+        let mean = k.iter().sum::<f32>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.05, "mean key {mean}");
     }
 }

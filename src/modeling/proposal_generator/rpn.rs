@@ -4,7 +4,10 @@
 //! level and a per-image cap (`find_top_rpn_proposals`).
 //!
 //! Proposals are host boxes: they carry no gradient into the second stage, as in
-//! Detectron2, where they are detached.
+//! Detectron2, where they are detached. The training targets are built on the host on
+//! the CPU and on the device elsewhere (`dense_losses`), with the same sample and losses.
+
+mod dense_losses;
 
 use std::collections::BTreeMap;
 
@@ -255,6 +258,9 @@ impl Rpn {
                 targets.len(),
                 rngs.len()
             );
+        }
+        if !logits.device().is_cpu() {
+            return self.dense_losses(logits, deltas, anchors, targets, rngs);
         }
         let dev = logits.device();
         let mut sampled: Vec<u32> = Vec::new();
