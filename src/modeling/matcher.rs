@@ -3,8 +3,14 @@
 //! best anchors even below the foreground threshold, in Detectron2's way (RPN) or SSD's.
 
 use crate::config::ConfigError;
-use crate::structures::boxes::{pairwise_iou, Box4};
+use crate::structures::boxes::{pairwise_iou, pairwise_iou_tensor, Box4};
+use crate::structures::PaddedInstances;
 use candle_core::{DType, Tensor};
+
+/// The most (image, box, anchor) IoU elements matched at once on a device: a batch of 32
+/// WIDER FACE images at 640 px with a crowd of 1,000 faces would otherwise make every
+/// image's block that wide (about 3 GB per f32 temporary). 2^25 f32 are 128 MB.
+pub const MATCH_BLOCK_ELEMENTS: usize = 1 << 25;
 
 /// Label of an anchor after matching.
 pub const BACKGROUND: i8 = 0;
@@ -136,6 +142,49 @@ impl Matcher {
             }
         }
         (matched, labels)
+    }
+
+    /// [`Matcher::match_batch`] of a padded batch against (A, 4) `anchors`, in groups of
+    /// consecutive images whose (images, boxes, anchors) IoU block stays within
+    /// [`MATCH_BLOCK_ELEMENTS`] (one crowded image does not make every image pad to its
+    /// count). Matched indices point into `gt`'s padded rows.
+    pub fn match_padded(
+        &self,
+        gt: &PaddedInstances,
+        anchors: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        self.match_padded_in_blocks(gt, anchors, MATCH_BLOCK_ELEMENTS)
+    }
+
+    fn match_padded_in_blocks(
+        &self,
+        gt: &PaddedInstances,
+        anchors: &Tensor,
+        block: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let a = anchors.dim(0)?;
+        let n = gt.counts.len();
+        let (mut matched, mut labels) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            let mut g = gt.counts[start].max(1);
+            while end < n {
+                let wider = g.max(gt.counts[end]);
+                if (end + 1 - start) * wider * a > block {
+                    break;
+                }
+                g = wider;
+                end += 1;
+            }
+            let rows = |t: &Tensor| t.narrow(0, start, end - start)?.narrow(1, 0, g);
+            let iou = pairwise_iou_tensor(&rows(&gt.boxes)?, anchors)?;
+            let (m, l) = self.match_batch(&iou, &rows(&gt.kept)?, &rows(&gt.ignored)?)?;
+            matched.push(m);
+            labels.push(l);
+            start = end;
+        }
+        Ok((Tensor::cat(&matched, 0)?, Tensor::cat(&labels, 0)?))
     }
 
     /// [`Matcher::match_boxes`] for a batch, as tensor ops where the IoU is, so a
@@ -361,6 +410,24 @@ mod tests {
                 let got_m: Vec<usize> = matched[i].iter().map(|&v| v as usize).collect();
                 assert_eq!(got_m, want_m, "{mode:?}, image {i}: matched boxes");
             }
+            // In blocks of one or two images (a small budget): the same result.
+            let padded = PaddedInstances::new(
+                &images
+                    .iter()
+                    .map(|(b, ig)| crate::structures::Instances {
+                        boxes: b.clone(),
+                        classes: vec![0; b.len()],
+                        ignore: ig.clone(),
+                    })
+                    .collect::<Vec<_>>(),
+                &dev,
+            )
+            .unwrap();
+            let (bm, bl) = m
+                .match_padded_in_blocks(&padded, &anchors_t, 2 * g * anchors.len())
+                .unwrap();
+            assert_eq!(bm.to_vec2::<u32>().unwrap(), matched, "{mode:?}: blocks");
+            assert_eq!(bl.to_vec2::<f32>().unwrap(), labels, "{mode:?}: blocks");
             let all: Vec<f32> = labels.concat();
             for l in [FOREGROUND, BACKGROUND, IGNORE] {
                 assert!(

@@ -14,6 +14,8 @@ pub struct PaddedInstances {
     pub ignored: Tensor,
     /// (N, G) the boxes' classes as f32 (exact below 2^24).
     pub classes: Tensor,
+    /// Each image's box count (host values), G their maximum or 1.
+    pub counts: Vec<usize>,
 }
 
 impl PaddedInstances {
@@ -40,6 +42,7 @@ impl PaddedInstances {
             kept: Tensor::from_vec(kept, (n, g), device)?,
             ignored: Tensor::from_vec(ignored, (n, g), device)?,
             classes: Tensor::from_vec(classes, (n, g), device)?,
+            counts: targets.iter().map(Instances::len).collect(),
         })
     }
 }

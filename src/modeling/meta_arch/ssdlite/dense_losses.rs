@@ -14,7 +14,7 @@ use super::{ClsLoss, SsdLite};
 use crate::layers::losses::sigmoid_focal_loss;
 use crate::modeling::box_regression::masked_box_reg_loss;
 use crate::modeling::matcher::{regression_targets, BACKGROUND, FOREGROUND, IGNORE};
-use crate::structures::boxes::{pairwise_iou_tensor, Box4};
+use crate::structures::boxes::Box4;
 use crate::structures::{Instances, LossMap, PaddedInstances};
 
 /// The loss normaliser: the positives of the global batch, at least one.
@@ -52,8 +52,7 @@ impl SsdLite {
         let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
         let anchors = Tensor::from_vec(anchor_rows, (r, 4), &dev)?;
 
-        let iou = pairwise_iou_tensor(&gt.boxes, &anchors)?;
-        let (matched, labels) = self.matcher.match_batch(&iou, &gt.kept, &gt.ignored)?;
+        let (matched, labels) = self.matcher.match_padded(&gt, &anchors)?;
         let fg = labels.eq(FOREGROUND as f32)?;
         let bg = labels.eq(BACKGROUND as f32)?;
         let fg_f32 = fg.to_dtype(DType::F32)?;

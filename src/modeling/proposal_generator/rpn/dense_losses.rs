@@ -15,7 +15,7 @@ use crate::layers::losses::binary_cross_entropy_with_logits;
 use crate::modeling::box_regression::masked_box_reg_loss;
 use crate::modeling::matcher::{regression_targets, BACKGROUND, FOREGROUND};
 use crate::modeling::sampling::random_keys;
-use crate::structures::boxes::{pairwise_iou_tensor, Box4};
+use crate::structures::boxes::Box4;
 use crate::structures::{Instances, LossMap, PaddedInstances};
 
 impl Rpn {
@@ -32,8 +32,7 @@ impl Rpn {
         let gt = PaddedInstances::new(targets, &dev)?;
         let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
         let anchors = Tensor::from_vec(anchor_rows, (r, 4), &dev)?;
-        let iou = pairwise_iou_tensor(&gt.boxes, &anchors)?;
-        let (matched, labels) = self.matcher.match_batch(&iou, &gt.kept, &gt.ignored)?;
+        let (matched, labels) = self.matcher.match_padded(&gt, &anchors)?;
 
         let keys: Vec<f32> = rngs.iter_mut().flat_map(|g| random_keys(r, g)).collect();
         let keys = Tensor::from_vec(keys, (n, r), &dev)?;
