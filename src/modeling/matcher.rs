@@ -349,11 +349,7 @@ mod tests {
     fn batched_tensor_matching_is_the_host_matching() {
         use crate::structures::boxes::pairwise_iou_tensor;
         use candle_core::Device;
-        let mut s = 11u32;
-        let mut rnd = |m: u32| {
-            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (s >> 8) % m
-        };
+        let mut rng = crate::modeling::test_support::Lcg(11);
         let anchors: Vec<Box4> = (0..8)
             .flat_map(|y| (0..8).map(move |x| (x, y)))
             .flat_map(|(x, y)| {
@@ -363,15 +359,10 @@ mod tests {
             .collect();
         let mut images: Vec<(Vec<Box4>, Vec<bool>)> = Vec::new();
         for count in [5usize, 0, 3, 9] {
-            let mut boxes: Vec<Box4> = (0..count)
-                .map(|_| {
-                    let (x, y) = (rnd(56) as f32, rnd(56) as f32);
-                    [x, y, x + 2.0 + rnd(20) as f32, y + 2.0 + rnd(20) as f32]
-                })
-                .collect();
+            let mut boxes = rng.boxes(count, 56, 2.0, 20);
             if count > 3 {
                 boxes[1] = boxes[0];
-                boxes[2] = anchors[rnd(anchors.len() as u32) as usize];
+                boxes[2] = anchors[rng.below(anchors.len() as u32) as usize];
             }
             let ignore = (0..count).map(|i| count == 3 || (i == 3)).collect();
             images.push((boxes, ignore));

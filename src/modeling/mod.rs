@@ -15,6 +15,8 @@ pub mod poolers;
 pub mod proposal_generator;
 pub mod roi_heads;
 pub mod sampling;
+#[cfg(test)]
+mod test_support;
 
 pub use device::parse_device;
 pub use export::{ExportBatch, OnnxExportSpec};

@@ -427,12 +427,24 @@ impl MetaArch for SsdLite {
     }
 }
 
+/// A small SSDLite of the synthetic-faces config (width 0.35, random weights) on the CPU.
+#[cfg(test)]
+fn small_test_model() -> SsdLite {
+    let cfg = Config::from_args(
+        Some(std::path::Path::new(
+            "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
+        )),
+        &["MODEL.WEIGHTS", "", "MODEL.MOBILENET.WIDTH_MULT", "0.35"],
+    )
+    .unwrap();
+    let store = std::sync::Arc::new(crate::layers::params::ParamStore::new(0));
+    SsdLite::from_config(&cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap()
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
-    use crate::layers::params::ParamStore;
-    use std::sync::Arc;
 
     /// Mining on the device picks what mining on the host picked: per image the
     /// negatives by background loss, descending, ties to the lower anchor (a stable
@@ -441,16 +453,8 @@ mod tests {
     /// cut are common, and with an image without ground truth.
     #[test]
     fn device_mining_picks_the_host_minings_anchors_and_loss() {
-        let cfg = Config::from_args(
-            Some(std::path::Path::new(
-                "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
-            )),
-            &["MODEL.WEIGHTS", "", "MODEL.MOBILENET.WIDTH_MULT", "0.35"],
-        )
-        .unwrap();
         let dev = Device::Cpu;
-        let store = Arc::new(ParamStore::new(0));
-        let model = SsdLite::from_config(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+        let model = small_test_model();
         let images = Tensor::zeros((3, 3, 96, 96), DType::F32, &dev).unwrap();
         let (scores, deltas, anchors, _) = model.run(&images, true).unwrap();
         let (n, r, c) = scores.dims3().unwrap();

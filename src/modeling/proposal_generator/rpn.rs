@@ -325,31 +325,31 @@ impl Rpn {
     }
 }
 
+/// An RPN on one stride-8 level of 4 channels with anchors of `sizes`, on the CPU.
+#[cfg(test)]
+fn test_rpn(sizes: Vec<f64>) -> Rpn {
+    let mut cfg = Config::default();
+    cfg.model.rpn.in_features = vec!["p3".into()];
+    cfg.model.anchor_generator.sizes = vec![sizes];
+    let shapes = [(
+        "p3".to_string(),
+        ShapeSpec {
+            channels: 4,
+            stride: 8,
+        },
+    )]
+    .into();
+    let store = std::sync::Arc::new(crate::layers::params::ParamStore::new(0));
+    Rpn::from_config(&cfg, &shapes, store.var_builder(DType::F32, &Device::Cpu)).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::params::ParamStore;
-    use std::sync::Arc;
-
-    fn rpn() -> Rpn {
-        let mut cfg = Config::default();
-        cfg.model.rpn.in_features = vec!["p3".into()];
-        cfg.model.anchor_generator.sizes = vec![vec![16.0]];
-        let shapes = [(
-            "p3".to_string(),
-            ShapeSpec {
-                channels: 4,
-                stride: 8,
-            },
-        )]
-        .into();
-        let store = Arc::new(ParamStore::new(0));
-        Rpn::from_config(&cfg, &shapes, store.var_builder(DType::F32, &Device::Cpu)).unwrap()
-    }
 
     #[test]
     fn anchor_labels_edge_cases_and_proposal_limits() {
-        let r = rpn();
+        let r = test_rpn(vec![16.0]);
         let anchors = [
             [0.0, 0.0, 16.0, 16.0],
             [8.0, 0.0, 24.0, 16.0],

@@ -135,12 +135,10 @@ impl SsdLite {
 #[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::layers::params::ParamStore;
     use crate::modeling::box_regression::BoxLoss;
     use crate::modeling::matcher::LowQualityMatches;
+    use crate::modeling::test_support::{max_abs, Lcg};
     use candle_core::{Device, Var};
-    use std::sync::Arc;
 
     /// The dense (device) losses equal the host's, value and gradient, for both class
     /// losses, both box losses and with or without low-quality matches: images with
@@ -148,32 +146,13 @@ mod tests {
     /// scores quantised so that mined negatives tie at the cut.
     #[test]
     fn dense_losses_are_the_host_losses() {
-        let cfg = Config::from_args(
-            Some(std::path::Path::new(
-                "configs/synthetic_faces/ssdlite_mnv2_fpn.yaml",
-            )),
-            &["MODEL.WEIGHTS", "", "MODEL.MOBILENET.WIDTH_MULT", "0.35"],
-        )
-        .unwrap();
         let dev = Device::Cpu;
-        let store = Arc::new(ParamStore::new(0));
-        let mut model = SsdLite::from_config(&cfg, store.var_builder(DType::F32, &dev)).unwrap();
+        let mut model = super::super::small_test_model();
         let images = Tensor::zeros((4, 3, 96, 96), DType::F32, &dev).unwrap();
         let (_, _, anchors, _) = model.run(&images, true).unwrap();
         let r = anchors.len();
-        let mut s = 5u32;
-        let mut rnd = |m: u32| {
-            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (s >> 8) % m
-        };
-        let mut random_boxes = |count: usize| -> Vec<Box4> {
-            (0..count)
-                .map(|_| {
-                    let (x, y) = (rnd(80) as f32, rnd(80) as f32);
-                    [x, y, x + 4.0 + rnd(40) as f32, y + 4.0 + rnd(40) as f32]
-                })
-                .collect()
-        };
+        let mut rng = Lcg(5);
+        let mut random_boxes = |count| rng.boxes(count, 80, 4.0, 40);
         let mut first = random_boxes(6);
         first[1] = first[0];
         first[2] = anchors[r / 3];
@@ -261,21 +240,7 @@ mod tests {
                     let zero = v.zeros_like().unwrap();
                     let a = gh.get(v).unwrap_or(&zero);
                     let b = gd.get(v).unwrap_or(&zero);
-                    let scale = a
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    let diff = (a - b)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
                     assert!(
                         diff <= 1e-5 * scale.max(1e-3),
                         "{case}: d {name} / d {what} differs by {diff} (largest {scale})"

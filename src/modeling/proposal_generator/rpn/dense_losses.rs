@@ -73,49 +73,23 @@ impl Rpn {
 #[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::layers::params::ParamStore;
-    use crate::layers::ShapeSpec;
     use crate::modeling::box_regression::BoxLoss;
+    use crate::modeling::test_support::{max_abs, Lcg};
     use candle_core::{Device, Var};
     use rand::SeedableRng;
-    use std::sync::Arc;
 
     /// The dense (device) losses sample the host's anchors and equal its losses, value
     /// and gradient, with a budget small enough that sampling leaves most anchors out:
     /// images with ignored and duplicated boxes, without boxes and with only ignored ones.
     #[test]
     fn dense_losses_sample_and_equal_the_host_losses() {
-        let mut cfg = Config::default();
-        cfg.model.rpn.in_features = vec!["p3".into()];
-        cfg.model.anchor_generator.sizes = vec![vec![16.0, 32.0]];
-        let shapes = [(
-            "p3".to_string(),
-            ShapeSpec {
-                channels: 4,
-                stride: 8,
-            },
-        )]
-        .into();
-        let store = Arc::new(ParamStore::new(0));
         let dev = Device::Cpu;
-        let mut rpn = Rpn::from_config(&cfg, &shapes, store.var_builder(DType::F32, &dev)).unwrap();
+        let mut rpn = super::super::test_rpn(vec![16.0, 32.0]);
         rpn.params.batch_size_per_image = 24;
         let anchors = rpn.anchors.grid_anchors(&[(12, 12)]);
         let r = anchors.len();
-        let mut s = 3u32;
-        let mut rnd = |m: u32| {
-            s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (s >> 8) % m
-        };
-        let mut random_boxes = |count: usize| -> Vec<Box4> {
-            (0..count)
-                .map(|_| {
-                    let (x, y) = (rnd(80) as f32, rnd(80) as f32);
-                    [x, y, x + 8.0 + rnd(30) as f32, y + 8.0 + rnd(30) as f32]
-                })
-                .collect()
-        };
+        let mut rng = Lcg(3);
+        let mut random_boxes = |count| rng.boxes(count, 80, 8.0, 30);
         let mut first = random_boxes(5);
         first[1] = first[0];
         let targets = vec![
@@ -181,21 +155,7 @@ mod tests {
                 assert_eq!(sampled, touched(b), "{box_loss:?}: {name}: sampled anchors");
                 let count = sampled.iter().filter(|&&t| t).count();
                 assert!(count > 0 && count < n * r / 2, "{name}: {count} sampled");
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
                 assert!(
                     diff <= 1e-5 * scale,
                     "{box_loss:?}: {name}: gradients differ by {diff}"
