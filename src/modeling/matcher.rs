@@ -369,29 +369,27 @@ mod tests {
         }
         let g = images.iter().map(|(b, _)| b.len()).max().unwrap();
         let dev = Device::Cpu;
-        let mut boxes = vec![0f32; images.len() * g * 4];
-        let mut kept = vec![0f32; images.len() * g];
-        let mut ignored = vec![0f32; images.len() * g];
-        for (i, (b, ig)) in images.iter().enumerate() {
-            for j in 0..b.len() {
-                boxes[(i * g + j) * 4..(i * g + j + 1) * 4].copy_from_slice(&b[j]);
-                kept[i * g + j] = (!ig[j]) as u8 as f32;
-                ignored[i * g + j] = ig[j] as u8 as f32;
-            }
-        }
-        let n = images.len();
-        let boxes = Tensor::from_vec(boxes, (n, g, 4), &dev).unwrap();
+        let padded = PaddedInstances::new(
+            &images
+                .iter()
+                .map(|(b, ig)| crate::structures::Instances {
+                    boxes: b.clone(),
+                    classes: vec![0; b.len()],
+                    ignore: ig.clone(),
+                })
+                .collect::<Vec<_>>(),
+            &dev,
+        )
+        .unwrap();
         let anchors_t = Tensor::from_vec(anchors.concat(), (anchors.len(), 4), &dev).unwrap();
-        let iou = pairwise_iou_tensor(&boxes, &anchors_t).unwrap();
-        let kept = Tensor::from_vec(kept, (n, g), &dev).unwrap();
-        let ignored = Tensor::from_vec(ignored, (n, g), &dev).unwrap();
+        let iou = pairwise_iou_tensor(&padded.boxes, &anchors_t).unwrap();
         for mode in [
             LowQualityMatches::Off,
             LowQualityMatches::Relabel,
             LowQualityMatches::Assign,
         ] {
             let m = Matcher::new(&[0.3, 0.5], mode).unwrap();
-            let (matched, labels) = m.match_batch(&iou, &kept, &ignored).unwrap();
+            let (matched, labels) = m.match_batch(&iou, &padded.kept, &padded.ignored).unwrap();
             let matched: Vec<Vec<u32>> = matched.to_vec2().unwrap();
             let labels: Vec<Vec<f32>> = labels.to_vec2().unwrap();
             for (i, (b, ig)) in images.iter().enumerate() {
@@ -402,18 +400,6 @@ mod tests {
                 assert_eq!(got_m, want_m, "{mode:?}, image {i}: matched boxes");
             }
             // In blocks of one or two images (a small budget): the same result.
-            let padded = PaddedInstances::new(
-                &images
-                    .iter()
-                    .map(|(b, ig)| crate::structures::Instances {
-                        boxes: b.clone(),
-                        classes: vec![0; b.len()],
-                        ignore: ig.clone(),
-                    })
-                    .collect::<Vec<_>>(),
-                &dev,
-            )
-            .unwrap();
             let (bm, bl) = m
                 .match_padded_in_blocks(&padded, &anchors_t, 2 * g * anchors.len())
                 .unwrap();

@@ -200,12 +200,12 @@ impl SsdLite {
         anchors: &[Box4],
         targets: &[Instances],
     ) -> Result<LossMap> {
-        if !scores.device().is_cpu() {
-            return self.dense_losses(scores, deltas, anchors, targets);
-        }
         let (n, r, c) = scores.dims3()?;
         if targets.len() != n {
             candle_core::bail!("SSDLite: {} images but {} targets", n, targets.len());
+        }
+        if !scores.device().is_cpu() {
+            return self.dense_losses(scores, deltas, anchors, targets);
         }
         let dev = scores.device().clone();
         let k = self.params.num_classes as i64;

@@ -44,9 +44,6 @@ impl SsdLite {
         targets: &[Instances],
     ) -> Result<LossMap> {
         let (n, r, c) = scores.dims3()?;
-        if targets.len() != n {
-            candle_core::bail!("SSDLite: {} images but {} targets", n, targets.len());
-        }
         let dev = scores.device().clone();
         let gt = PaddedInstances::new(targets, &dev)?;
         let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
