@@ -4,8 +4,8 @@
 
 use crate::config::ConfigError;
 use crate::structures::boxes::{pairwise_iou, pairwise_iou_tensor, Box4};
-use crate::structures::PaddedInstances;
-use candle_core::{DType, Tensor};
+use crate::structures::{Instances, PaddedInstances};
+use candle_core::{DType, Device, Tensor};
 
 /// The most (image, box, anchor) IoU elements matched at once on a device: a batch of 32
 /// WIDER FACE images at 640 px with a crowd of 1,000 faces would otherwise make every
@@ -144,18 +144,30 @@ impl Matcher {
         (matched, labels)
     }
 
-    /// [`Matcher::match_batch`] of a padded batch against (A, 4) `anchors`, in groups of
-    /// consecutive images whose (images, boxes, anchors) IoU block stays within
+    /// A batch's ground truth matched to `anchors` on `device`: the boxes and anchors go
+    /// up once and are matched with [`Matcher::match_batch`] in groups of consecutive
+    /// images whose (images, boxes, anchors) IoU block stays within
     /// [`MATCH_BLOCK_ELEMENTS`] (one crowded image does not make every image pad to its
-    /// count). Matched indices point into `gt`'s padded rows.
-    pub fn match_padded(
+    /// count).
+    pub fn match_on_device(
         &self,
-        gt: &PaddedInstances,
-        anchors: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        self.match_padded_in_blocks(gt, anchors, MATCH_BLOCK_ELEMENTS)
+        targets: &[Instances],
+        anchors: &[Box4],
+        device: &Device,
+    ) -> candle_core::Result<DeviceMatches> {
+        let gt = PaddedInstances::new(targets, device)?;
+        let rows: Vec<f32> = anchors.iter().flatten().copied().collect();
+        let anchors = Tensor::from_vec(rows, (anchors.len(), 4), device)?;
+        let (matched, labels) = self.match_padded_in_blocks(&gt, &anchors, MATCH_BLOCK_ELEMENTS)?;
+        Ok(DeviceMatches {
+            gt,
+            anchors,
+            matched,
+            labels,
+        })
     }
 
+    /// Matched indices point into `gt`'s padded rows.
     fn match_padded_in_blocks(
         &self,
         gt: &PaddedInstances,
@@ -260,32 +272,43 @@ impl Matcher {
     }
 }
 
-/// Per anchor, as (N * A, 4) rows: the matched box where `mask` (N, A) is set and the
-/// anchor itself elsewhere (a finite regression target whose loss is masked out), and
-/// the anchors repeated per image. `boxes` (N, G, 4), `matched` (N, A) u32 from
-/// [`Matcher::match_batch`], `anchors` (A, 4).
-pub fn regression_targets(
-    boxes: &Tensor,
-    matched: &Tensor,
-    mask: &Tensor,
-    anchors: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let (n, a) = matched.dims2()?;
-    let anchors = anchors
-        .unsqueeze(0)?
-        .broadcast_as((n, a, 4))?
-        .contiguous()?;
-    let index = matched
-        .unsqueeze(2)?
-        .broadcast_as((n, a, 4))?
-        .contiguous()?;
-    let matched_boxes = boxes.gather(&index, 1)?;
-    let targets = mask
-        .ne(0u8)?
-        .unsqueeze(2)?
-        .broadcast_as((n, a, 4))?
-        .where_cond(&matched_boxes, &anchors)?;
-    Ok((targets.reshape((n * a, 4))?, anchors.reshape((n * a, 4))?))
+/// [`Matcher::match_on_device`]'s result, from which the dense detector losses build
+/// their class and box targets.
+pub struct DeviceMatches {
+    /// The batch's ground truth, padded to G boxes.
+    pub gt: PaddedInstances,
+    /// (A, 4) anchors.
+    pub anchors: Tensor,
+    /// (N, A) u32: each anchor's matched row in `gt`.
+    pub matched: Tensor,
+    /// (N, A) f32: [`FOREGROUND`], [`BACKGROUND`] or [`IGNORE`].
+    pub labels: Tensor,
+}
+
+impl DeviceMatches {
+    /// Per anchor, as (N * A, 4) rows: the matched box where `mask` (N, A) is set and
+    /// the anchor itself elsewhere (a finite regression target whose loss is masked out,
+    /// so no 0/0 reaches the gradient), and the anchors repeated per image.
+    pub fn regression_targets(&self, mask: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (n, a) = self.matched.dims2()?;
+        let anchors = self
+            .anchors
+            .unsqueeze(0)?
+            .broadcast_as((n, a, 4))?
+            .contiguous()?;
+        let index = self
+            .matched
+            .unsqueeze(2)?
+            .broadcast_as((n, a, 4))?
+            .contiguous()?;
+        let matched_boxes = self.gt.boxes.gather(&index, 1)?;
+        let targets = mask
+            .ne(0u8)?
+            .unsqueeze(2)?
+            .broadcast_as((n, a, 4))?
+            .where_cond(&matched_boxes, &anchors)?;
+        Ok((targets.reshape((n * a, 4))?, anchors.reshape((n * a, 4))?))
+    }
 }
 
 #[cfg(test)]

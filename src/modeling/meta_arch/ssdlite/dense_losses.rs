@@ -13,9 +13,9 @@ use candle_core::{DType, Result, Tensor, D};
 use super::{ClsLoss, SsdLite};
 use crate::layers::losses::sigmoid_focal_loss;
 use crate::modeling::box_regression::masked_box_reg_loss;
-use crate::modeling::matcher::{regression_targets, BACKGROUND, FOREGROUND, IGNORE};
+use crate::modeling::matcher::{BACKGROUND, FOREGROUND, IGNORE};
 use crate::structures::boxes::Box4;
-use crate::structures::{Instances, LossMap, PaddedInstances};
+use crate::structures::{Instances, LossMap};
 
 /// The loss normaliser: the positives of the global batch, at least one.
 enum Normaliser {
@@ -45,15 +45,12 @@ impl SsdLite {
     ) -> Result<LossMap> {
         let (n, r, c) = scores.dims3()?;
         let dev = scores.device().clone();
-        let gt = PaddedInstances::new(targets, &dev)?;
-        let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
-        let anchors = Tensor::from_vec(anchor_rows, (r, 4), &dev)?;
-
-        let (matched, labels) = self.matcher.match_padded(&gt, &anchors)?;
+        let matches = self.matcher.match_on_device(targets, anchors, &dev)?;
+        let labels = &matches.labels;
         let fg = labels.eq(FOREGROUND as f32)?;
         let bg = labels.eq(BACKGROUND as f32)?;
         let fg_f32 = fg.to_dtype(DType::F32)?;
-        let class = gt.classes.gather(&matched, 1)?;
+        let class = matches.gt.classes.gather(&matches.matched, 1)?;
 
         let norm = if crate::distributed::in_group() {
             let local = crate::ops::host::to_scalar::<f32>(&fg_f32.sum_all()?)? as usize;
@@ -111,7 +108,7 @@ impl SsdLite {
             }
         };
 
-        let (target, anchors) = regression_targets(&gt.boxes, &matched, &fg, &anchors)?;
+        let (target, anchors) = matches.regression_targets(&fg)?;
         let loss_box = masked_box_reg_loss(
             &self.coder,
             self.params.box_loss,

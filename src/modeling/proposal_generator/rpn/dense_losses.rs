@@ -13,10 +13,10 @@ use rand::rngs::StdRng;
 use super::Rpn;
 use crate::layers::losses::binary_cross_entropy_with_logits;
 use crate::modeling::box_regression::masked_box_reg_loss;
-use crate::modeling::matcher::{regression_targets, BACKGROUND, FOREGROUND};
+use crate::modeling::matcher::{BACKGROUND, FOREGROUND};
 use crate::modeling::sampling::random_keys;
 use crate::structures::boxes::Box4;
-use crate::structures::{Instances, LossMap, PaddedInstances};
+use crate::structures::{Instances, LossMap};
 
 impl Rpn {
     pub(super) fn dense_losses(
@@ -29,10 +29,8 @@ impl Rpn {
     ) -> Result<LossMap> {
         let (n, r) = logits.dims2()?;
         let dev = logits.device().clone();
-        let gt = PaddedInstances::new(targets, &dev)?;
-        let anchor_rows: Vec<f32> = anchors.iter().flatten().copied().collect();
-        let anchors = Tensor::from_vec(anchor_rows, (r, 4), &dev)?;
-        let (matched, labels) = self.matcher.match_padded(&gt, &anchors)?;
+        let matches = self.matcher.match_on_device(targets, anchors, &dev)?;
+        let labels = &matches.labels;
 
         let keys: Vec<f32> = rngs.iter_mut().flat_map(|g| random_keys(r, g)).collect();
         let keys = Tensor::from_vec(keys, (n, r), &dev)?;
@@ -53,7 +51,7 @@ impl Rpn {
             .mul(&sampled)?
             .sum_all()?
             * scale)?;
-        let (target, anchors) = regression_targets(&gt.boxes, &matched, &fg, &anchors)?;
+        let (target, anchors) = matches.regression_targets(&fg)?;
         let loss_loc = (masked_box_reg_loss(
             &self.coder,
             self.params.box_loss,
