@@ -240,6 +240,11 @@ fn export_tool_writes_onnx_with_metadata_and_refuses_what_it_cannot_export() {
             .output()
             .unwrap()
     };
+    let refused = |args: &[&std::ffi::OsStr], cause: &str| {
+        let o = run(args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(cause), "{stderr}");
+    };
     let o = run(&[
         "--config-file".as_ref(),
         "configs/imagenet/mobilenet_v2_classifier.yaml".as_ref(),
@@ -285,51 +290,45 @@ fn export_tool_writes_onnx_with_metadata_and_refuses_what_it_cannot_export() {
     let frcnn = "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml";
     let weights = dir.join("frcnn.safetensors");
     common::save_random_weights(frcnn, 1, &weights);
-    let o = run(&[
-        "--config-file".as_ref(),
-        frcnn.as_ref(),
-        "--weights".as_ref(),
-        weights.as_os_str(),
-        "--output".as_ref(),
-        dir.join("frcnn.onnx").as_os_str(),
-        "--size".as_ref(),
-        "320".as_ref(),
-        "320".as_ref(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("no ONNX export"),
-        "{stderr}"
+    refused(
+        &[
+            "--config-file".as_ref(),
+            frcnn.as_ref(),
+            "--weights".as_ref(),
+            weights.as_os_str(),
+            "--output".as_ref(),
+            dir.join("frcnn.onnx").as_os_str(),
+            "--size".as_ref(),
+            "320".as_ref(),
+            "320".as_ref(),
+        ],
+        "no ONNX export",
     );
     assert!(!dir.join("frcnn.onnx").exists());
     // Exporting over the weights (here through `./`) would lose them: refused first.
     let before = std::fs::read(&weights).unwrap();
-    let o = run(&[
-        "--config-file".as_ref(),
-        frcnn.as_ref(),
-        "--weights".as_ref(),
-        weights.as_os_str(),
-        "--output".as_ref(),
-        dir.join(".").join("frcnn.safetensors").as_os_str(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("would replace the input"),
-        "{stderr}"
+    refused(
+        &[
+            "--config-file".as_ref(),
+            frcnn.as_ref(),
+            "--weights".as_ref(),
+            weights.as_os_str(),
+            "--output".as_ref(),
+            dir.join(".").join("frcnn.safetensors").as_os_str(),
+        ],
+        "would replace the input",
     );
     assert_eq!(std::fs::read(&weights).unwrap(), before);
-    let o = run(&[
-        "--config-file".as_ref(),
-        "configs/imagenet/mobilenet_v2_classifier.yaml".as_ref(),
-        "--output".as_ref(),
-        onnx.as_os_str(),
-        "--batch".as_ref(),
-        "many".as_ref(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("--batch many"),
-        "{stderr}"
+    refused(
+        &[
+            "--config-file".as_ref(),
+            "configs/imagenet/mobilenet_v2_classifier.yaml".as_ref(),
+            "--output".as_ref(),
+            onnx.as_os_str(),
+            "--batch".as_ref(),
+            "many".as_ref(),
+        ],
+        "--batch many",
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
