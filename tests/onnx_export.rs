@@ -290,32 +290,33 @@ fn export_tool_writes_onnx_with_metadata_and_refuses_what_it_cannot_export() {
     let frcnn = "configs/synthetic_faces/faster_rcnn_mnv2_fpn.yaml";
     let weights = dir.join("frcnn.safetensors");
     common::save_random_weights(frcnn, 1, &weights);
+    let frcnn_args: [&std::ffi::OsStr; 4] = [
+        "--config-file".as_ref(),
+        frcnn.as_ref(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+    ];
+    let output = dir.join("frcnn.onnx");
+    let size: [&std::ffi::OsStr; 3] = ["--size".as_ref(), "320".as_ref(), "320".as_ref()];
     refused(
         &[
-            "--config-file".as_ref(),
-            frcnn.as_ref(),
-            "--weights".as_ref(),
-            weights.as_os_str(),
-            "--output".as_ref(),
-            dir.join("frcnn.onnx").as_os_str(),
-            "--size".as_ref(),
-            "320".as_ref(),
-            "320".as_ref(),
-        ],
+            &frcnn_args[..],
+            &["--output".as_ref(), output.as_os_str()],
+            &size,
+        ]
+        .concat(),
         "no ONNX export",
     );
-    assert!(!dir.join("frcnn.onnx").exists());
+    assert!(!output.exists());
     // Exporting over the weights (here through `./`) would lose them: refused first.
     let before = std::fs::read(&weights).unwrap();
+    let over_weights = dir.join(".").join("frcnn.safetensors");
     refused(
         &[
-            "--config-file".as_ref(),
-            frcnn.as_ref(),
-            "--weights".as_ref(),
-            weights.as_os_str(),
-            "--output".as_ref(),
-            dir.join(".").join("frcnn.safetensors").as_os_str(),
-        ],
+            &frcnn_args[..],
+            &["--output".as_ref(), over_weights.as_os_str()],
+        ]
+        .concat(),
         "would replace the input",
     );
     assert_eq!(std::fs::read(&weights).unwrap(), before);
