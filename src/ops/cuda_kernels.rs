@@ -1,5 +1,5 @@
-//! What the NVRTC-compiled kernels of `ops` share: compiling a module's source once per
-//! process, grid sizes, and typed views of contiguous CUDA storage.
+//! What the NVRTC-compiled kernels of `ops` share: the element types, compiling a module's
+//! source once per process, grid sizes, and typed views of contiguous CUDA storage.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr};
 use candle_core::cuda_backend::CudaDType;
@@ -9,8 +9,51 @@ use std::sync::OnceLock;
 /// Threads per block of every kernel here.
 pub(super) const THREADS: u32 = 256;
 
-/// The PTX of `source`, compiled on first use and kept in `cache`; `what` names the
-/// kernels in the error.
+/// Compiled before every kernel source (`tools/compare/nvrtc_check.py` and the CPU
+/// emulation test do the same): the element types that kernels generic over the dtype
+/// take as `E`.
+const PRELUDE: &str = r#"
+// Element types: storage S, accumulator A. f32 and f64 accumulate in themselves; bf16 and
+// f16 (16-bit words, converted here because NVRTC may lack the CUDA headers) accumulate in
+// f32 and round once per output, as cuDNN's narrow convolutions do.
+struct f32_t {
+  typedef float S; typedef float A;
+  static __device__ __forceinline__ A load(S v) { return v; }
+  static __device__ __forceinline__ S store(A v) { return v; }
+};
+struct f64_t {
+  typedef double S; typedef double A;
+  static __device__ __forceinline__ A load(S v) { return v; }
+  static __device__ __forceinline__ S store(A v) { return v; }
+};
+struct bf16_t {
+  typedef unsigned short S; typedef float A;
+  static __device__ __forceinline__ A load(S v) { return __uint_as_float(((unsigned int)v) << 16); }
+  // Round to nearest even; NaN stays a (quiet) NaN.
+  static __device__ __forceinline__ S store(A v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (S)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (S)(u >> 16);
+  }
+};
+struct f16_t {
+  typedef unsigned short S; typedef float A;
+  static __device__ __forceinline__ A load(S v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+  }
+  static __device__ __forceinline__ S store(A v) {
+    S h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+  }
+};
+"#;
+
+/// The PTX of `source` after [`PRELUDE`], compiled on first use and kept in `cache`;
+/// `what` names the kernels in the error.
 pub(super) fn ptx(
     cache: &'static OnceLock<std::result::Result<String, String>>,
     source: &str,
@@ -18,7 +61,7 @@ pub(super) fn ptx(
 ) -> Result<&'static str> {
     cache
         .get_or_init(|| {
-            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(source)
+            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(format!("{PRELUDE}{source}"))
                 .map(|p| p.to_src())
                 .map_err(|e| format!("{e:?}"))
         })

@@ -24,44 +24,6 @@ const MODULE: &str = "candletron_depthwise";
 /// is written exactly once with no atomics; the weight gradient reduces each
 /// (image, channel, tap) in a block, then sums the images in a fixed order.
 const SOURCE: &str = r#"
-// Element types: storage S, accumulator A. f32 and f64 accumulate in themselves; bf16 and
-// f16 (16-bit words, converted here because NVRTC may lack the CUDA headers) accumulate in
-// f32 and round once per output, as cuDNN's narrow convolutions do.
-struct f32_t {
-  typedef float S; typedef float A;
-  static __device__ __forceinline__ A load(S v) { return v; }
-  static __device__ __forceinline__ S store(A v) { return v; }
-};
-struct f64_t {
-  typedef double S; typedef double A;
-  static __device__ __forceinline__ A load(S v) { return v; }
-  static __device__ __forceinline__ S store(A v) { return v; }
-};
-struct bf16_t {
-  typedef unsigned short S; typedef float A;
-  static __device__ __forceinline__ A load(S v) { return __uint_as_float(((unsigned int)v) << 16); }
-  // Round to nearest even; NaN stays a (quiet) NaN.
-  static __device__ __forceinline__ S store(A v) {
-    unsigned int u = __float_as_uint(v);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (S)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (S)(u >> 16);
-  }
-};
-struct f16_t {
-  typedef unsigned short S; typedef float A;
-  static __device__ __forceinline__ A load(S v) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
-    return f;
-  }
-  static __device__ __forceinline__ S store(A v) {
-    S h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    return h;
-  }
-};
-
 template <typename E>
 __device__ void dw_forward(const typename E::S* __restrict__ x, const typename E::S* __restrict__ wt,
                            typename E::S* __restrict__ y, long long total, int c, int h, int w,

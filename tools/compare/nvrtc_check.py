@@ -5,7 +5,8 @@ then shows here, not on a lent GPU machine.
 usage: python3 tools/compare/nvrtc_check.py [RUST_FILE ...]   (default: src/ops/*_cuda.rs)
 NVRTC comes from the CUDA venv of ../shared/gpu/build-cuda.sh (CUDA_VENV, default
 ~/.cache/cuda13-venv). Each source is compiled with NVRTC's default options (what the
-binaries use) and for compute_90 (H100/H200); the kernels it defines are listed.
+binaries use) and for compute_90 (H100/H200), after the prelude of src/ops/cuda_kernels.rs as the
+binaries compile it; the kernels it defines are listed.
 """
 import ctypes
 import glob
@@ -27,12 +28,17 @@ def nvrtc():
     return ctypes.CDLL(found[0])
 
 
+def raw_strings(path):
+    return [m.group(1) for m in re.finditer(r'r#"(.*?)"#', open(path).read(), re.S)]
+
+
 def sources(path):
-    text = open(path).read()
     # The raw strings that define kernels: r#" ... "#
-    for m in re.finditer(r'r#"(.*?)"#', text, re.S):
-        if "__global__" in m.group(1):
-            yield m.group(1)
+    return [s for s in raw_strings(path) if "__global__" in s]
+
+
+# What cuda_kernels::ptx compiles before every source.
+PRELUDE = "".join(raw_strings(os.path.join(os.path.dirname(__file__), "../../src/ops/cuda_kernels.rs")))
 
 
 def compile_source(lib, src, name, options):
@@ -63,7 +69,7 @@ def main():
     for path in files:
         for i, src in enumerate(sources(path)):
             for options in ([], ["--gpu-architecture=compute_90"]):
-                ok, log, ptx = compile_source(lib, src, f"{os.path.basename(path)}#{i}", options)
+                ok, log, ptx = compile_source(lib, PRELUDE + src, f"{os.path.basename(path)}#{i}", options)
                 label = f"{path} source {i} {' '.join(options) or '(default options)'}"
                 if not ok:
                     failed = True

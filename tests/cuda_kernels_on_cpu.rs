@@ -1,0 +1,733 @@
+//! The CUDA kernels' sources (the NVRTC strings of `src/ops/*_cuda.rs`) run on the CPU and
+//! compared with the CPU ops, so that their logic is checked on machines without a GPU.
+//!
+//! `tests/cuda_on_cpu/cuda_on_cpu.h` gives each CUDA thread an OS thread, makes
+//! `__syncthreads` a barrier of the block and the warp intrinsics barriers of the warp, and
+//! fills fresh buffers with NaN bytes, so a missed element, a barrier not every thread
+//! reaches or a warp intrinsic after a lane returned shows here. The launches below repeat
+//! those of `src/ops/*_cuda.rs` (grid, block, arguments in order); the launcher refuses an
+//! argument list that does not match the kernel's parameter types. Out of reach here: speed
+//! and the GPU's memory model; `tests/cuda_parity.rs` and `tests/depthwise.rs`, built with
+//! `--features cuda`, run the same kernels on a GPU.
+
+// Tests read tensor values directly; the library's reads go through `ops::host`.
+#![allow(clippy::disallowed_methods)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candletron::ops::{batch_norm_train, depthwise_conv2d, top_k_mask, Activation, ConvGeometry};
+
+/// Threads per block of the element-wise and reduction kernels (`cuda_kernels::THREADS`).
+const THREADS: usize = 256;
+
+fn blocks(total: usize) -> usize {
+    total.div_ceil(THREADS).clamp(1, 1 << 20)
+}
+
+/// The inline PTX of the sources and what the emulator runs instead.
+const PTX: [(&str, &str); 2] = [
+    (
+        r#"asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));"#,
+        "f = cuda_on_cpu_f16_to_f32(v);",
+    ),
+    (
+        r#"asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));"#,
+        "h = cuda_on_cpu_f32_to_f16(v);",
+    ),
+];
+
+fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "c++".into())
+}
+
+/// The raw strings (`r#"..."#`) of a Rust file.
+fn kernel_raw_strings(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("r#\"") {
+        let after = &rest[start + 3..];
+        let Some(end) = after.find("\"#") else { break };
+        out.push(after[..end].to_string());
+        rest = &after[end + 2..];
+    }
+    out
+}
+
+/// The kernel sources of a Rust file: its raw strings that define a `__global__` function.
+fn kernel_sources(text: &str) -> Vec<String> {
+    kernel_raw_strings(text)
+        .into_iter()
+        .filter(|s| s.contains("__global__"))
+        .collect()
+}
+
+/// Each `__global__` function of `source` as (name, parameter types), read from the
+/// preprocessed source so that kernels stamped out by macros are found too.
+fn signatures(source: &str) -> Vec<(String, Vec<String>)> {
+    let mut child = Command::new(cxx())
+        .args([
+            "-E",
+            "-P",
+            "-x",
+            "c++",
+            "-D__global__=CUDA_ON_CPU_GLOBAL",
+            "-",
+        ])
+        .args(["-D__device__=", "-D__forceinline__=", "-D__shared__="])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the C++ preprocessor");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), source.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "preprocessing a kernel source failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut found = Vec::new();
+    for part in text.split("CUDA_ON_CPU_GLOBAL").skip(1) {
+        let decl = part
+            .trim_start()
+            .strip_prefix("void")
+            .expect("kernels return void");
+        let open = decl.find('(').unwrap();
+        let close = open + decl[open..].find(')').unwrap();
+        let name = decl[..open].trim().to_string();
+        let params = decl[open + 1..close]
+            .split(',')
+            .map(|p| {
+                let p = p.replace("__restrict__", "");
+                let p = p.trim();
+                let cut = p.trim_end_matches(|c: char| c.is_alphanumeric() || c == '_');
+                cut.trim().to_string()
+            })
+            .collect();
+        found.push((name, params));
+    }
+    found
+}
+
+/// The launcher's kind of a parameter type.
+fn kind(ty: &str) -> &'static str {
+    if ty.contains('*') {
+        return "p";
+    }
+    let words: Vec<&str> = ty.split_whitespace().filter(|w| *w != "const").collect();
+    match words.join(" ").as_str() {
+        "int" => "i32",
+        "unsigned int" => "u32",
+        "long long" => "i64",
+        "float" => "f32",
+        "double" => "f64",
+        other => panic!("kernel parameter type {other:?} is not emulated"),
+    }
+}
+
+struct Emulator {
+    exe: PathBuf,
+    dir: PathBuf,
+}
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+impl Emulator {
+    /// Built once per test process from every `src/ops/*_cuda.rs`; `None` (the tests say
+    /// skipped) without a C++20 compiler.
+    fn get() -> Option<&'static Emulator> {
+        static EMU: OnceLock<Option<Emulator>> = OnceLock::new();
+        EMU.get_or_init(Self::build).as_ref()
+    }
+
+    fn build() -> Option<Emulator> {
+        if Command::new(cxx()).arg("--version").output().is_err() {
+            eprintln!(
+                "skipped: no C++ compiler ({}) to emulate the CUDA kernels",
+                cxx()
+            );
+            return None;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_on_cpu");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("src/ops"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with("_cuda.rs"))
+            .collect();
+        files.sort();
+        let mut unit = String::from("#include \"cuda_on_cpu.h\"\n#include \"launcher.h\"\n");
+        let mut table = String::new();
+        let mut count = 0;
+        // What `cuda_kernels::ptx` compiles before every source.
+        let prelude = kernel_raw_strings(
+            &std::fs::read_to_string(root.join("src/ops/cuda_kernels.rs")).unwrap(),
+        )
+        .concat();
+        // The kernels of the ops, and faults the emulator must report.
+        let faults = std::fs::read_to_string(root.join("tests/cuda_on_cpu/faults.cu")).unwrap();
+        for (i, src) in files
+            .iter()
+            .flat_map(|f| kernel_sources(&std::fs::read_to_string(f).unwrap()))
+            .chain([faults])
+            .enumerate()
+        {
+            let mut src = format!("{prelude}{src}");
+            for (ptx, cpu) in PTX {
+                src = src.replace(ptx, cpu);
+            }
+            assert!(
+                !src.contains("asm("),
+                "inline PTX the emulator does not know"
+            );
+            writeln!(unit, "namespace source{i} {{\n{src}").unwrap();
+            for (name, params) in signatures(&src) {
+                let args: Vec<String> = params
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| format!("*({t}*)a[{j}]"))
+                    .collect();
+                writeln!(
+                    unit,
+                    "void call_{name}(void** a) {{ {name}({}); }}",
+                    args.join(", ")
+                )
+                .unwrap();
+                let kinds: Vec<&str> = params.iter().map(|t| kind(t)).collect();
+                writeln!(
+                    table,
+                    "  {{\"{name}\", \"{}\", source{i}::call_{name}}},",
+                    kinds.join(" ")
+                )
+                .unwrap();
+                count += 1;
+            }
+            writeln!(unit, "}}").unwrap();
+        }
+        writeln!(
+            unit,
+            "const Entry kernels[] = {{\n{table}}};\nconst size_t kernel_count = {count};"
+        )
+        .unwrap();
+        let cpp = dir.join("kernels.cpp");
+        std::fs::write(&cpp, unit).unwrap();
+        let exe = dir.join("kernels");
+        let out = Command::new(cxx())
+            .args(["-std=c++20", "-O1", "-pthread", "-o"])
+            .arg(&exe)
+            .arg("-I")
+            .arg(root.join("tests/cuda_on_cpu"))
+            .arg(&cpp)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "compiling the emulated kernels failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Emulator { exe, dir })
+    }
+
+    /// Loads `inputs`, runs `script` (allocations and launches), returns `outputs`' bytes.
+    fn run(&self, inputs: &[(&str, Vec<u8>)], script: &str, outputs: &[&str]) -> Vec<Vec<u8>> {
+        self.try_run(inputs, script, outputs)
+            .unwrap_or_else(|e| panic!("emulated kernels failed:\n{e}"))
+    }
+
+    /// As `run`, with the emulator's report when it stops.
+    fn try_run(
+        &self,
+        inputs: &[(&str, Vec<u8>)],
+        script: &str,
+        outputs: &[&str],
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let dir = self.dir.join(format!(
+            "run-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut full = String::new();
+        for (name, bytes) in inputs {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            writeln!(full, "load {name} {}", path.display()).unwrap();
+        }
+        full.push_str(script);
+        for name in outputs {
+            writeln!(
+                full,
+                "save {name} {}",
+                dir.join(format!("{name}.out")).display()
+            )
+            .unwrap();
+        }
+        let path = dir.join("script");
+        std::fs::write(&path, full).unwrap();
+        let out = Command::new(&self.exe).arg(&path).output().unwrap();
+        let result = if out.status.success() {
+            Ok(outputs
+                .iter()
+                .map(|n| std::fs::read(dir.join(format!("{n}.out"))).unwrap())
+                .collect())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A tensor's elements as the kernels store them.
+fn bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.flatten_all().unwrap();
+    match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        DType::U8 => t.to_vec1::<u8>().unwrap(),
+        DType::U32 => t
+            .to_vec1::<u32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        other => panic!("no bytes for {other:?}"),
+    }
+}
+
+/// Kernel output bytes of `dtype` as f64.
+fn decode(b: &[u8], dtype: DType) -> Vec<f64> {
+    match dtype {
+        DType::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        DType::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
+            .collect(),
+        DType::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
+            .collect(),
+        other => panic!("no decoding for {other:?}"),
+    }
+}
+
+fn host(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Every element within `rel` of the reference's own size plus `scale` of its largest
+/// element (reductions in the kernels' accumulator cancel to small values); NaN fails.
+fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, scale: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = rel * w.abs() + scale * max;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: kernel {g}, CPU {w} (tolerance {tol})"
+        );
+    }
+}
+
+fn suffix(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => panic!("{other:?}"),
+    }
+}
+
+/// (element-wise tolerance, tolerance in units of the largest element) of a dtype's results.
+fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-12, 1e-13),
+        DType::F32 => (1e-6, 1e-6),
+        // One rounding of an f32 sum to the storage type.
+        DType::BF16 => (2f64.powi(-8), 1e-5),
+        _ => (2f64.powi(-11), 1e-5),
+    }
+}
+
+#[test]
+fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
+    let Some(emu) = Emulator::get() else { return };
+    let cpu = Device::Cpu;
+    // (k, stride, padding, dilation): the models' 3x3 convs, stride 2, 5x5, dilation 2.
+    let geometries = [(3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 2, 1), (3, 1, 2, 2)];
+    let (n, c, h, w) = (2, 3, 11, 9);
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let sfx = suffix(dtype);
+        let size = dtype.size_in_bytes();
+        let acc = if size == 2 { 4 } else { size };
+        for (gi, &(k, s, p, d)) in geometries.iter().enumerate() {
+            let geo = ConvGeometry::new(s, p, d);
+            let (ho, wo) = (
+                (h + 2 * p - d * (k - 1) - 1) / s + 1,
+                (w + 2 * p - d * (k - 1) - 1) / s + 1,
+            );
+            let seed = gi as u64 * 10;
+            let narrow = |v: Vec<f32>, shape: (usize, usize, usize, usize)| {
+                Tensor::from_vec(v, shape, &cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let x = narrow(values(n * c * h * w, seed), (n, c, h, w));
+            let wt = narrow(values(c * k * k, seed + 1), (c, 1, k, k));
+            let g = narrow(values(n * c * ho * wo, seed + 2), (n, c, ho, wo));
+            // The reference in f64 from the same (rounded) values, with its gradients.
+            let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            let w64 = Var::from_tensor(&wt.to_dtype(DType::F64).unwrap()).unwrap();
+            let y64 = depthwise_conv2d(x64.as_tensor(), w64.as_tensor(), geo).unwrap();
+            let loss = (&y64 * g.to_dtype(DType::F64).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+
+            let geo_args = format!(
+                "i32={c} i32={h} i32={w} i32={k} i32={ho} i32={wo} i32={s} i32={p} i32={d}"
+            );
+            let (total_y, total_x, len) = (n * c * ho * wo, n * c * h * w, c * k * k);
+            let script = format!(
+                "alloc y {}\n\
+                 launch dw_forward_{sfx} {} 1 1 {THREADS} 1 1 @x @w @y i64={total_y} {geo_args}\n\
+                 alloc gx {}\n\
+                 launch dw_input_grad_{sfx} {} 1 1 {THREADS} 1 1 @g @w @gx i64={total_x} {geo_args}\n\
+                 alloc part {}\n\
+                 launch dw_weight_grad_partial_{sfx} {len} {n} 1 {THREADS} 1 1 @x @g @part {geo_args}\n\
+                 alloc gw {}\n\
+                 launch dw_sum_images_{sfx} {} 1 1 {THREADS} 1 1 @part @gw i32={n} i32={len}\n",
+                total_y * size,
+                blocks(total_y),
+                total_x * size,
+                blocks(total_x),
+                n * len * acc,
+                len * size,
+                blocks(len),
+            );
+            let out = emu.run(
+                &[("x", bytes(&x)), ("w", bytes(&wt)), ("g", bytes(&g))],
+                &script,
+                &["y", "gx", "gw"],
+            );
+            let (rel, scale) = tolerance(dtype);
+            let what = |t: &str| format!("{t} {dtype:?} k{k} s{s} p{p} d{d}");
+            assert_close(
+                &what("forward"),
+                &decode(&out[0], dtype),
+                &host(&y64),
+                rel,
+                scale,
+            );
+            let gx = grads.get(x64.as_tensor()).unwrap();
+            assert_close(
+                &what("input grad"),
+                &decode(&out[1], dtype),
+                &host(gx),
+                rel,
+                scale,
+            );
+            let gw = grads.get(w64.as_tensor()).unwrap();
+            assert_close(
+                &what("weight grad"),
+                &decode(&out[2], dtype),
+                &host(gw),
+                rel,
+                scale,
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_kernels_equal_the_cpu_op() {
+    let Some(emu) = Emulator::get() else { return };
+    let cpu = Device::Cpu;
+    // One chunk per channel, and (m = 4,608 values per channel) two chunks per channel
+    // over a plane of nine pixel blocks.
+    let shapes = [(2, 5, 7, 7), (2, 3, 48, 48)];
+    let activations = [
+        (Activation::Identity, 0, "0", "0"),
+        (Activation::ReLU, 1, "0", "inf"),
+        (Activation::ReLU6, 1, "0", "6"),
+    ];
+    let eps = 1e-5;
+    for dtype in [DType::F32, DType::F64] {
+        let sfx = suffix(dtype);
+        let size = dtype.size_in_bytes();
+        for (si, &(n, c, h, w)) in shapes.iter().enumerate() {
+            let (hw, m, planes) = (h * w, n * h * w, n * c);
+            // Channels far from zero mean: the moments must not cancel.
+            let xv: Vec<f32> = values(n * c * hw, si as u64)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 3.0 * v + ((i / hw) % c) as f32 * 2.5 - 2.0)
+                .collect();
+            let x = Tensor::from_vec(xv, (n, c, h, w), &cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let g = Tensor::from_vec(values(n * c * hw, si as u64 + 7), (n, c, h, w), &cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let wt = Tensor::from_vec(values(c, 3), c, &cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let b = Tensor::from_vec(values(c, 4), c, &cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            // `chunks` and the grids of batch_norm_train_cuda.rs.
+            let k = 1024usize.div_ceil(c).min(m.div_ceil(4096)).max(1);
+            let len = m.div_ceil(k);
+            let pixel_blocks = hw.div_ceil(THREADS);
+            for &(act, flag, lo, hi) in &activations {
+                let (xv, wv, bv) = (
+                    Var::from_tensor(&x).unwrap(),
+                    Var::from_tensor(&wt).unwrap(),
+                    Var::from_tensor(&b).unwrap(),
+                );
+                let (y, stats) =
+                    batch_norm_train(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), eps, act)
+                        .unwrap();
+                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let clip = format!("i32={flag} {sfx}={lo} {sfx}={hi}");
+                let script = format!(
+                    "alloc part {part}\n\
+                     launch bn_moments_partial_{sfx} {c} {k} 1 {THREADS} 1 1 @x @part i32={c} i32={hw} i32={m} i32={len}\n\
+                     alloc stats {per_channel}\n\
+                     launch bn_moments_finish_{sfx} {cb} 1 1 {THREADS} 1 1 @x @part @w @b @stats i32={c} i32={hw} i32={k} f64={m} f64={eps}\n\
+                     alloc y {values}\n\
+                     launch bn_affine_{sfx} {planes} {pixel_blocks} 1 {THREADS} 1 1 @x @stats @y i32={c} i32={hw} {clip}\n\
+                     alloc part2 {part}\n\
+                     launch bn_grad_partial_{sfx} {c} {k} 1 {THREADS} 1 1 @x @g @stats @part2 i32={c} i32={hw} i32={m} i32={len} {clip}\n\
+                     alloc coef {per_channel}\n\
+                     launch bn_grad_finish_{sfx} {cb} 1 1 {THREADS} 1 1 @part2 @w @stats @coef i32={c} i32={k} f64={m}\n\
+                     alloc gx {values}\n\
+                     launch bn_input_grad_{sfx} {planes} {pixel_blocks} 1 {THREADS} 1 1 @x @g @stats @coef @gx i32={c} i32={hw} {clip}\n",
+                    part = c * k * 2 * 8,
+                    per_channel = 5 * c * 8,
+                    cb = blocks(c),
+                    values = n * c * hw * size,
+                );
+                let out = emu.run(
+                    &[
+                        ("x", bytes(&x)),
+                        ("g", bytes(&g)),
+                        ("w", bytes(&wt)),
+                        ("b", bytes(&b)),
+                    ],
+                    &script,
+                    &["y", "stats", "gx", "coef"],
+                );
+                let what = |t: &str| format!("{t} {dtype:?} {:?} {act:?}", (n, c, h, w));
+                let (rel, scale) = tolerance(dtype);
+                // The kernels sum in f64 throughout; the CPU op sums f32 input in f32 over
+                // blocks of 256 values, then in f64: its statistics are good to ~1e-6 there.
+                let st = decode(&out[1], DType::F64);
+                assert_close(&what("mean"), &st[..c], &stats.mean, rel, scale);
+                assert_close(&what("variance"), &st[c..2 * c], &stats.var, rel, scale);
+                assert_close(
+                    &what("invstd"),
+                    &st[2 * c..3 * c],
+                    &stats.invstd,
+                    rel,
+                    scale,
+                );
+                assert_close(
+                    &what("output"),
+                    &decode(&out[0], dtype),
+                    &host(&y),
+                    rel,
+                    scale,
+                );
+                let coef = decode(&out[3], DType::F64);
+                let gx = grads.get(xv.as_tensor()).unwrap();
+                // The input gradient's three terms cancel to a small result: in f32 it is
+                // good to the rounding of the terms, about 1e-6 of the output gradient.
+                assert_close(
+                    &what("input grad"),
+                    &decode(&out[2], dtype),
+                    &host(gx),
+                    rel,
+                    scale * 4.0,
+                );
+                let gw = grads.get(wv.as_tensor()).unwrap();
+                assert_close(
+                    &what("weight grad"),
+                    &coef[3 * c..4 * c],
+                    &host(gw),
+                    rel,
+                    scale,
+                );
+                let gb = grads.get(bv.as_tensor()).unwrap();
+                assert_close(&what("bias grad"), &coef[4 * c..], &host(gb), rel, scale);
+            }
+        }
+    }
+}
+
+#[test]
+fn top_k_mask_kernel_picks_what_the_cpu_op_picks() {
+    let Some(emu) = Emulator::get() else { return };
+    let cpu = Device::Cpu;
+    // Rows of three tiles of 1024: distinct scores, few distinct values (ties across
+    // tiles), special values (NaN, infinities, signed zeros), and every kind of k.
+    let r = 2500;
+    let base = values(r, 11);
+    let rows: Vec<(Vec<f32>, u32)> = vec![
+        (base.clone(), 700),
+        (base.iter().map(|v| (v * 4.0).round()).collect(), 1300),
+        (
+            base.iter()
+                .enumerate()
+                .map(|(i, v)| match i % 9 {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => f32::NEG_INFINITY,
+                    3 => -0.0,
+                    4 => 0.0,
+                    _ => *v,
+                })
+                .collect(),
+            900,
+        ),
+        (base.clone(), 0),
+        (base.clone(), 1),
+        (base.clone(), 5000),
+    ];
+    let n = rows.len();
+    let scores: Vec<f32> = rows.iter().flat_map(|(s, _)| s.clone()).collect();
+    // A third of the entries are not candidates; the last row's k exceeds them all.
+    let candidates: Vec<u8> = (0..n * r).map(|i| u8::from(i % 3 != 1)).collect();
+    let ks: Vec<u32> = rows.iter().map(|(_, k)| *k).collect();
+    let scores = Tensor::from_vec(scores, (n, r), &cpu).unwrap();
+    let candidates = Tensor::from_vec(candidates, (n, r), &cpu).unwrap();
+    let ks = Tensor::from_vec(ks, n, &cpu).unwrap();
+    let want = host(&top_k_mask(&scores, &candidates, &ks).unwrap());
+    let script = format!(
+        "alloc out {}\nlaunch top_k_mask {n} 1 1 1024 1 1 @scores @cand @k @out i32={r}\n",
+        n * r * 4
+    );
+    let out = emu.run(
+        &[
+            ("scores", bytes(&scores)),
+            ("cand", bytes(&candidates)),
+            ("k", bytes(&ks)),
+        ],
+        &script,
+        &["out"],
+    );
+    let got = decode(&out[0], DType::F32);
+    for row in 0..n {
+        let (g, w) = (&got[row * r..(row + 1) * r], &want[row * r..(row + 1) * r]);
+        let picked = w.iter().filter(|v| **v == 1.0).count();
+        assert_eq!(g, w, "row {row} (k {}, CPU picks {picked})", rows[row].1);
+    }
+    // The rows pick what their k asks: none, one, k, and every candidate.
+    let count = |row: usize| {
+        want[row * r..(row + 1) * r]
+            .iter()
+            .filter(|v| **v == 1.0)
+            .count()
+    };
+    assert_eq!(
+        [count(0), count(3), count(4), count(5)],
+        [700, 0, 1, (0..r).filter(|j| (5 * r + j) % 3 != 1).count()]
+    );
+}
+
+/// The emulator reports what it exists to catch: an argument list that does not fit the
+/// kernel, an element never written, a warp intrinsic after a lane returned.
+#[test]
+fn the_emulator_reports_faulty_launches_and_kernels() {
+    let Some(emu) = Emulator::get() else { return };
+    let err = emu
+        .try_run(
+            &[],
+            "alloc a 16\nalloc b 16\nlaunch dw_sum_images_f32 1 1 1 256 1 1 @a @b i64=1 i32=4\n",
+            &[],
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("dw_sum_images_f32 takes (p p i32 i32), the script gives (p p i64 i32)"),
+        "{err}"
+    );
+    let out = emu.run(
+        &[],
+        "alloc out 400\nlaunch fault_skips_elements 2 1 1 64 1 1 @out i32=100\n",
+        &["out"],
+    );
+    let out = decode(&out[0], DType::F32);
+    assert!(out.iter().step_by(2).all(|v| *v == 1.0));
+    assert!(out.iter().skip(1).step_by(2).all(|v| v.is_nan()));
+    // Lanes 40-63 of the second warp return before it shuffles.
+    let err = emu
+        .try_run(
+            &[],
+            "alloc out 256\nlaunch fault_shuffle_after_return 1 1 1 64 1 1 @out i32=40\n",
+            &[],
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("full-mask warp intrinsic after a lane returned"),
+        "{err}"
+    );
+}
