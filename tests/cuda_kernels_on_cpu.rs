@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candletron::ops::{batch_norm_train, depthwise_conv2d, top_k_mask, Activation, ConvGeometry};
+use candletron::ops::{
+    batch_norm_train, bias_act, depthwise_conv2d, relu6, top_k_mask, Activation, ConvGeometry,
+};
 
 /// Threads per block of the element-wise and reduction kernels (`cuda_kernels::THREADS`).
 const THREADS: usize = 256;
@@ -619,6 +621,158 @@ fn batch_norm_kernels_equal_the_cpu_op() {
                 );
                 let gb = grads.get(bv.as_tensor()).unwrap();
                 assert_close(&what("bias grad"), &coef[4 * c..], &host(gb), rel, scale);
+            }
+        }
+    }
+}
+
+/// Equal element for element, NaN where the reference has NaN.
+fn assert_same(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g == w || (g.is_nan() && w.is_nan());
+        assert!(same, "{what}[{i}]: kernel {g}, CPU {w}");
+    }
+}
+
+/// An activation in f64, NaN passing through ReLU and ReLU6 as in the kernels.
+fn act64(a: Activation, v: f64) -> f64 {
+    let relu = |v: f64| if v < 0.0 { 0.0 } else { v };
+    match a {
+        Activation::Identity => v,
+        Activation::ReLU => relu(v),
+        Activation::ReLU6 => {
+            let r = relu(v);
+            if r > 6.0 {
+                6.0
+            } else {
+                r
+            }
+        }
+        Activation::Mish => v * (v.max(0.0) + (-v.abs()).exp().ln_1p()).tanh(),
+    }
+}
+
+#[test]
+fn activation_kernels_equal_the_cpu_ops() {
+    let Some(emu) = Emulator::get() else { return };
+    let cpu = Device::Cpu;
+    let (n, c, h, w) = (2, 3, 17, 19);
+    let len = n * c * h * w;
+    // Around both kinks, on them, and special values.
+    let special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        6.0,
+        5.999,
+        6.001,
+    ];
+    let xv: Vec<f32> = values(len, 21)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i % 13 == 0 {
+                special[i / 13 % special.len()]
+            } else {
+                4.0 * v + 3.0
+            }
+        })
+        .collect();
+    let x32 = Tensor::from_vec(xv, (n, c, h, w), &cpu).unwrap();
+    let g32 = Tensor::from_vec(values(len, 22), (n, c, h, w), &cpu).unwrap();
+    let b32 = Tensor::from_vec(values(c, 23), c, &cpu).unwrap();
+    let round = |t: &Tensor, d: DType| t.to_dtype(d).unwrap().to_dtype(DType::F32).unwrap();
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let sfx = suffix(dtype);
+        let size = dtype.size_in_bytes();
+        let (x, g, b) = (
+            x32.to_dtype(dtype).unwrap(),
+            g32.to_dtype(dtype).unwrap(),
+            b32.to_dtype(dtype).unwrap(),
+        );
+        // The CPU ops (f32) on the same values, rounded to the dtype: ReLU6 and its gradient
+        // select values, bias + activation rounds once.
+        let xr = Var::from_tensor(&round(&x32, dtype)).unwrap();
+        let y = relu6(xr.as_tensor()).unwrap();
+        let grads = (&y * round(&g32, dtype))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = grads.get(xr.as_tensor()).unwrap();
+        let kinds = [
+            (Activation::Identity, 0),
+            (Activation::ReLU, 1),
+            (Activation::ReLU6, 2),
+            (Activation::Mish, 3),
+        ];
+        let mut script = format!(
+            "alloc y {bytes}\n\
+             launch relu6_forward_{sfx} {bl} 1 1 {THREADS} 1 1 @x @y i64={len}\n\
+             alloc gx {bytes}\n\
+             launch relu6_backward_{sfx} {bl} 1 1 {THREADS} 1 1 @x @g @gx i64={len}\n",
+            bytes = len * size,
+            bl = blocks(len),
+        );
+        for (_, k) in kinds {
+            writeln!(
+                script,
+                "alloc act{k} {}\nlaunch bias_act_{sfx} {} {} 1 {THREADS} 1 1 @x @b @act{k} i32={c} i32={} i32={k}",
+                len * size,
+                n * c,
+                (h * w).div_ceil(THREADS),
+                h * w,
+            )
+            .unwrap();
+        }
+        let out = emu.run(
+            &[("x", bytes(&x)), ("g", bytes(&g)), ("b", bytes(&b))],
+            &script,
+            &["y", "gx", "act0", "act1", "act2", "act3"],
+        );
+        assert_same(
+            &format!("relu6 {dtype:?}"),
+            &decode(&out[0], dtype),
+            &host(&round(&y, dtype)),
+        );
+        assert_same(
+            &format!("relu6 grad {dtype:?}"),
+            &decode(&out[1], dtype),
+            &host(&round(gx, dtype)),
+        );
+        for (i, (a, _)) in kinds.iter().enumerate() {
+            // In f32 (the CPU op) and rounded once, or in f64 by hand for f64: the kernels
+            // add and activate in the accumulator type.
+            let want = if dtype == DType::F64 {
+                let (xs, bs) = (host(&x), host(&b));
+                let v: Vec<f64> = (0..len)
+                    .map(|j| act64(*a, xs[j] + bs[j / (h * w) % c]))
+                    .collect();
+                Tensor::new(v, &cpu).unwrap()
+            } else {
+                round(
+                    &bias_act(&round(&x32, dtype), &round(&b32, dtype), *a).unwrap(),
+                    dtype,
+                )
+            };
+            let got = decode(&out[2 + i], dtype);
+            let what = format!("bias + {a:?} {dtype:?}");
+            if *a == Activation::Mish {
+                // exp, log1p and tanh of the host's libm against Rust's: a few ulps in f32.
+                let rel = if size == 2 { tolerance(dtype).0 } else { 1e-6 };
+                let want = host(&want);
+                let finite: Vec<usize> = (0..len).filter(|&j| want[j].is_finite()).collect();
+                let pick = |v: &[f64]| finite.iter().map(|&j| v[j]).collect::<Vec<f64>>();
+                assert_close(&what, &pick(&got), &pick(&want), rel, 1e-7);
+                assert!(
+                    (0..len).all(|j| want[j].is_finite() || got[j].is_nan() == want[j].is_nan())
+                );
+            } else {
+                assert_same(&what, &got, &host(&want));
             }
         }
     }

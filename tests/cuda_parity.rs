@@ -612,3 +612,94 @@ fn top_k_mask_kernel_picks_the_cpu_anchors() {
         );
     }
 }
+
+/// ReLU6 (forward and gradient) and bias + activation on CUDA: f32 bit for bit the CPU op
+/// (NaN passing through, the gradient where 0 < x < 6), bf16/f16 the CPU's f32 result
+/// rounded once (Mish to a few ulps: the GPU's exp/log1p/tanh are not the host's).
+#[test]
+fn activation_kernels_match_the_cpu_ops() {
+    use candletron::ops::{bias_act, relu6, Activation};
+    let Some(gpu) = gpu() else { return };
+    let (n, c, h, w) = (2, 5, 33, 31);
+    let len = n * c * h * w;
+    let special = [f32::NAN, f32::INFINITY, -0.0, 0.0, 6.0, 5.999, 6.001];
+    let xs: Vec<f32> = (0..len)
+        .map(|i| match i % 11 {
+            0 => special[i / 11 % special.len()],
+            _ => ((i * 7919) % 1000) as f32 / 100.0 - 2.0,
+        })
+        .collect();
+    let gs: Vec<f32> = (0..len)
+        .map(|i| ((i * 104_729) % 997) as f32 / 500.0 - 1.0)
+        .collect();
+    let bs: Vec<f32> = (0..c).map(|i| i as f32 * 0.7 - 1.5).collect();
+    let cpu = Device::Cpu;
+    let host = |t: &Tensor| -> Vec<f32> {
+        t.to_device(&cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let same = |what: &str, a: &[f32], b: &[f32]| {
+        let differ = a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| !(x == y || x.is_nan() && y.is_nan()))
+            .count();
+        assert_eq!(differ, 0, "{what}: {differ} of {} differ", a.len());
+    };
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let on = |dev: &Device, v: &[f32], shape: &[usize]| {
+            Tensor::from_slice(v, shape, dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        // The CPU ops in f32 on the dtype's values, rounded to the dtype.
+        let rounded = |v: &[f32], shape: &[usize]| on(&cpu, v, shape).to_dtype(DType::F32).unwrap();
+        let round = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let shape = [n, c, h, w];
+        let xv = Var::from_tensor(&on(&gpu, &xs, &shape)).unwrap();
+        let y = relu6(xv.as_tensor()).unwrap();
+        let g = on(&gpu, &gs, &shape);
+        let gx = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let xc = Var::from_tensor(&rounded(&xs, &shape)).unwrap();
+        let yc = relu6(xc.as_tensor()).unwrap();
+        let gc = (&yc * rounded(&gs, &shape))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        same(&format!("relu6 {dtype:?}"), &host(&y), &host(&round(&yc)));
+        same(
+            &format!("relu6 grad {dtype:?}"),
+            &host(gx.get(xv.as_tensor()).unwrap()),
+            &host(&round(gc.get(xc.as_tensor()).unwrap())),
+        );
+        for a in [
+            Activation::Identity,
+            Activation::ReLU,
+            Activation::ReLU6,
+            Activation::Mish,
+        ] {
+            let got = host(&bias_act(&on(&gpu, &xs, &shape), &on(&gpu, &bs, &[c]), a).unwrap());
+            let want = host(&round(
+                &bias_act(&rounded(&xs, &shape), &rounded(&bs, &[c]), a).unwrap(),
+            ));
+            if a == Activation::Mish {
+                let ulp = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
+                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                    let ok = (x - y).abs() <= ulp * y.abs().max(1.0) || x.is_nan() && y.is_nan();
+                    assert!(ok, "bias + Mish {dtype:?} [{i}]: CUDA {x}, CPU {y}");
+                }
+            } else {
+                same(&format!("bias + {a:?} {dtype:?}"), &got, &want);
+            }
+        }
+    }
+}

@@ -141,6 +141,15 @@ impl CustomOp1 for Relu6 {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::activation_cuda::relu6(s, l)
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &Relu6Grad)?))
     }
@@ -178,11 +187,32 @@ impl CustomOp2 for Relu6Grad {
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::activation_cuda::relu6_grad(xs, xl, gs, gl)
+    }
 }
 
-/// ReLU6 in one pass on CPU (f32), `clamp` elsewhere.
+/// Whether the one-pass ops run for `x`: on the CPU in f32, on CUDA in the kernels' dtypes.
+fn one_pass(x: &Tensor) -> bool {
+    match x.device() {
+        candle_core::Device::Cpu => x.dtype() == candle_core::DType::F32,
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => super::activation_cuda::supports(x.dtype()),
+        _ => false,
+    }
+}
+
+/// ReLU6 in one pass, forward and backward (CPU f32, CUDA); `clamp` elsewhere.
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if one_pass(x) {
         x.contiguous()?.apply_op1(Relu6)
     } else {
         x.clamp(0f32, 6f32)
@@ -216,12 +246,23 @@ impl CustomOp2 for BiasAct {
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::activation_cuda::bias_act(self.0, xs, xl, bs, bl)
+    }
 }
 
-/// `activation(x + bias)` with `bias` per channel, in one pass on CPU (no gradient:
-/// the fused inference path only).
+/// `activation(x + bias)` with `bias` per channel, in one pass (CPU f32, CUDA); no
+/// gradient: the fused inference path only.
 pub fn bias_act(x: &Tensor, bias: &Tensor, activation: Activation) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
+    if one_pass(x) && x.rank() == 4 && bias.dtype() == x.dtype() {
         x.contiguous()?
             .apply_op2_no_bwd(&bias.contiguous()?, &BiasAct(activation))
     } else {

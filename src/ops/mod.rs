@@ -7,6 +7,8 @@
 mod custom_op;
 
 pub mod activation;
+#[cfg(feature = "cuda")]
+mod activation_cuda;
 pub mod batch_norm_train;
 #[cfg(feature = "cuda")]
 pub mod batch_norm_train_cuda;
