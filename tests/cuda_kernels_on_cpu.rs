@@ -113,22 +113,6 @@ fn signatures(source: &str) -> Vec<(String, Vec<String>)> {
     found
 }
 
-/// The launcher's kind of a parameter type.
-fn kind(ty: &str) -> &'static str {
-    if ty.contains('*') {
-        return "p";
-    }
-    let words: Vec<&str> = ty.split_whitespace().filter(|w| *w != "const").collect();
-    match words.join(" ").as_str() {
-        "int" => "i32",
-        "unsigned int" => "u32",
-        "long long" => "i64",
-        "float" => "f32",
-        "double" => "f64",
-        other => panic!("kernel parameter type {other:?} is not emulated"),
-    }
-}
-
 struct Emulator {
     exe: PathBuf,
     dir: PathBuf,
@@ -198,11 +182,15 @@ impl Emulator {
                     args.join(", ")
                 )
                 .unwrap();
-                let kinds: Vec<&str> = params.iter().map(|t| kind(t)).collect();
+                writeln!(
+                    unit,
+                    "std::string signature_{name}() {{ return cuda_on_cpu::signature<{}>(); }}",
+                    params.join(", ")
+                )
+                .unwrap();
                 writeln!(
                     table,
-                    "  {{\"{name}\", \"{}\", source{i}::call_{name}}},",
-                    kinds.join(" ")
+                    "  {{\"{name}\", source{i}::signature_{name}, source{i}::call_{name}}},"
                 )
                 .unwrap();
                 count += 1;
@@ -496,51 +484,96 @@ fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
     }
 }
 
-#[test]
-fn batch_norm_kernels_equal_the_cpu_op() {
-    let Some(emu) = Emulator::get() else { return };
+/// The training BN kernels' forward and backward as `batch_norm_train_cuda.rs` launches them:
+/// (output, stats, input gradient, coefficients) as bytes. `x` and `g` are in the activation
+/// dtype, `w` and `b` in its compute dtype (f32 for bf16/f16).
+fn run_batch_norm(
+    emu: &Emulator,
+    [x, g, w, b]: [&Tensor; 4],
+    act: Activation,
+    eps: f64,
+) -> Vec<Vec<u8>> {
+    let (n, c, h, wd) = x.dims4().unwrap();
+    let sfx = suffix(x.dtype());
+    let (hw, m, planes) = (h * wd, n * h * wd, n * c);
+    // `chunks` and the grids of batch_norm_train_cuda.rs.
+    let k = 1024usize.div_ceil(c).min(m.div_ceil(4096)).max(1);
+    let len = m.div_ceil(k);
+    let pixel_blocks = hw.div_ceil(THREADS);
+    let (flag, lo, hi) = match act {
+        Activation::Identity => (0, "0", "0"),
+        Activation::ReLU => (1, "0", "inf"),
+        Activation::ReLU6 => (1, "0", "6"),
+        Activation::Mish => panic!("the kernels do not fuse Mish"),
+    };
+    let ak = suffix(w.dtype());
+    let clip = format!("i32={flag} {ak}={lo} {ak}={hi}");
+    let script = format!(
+        "alloc part {part}\n\
+         launch bn_moments_partial_{sfx} {c} {k} 1 {THREADS} 1 1 @x @part i32={c} i32={hw} i32={m} i32={len}\n\
+         alloc stats {per_channel}\n\
+         launch bn_moments_finish_{sfx} {cb} 1 1 {THREADS} 1 1 @x @part @w @b @stats i32={c} i32={hw} i32={k} f64={m} f64={eps}\n\
+         alloc y {values}\n\
+         launch bn_affine_{sfx} {planes} {pixel_blocks} 1 {THREADS} 1 1 @x @stats @y i32={c} i32={hw} {clip}\n\
+         alloc part2 {part}\n\
+         launch bn_grad_partial_{sfx} {c} {k} 1 {THREADS} 1 1 @x @g @stats @part2 i32={c} i32={hw} i32={m} i32={len} {clip}\n\
+         alloc coef {per_channel}\n\
+         launch bn_grad_finish_{sfx} {cb} 1 1 {THREADS} 1 1 @part2 @w @stats @coef i32={c} i32={k} f64={m}\n\
+         alloc gx {values}\n\
+         launch bn_input_grad_{sfx} {planes} {pixel_blocks} 1 {THREADS} 1 1 @x @g @stats @coef @gx i32={c} i32={hw} {clip}\n",
+        part = c * k * 2 * 8,
+        per_channel = 5 * c * 8,
+        cb = blocks(c),
+        values = n * c * hw * x.dtype().size_in_bytes(),
+    );
+    emu.run(
+        &[
+            ("x", bytes(x)),
+            ("g", bytes(g)),
+            ("w", bytes(w)),
+            ("b", bytes(b)),
+        ],
+        &script,
+        &["y", "stats", "gx", "coef"],
+    )
+}
+
+/// (x, output gradient, weight, bias) in f32: channels far from zero mean, so the moments
+/// must not cancel. The first shape has one chunk per channel; the second (4,608 values per
+/// channel) two chunks per channel over planes of nine pixel blocks.
+fn batch_norm_inputs() -> Vec<[Tensor; 4]> {
     let cpu = Device::Cpu;
-    // One chunk per channel, and (m = 4,608 values per channel) two chunks per channel
-    // over a plane of nine pixel blocks.
-    let shapes = [(2, 5, 7, 7), (2, 3, 48, 48)];
-    let activations = [
-        (Activation::Identity, 0, "0", "0"),
-        (Activation::ReLU, 1, "0", "inf"),
-        (Activation::ReLU6, 1, "0", "6"),
-    ];
-    let eps = 1e-5;
-    for dtype in [DType::F32, DType::F64] {
-        let sfx = suffix(dtype);
-        let size = dtype.size_in_bytes();
-        for (si, &(n, c, h, w)) in shapes.iter().enumerate() {
-            let (hw, m, planes) = (h * w, n * h * w, n * c);
-            // Channels far from zero mean: the moments must not cancel.
+    [(2, 5, 7, 7), (2, 3, 48, 48)]
+        .iter()
+        .enumerate()
+        .map(|(si, &(n, c, h, w))| {
+            let hw = h * w;
             let xv: Vec<f32> = values(n * c * hw, si as u64)
                 .iter()
                 .enumerate()
                 .map(|(i, v)| 3.0 * v + ((i / hw) % c) as f32 * 2.5 - 2.0)
                 .collect();
-            let x = Tensor::from_vec(xv, (n, c, h, w), &cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            let g = Tensor::from_vec(values(n * c * hw, si as u64 + 7), (n, c, h, w), &cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            let wt = Tensor::from_vec(values(c, 3), c, &cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            let b = Tensor::from_vec(values(c, 4), c, &cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            // `chunks` and the grids of batch_norm_train_cuda.rs.
-            let k = 1024usize.div_ceil(c).min(m.div_ceil(4096)).max(1);
-            let len = m.div_ceil(k);
-            let pixel_blocks = hw.div_ceil(THREADS);
-            for &(act, flag, lo, hi) in &activations {
+            [
+                Tensor::from_vec(xv, (n, c, h, w), &cpu).unwrap(),
+                Tensor::from_vec(values(n * c * hw, si as u64 + 7), (n, c, h, w), &cpu).unwrap(),
+                Tensor::from_vec(values(c, 3), c, &cpu).unwrap(),
+                Tensor::from_vec(values(c, 4), c, &cpu).unwrap(),
+            ]
+        })
+        .collect()
+}
+
+const FUSED: [Activation; 3] = [Activation::Identity, Activation::ReLU, Activation::ReLU6];
+
+#[test]
+fn batch_norm_kernels_equal_the_cpu_op() {
+    let Some(emu) = Emulator::get() else { return };
+    let eps = 1e-5;
+    for dtype in [DType::F32, DType::F64] {
+        for inputs in batch_norm_inputs() {
+            let [x, g, wt, b] = inputs.map(|t| t.to_dtype(dtype).unwrap());
+            let c = wt.dim(0).unwrap();
+            for act in FUSED {
                 let (xv, wv, bv) = (
                     Var::from_tensor(&x).unwrap(),
                     Var::from_tensor(&wt).unwrap(),
@@ -550,36 +583,8 @@ fn batch_norm_kernels_equal_the_cpu_op() {
                     batch_norm_train(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), eps, act)
                         .unwrap();
                 let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-                let clip = format!("i32={flag} {sfx}={lo} {sfx}={hi}");
-                let script = format!(
-                    "alloc part {part}\n\
-                     launch bn_moments_partial_{sfx} {c} {k} 1 {THREADS} 1 1 @x @part i32={c} i32={hw} i32={m} i32={len}\n\
-                     alloc stats {per_channel}\n\
-                     launch bn_moments_finish_{sfx} {cb} 1 1 {THREADS} 1 1 @x @part @w @b @stats i32={c} i32={hw} i32={k} f64={m} f64={eps}\n\
-                     alloc y {values}\n\
-                     launch bn_affine_{sfx} {planes} {pixel_blocks} 1 {THREADS} 1 1 @x @stats @y i32={c} i32={hw} {clip}\n\
-                     alloc part2 {part}\n\
-                     launch bn_grad_partial_{sfx} {c} {k} 1 {THREADS} 1 1 @x @g @stats @part2 i32={c} i32={hw} i32={m} i32={len} {clip}\n\
-                     alloc coef {per_channel}\n\
-                     launch bn_grad_finish_{sfx} {cb} 1 1 {THREADS} 1 1 @part2 @w @stats @coef i32={c} i32={k} f64={m}\n\
-                     alloc gx {values}\n\
-                     launch bn_input_grad_{sfx} {planes} {pixel_blocks} 1 {THREADS} 1 1 @x @g @stats @coef @gx i32={c} i32={hw} {clip}\n",
-                    part = c * k * 2 * 8,
-                    per_channel = 5 * c * 8,
-                    cb = blocks(c),
-                    values = n * c * hw * size,
-                );
-                let out = emu.run(
-                    &[
-                        ("x", bytes(&x)),
-                        ("g", bytes(&g)),
-                        ("w", bytes(&wt)),
-                        ("b", bytes(&b)),
-                    ],
-                    &script,
-                    &["y", "stats", "gx", "coef"],
-                );
-                let what = |t: &str| format!("{t} {dtype:?} {:?} {act:?}", (n, c, h, w));
+                let out = run_batch_norm(emu, [&x, &g, &wt, &b], act, eps);
+                let what = |t: &str| format!("{t} {dtype:?} {:?} {act:?}", x.dims());
                 let (rel, scale) = tolerance(dtype);
                 // The kernels sum in f64 throughout; the CPU op sums f32 input in f32 over
                 // blocks of 256 values, then in f64: its statistics are good to ~1e-6 there.
@@ -621,6 +626,47 @@ fn batch_norm_kernels_equal_the_cpu_op() {
                 );
                 let gb = grads.get(bv.as_tensor()).unwrap();
                 assert_close(&what("bias grad"), &coef[4 * c..], &host(gb), rel, scale);
+            }
+        }
+    }
+}
+
+/// bf16/f16 activations with f32 weight and bias: the f32 kernels' statistics and
+/// coefficients exactly, and their output and input gradient rounded once, which is what
+/// the f32 norm between two conversions gave.
+#[test]
+fn narrow_batch_norm_kernels_round_the_f32_kernels_once() {
+    let Some(emu) = Emulator::get() else { return };
+    let eps = 1e-5;
+    for dtype in [DType::BF16, DType::F16] {
+        for [x, g, wt, b] in batch_norm_inputs() {
+            let (xn, gn) = (x.to_dtype(dtype).unwrap(), g.to_dtype(dtype).unwrap());
+            let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            for act in FUSED {
+                let narrow = run_batch_norm(emu, [&xn, &gn, &wt, &b], act, eps);
+                let wide = run_batch_norm(emu, [&widen(&xn), &widen(&gn), &wt, &b], act, eps);
+                let what = |t: &str| format!("{t} {dtype:?} {:?} {act:?}", x.dims());
+                let round = |bytes: &[u8]| {
+                    let v: Vec<f32> = decode(bytes, DType::F32)
+                        .iter()
+                        .map(|v| *v as f32)
+                        .collect();
+                    let t = Tensor::from_vec(v, xn.dims(), &Device::Cpu).unwrap();
+                    host(&t.to_dtype(dtype).unwrap())
+                };
+                assert_same(
+                    &what("output"),
+                    &decode(&narrow[0], dtype),
+                    &round(&wide[0]),
+                );
+                assert_same(
+                    &what("input grad"),
+                    &decode(&narrow[2], dtype),
+                    &round(&wide[2]),
+                );
+                for (i, part) in [(1, "stats"), (3, "coefficients")] {
+                    assert_eq!(narrow[i], wide[i], "{}", what(part));
+                }
             }
         }
     }

@@ -508,6 +508,78 @@ fn batch_norm_training_kernels_match_the_cpu_op() {
     }
 }
 
+/// bf16/f16 activations through the fused CUDA op (f32 weight and bias): the f32 op's
+/// statistics and weight/bias gradients on the widened input, and its output and input
+/// gradient rounded once, bit for bit (both compute in f32 from the same values).
+#[test]
+fn narrow_batch_norm_kernels_round_the_f32_op_once() {
+    use candletron::ops::batch_norm_train_cuda::batch_norm_train_cuda;
+    use candletron::ops::Activation;
+    let Some(gpu) = gpu() else { return };
+    let dims = [4, 24, 19, 17];
+    let c = dims[1];
+    let on_gpu = |t: Tensor| t.to_device(&gpu).unwrap();
+    let x = on_gpu(Tensor::randn(0.5f32, 2.0, &dims[..], &Device::Cpu).unwrap());
+    let r = on_gpu(Tensor::randn(0f32, 1.0, &dims[..], &Device::Cpu).unwrap());
+    let w = on_gpu(Tensor::randn(1f32, 0.5, c, &Device::Cpu).unwrap());
+    let b = on_gpu(Tensor::randn(1f32, 1.0, c, &Device::Cpu).unwrap());
+    let bits = |t: &Tensor| -> Vec<u64> {
+        let t = t
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    for dtype in [DType::BF16, DType::F16] {
+        let (xn, rn) = (x.to_dtype(dtype).unwrap(), r.to_dtype(dtype).unwrap());
+        for act in [Activation::Identity, Activation::ReLU, Activation::ReLU6] {
+            let run = |x: &Tensor, r: &Tensor| {
+                let vars = [x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+                let [xv, wv, bv] = vars.each_ref().map(|v| v.as_tensor());
+                let (y, mean, var) = batch_norm_train_cuda(xv, wv, bv, 1e-5, act).unwrap();
+                let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+                let grad = |t: &Tensor| g.get(t).unwrap().clone();
+                [y.clone(), grad(xv), grad(wv), grad(bv), mean, var]
+            };
+            let narrow = run(&xn, &rn);
+            let wide = run(
+                &xn.to_dtype(DType::F32).unwrap(),
+                &rn.to_dtype(DType::F32).unwrap(),
+            );
+            assert_eq!(narrow[0].dtype(), dtype);
+            assert_eq!(narrow[1].dtype(), dtype);
+            for (i, name) in [
+                "output",
+                "input grad",
+                "weight grad",
+                "bias grad",
+                "mean",
+                "var",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let want = if i < 2 {
+                    wide[i].to_dtype(dtype).unwrap()
+                } else {
+                    wide[i].clone()
+                };
+                assert!(
+                    bits(&narrow[i]) == bits(&want),
+                    "{dtype:?} {act:?}: {name} differs"
+                );
+            }
+        }
+    }
+}
+
 /// A MobileNet-style training BN layer on CUDA takes the fused op (its output is the op's,
 /// bit for bit) and moves its running statistics as on the CPU (unbiased variance,
 /// momentum 0.1).

@@ -105,9 +105,10 @@ impl BatchNorm2d {
     /// batch norm op when it [`fuses`](batch_norm_train::fuses).
     ///
     /// An f16/bf16 input (autocast) is normalised in f32, with f32 statistics, and the
-    /// output handed back in the input's dtype, as PyTorch's batch norm does.
+    /// output handed back in the input's dtype, as PyTorch's batch norm does: by the CUDA
+    /// kernels themselves in training, elsewhere through a conversion to f32 and back.
     pub fn forward_act(&self, x: &Tensor, train: bool, activation: Activation) -> Result<Tensor> {
-        if matches!(x.dtype(), DType::F16 | DType::BF16) {
+        if matches!(x.dtype(), DType::F16 | DType::BF16) && !self.cuda_fused(x, train, activation) {
             return in_f32(x, |x| self.forward_act(x, train, activation));
         }
         if !train {
@@ -130,7 +131,7 @@ impl BatchNorm2d {
             return Ok(y);
         }
         #[cfg(feature = "cuda")]
-        if crate::ops::batch_norm_train_cuda::supported(x) && batch_norm_train::fuses(activation) {
+        if self.cuda_fused(x, train, activation) {
             let (y, mean, var) = crate::ops::batch_norm_train_cuda::batch_norm_train_cuda(
                 x,
                 &self.t.weight,
@@ -142,6 +143,22 @@ impl BatchNorm2d {
             return Ok(y);
         }
         activation.apply(&self.forward_train_composed(x)?)
+    }
+
+    /// Whether training runs the CUDA kernels with `activation` inside (any float dtype).
+    fn cuda_fused(&self, x: &Tensor, train: bool, activation: Activation) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            train
+                && !self.synced()
+                && crate::ops::batch_norm_train_cuda::supported(x)
+                && batch_norm_train::fuses(activation)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (x, train, activation);
+            false
+        }
     }
 
     /// Training `activation(bn(conv(x, weight)))` as one autograd node; the caller checks

@@ -31,6 +31,11 @@ const WHAT: &str = "batch norm";
 /// the input gradient's dy and x coefficients and its constant, then the weight and bias
 /// gradients. The pre-activation `fma(x, scale, shift)` is one helper for the forward and
 /// the backward's activation mask, so that the mask is the forward's bit for bit.
+///
+/// Kernels are generic over the prelude's element types `E`: activations are stored as
+/// `E::S`, element-wise arithmetic runs in `E::A` (f32 for bf16/f16 activations, whose
+/// weight and bias are f32 as under PyTorch's autocast), so a narrow input gives the f32
+/// kernels' result rounded once, without the two conversion passes around an f32 norm.
 const SOURCE: &str = r#"
 __device__ __forceinline__ float fused(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 __device__ __forceinline__ double fused(double a, double b, double c) { return __fma_rn(a, b, c); }
@@ -73,26 +78,26 @@ __device__ __forceinline__ long long at(unsigned int j, unsigned int hw, int c, 
   return ((long long)img * c + ch) * hw + (j - img * hw);
 }
 
-template <typename T>
-__device__ void moments_partial(const T* __restrict__ x, double* __restrict__ part, int c,
-                                int hw, int m, int len) {
+template <typename E>
+__device__ void moments_partial(const typename E::S* __restrict__ x, double* __restrict__ part,
+                                int c, int hw, int m, int len) {
   int ch = blockIdx.x, chunk = blockIdx.y;
-  double first = (double)x[(long long)ch * hw];
+  double first = (double)E::load(x[(long long)ch * hw]);
   double a = 0.0, b = 0.0;
   unsigned int end = (unsigned int)min((long long)(chunk + 1) * len, (long long)m);
   for (unsigned int j = (unsigned int)chunk * len + threadIdx.x; j < end; j += blockDim.x) {
-    double t = (double)x[at(j, hw, c, ch)] - first;
+    double t = (double)E::load(x[at(j, hw, c, ch)]) - first;
     a += t;
     b += t * t;
   }
   block_sum2(a, b, part + ((long long)ch * gridDim.y + chunk) * 2);
 }
 
-template <typename T>
-__device__ void moments_finish(const T* __restrict__ x, const double* __restrict__ part,
-                               const T* __restrict__ w, const T* __restrict__ b,
-                               double* __restrict__ stats, int c, int hw, int chunks,
-                               double m, double eps) {
+template <typename E>
+__device__ void moments_finish(const typename E::S* __restrict__ x,
+                               const double* __restrict__ part, const typename E::A* __restrict__ w,
+                               const typename E::A* __restrict__ b, double* __restrict__ stats,
+                               int c, int hw, int chunks, double m, double eps) {
   int ch = blockIdx.x * blockDim.x + threadIdx.x;
   if (ch >= c) return;
   double s1 = 0.0, s2 = 0.0;
@@ -103,7 +108,7 @@ __device__ void moments_finish(const T* __restrict__ x, const double* __restrict
   double mu = s1 / m;
   double var = s2 / m - mu * mu;
   var = var > 0.0 ? var : 0.0;
-  double mean = (double)x[(long long)ch * hw] + mu;
+  double mean = (double)E::load(x[(long long)ch * hw]) + mu;
   double invstd = 1.0 / sqrt(var + eps);
   double scale = (double)w[ch] * invstd;
   stats[ch] = mean;
@@ -115,45 +120,50 @@ __device__ void moments_finish(const T* __restrict__ x, const double* __restrict
 
 // Element-wise kernels run on a (plane, pixel block) grid: the channel is the block's, no
 // per-element division.
-template <typename T>
-__device__ void affine(const T* __restrict__ x, const double* __restrict__ stats,
-                       T* __restrict__ y, int c, int hw, int clip, T lo, T hi) {
+template <typename E>
+__device__ void affine(const typename E::S* __restrict__ x, const double* __restrict__ stats,
+                       typename E::S* __restrict__ y, int c, int hw, int clip,
+                       typename E::A lo, typename E::A hi) {
+  typedef typename E::A A;
   int p = blockIdx.y * blockDim.x + threadIdx.x;
   if (p >= hw) return;
   int ch = (int)(blockIdx.x % (unsigned int)c);
   long long i = (long long)blockIdx.x * hw + p;
-  T v = fused(x[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch]);
+  A v = fused(E::load(x[i]), (A)stats[3 * c + ch], (A)stats[4 * c + ch]);
   if (clip) {
     v = v < lo ? lo : v;
     v = v > hi ? hi : v;
   }
-  y[i] = v;
+  y[i] = E::store(v);
 }
 
 // As moments_partial: Σ dz and Σ dz (x - mean), dz the output gradient masked by the
 // activation.
-template <typename T>
-__device__ void grad_partial(const T* __restrict__ x, const T* __restrict__ g,
-                             const double* __restrict__ stats, double* __restrict__ part, int c,
-                             int hw, int m, int len, int clip, T lo, T hi) {
+template <typename E>
+__device__ void grad_partial(const typename E::S* __restrict__ x,
+                             const typename E::S* __restrict__ g, const double* __restrict__ stats,
+                             double* __restrict__ part, int c, int hw, int m, int len, int clip,
+                             typename E::A lo, typename E::A hi) {
+  typedef typename E::A A;
   int ch = blockIdx.x, chunk = blockIdx.y;
   double mean = stats[ch];
-  T scale = (T)stats[3 * c + ch], shift = (T)stats[4 * c + ch];
+  A scale = (A)stats[3 * c + ch], shift = (A)stats[4 * c + ch];
   double a = 0.0, b = 0.0;
   unsigned int end = (unsigned int)min((long long)(chunk + 1) * len, (long long)m);
   for (unsigned int j = (unsigned int)chunk * len + threadIdx.x; j < end; j += blockDim.x) {
     long long i = at(j, hw, c, ch);
-    double dz = (double)masked(x[i], g[i], scale, shift, clip, lo, hi);
+    A xv = E::load(x[i]);
+    double dz = (double)masked(xv, E::load(g[i]), scale, shift, clip, lo, hi);
     a += dz;
-    b += dz * ((double)x[i] - mean);
+    b += dz * ((double)xv - mean);
   }
   block_sum2(a, b, part + ((long long)ch * gridDim.y + chunk) * 2);
 }
 
 // dx = k1 dz + k2 x + (k3 - k2 mean), k1 = w invstd, k2 = -k1 invstd² Σdz(x-mean) / m,
 // k3 = -k1 Σdz / m; dweight = Σdz(x-mean) invstd, dbias = Σdz.
-template <typename T>
-__device__ void grad_finish(const double* __restrict__ part, const T* __restrict__ w,
+template <typename E>
+__device__ void grad_finish(const double* __restrict__ part, const typename E::A* __restrict__ w,
                             const double* __restrict__ stats, double* __restrict__ coef, int c,
                             int chunks, double m) {
   int ch = blockIdx.x * blockDim.x + threadIdx.x;
@@ -174,46 +184,54 @@ __device__ void grad_finish(const double* __restrict__ part, const T* __restrict
   coef[4 * c + ch] = s1;
 }
 
-template <typename T>
-__device__ void input_grad(const T* __restrict__ x, const T* __restrict__ g,
+template <typename E>
+__device__ void input_grad(const typename E::S* __restrict__ x, const typename E::S* __restrict__ g,
                            const double* __restrict__ stats, const double* __restrict__ coef,
-                           T* __restrict__ gx, int c, int hw, int clip, T lo, T hi) {
+                           typename E::S* __restrict__ gx, int c, int hw, int clip,
+                           typename E::A lo, typename E::A hi) {
+  typedef typename E::A A;
   int p = blockIdx.y * blockDim.x + threadIdx.x;
   if (p >= hw) return;
   int ch = (int)(blockIdx.x % (unsigned int)c);
   long long i = (long long)blockIdx.x * hw + p;
-  T dz = masked(x[i], g[i], (T)stats[3 * c + ch], (T)stats[4 * c + ch], clip, lo, hi);
-  gx[i] = dz * (T)coef[ch] + x[i] * (T)coef[c + ch] + (T)coef[2 * c + ch];
+  A xv = E::load(x[i]);
+  A dz = masked(xv, E::load(g[i]), (A)stats[3 * c + ch], (A)stats[4 * c + ch], clip, lo, hi);
+  gx[i] = E::store(dz * (A)coef[ch] + xv * (A)coef[c + ch] + (A)coef[2 * c + ch]);
 }
 
-#define BN_KERNELS(T, SUF)                                                                         \
-  extern "C" __global__ void bn_moments_partial_##SUF(const T* x, double* part, int c, int hw,     \
+#define BN_KERNELS(E, SUF)                                                                         \
+  extern "C" __global__ void bn_moments_partial_##SUF(const E::S* x, double* part, int c, int hw,  \
       int m, int len) {                                                                            \
-    moments_partial<T>(x, part, c, hw, m, len);                                                    \
+    moments_partial<E>(x, part, c, hw, m, len);                                                    \
   }                                                                                                \
-  extern "C" __global__ void bn_moments_finish_##SUF(const T* x, const double* part, const T* w,  \
-      const T* b, double* stats, int c, int hw, int chunks, double m, double eps) {               \
-    moments_finish<T>(x, part, w, b, stats, c, hw, chunks, m, eps);                               \
+  extern "C" __global__ void bn_moments_finish_##SUF(const E::S* x, const double* part,           \
+      const E::A* w, const E::A* b, double* stats, int c, int hw, int chunks, double m,            \
+      double eps) {                                                                                \
+    moments_finish<E>(x, part, w, b, stats, c, hw, chunks, m, eps);                               \
   }                                                                                                \
-  extern "C" __global__ void bn_affine_##SUF(const T* x, const double* stats, T* y, int c,        \
-      int hw, int clip, T lo, T hi) {                                                              \
-    affine<T>(x, stats, y, c, hw, clip, lo, hi);                                                   \
+  extern "C" __global__ void bn_affine_##SUF(const E::S* x, const double* stats, E::S* y, int c,  \
+      int hw, int clip, E::A lo, E::A hi) {                                                        \
+    affine<E>(x, stats, y, c, hw, clip, lo, hi);                                                   \
   }                                                                                                \
-  extern "C" __global__ void bn_grad_partial_##SUF(const T* x, const T* g, const double* stats,   \
-      double* part, int c, int hw, int m, int len, int clip, T lo, T hi) {                        \
-    grad_partial<T>(x, g, stats, part, c, hw, m, len, clip, lo, hi);                               \
+  extern "C" __global__ void bn_grad_partial_##SUF(const E::S* x, const E::S* g,                  \
+      const double* stats, double* part, int c, int hw, int m, int len, int clip, E::A lo,        \
+      E::A hi) {                                                                                   \
+    grad_partial<E>(x, g, stats, part, c, hw, m, len, clip, lo, hi);                               \
   }                                                                                                \
-  extern "C" __global__ void bn_grad_finish_##SUF(const double* part, const T* w,                 \
+  extern "C" __global__ void bn_grad_finish_##SUF(const double* part, const E::A* w,              \
       const double* stats, double* coef, int c, int chunks, double m) {                            \
-    grad_finish<T>(part, w, stats, coef, c, chunks, m);                                            \
+    grad_finish<E>(part, w, stats, coef, c, chunks, m);                                            \
   }                                                                                                \
-  extern "C" __global__ void bn_input_grad_##SUF(const T* x, const T* g, const double* stats,     \
-      const double* coef, T* gx, int c, int hw, int clip, T lo, T hi) {                           \
-    input_grad<T>(x, g, stats, coef, gx, c, hw, clip, lo, hi);                                     \
+  extern "C" __global__ void bn_input_grad_##SUF(const E::S* x, const E::S* g,                    \
+      const double* stats, const double* coef, E::S* gx, int c, int hw, int clip, E::A lo,        \
+      E::A hi) {                                                                                   \
+    input_grad<E>(x, g, stats, coef, gx, c, hw, clip, lo, hi);                                     \
   }
 
-BN_KERNELS(float, f32)
-BN_KERNELS(double, f64)
+BN_KERNELS(f32_t, f32)
+BN_KERNELS(f64_t, f64)
+BN_KERNELS(bf16_t, bf16)
+BN_KERNELS(f16_t, f16)
 "#;
 
 fn ptx() -> Result<&'static str> {
@@ -221,9 +239,18 @@ fn ptx() -> Result<&'static str> {
     cuda_kernels::ptx(&PTX, SOURCE, WHAT)
 }
 
-/// Whether [`batch_norm_train_cuda`] runs for this input (CUDA, f32 or f64).
+/// Whether [`batch_norm_train_cuda`] runs for this input (CUDA, f32, f64, bf16 or f16).
 pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::F64)
+    x.device().is_cuda() && suffix(x.dtype()).is_ok()
+}
+
+/// The dtype of the element-wise arithmetic, the weight and the bias for activations of
+/// `dtype`: f32 for bf16/f16, as under autocast.
+fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
 }
 
 /// Normalises `x` (N, C, H, W) with its batch statistics, applies `weight`, `bias` and
@@ -239,7 +266,7 @@ pub fn batch_norm_train_cuda(
     let clip = Clip::of(activation).ok_or_else(|| {
         candle_core::Error::Msg(format!("batch norm op: {activation:?} cannot be fused"))
     })?;
-    let dt = x.dtype();
+    let dt = compute_dtype(x.dtype());
     let x = x.contiguous()?;
     let (w, b) = (
         weight.to_dtype(dt)?.contiguous()?,
@@ -349,6 +376,8 @@ fn suffix(dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),
         DType::F64 => Ok("f64"),
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
         other => candle_core::bail!("{WHAT} CUDA kernels: {other:?} is not supported"),
     }
 }
@@ -383,7 +412,8 @@ fn grid_channels(c: usize, chunk_count: usize) -> LaunchConfig {
 }
 
 /// `impl CustomOp3` for a CUDA-only op of three inputs whose output is (5, C) f64 per-channel
-/// values, computed by `$typed::<T>(self, first, second, third)` for the first input's dtype.
+/// values, computed by `$typed::<T, A>(self, first, second, third)` for the first input's
+/// storage type `T` and compute type `A`.
 macro_rules! per_channel_op3 {
     ($op:ty, $name:literal, $typed:ident) => {
         impl candle_core::CustomOp3 for $op {
@@ -415,8 +445,10 @@ macro_rules! per_channel_op3 {
                 let c = dims(xl)?.c;
                 let (x, second, third) = ((xs, xl), (s2, l2), (s3, l3));
                 let values = match xs.dtype() {
-                    DType::F32 => $typed::<f32>(self, x, second, third)?,
-                    _ => $typed::<f64>(self, x, second, third)?,
+                    DType::F32 => $typed::<f32, f32>(self, x, second, third)?,
+                    DType::F64 => $typed::<f64, f64>(self, x, second, third)?,
+                    DType::BF16 => $typed::<half::bf16, f32>(self, x, second, third)?,
+                    _ => $typed::<half::f16, f32>(self, x, second, third)?,
                 };
                 Ok((
                     CudaStorage::wrap_cuda_slice(values, xs.device().clone()),
@@ -432,7 +464,7 @@ struct Moments {
     eps: f64,
 }
 
-fn moments_typed<T: CudaDType + DeviceRepr>(
+fn moments_typed<T: CudaDType + DeviceRepr, A: CudaDType + DeviceRepr>(
     op: &Moments,
     (xs, xl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
@@ -445,7 +477,7 @@ fn moments_typed<T: CudaDType + DeviceRepr>(
     let (len, ki) = (i32_of(d.m.div_ceil(k), WHAT)?, i32_of(k, WHAT)?);
     let dev = xs.device();
     let x = view::<T>(xs, xl, WHAT)?;
-    let (w, b) = (view::<T>(ws, wl, WHAT)?, view::<T>(bs, bl, WHAT)?);
+    let (w, b) = (view::<A>(ws, wl, WHAT)?, view::<A>(bs, bl, WHAT)?);
     // SAFETY: block (channel, chunk) writes its two partial sums; every block runs.
     let part = unsafe { dev.alloc::<f64>(c * k * 2)? };
     launch!(
@@ -477,7 +509,7 @@ struct Affine {
     clip: Option<Clip>,
 }
 
-fn affine_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+fn affine_typed<T: CudaDType + DeviceRepr, A: DeviceRepr + candle_core::WithDType>(
     op: &Affine,
     (xs, xl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
@@ -485,7 +517,7 @@ fn affine_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let (ci, hwi, _) = d.args;
     let dev = xs.device();
     let x = view::<T>(xs, xl, WHAT)?;
-    let (flag, lo, hi) = clip_args::<T>(op.clip);
+    let (flag, lo, hi) = clip_args::<A>(op.clip);
     // SAFETY: one thread per element writes it.
     let y = unsafe { dev.alloc::<T>(d.planes * d.hw)? };
     with_f64(&op.stats, |ss, sl| {
@@ -529,9 +561,14 @@ impl candle_core::CustomOp3 for Affine {
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
+        let x = (xs, xl);
         let y = match xs.dtype() {
-            DType::F32 => CudaStorage::wrap_cuda_slice(affine_typed::<f32>(self, (xs, xl))?, dev),
-            _ => CudaStorage::wrap_cuda_slice(affine_typed::<f64>(self, (xs, xl))?, dev),
+            DType::F32 => CudaStorage::wrap_cuda_slice(affine_typed::<f32, f32>(self, x)?, dev),
+            DType::F64 => CudaStorage::wrap_cuda_slice(affine_typed::<f64, f64>(self, x)?, dev),
+            DType::BF16 => {
+                CudaStorage::wrap_cuda_slice(affine_typed::<half::bf16, f32>(self, x)?, dev)
+            }
+            _ => CudaStorage::wrap_cuda_slice(affine_typed::<half::f16, f32>(self, x)?, dev),
         };
         Ok((y, xl.shape().clone()))
     }
@@ -561,7 +598,8 @@ impl candle_core::CustomOp3 for Affine {
                 clip: self.clip,
             },
         )?;
-        let dt = x.dtype();
+        // The weight and bias are in the compute dtype (see `batch_norm_train_cuda`).
+        let dt = w.dtype();
         Ok((
             Some(gx),
             Some(coef.get(3)?.to_dtype(dt)?),
@@ -576,7 +614,10 @@ struct GradCoefficients {
     clip: Option<Clip>,
 }
 
-fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+fn grad_coefficients_typed<
+    T: CudaDType + DeviceRepr,
+    A: CudaDType + DeviceRepr + candle_core::WithDType,
+>(
     op: &GradCoefficients,
     (xs, xl): (&CudaStorage, &Layout),
     (gs, gl): (&CudaStorage, &Layout),
@@ -591,9 +632,9 @@ fn grad_coefficients_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let (x, g, w) = (
         view::<T>(xs, xl, WHAT)?,
         view::<T>(gs, gl, WHAT)?,
-        view::<T>(ws, wl, WHAT)?,
+        view::<A>(ws, wl, WHAT)?,
     );
-    let (flag, lo, hi) = clip_args::<T>(op.clip);
+    let (flag, lo, hi) = clip_args::<A>(op.clip);
     with_f64(&op.stats, |ss, sl| {
         let stats = view::<f64>(ss, sl, WHAT)?;
         // SAFETY: block (channel, chunk) writes its two partial sums; every block runs.
@@ -631,7 +672,7 @@ struct InputGrad {
     clip: Option<Clip>,
 }
 
-fn input_grad_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+fn input_grad_typed<T: CudaDType + DeviceRepr, A: DeviceRepr + candle_core::WithDType>(
     op: &InputGrad,
     (xs, xl): (&CudaStorage, &Layout),
     (gs, gl): (&CudaStorage, &Layout),
@@ -640,7 +681,7 @@ fn input_grad_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let (ci, hwi, _) = d.args;
     let dev = xs.device();
     let (x, g) = (view::<T>(xs, xl, WHAT)?, view::<T>(gs, gl, WHAT)?);
-    let (flag, lo, hi) = clip_args::<T>(op.clip);
+    let (flag, lo, hi) = clip_args::<A>(op.clip);
     // SAFETY: one thread per element writes it.
     let gx = unsafe { dev.alloc::<T>(d.planes * d.hw)? };
     with_f64(&op.stats, |ss, sl| {
@@ -684,8 +725,16 @@ impl candle_core::CustomOp2 for InputGrad {
         let dev = xs.device().clone();
         let (x, g) = ((xs, xl), (gs, gl));
         let gx = match xs.dtype() {
-            DType::F32 => CudaStorage::wrap_cuda_slice(input_grad_typed::<f32>(self, x, g)?, dev),
-            _ => CudaStorage::wrap_cuda_slice(input_grad_typed::<f64>(self, x, g)?, dev),
+            DType::F32 => {
+                CudaStorage::wrap_cuda_slice(input_grad_typed::<f32, f32>(self, x, g)?, dev)
+            }
+            DType::F64 => {
+                CudaStorage::wrap_cuda_slice(input_grad_typed::<f64, f64>(self, x, g)?, dev)
+            }
+            DType::BF16 => {
+                CudaStorage::wrap_cuda_slice(input_grad_typed::<half::bf16, f32>(self, x, g)?, dev)
+            }
+            _ => CudaStorage::wrap_cuda_slice(input_grad_typed::<half::f16, f32>(self, x, g)?, dev),
         };
         Ok((gx, xl.shape().clone()))
     }

@@ -15,11 +15,37 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <type_traits>
+
+namespace cuda_on_cpu {
+
+// A kernel parameter's kind as scripts name it.
+template <typename T>
+constexpr const char* kind_of() {
+  using U = std::remove_cv_t<T>;
+  if constexpr (std::is_pointer_v<U>) return "p";
+  else if constexpr (std::is_same_v<U, int>) return "i32";
+  else if constexpr (std::is_same_v<U, unsigned int>) return "u32";
+  else if constexpr (std::is_same_v<U, long long>) return "i64";
+  else if constexpr (std::is_same_v<U, float>) return "f32";
+  else if constexpr (std::is_same_v<U, double>) return "f64";
+  else static_assert(sizeof(U) == 0, "a kernel parameter type the launcher cannot pass");
+}
+
+// The kinds of a parameter list, space-separated.
+template <typename... Ts>
+std::string signature() {
+  std::string s;
+  ((s += (s.empty() ? "" : " "), s += kind_of<Ts>()), ...);
+  return s;
+}
+
+}  // namespace cuda_on_cpu
 
 struct Entry {
   const char* name;
   // Parameter kinds, space-separated: p (pointer), i32, u32, i64, f32, f64.
-  const char* signature;
+  std::string (*signature)();
   void (*call)(void**);
 };
 
@@ -105,8 +131,8 @@ inline int run_script(const char* path, const Entry* table, size_t count) {
         kinds += (kinds.empty() ? "" : " ") + kind;
         values.push_back(v);
       }
-      if (kinds != e->signature)
-        script_error(line, kernel + " takes (" + e->signature + "), the script gives (" + kinds + ")");
+      if (kinds != e->signature())
+        script_error(line, kernel + " takes (" + e->signature() + "), the script gives (" + kinds + ")");
       std::vector<void*> args;
       for (auto& v : values) args.push_back(&v);
       launch(e->call, grid, block, args.data());
