@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::ops::{
-    batch_norm_train, bias_act, depthwise_conv2d, relu6, top_k_mask, Activation, ConvGeometry,
+    batch_norm_train, bias_act, depthwise_conv2d, relu6, roi_align, top_k_mask, Activation,
+    ConvGeometry, RoiAlignParams,
 };
 
 /// Threads per block of the element-wise and reduction kernels (`cuda_kernels::THREADS`).
@@ -668,6 +669,116 @@ fn narrow_batch_norm_kernels_round_the_f32_kernels_once() {
                     assert_eq!(narrow[i], wide[i], "{}", what(part));
                 }
             }
+        }
+    }
+}
+
+/// ROIAlign forward and backward (the gather over each image's ROIs) against the planned
+/// CPU op and its gradient: boxes inside, across and beyond the border (a sample exactly on
+/// it), tiny and large,
+/// adaptive and fixed sampling, with and without the half-pixel shift.
+#[test]
+fn roi_align_kernels_equal_the_cpu_op() {
+    let Some(emu) = Emulator::get() else { return };
+    let cpu = Device::Cpu;
+    let (n, c, h, w) = (3, 2, 13, 11);
+    let rois: Vec<(usize, [f32; 4])> = vec![
+        (0, [4.0, 6.0, 30.0, 40.0]),
+        (0, [-10.0, -6.0, 12.0, 9.0]),
+        (2, [30.0, 35.0, 60.0, 70.0]),
+        (2, [5.5, 5.5, 6.0, 6.2]),
+        (0, [0.0, 0.0, 44.0, 52.0]),
+        (2, [40.0, -3.0, 47.0, 20.0]),
+        // Without the shift and with two bins, samples fall exactly on x = w and y = h.
+        (0, [42.0, 50.0, 58.0, 66.0]),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        let sfx = suffix(dtype);
+        let x = Tensor::from_vec(values(n * c * h * w, 31), (n, c, h, w), &cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        for (sampling, aligned, out) in [(0, true, 7), (2, false, 3), (0, false, 2)] {
+            let p = RoiAlignParams {
+                output_size: (out, out),
+                spatial_scale: 0.25,
+                sampling_ratio: sampling,
+                aligned,
+            };
+            let xv = Var::from_tensor(&x).unwrap();
+            let y = roi_align(xv.as_tensor(), &rois, &p).unwrap();
+            let g = Tensor::from_vec(values(y.elem_count(), 32), y.dims(), &cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            // The boxes and per-image ROI ranges as roi_align_cuda.rs uploads them.
+            let boxes: Vec<f64> = rois
+                .iter()
+                .flat_map(|(b, r)| {
+                    [
+                        *b as f64,
+                        r[0] as f64,
+                        r[1] as f64,
+                        r[2] as f64,
+                        r[3] as f64,
+                    ]
+                })
+                .collect();
+            let (mut first, mut last) = (vec![0u32; n], vec![0u32; n]);
+            for (i, (b, _)) in rois.iter().enumerate() {
+                if first[*b] == last[*b] {
+                    first[*b] = i as u32;
+                }
+                last[*b] = i as u32 + 1;
+            }
+            let le = |v: &[u32]| v.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+            let (total_y, total_x) = (rois.len() * c * out * out, n * c * h * w);
+            let geo = format!(
+                "i32={c} i32={h} i32={w} i32={out} i32={out} f64=0.25 i32={sampling} i32={}",
+                aligned as i32
+            );
+            let script = format!(
+                "alloc y {}\n\
+                 launch roi_align_forward_{sfx} {} 1 1 {THREADS} 1 1 @x @rois @y i64={total_y} {geo}\n\
+                 alloc gx {}\n\
+                 launch roi_align_backward_{sfx} {} 1 1 {THREADS} 1 1 @g @rois @first @last @gx i64={total_x} {geo}\n",
+                total_y * dtype.size_in_bytes(),
+                blocks(total_y),
+                total_x * dtype.size_in_bytes(),
+                blocks(total_x),
+            );
+            let out_bytes = emu.run(
+                &[
+                    ("x", bytes(&x)),
+                    ("g", bytes(&g)),
+                    ("rois", boxes.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                    ("first", le(&first)),
+                    ("last", le(&last)),
+                ],
+                &script,
+                &["y", "gx"],
+            );
+            let what = |t: &str| format!("{t} {dtype:?} sampling {sampling} aligned {aligned}");
+            let (rel, scale) = tolerance(dtype);
+            assert_close(
+                &what("forward"),
+                &decode(&out_bytes[0], dtype),
+                &host(&y),
+                rel,
+                scale,
+            );
+            let gx = grads.get(xv.as_tensor()).unwrap();
+            assert_close(
+                &what("backward"),
+                &decode(&out_bytes[1], dtype),
+                &host(gx),
+                rel,
+                scale,
+            );
+            // Image 1 has no ROIs: no gradient.
+            let gx_host = decode(&out_bytes[1], dtype);
+            assert!(gx_host[c * h * w..2 * c * h * w].iter().all(|v| *v == 0.0));
         }
     }
 }

@@ -27,6 +27,8 @@ pub mod linear;
 mod parallel;
 mod pointwise;
 pub mod roi_align;
+#[cfg(feature = "cuda")]
+mod roi_align_cuda;
 pub mod top_k_mask;
 #[cfg(feature = "cuda")]
 mod top_k_mask_cuda;

@@ -6,7 +6,8 @@
 //! every sample's four corner indices and weights depend on the boxes and the map size
 //! only. They are planned once per call; the CPU op then runs the plan over channels in
 //! forward and transposes it in backward, and the portable path for other devices runs
-//! the same plan as `index_select` + `index_add`, which Candle differentiates.
+//! the same plan as `index_select` + `index_add`, which Candle differentiates. CUDA
+//! kernels (`roi_align_cuda.rs`) recompute the plan's samples from the boxes instead.
 
 use std::sync::Arc;
 
@@ -259,7 +260,8 @@ fn backward_impl<T: WithDType>(op: &Backward, (s, l): Input) -> Result<(CpuStora
 custom_op1!(Backward, "roi-align-backward", backward_impl);
 
 /// Pools `rois` (image index, XYXY box in input pixels) from `features` (N, C, H, W)
-/// into (R, C, out_h, out_w): the custom op on CPU, the portable path elsewhere.
+/// into (R, C, out_h, out_w): the custom op on CPU, CUDA kernels on CUDA (f32, f64), the
+/// portable path elsewhere.
 /// f16/bf16 features (autocast) are pooled in f32 and the result handed back in their
 /// dtype, as torchvision's autocast rule for `roi_align` does.
 pub fn roi_align(features: &Tensor, rois: &[(usize, Box4)], p: &RoiAlignParams) -> Result<Tensor> {
@@ -270,6 +272,10 @@ pub fn roi_align(features: &Tensor, rois: &[(usize, Box4)], p: &RoiAlignParams) 
     let (ph, pw) = p.output_size;
     if rois.is_empty() {
         return Tensor::zeros((0, c, ph, pw), features.dtype(), features.device());
+    }
+    #[cfg(feature = "cuda")]
+    if super::roi_align_cuda::supported(features) {
+        return super::roi_align_cuda::roi_align(features, rois, p);
     }
     let plan = Arc::new(RoiPlan::new(rois, h, w, p));
     if features.device().is_cpu() {
