@@ -442,7 +442,11 @@ fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
                  alloc part {}\n\
                  launch dw_weight_grad_partial_{sfx} {len} {n} 1 {THREADS} 1 1 @x @g @part {geo_args}\n\
                  alloc gw {}\n\
-                 launch dw_sum_images_{sfx} {} 1 1 {THREADS} 1 1 @part @gw i32={n} i32={len}\n",
+                 launch dw_sum_images_{sfx} {} 1 1 {THREADS} 1 1 @part @gw i32={n} i32={len}\n\
+                 alloc yw {}\n\
+                 launch dw_forward_wide_{sfx} {} 1 1 {THREADS} 1 1 @x @w @yw i64={total_y} {geo_args}\n\
+                 alloc gxw {}\n\
+                 launch dw_input_grad_wide_{sfx} {} 1 1 {THREADS} 1 1 @g @w @gxw i64={total_x} {geo_args}\n",
                 total_y * size,
                 blocks(total_y),
                 total_x * size,
@@ -450,11 +454,20 @@ fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
                 n * len * acc,
                 len * size,
                 blocks(len),
+                total_y * size,
+                blocks(total_y),
+                total_x * size,
+                blocks(total_x),
             );
             let out = emu.run(
                 &[("x", bytes(&x)), ("w", bytes(&wt)), ("g", bytes(&g))],
                 &script,
-                &["y", "gx", "gw"],
+                &["y", "gx", "gw", "yw", "gxw"],
+            );
+            // The 64-bit index kernels (for more than 2^31 elements) compute the same.
+            assert!(
+                out[3] == out[0] && out[4] == out[1],
+                "wide kernels {dtype:?} k{k} s{s}"
             );
             let (rel, scale) = tolerance(dtype);
             let what = |t: &str| format!("{t} {dtype:?} k{k} s{s} p{p} d{d}");

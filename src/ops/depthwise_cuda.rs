@@ -24,19 +24,23 @@ const MODULE: &str = "candletron_depthwise";
 /// is written exactly once with no atomics; the weight gradient reduces each
 /// (image, channel, tap) in a block, then sums the images in a fixed order.
 const SOURCE: &str = r#"
-template <typename E>
+// The element-wise kernels take their index type I: unsigned int where the element count
+// allows (64-bit division is a software routine on the GPU, and the index arithmetic is a
+// large part of a 3x3 depthwise element's work), long long beyond. Offsets into the other
+// tensor are 64-bit either way.
+template <typename E, typename I>
 __device__ void dw_forward(const typename E::S* __restrict__ x, const typename E::S* __restrict__ wt,
                            typename E::S* __restrict__ y, long long total, int c, int h, int w,
                            int k, int ho, int wo, int s, int p, int d) {
   typedef typename E::A A;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {
-    int ox = (int)(i % wo);
-    long long t = i / wo;
-    int oy = (int)(t % ho);
-    long long plane = t / ho;
-    int ch = (int)(plane % c);
-    const typename E::S* xp = x + plane * h * w;
+  for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < (I)total;
+       i += (I)gridDim.x * blockDim.x) {
+    int ox = (int)(i % (I)wo);
+    I t = i / (I)wo;
+    int oy = (int)(t % (I)ho);
+    I plane = t / (I)ho;
+    int ch = (int)(plane % (I)c);
+    const typename E::S* xp = x + (long long)plane * h * w;
     const typename E::S* wp = wt + (long long)ch * k * k;
     int iy0 = oy * s - p, ix0 = ox * s - p;
     A acc = 0;
@@ -53,20 +57,20 @@ __device__ void dw_forward(const typename E::S* __restrict__ x, const typename E
   }
 }
 
-template <typename E>
+template <typename E, typename I>
 __device__ void dw_input_grad(const typename E::S* __restrict__ g,
                               const typename E::S* __restrict__ wt, typename E::S* __restrict__ gx,
                               long long total, int c, int h, int w, int k, int ho, int wo,
                               int s, int p, int d) {
   typedef typename E::A A;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {
-    int ix = (int)(i % w);
-    long long t = i / w;
-    int iy = (int)(t % h);
-    long long plane = t / h;
-    int ch = (int)(plane % c);
-    const typename E::S* gp = g + plane * ho * wo;
+  for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < (I)total;
+       i += (I)gridDim.x * blockDim.x) {
+    int ix = (int)(i % (I)w);
+    I t = i / (I)w;
+    int iy = (int)(t % (I)h);
+    I plane = t / (I)h;
+    int ch = (int)(plane % (I)c);
+    const typename E::S* gp = g + (long long)plane * ho * wo;
     const typename E::S* wp = wt + (long long)ch * k * k;
     A acc = 0;
     for (int ky = 0; ky < k; ++ky) {
@@ -134,11 +138,19 @@ __device__ void sum_images(const typename E::A* __restrict__ part, typename E::S
 #define DW_KERNELS(E, SUF)                                                                         \
   extern "C" __global__ void dw_forward_##SUF(const E::S* x, const E::S* wt, E::S* y,             \
       long long total, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {         \
-    dw_forward<E>(x, wt, y, total, c, h, w, k, ho, wo, s, p, d);                                  \
+    dw_forward<E, unsigned int>(x, wt, y, total, c, h, w, k, ho, wo, s, p, d);                    \
+  }                                                                                                \
+  extern "C" __global__ void dw_forward_wide_##SUF(const E::S* x, const E::S* wt, E::S* y,        \
+      long long total, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {         \
+    dw_forward<E, long long>(x, wt, y, total, c, h, w, k, ho, wo, s, p, d);                       \
   }                                                                                                \
   extern "C" __global__ void dw_input_grad_##SUF(const E::S* g, const E::S* wt, E::S* gx,        \
       long long total, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {         \
-    dw_input_grad<E>(g, wt, gx, total, c, h, w, k, ho, wo, s, p, d);                              \
+    dw_input_grad<E, unsigned int>(g, wt, gx, total, c, h, w, k, ho, wo, s, p, d);                \
+  }                                                                                                \
+  extern "C" __global__ void dw_input_grad_wide_##SUF(const E::S* g, const E::S* wt, E::S* gx,   \
+      long long total, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {         \
+    dw_input_grad<E, long long>(g, wt, gx, total, c, h, w, k, ho, wo, s, p, d);                   \
   }                                                                                                \
   extern "C" __global__ void dw_weight_grad_partial_##SUF(const E::S* x, const E::S* g,          \
       E::A* part, int c, int h, int w, int k, int ho, int wo, int s, int p, int d) {              \
@@ -245,7 +257,13 @@ fn elementwise_storage(
     geo: &Geometry,
 ) -> Result<CudaStorage> {
     let dev = a.0.device();
-    let name = format!("{root}_{}", suffix(a.0.dtype())?);
+    // 32-bit index arithmetic while every index fits (the `_wide` kernels beyond).
+    let wide = if total > i32::MAX as usize {
+        "_wide"
+    } else {
+        ""
+    };
+    let name = format!("{root}{wide}_{}", suffix(a.0.dtype())?);
     match a.0.dtype() {
         DType::F32 => Ok(CudaStorage::wrap_cuda_slice(
             elementwise::<f32>(&name, dev, a, b, total, geo)?,
