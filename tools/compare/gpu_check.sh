@@ -11,7 +11,7 @@
 # There:                        bash tools/compare/gpu_check.sh run OUT_DIR [ITERS]
 #   ITERS (default 100): iterations of each default-config run. The parts are bounded by
 #   `timeout`, so that one slow part does not cost the others; each writes its own file:
-#   tests.txt, speed.md, train_{f32,bf16,f16}/metrics.json, curves.md, profile.txt.
+#   tests.txt, speed.md, detectors.txt, train_{f32,bf16,f16}/metrics.json, curves.md, profile.txt.
 # Without a GPU, `run OUT_DIR ITERS cpu` goes through the same steps on the CPU with the
 # host build (target/release), skipping the tests, the PyTorch table and the profile: a check
 # of this script, not a measurement.
@@ -68,6 +68,23 @@ if [ "$DEVICE" = cuda ]; then
   else
     log "speed table skipped: no PyTorch with CUDA here"
   fi
+fi
+
+# The detectors' training steps (random init, random images with synthetic boxes), as the
+# speed table of docs/benchmarks.md has them for earlier builds: batch 8 at 256 and 32 at 640.
+if [ "$DEVICE" = cuda ]; then
+  : > "$OUT/detectors.txt"
+  for cfg in ssdlite_mnv2_fpn faster_rcnn_mnv2_fpn; do
+    for bs in "8 256" "32 640"; do
+      set -- $bs
+      timeout 120 $(bin benchmark) --config "configs/synthetic_faces/$cfg.yaml" --task train \
+        --batch "$1" --size "$2" --iters 5 --json -- MODEL.DEVICE cuda MODEL.WEIGHTS "" \
+        > "$OUT/detector_step.log" 2>&1
+      rc=$?
+      echo "$cfg batch $1 size $2 rc $rc: $(tail -1 "$OUT/detector_step.log")" >> "$OUT/detectors.txt"
+      log "train step $cfg batch $1 at $2: rc $rc"
+    done
+  done
 fi
 
 # The generated dataset stays outside OUT (it is not a result).
