@@ -513,7 +513,6 @@ fn batch_norm_training_kernels_match_the_cpu_op() {
 /// gradient rounded once, bit for bit (both compute in f32 from the same values).
 #[test]
 fn narrow_batch_norm_kernels_round_the_f32_op_once() {
-    use candletron::ops::batch_norm_train_cuda::batch_norm_train_cuda;
     use candletron::ops::Activation;
     let Some(gpu) = gpu() else { return };
     let dims = [4, 24, 19, 17];
@@ -540,19 +539,12 @@ fn narrow_batch_norm_kernels_round_the_f32_op_once() {
     for dtype in [DType::BF16, DType::F16] {
         let (xn, rn) = (x.to_dtype(dtype).unwrap(), r.to_dtype(dtype).unwrap());
         for act in [Activation::Identity, Activation::ReLU, Activation::ReLU6] {
-            let run = |x: &Tensor, r: &Tensor| {
-                let vars = [x, &w, &b].map(|t| Var::from_tensor(t).unwrap());
-                let [xv, wv, bv] = vars.each_ref().map(|v| v.as_tensor());
-                let (y, mean, var) = batch_norm_train_cuda(xv, wv, bv, 1e-5, act).unwrap();
-                let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-                let grad = |t: &Tensor| g.get(t).unwrap().clone();
-                [y.clone(), grad(xv), grad(wv), grad(bv), mean, var]
-            };
-            let narrow = run(&xn, &rn);
-            let wide = run(
-                &xn.to_dtype(DType::F32).unwrap(),
-                &rn.to_dtype(DType::F32).unwrap(),
+            let narrow = batch_norm_run(&gpu, [&xn, &w, &b, &rn], act, false);
+            let (xw, rw) = (
+                xn.to_dtype(DType::F32).unwrap(),
+                rn.to_dtype(DType::F32).unwrap(),
             );
+            let wide = batch_norm_run(&gpu, [&xw, &w, &b, &rw], act, false);
             assert_eq!(narrow[0].dtype(), dtype);
             assert_eq!(narrow[1].dtype(), dtype);
             for (i, name) in [

@@ -8,7 +8,7 @@
 //! where 0 < x < 6 (PyTorch's hardtanh backward), and bf16/f16 compute in f32 and round once.
 
 use super::activation::Activation;
-use super::cuda_kernels::{self, blocks, i32_of, view, THREADS};
+use super::cuda_kernels::{self, blocks, i32_of, suffix, view, THREADS};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -89,19 +89,9 @@ fn ptx() -> Result<&'static str> {
     cuda_kernels::ptx(&PTX, SOURCE, WHAT)
 }
 
-fn suffix(dtype: DType) -> Option<&'static str> {
-    match dtype {
-        DType::F32 => Some("f32"),
-        DType::F64 => Some("f64"),
-        DType::BF16 => Some("bf16"),
-        DType::F16 => Some("f16"),
-        _ => None,
-    }
-}
-
 /// Whether the kernels cover this dtype; callers keep the stock ops otherwise.
 pub(super) fn supports(dtype: DType) -> bool {
-    suffix(dtype).is_some()
+    suffix(dtype, WHAT).is_ok()
 }
 
 /// The activation's number in SOURCE.
@@ -129,10 +119,7 @@ macro_rules! for_dtype {
 }
 
 fn name(root: &str, dtype: DType) -> Result<String> {
-    match suffix(dtype) {
-        Some(s) => Ok(format!("{root}_{s}")),
-        None => candle_core::bail!("{WHAT} CUDA kernels: {dtype:?} is not supported"),
-    }
+    Ok(format!("{root}_{}", suffix(dtype, WHAT)?))
 }
 
 fn grid_1d(n: usize) -> LaunchConfig {

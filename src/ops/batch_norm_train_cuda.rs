@@ -15,7 +15,7 @@
 
 use super::activation::Activation;
 use super::batch_norm_train::Clip;
-use super::cuda_kernels::{self, blocks, i32_of, view, THREADS};
+use super::cuda_kernels::{self, blocks, i32_of, suffix, view, THREADS};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -241,7 +241,7 @@ fn ptx() -> Result<&'static str> {
 
 /// Whether [`batch_norm_train_cuda`] runs for this input (CUDA, f32, f64, bf16 or f16).
 pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cuda() && suffix(x.dtype()).is_ok()
+    x.device().is_cuda() && suffix(x.dtype(), WHAT).is_ok()
 }
 
 /// The dtype of the element-wise arithmetic, the weight and the bias for activations of
@@ -371,21 +371,10 @@ fn clip_args<T: candle_core::WithDType>(clip: Option<Clip>) -> (i32, T, T) {
     }
 }
 
-/// The kernel's suffix for `dtype`.
-fn suffix(dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::F64 => Ok("f64"),
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        other => candle_core::bail!("{WHAT} CUDA kernels: {other:?} is not supported"),
-    }
-}
-
 /// Launches the kernel `name`_`suffix(dtype)` on `cfg` with the arguments in order.
 macro_rules! launch {
     ($dev:expr, $name:expr, $dtype:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let name = format!("{}_{}", $name, suffix($dtype)?);
+        let name = format!("{}_{}", $name, suffix($dtype, WHAT)?);
         let func = $dev.get_or_load_custom_func(&name, "candletron_batch_norm", ptx()?)?;
         let mut builder = func.builder();
         $(builder.arg($arg);)*

@@ -3,7 +3,7 @@
 
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::{CudaStorage, DType, Layout, Result};
 use std::sync::OnceLock;
 
 /// Threads per block of every kernel here.
@@ -67,6 +67,18 @@ pub(super) fn ptx(
         })
         .as_deref()
         .map_err(|e| candle_core::Error::Msg(format!("{what}: NVRTC failed: {e}")))
+}
+
+/// The kernel name suffix of the prelude's element type for `dtype` (f32, f64, bf16, f16);
+/// `what` names the kernels in the error.
+pub(super) fn suffix(dtype: DType, what: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F64 => Ok("f64"),
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => candle_core::bail!("{what} CUDA kernels: {other:?} is not supported"),
+    }
 }
 
 /// Blocks for one thread per element (grid-stride loops take the rest).

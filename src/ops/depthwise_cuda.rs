@@ -174,13 +174,7 @@ fn ptx() -> Result<&'static str> {
 }
 
 fn suffix(dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::F64 => Ok("f64"),
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        other => candle_core::bail!("depthwise conv CUDA kernels: {other:?} is not supported"),
-    }
+    cuda_kernels::suffix(dtype, WHAT)
 }
 
 /// Whether the kernels cover this dtype; callers fall back to the portable path if not.
