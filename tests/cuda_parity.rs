@@ -409,6 +409,16 @@ fn mixed_precision_losses_match_cpu_and_overflow_skips_on_the_device() {
     assert_eq!(o.loss_scale(), Some(512.0));
 }
 
+/// What [`batch_norm_run`] returns, in order.
+const BN_RESULTS: [&str; 6] = [
+    "output",
+    "input grad",
+    "weight grad",
+    "bias grad",
+    "mean",
+    "var",
+];
+
 /// Output, input/weight/bias gradients and batch statistics of a training batch norm on
 /// `dev`: the CUDA op there, the CPU op on the CPU, or (`reference`) the CUDA op without
 /// activation followed by the stock activation, whose gradient mask comes from the same
@@ -460,14 +470,6 @@ fn batch_norm_training_kernels_match_the_cpu_op() {
         ([1, 96, 7, 7], 0.5),
         ([8, 16, 33, 31], 0.0),
     ];
-    let names = [
-        "output",
-        "input grad",
-        "weight grad",
-        "bias grad",
-        "mean",
-        "var",
-    ];
     for (dtype, tol) in [(DType::F64, 1e-11), (DType::F32, 2e-5)] {
         for (dims, offset) in shapes {
             let c = dims[1];
@@ -490,7 +492,7 @@ fn batch_norm_training_kernels_match_the_cpu_op() {
                 } else {
                     batch_norm_run(&gpu, inputs, act, true)
                 };
-                for ((name, a), e) in names.iter().zip(&on_gpu).zip(&expected) {
+                for ((name, a), e) in BN_RESULTS.iter().zip(&on_gpu).zip(&expected) {
                     assert!(a.device().is_cuda());
                     let d = rel_diff(a, e);
                     assert!(
@@ -547,17 +549,7 @@ fn narrow_batch_norm_kernels_round_the_f32_op_once() {
             let wide = batch_norm_run(&gpu, [&xw, &w, &b, &rw], act, false);
             assert_eq!(narrow[0].dtype(), dtype);
             assert_eq!(narrow[1].dtype(), dtype);
-            for (i, name) in [
-                "output",
-                "input grad",
-                "weight grad",
-                "bias grad",
-                "mean",
-                "var",
-            ]
-            .iter()
-            .enumerate()
-            {
+            for (i, name) in BN_RESULTS.iter().enumerate() {
                 let want = if i < 2 {
                     wide[i].to_dtype(dtype).unwrap()
                 } else {
