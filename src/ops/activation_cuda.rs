@@ -54,15 +54,18 @@ __device__ void relu6_backward(const typename E::S* __restrict__ x,
   }
 }
 
-// On a (plane, pixel block) grid: the plane's channel is the block's, no per-element division.
+// On a (plane, pixel block) grid: the plane's channel is the block's, no per-element division;
+// planes of more than 65535 blocks are covered by a stride.
 template <typename E>
 __device__ void bias_act(const typename E::S* __restrict__ x, const typename E::S* __restrict__ b,
                          typename E::S* __restrict__ y, int c, int hw, int kind) {
-  int p = blockIdx.y * blockDim.x + threadIdx.x;
-  if (p >= hw) return;
   int ch = (int)(blockIdx.x % (unsigned int)c);
-  long long i = (long long)blockIdx.x * hw + p;
-  y[i] = E::store(act(kind, E::load(x[i]) + E::load(b[ch])));
+  const typename E::A bias = E::load(b[ch]);
+  for (unsigned int p = blockIdx.y * blockDim.x + threadIdx.x; p < (unsigned int)hw;
+       p += gridDim.y * blockDim.x) {
+    long long i = (long long)blockIdx.x * hw + p;
+    y[i] = E::store(act(kind, E::load(x[i]) + bias));
+  }
 }
 
 #define ACT_KERNELS(E, SUF)                                                                        \
@@ -210,9 +213,9 @@ fn bias_act_typed<T: CudaDType + DeviceRepr>(
     // SAFETY: block (plane, pixel block) writes its pixels of the plane; every block runs.
     let y = unsafe { dev.alloc::<T>(planes * hw)? };
     if planes * hw > 0 {
-        let pixel_blocks = hw.div_ceil(THREADS as usize);
-        if pixel_blocks > 65_535 || planes > i32::MAX as usize {
-            candle_core::bail!("bias-act: {planes} planes of {hw} values exceed the grid");
+        let pixel_blocks = hw.div_ceil(THREADS as usize).min(65_535);
+        if planes > i32::MAX as usize {
+            candle_core::bail!("bias-act: {planes} planes exceed the grid");
         }
         let func = dev.get_or_load_custom_func(&name("bias_act", xs.dtype())?, MODULE, ptx()?)?;
         let (ci, hwi, k) = (i32_of(c, WHAT)?, i32_of(hw, WHAT)?, kind(a));

@@ -23,7 +23,9 @@ const WHAT: &str = "roi_align";
 const MODULE: &str = "candletron_roi_align";
 
 const SOURCE: &str = r#"
-// One ROI's sampling grid, as RoiPlan::new computes it (f64, same operations).
+// One ROI's sampling grid, as RoiPlan::new computes it: f64, the same operations, each rounded
+// on its own (no fused multiply-add) so that a sample lands where the plan's does; a sample on
+// the map's border is kept or dropped by a comparison.
 struct Grid {
   double x0, y0, bw, bh, count;
   int gw, gh;
@@ -33,10 +35,10 @@ __device__ Grid grid_of(const double* roi, double scale, int ph, int pw, int sam
                         int aligned) {
   Grid g;
   double shift = aligned ? 0.5 : 0.0;
-  g.x0 = roi[1] * scale - shift;
-  g.y0 = roi[2] * scale - shift;
-  double rw = roi[3] * scale - shift - g.x0;
-  double rh = roi[4] * scale - shift - g.y0;
+  g.x0 = __dsub_rn(__dmul_rn(roi[1], scale), shift);
+  g.y0 = __dsub_rn(__dmul_rn(roi[2], scale), shift);
+  double rw = __dsub_rn(__dsub_rn(__dmul_rn(roi[3], scale), shift), g.x0);
+  double rh = __dsub_rn(__dsub_rn(__dmul_rn(roi[4], scale), shift), g.y0);
   if (!aligned) {
     rw = rw > 1.0 ? rw : 1.0;
     rh = rh > 1.0 ? rh : 1.0;
@@ -83,12 +85,35 @@ __device__ Axis axis_of(double v, int size) {
   return a;
 }
 
+// origin + bin * size + (sample + 0.5) * size / samples, rounded as the plan rounds it.
+__device__ __forceinline__ double sample_at(double origin, double size, int bin, int sample,
+                                            int samples) {
+  return __dadd_rn(__dadd_rn(origin, __dmul_rn((double)bin, size)),
+                   __ddiv_rn(__dmul_rn(sample + 0.5, size), (double)samples));
+}
+
 __device__ __forceinline__ double sample_y(const Grid& g, int by, int iy) {
-  return g.y0 + by * g.bh + (iy + 0.5) * g.bh / g.gh;
+  return sample_at(g.y0, g.bh, by, iy, g.gh);
 }
 
 __device__ __forceinline__ double sample_x(const Grid& g, int bx, int ix) {
-  return g.x0 + bx * g.bw + (ix + 0.5) * g.bw / g.gw;
+  return sample_at(g.x0, g.bw, bx, ix, g.gw);
+}
+
+// The bilinear sum of a sample; taps of weight 0 are not read (the plan drops them), so a
+// NaN beside a sample on a pixel's centre line does not reach it.
+template <typename E>
+__device__ __forceinline__ double bilinear(const typename E::S* plane, int w, const Axis& ay,
+                                           const Axis& ax) {
+  double v = 0.0;
+  const double wy[2] = {ay.wlo, ay.whi}, wx[2] = {ax.wlo, ax.whi};
+  const int ys[2] = {ay.lo, ay.hi}, xs[2] = {ax.lo, ax.hi};
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b) {
+      double wt = wy[a] * wx[b];
+      if (wt != 0.0) v += wt * (double)E::load(plane[(long long)ys[a] * w + xs[b]]);
+    }
+  return v;
 }
 
 // rois: (R, 5) f64 rows (image, x1, y1, x2, y2); out: (R, C, ph, pw).
@@ -114,11 +139,7 @@ __device__ void forward(const typename E::S* __restrict__ x, const double* __res
       for (int ix = 0; ix < g.gw; ++ix) {
         Axis ax = axis_of(sample_x(g, bx, ix), w);
         if (!ax.valid) continue;
-        double v = ay.wlo * ax.wlo * (double)E::load(plane[(long long)ay.lo * w + ax.lo]) +
-                   ay.wlo * ax.whi * (double)E::load(plane[(long long)ay.lo * w + ax.hi]) +
-                   ay.whi * ax.wlo * (double)E::load(plane[(long long)ay.hi * w + ax.lo]) +
-                   ay.whi * ax.whi * (double)E::load(plane[(long long)ay.hi * w + ax.hi]);
-        acc += v / g.count;
+        acc += bilinear<E>(plane, w, ay, ax) / g.count;
       }
     }
     out[i] = E::store((typename E::A)acc);
@@ -151,9 +172,13 @@ __device__ void backward(const typename E::S* __restrict__ grad, const double* _
       const double* roi = rois + (long long)r * 5;
       if ((int)roi[0] != img) continue;
       Grid g = grid_of(roi, scale, ph, pw, sampling, aligned);
-      // Samples lie in [y0, y0 + ph * bh]; they touch rows within a pixel of that.
-      if (py < floor(g.y0) - 1.0 || py > g.y0 + ph * g.bh + 1.0) continue;
-      if (px < floor(g.x0) - 1.0 || px > g.x0 + pw * g.bw + 1.0) continue;
+      // Samples lie between y0 and y0 + ph * bh (bh < 0 for an inverted box without the
+      // size clamp); they touch rows within a pixel of that. Not finite: no shortcut.
+      double y1 = g.y0 + ph * g.bh, x1 = g.x0 + pw * g.bw;
+      double ylo = fmin(g.y0, y1), yhi = fmax(g.y0, y1);
+      double xlo = fmin(g.x0, x1), xhi = fmax(g.x0, x1);
+      if (isfinite(ylo) && isfinite(yhi) && (py < floor(ylo) - 1.0 || py > yhi + 1.0)) continue;
+      if (isfinite(xlo) && isfinite(xhi) && (px < floor(xlo) - 1.0 || px > xhi + 1.0)) continue;
       const typename E::S* gr = grad + ((long long)r * c + ch) * ph * pw;
       for (int by = 0; by < ph; ++by) {
         for (int iy = 0; iy < g.gh; ++iy) {
@@ -260,7 +285,7 @@ fn forward_typed<T: CudaDType + DeviceRepr>(
     (xs, xl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
     let g = op.geo;
-    let total = op.rois.count * (g.c * g.ph * g.pw) as usize;
+    let total = op.rois.count * g.c as usize * g.ph as usize * g.pw as usize;
     let dev = xs.device();
     let x = view::<T>(xs, xl, WHAT)?;
     // SAFETY: one thread per output element writes it (grid-stride).
@@ -286,7 +311,7 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
     (gs, gl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
     let g = op.geo;
-    let total = op.images * (g.c * g.h * g.w) as usize;
+    let total = op.images * g.c as usize * g.h as usize * g.w as usize;
     let dev = gs.device();
     let grad = view::<T>(gs, gl, WHAT)?;
     // SAFETY: one thread per input element writes it (grid-stride).

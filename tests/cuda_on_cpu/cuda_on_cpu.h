@@ -13,8 +13,9 @@
 // write shows.
 //
 // What is not: timing, the memory model of a real GPU (a missing `__syncthreads` between a
-// shared-memory write and another thread's read may pass here), and inline PTX (`asm`), which
-// the caller replaces before compiling.
+// shared-memory write and another thread's read may pass here), races between blocks (they run
+// one after another), uninitialised shared memory (the statics start at zero and keep the last
+// block's values), and inline PTX (`asm`), which the caller replaces before compiling.
 #pragma once
 
 #include <atomic>
@@ -164,9 +165,19 @@ inline unsigned int __float_as_uint(float v) { return std::bit_cast<unsigned int
 inline float __uint_as_float(unsigned int v) { return std::bit_cast<float>(v); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
+// Single roundings, as on the GPU; the host compiler contracts nothing here (no FMA in the
+// baseline x86-64 instruction set).
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
 // CUDA's math functions are overloaded for float as C++'s are.
 using std::exp;
 using std::fabs;
+using std::floor;
+using std::fmax;
+using std::fmin;
+using std::isfinite;
 using std::log1p;
 using std::max;
 using std::min;
