@@ -12,9 +12,12 @@
 #   ITERS (default 100): iterations of each default-config run. The parts are bounded by
 #   `timeout`, so that one slow part does not cost the others; each writes its own file:
 #   tests.txt, speed.md, detectors.txt, train_{f32,bf16,f16}/metrics.json, curves.md, profile.txt.
+#   PARTS (default tests,speed,detectors,train,profile) picks parts, in that order of
+#   priority; where one call may run ten minutes, split the run, e.g. PARTS=tests,speed then
+#   PARTS=detectors,train,profile, into the same OUT_DIR.
 # Without a GPU, `run OUT_DIR ITERS cpu` goes through the same steps on the CPU with the
-# host build (target/release), skipping the tests, the PyTorch table and the profile: a check
-# of this script, not a measurement.
+# host build (target/release), skipping the tests, the PyTorch table, the detectors' steps and
+# the profile: a check of this script, not a measurement.
 set -uo pipefail
 MODE=${1:?usage: gpu_check.sh pack | run OUT_DIR [ITERS] [cpu]}
 
@@ -52,15 +55,21 @@ else
 fi
 bin() { if [ -n "$RUN" ]; then echo "$RUN $1"; else echo "target/release/$1"; fi; }
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
+PARTS=${PARTS:-tests,speed,detectors,train,profile}
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
   log "GPU: $(cat "$OUT/gpu.txt")"
+fi
+if [ "$DEVICE" = cuda ] && want tests; then
   : > "$OUT/tests.txt"
   for t in depthwise cuda_parity; do
     timeout 300 $RUN "test_$t" --test-threads 1 >> "$OUT/tests.txt" 2>&1
     log "tests $t: rc $? ($(grep -c '\.\.\. ok' "$OUT/tests.txt") ok so far, $(grep -c FAILED "$OUT/tests.txt") FAILED lines)"
   done
+fi
+if [ "$DEVICE" = cuda ] && want speed; then
   if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' 2>/dev/null; then
     timeout 420 python3 tools/compare/compare_speed_cuda.py --bench "$(bin benchmark)" --rounds 1 \
       > "$OUT/speed.md" 2> "$OUT/speed.err"
@@ -72,7 +81,7 @@ fi
 
 # The detectors' training steps (random init, random images with synthetic boxes), as the
 # speed table of docs/benchmarks.md has them for earlier builds: batch 8 at 256 and 32 at 640.
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] && want detectors; then
   : > "$OUT/detectors.txt"
   for cfg in ssdlite_mnv2_fpn faster_rcnn_mnv2_fpn; do
     for bs in "8 256" "32 640"; do
@@ -87,6 +96,7 @@ if [ "$DEVICE" = cuda ]; then
   done
 fi
 
+if want train; then
 # The generated dataset stays outside OUT (it is not a result).
 DATA=${TMPDIR:-/tmp}/gpu_check_data
 # The README's default config on the device, in f32 and both mixed precisions, from the shipped
@@ -128,8 +138,11 @@ for p, r in runs.items():
           f"({1 / statistics.median(times):.2f} it/s) over the logged steps; "
           f"last loss scale {scale[-1]}")
 PY
+fi
 
-if [ "$DEVICE" = cuda ] && command -v nsys > /dev/null; then
+if ! want profile; then
+  :
+elif [ "$DEVICE" = cuda ] && command -v nsys > /dev/null; then
   timeout 240 nsys profile -o "$OUT/train_step" --force-overwrite true \
     $(bin benchmark) --task train --batch 32 --size 224 --iters 5 -- MODEL.DEVICE cuda \
     > "$OUT/profile.log" 2>&1
