@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::ops::{
     batch_norm_train, bias_act, depthwise_conv2d, relu6, roi_align, top_k_mask, Activation,
-    ConvGeometry, RoiAlignParams,
+    ConvGeometry, RoiAlignParams, RoiGrid,
 };
 
 /// Threads per block of the element-wise and reduction kernels (`cuda_kernels::THREADS`).
@@ -763,17 +763,12 @@ fn roi_align_kernels_equal_the_cpu_op() {
                 let last = host(&y.get(rois.len() - 1).unwrap());
                 assert!(last.iter().all(|v| v.is_finite()));
             }
-            // The boxes and per-image ROI ranges as roi_align_cuda.rs uploads them.
+            // The grids and per-image ROI ranges as roi_align_cuda.rs uploads them.
             let boxes: Vec<f64> = rois
                 .iter()
                 .flat_map(|(b, r)| {
-                    [
-                        *b as f64,
-                        r[0] as f64,
-                        r[1] as f64,
-                        r[2] as f64,
-                        r[3] as f64,
-                    ]
+                    let g = RoiGrid::new(r, &p);
+                    [*b as f64, g.x0, g.y0, g.bw, g.bh, g.gw as f64, g.gh as f64]
                 })
                 .collect();
             let (mut first, mut last) = (vec![0u32; n], vec![0u32; n]);
@@ -785,10 +780,7 @@ fn roi_align_kernels_equal_the_cpu_op() {
             }
             let le = |v: &[u32]| v.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
             let (total_y, total_x) = (rois.len() * c * out * out, n * c * h * w);
-            let geo = format!(
-                "i32={c} i32={h} i32={w} i32={out} i32={out} f64=0.25 i32={sampling} i32={}",
-                aligned as i32
-            );
+            let geo = format!("i32={c} i32={h} i32={w} i32={out} i32={out}");
             let script = format!(
                 "alloc y {}\n\
                  launch roi_align_forward_{sfx} {} 1 1 {THREADS} 1 1 @x @rois @y i64={total_y} {geo}\n\

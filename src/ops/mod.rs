@@ -43,7 +43,7 @@ pub use dense_conv::dense_conv2d;
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use geometry::ConvGeometry;
 pub use linear::linear;
-pub use roi_align::{roi_align, roi_align_portable, RoiAlignParams};
+pub use roi_align::{roi_align, roi_align_portable, RoiAlignParams, RoiGrid};
 pub use top_k_mask::top_k_mask;
 pub use upsample::upsample_nearest_2x;
 

@@ -7,7 +7,8 @@
 //! only. They are planned once per call; the CPU op then runs the plan over channels in
 //! forward and transposes it in backward, and the portable path for other devices runs
 //! the same plan as `index_select` + `index_add`, which Candle differentiates. CUDA
-//! kernels (`roi_align_cuda.rs`) recompute the plan's samples from the boxes instead.
+//! kernels (`roi_align_cuda.rs`) take each ROI's [`RoiGrid`] instead and place the samples
+//! on the device.
 
 use std::sync::Arc;
 
@@ -31,6 +32,69 @@ pub struct RoiAlignParams {
     pub aligned: bool,
 }
 
+/// One ROI's sampling grid on the feature map: `output_size` bins from (`x0`, `y0`), each
+/// of `bw` x `bh` pixels (negative for an inverted box under `aligned`, which does not clamp
+/// the size) and sampled `gw` x `gh` times. The planned op and the CUDA kernels both sample
+/// from it, so they take the same points.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoiGrid {
+    pub x0: f64,
+    pub y0: f64,
+    pub bw: f64,
+    pub bh: f64,
+    pub gw: usize,
+    pub gh: usize,
+}
+
+impl RoiGrid {
+    /// The grid of box `b` (XYXY in input pixels) under `p`.
+    pub fn new(b: &Box4, p: &RoiAlignParams) -> Self {
+        let (ph, pw) = p.output_size;
+        let scale = p.spatial_scale as f64;
+        let shift = if p.aligned { 0.5 } else { 0.0 };
+        let x0 = b[0] as f64 * scale - shift;
+        let y0 = b[1] as f64 * scale - shift;
+        let mut rw = b[2] as f64 * scale - shift - x0;
+        let mut rh = b[3] as f64 * scale - shift - y0;
+        if !p.aligned {
+            rw = rw.max(1.0);
+            rh = rh.max(1.0);
+        }
+        let (bh, bw) = (rh / ph as f64, rw / pw as f64);
+        // torchvision's adaptive ratio: ceil(bin size) samples, none for an empty bin.
+        let samples = |bin: f64| {
+            if p.sampling_ratio > 0 {
+                p.sampling_ratio
+            } else {
+                bin.ceil().max(0.0) as usize
+            }
+        };
+        Self {
+            x0,
+            y0,
+            bw,
+            bh,
+            gw: samples(bw),
+            gh: samples(bh),
+        }
+    }
+
+    /// Samples per bin, at least 1: each sample's weight is 1 / this.
+    pub fn count(&self) -> f64 {
+        (self.gh * self.gw).max(1) as f64
+    }
+
+    /// Row coordinate of sample `iy` of bin row `by`.
+    pub fn sample_y(&self, by: usize, iy: usize) -> f64 {
+        self.y0 + by as f64 * self.bh + (iy as f64 + 0.5) * self.bh / self.gh as f64
+    }
+
+    /// Column coordinate of sample `ix` of bin column `bx`.
+    pub fn sample_x(&self, bx: usize, ix: usize) -> f64 {
+        self.x0 + bx as f64 * self.bw + (ix as f64 + 0.5) * self.bw / self.gw as f64
+    }
+}
+
 /// Which plane an ROI reads and, per output bin, its weighted taps.
 #[derive(Debug)]
 pub struct RoiPlan {
@@ -52,35 +116,15 @@ impl RoiPlan {
         let mut entries = Vec::new();
         offsets.push(0);
         let (hf, wf) = (height as f64, width as f64);
-        let scale = p.spatial_scale as f64;
-        let shift = if p.aligned { 0.5 } else { 0.0 };
-        for &(_, b) in rois {
-            let x0 = b[0] as f64 * scale - shift;
-            let y0 = b[1] as f64 * scale - shift;
-            let mut rw = b[2] as f64 * scale - shift - x0;
-            let mut rh = b[3] as f64 * scale - shift - y0;
-            if !p.aligned {
-                rw = rw.max(1.0);
-                rh = rh.max(1.0);
-            }
-            let (bh, bw) = (rh / ph as f64, rw / pw as f64);
-            let gh = if p.sampling_ratio > 0 {
-                p.sampling_ratio
-            } else {
-                (rh / ph as f64).ceil().max(0.0) as usize
-            };
-            let gw = if p.sampling_ratio > 0 {
-                p.sampling_ratio
-            } else {
-                (rw / pw as f64).ceil().max(0.0) as usize
-            };
-            let count = (gh * gw).max(1) as f64;
+        for (_, b) in rois {
+            let grid = RoiGrid::new(b, p);
+            let count = grid.count();
             for by in 0..ph {
                 for bx in 0..pw {
-                    for iy in 0..gh {
-                        let y = y0 + by as f64 * bh + (iy as f64 + 0.5) * bh / gh as f64;
-                        for ix in 0..gw {
-                            let x = x0 + bx as f64 * bw + (ix as f64 + 0.5) * bw / gw as f64;
+                    for iy in 0..grid.gh {
+                        let y = grid.sample_y(by, iy);
+                        for ix in 0..grid.gw {
+                            let x = grid.sample_x(bx, ix);
                             push_bilinear(&mut entries, y, x, hf, wf, width, count);
                         }
                     }

@@ -3,14 +3,15 @@
 //!
 //! The portable path runs the host's plan as `index_select` + `index_add`: it uploads every
 //! tap (a few MB per call for a Faster R-CNN batch) and materialises one channel vector per
-//! tap, an (taps x C) tensor of hundreds of MB at 640 px. Here only the boxes go up (five
-//! f64 per ROI) and each kernel recomputes the samples in f64 exactly as the plan does. The
+//! tap, an (taps x C) tensor of hundreds of MB at 640 px. Here only each ROI's sampling grid
+//! goes up ([`RoiGrid`], seven f64 per ROI, made by the plan's own code) and the kernels
+//! place the samples from it with the plan's roundings. The
 //! forward is one thread per output bin. The backward is a gather, one thread per input
 //! element over the ROIs of its image, rather than torchvision's scatter with atomics, so
 //! its sums run in a fixed order and training on the GPU stays deterministic.
 
 use super::cuda_kernels::{self, blocks, i32_of, view, THREADS};
-use super::roi_align::RoiAlignParams;
+use super::roi_align::{RoiAlignParams, RoiGrid};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -23,36 +24,22 @@ const WHAT: &str = "roi_align";
 const MODULE: &str = "candletron_roi_align";
 
 const SOURCE: &str = r#"
-// One ROI's sampling grid, as RoiPlan::new computes it: f64, the same operations, each rounded
-// on its own (no fused multiply-add) so that a sample lands where the plan's does; a sample on
-// the map's border is kept or dropped by a comparison.
+// One ROI's row of the table the host uploads: image, then its RoiGrid (x0, y0, bw, bh, gw,
+// gh), computed there by the planned op's own code.
+#define ROI_STRIDE 7
 struct Grid {
   double x0, y0, bw, bh, count;
   int gw, gh;
 };
 
-__device__ Grid grid_of(const double* roi, double scale, int ph, int pw, int sampling,
-                        int aligned) {
+__device__ Grid grid_of(const double* roi) {
   Grid g;
-  double shift = aligned ? 0.5 : 0.0;
-  g.x0 = __dsub_rn(__dmul_rn(roi[1], scale), shift);
-  g.y0 = __dsub_rn(__dmul_rn(roi[2], scale), shift);
-  double rw = __dsub_rn(__dsub_rn(__dmul_rn(roi[3], scale), shift), g.x0);
-  double rh = __dsub_rn(__dsub_rn(__dmul_rn(roi[4], scale), shift), g.y0);
-  if (!aligned) {
-    rw = rw > 1.0 ? rw : 1.0;
-    rh = rh > 1.0 ? rh : 1.0;
-  }
-  g.bh = rh / ph;
-  g.bw = rw / pw;
-  if (sampling > 0) {
-    g.gh = sampling;
-    g.gw = sampling;
-  } else {
-    double ch = ceil(rh / ph), cw = ceil(rw / pw);
-    g.gh = (int)(ch > 0.0 ? ch : 0.0);
-    g.gw = (int)(cw > 0.0 ? cw : 0.0);
-  }
+  g.x0 = roi[1];
+  g.y0 = roi[2];
+  g.bw = roi[3];
+  g.bh = roi[4];
+  g.gw = (int)roi[5];
+  g.gh = (int)roi[6];
   int n = g.gh * g.gw;
   g.count = (double)(n > 1 ? n : 1);
   return g;
@@ -85,7 +72,9 @@ __device__ Axis axis_of(double v, int size) {
   return a;
 }
 
-// origin + bin * size + (sample + 0.5) * size / samples, rounded as the plan rounds it.
+// origin + bin * size + (sample + 0.5) * size / samples, each operation rounded on its own as
+// RoiGrid::sample_y/x round them (NVRTC would fuse multiply-adds, and a sample exactly on the
+// map's border is kept or dropped by a comparison).
 __device__ __forceinline__ double sample_at(double origin, double size, int bin, int sample,
                                             int samples) {
   return __dadd_rn(__dadd_rn(origin, __dmul_rn((double)bin, size)),
@@ -116,11 +105,11 @@ __device__ __forceinline__ double bilinear(const typename E::S* plane, int w, co
   return v;
 }
 
-// rois: (R, 5) f64 rows (image, x1, y1, x2, y2); out: (R, C, ph, pw).
+// rois: (R, ROI_STRIDE) f64 rows; out: (R, C, ph, pw).
 template <typename E>
 __device__ void forward(const typename E::S* __restrict__ x, const double* __restrict__ rois,
                         typename E::S* __restrict__ out, long long total, int c, int h, int w,
-                        int ph, int pw, double scale, int sampling, int aligned) {
+                        int ph, int pw) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x) {
     int bx = (int)(i % pw);
@@ -129,8 +118,8 @@ __device__ void forward(const typename E::S* __restrict__ x, const double* __res
     t /= ph;
     int ch = (int)(t % c);
     long long r = t / c;
-    const double* roi = rois + r * 5;
-    Grid g = grid_of(roi, scale, ph, pw, sampling, aligned);
+    const double* roi = rois + r * ROI_STRIDE;
+    Grid g = grid_of(roi);
     const typename E::S* plane = x + ((long long)roi[0] * c + ch) * h * w;
     double acc = 0.0;
     for (int iy = 0; iy < g.gh; ++iy) {
@@ -158,7 +147,7 @@ __device__ void backward(const typename E::S* __restrict__ grad, const double* _
                          const unsigned int* __restrict__ first,
                          const unsigned int* __restrict__ last,
                          typename E::S* __restrict__ gx, long long total, int c, int h, int w,
-                         int ph, int pw, double scale, int sampling, int aligned) {
+                         int ph, int pw) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x) {
     int px = (int)(i % w);
@@ -169,9 +158,9 @@ __device__ void backward(const typename E::S* __restrict__ grad, const double* _
     int img = (int)(t / c);
     double acc = 0.0;
     for (unsigned int r = first[img]; r < last[img]; ++r) {
-      const double* roi = rois + (long long)r * 5;
+      const double* roi = rois + (long long)r * ROI_STRIDE;
       if ((int)roi[0] != img) continue;
-      Grid g = grid_of(roi, scale, ph, pw, sampling, aligned);
+      Grid g = grid_of(roi);
       // Samples lie between y0 and y0 + ph * bh (bh < 0 for an inverted box without the
       // size clamp); they touch rows within a pixel of that. Not finite: no shortcut.
       double y1 = g.y0 + ph * g.bh, x1 = g.x0 + pw * g.bw;
@@ -204,14 +193,13 @@ __device__ void backward(const typename E::S* __restrict__ grad, const double* _
 
 #define ROI_KERNELS(E, SUF)                                                                        \
   extern "C" __global__ void roi_align_forward_##SUF(const E::S* x, const double* rois,           \
-      E::S* out, long long total, int c, int h, int w, int ph, int pw, double scale,              \
-      int sampling, int aligned) {                                                                 \
-    forward<E>(x, rois, out, total, c, h, w, ph, pw, scale, sampling, aligned);                   \
+      E::S* out, long long total, int c, int h, int w, int ph, int pw) {                           \
+    forward<E>(x, rois, out, total, c, h, w, ph, pw);                                              \
   }                                                                                                \
   extern "C" __global__ void roi_align_backward_##SUF(const E::S* grad, const double* rois,       \
-      const unsigned int* first, const unsigned int* last, E::S* gx, long long total, int c, int h, int w, int ph,  \
-      int pw, double scale, int sampling, int aligned) {                                           \
-    backward<E>(grad, rois, first, last, gx, total, c, h, w, ph, pw, scale, sampling, aligned);   \
+      const unsigned int* first, const unsigned int* last, E::S* gx, long long total, int c,       \
+      int h, int w, int ph, int pw) {                                                              \
+    backward<E>(grad, rois, first, last, gx, total, c, h, w, ph, pw);                              \
   }
 
 ROI_KERNELS(f32_t, f32)
@@ -239,7 +227,7 @@ fn suffix(dtype: DType) -> Result<&'static str> {
 /// The boxes on the device, and per image the range of ROI indices that holds its boxes.
 #[derive(Clone)]
 struct Rois {
-    /// (R, 5) f64: image, x1, y1, x2, y2.
+    /// (R, 7) f64: image, then the ROI's grid (x0, y0, bw, bh, gw, gh).
     boxes: Tensor,
     /// (N) u32 each: the first ROI of each image and one past its last (equal if none).
     first: Tensor,
@@ -247,7 +235,7 @@ struct Rois {
     count: usize,
 }
 
-/// The geometry arguments after the tensors: c, h, w, ph, pw, scale, sampling, aligned.
+/// The geometry arguments after the tensors: c, h, w, ph, pw.
 #[derive(Clone, Copy)]
 struct Geometry {
     c: i32,
@@ -255,9 +243,6 @@ struct Geometry {
     w: i32,
     ph: i32,
     pw: i32,
-    scale: f64,
-    sampling: i32,
-    aligned: i32,
 }
 
 struct Forward {
@@ -298,7 +283,6 @@ fn forward_typed<T: CudaDType + DeviceRepr>(
         let mut b = func.builder();
         b.arg(&x).arg(&boxes).arg(&out).arg(&total_i64);
         b.arg(&g.c).arg(&g.h).arg(&g.w).arg(&g.ph).arg(&g.pw);
-        b.arg(&g.scale).arg(&g.sampling).arg(&g.aligned);
         // SAFETY: the arguments match the kernel's signature in SOURCE.
         unsafe { b.launch(grid_1d(total)) }.w()?;
         Ok(())
@@ -332,7 +316,6 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
                     .arg(&g.w)
                     .arg(&g.ph)
                     .arg(&g.pw);
-                b.arg(&g.scale).arg(&g.sampling).arg(&g.aligned);
                 // SAFETY: the arguments match the kernel's signature in SOURCE.
                 unsafe { b.launch(grid_1d(total)) }.w()?;
                 Ok(())
@@ -419,16 +402,19 @@ pub(super) fn roi_align(
         candle_core::bail!("roi_align: box of image {b} but the batch has {n} images");
     }
     let dev = features.device();
-    let mut flat = Vec::with_capacity(rois.len() * 5);
+    let mut flat = Vec::with_capacity(rois.len() * 7);
     let (mut first, mut last) = (vec![0u32; n], vec![0u32; n]);
-    for (i, &(b, bx)) in rois.iter().enumerate() {
-        flat.extend([
-            b as f64,
-            bx[0] as f64,
-            bx[1] as f64,
-            bx[2] as f64,
-            bx[3] as f64,
-        ]);
+    for (i, (b, bx)) in rois.iter().enumerate() {
+        let (b, g) = (*b, RoiGrid::new(bx, p));
+        // The kernels count samples in `int`; a grid that large is no real box.
+        if g.gw.max(g.gh) > i32::MAX as usize / g.gw.min(g.gh).max(1) {
+            candle_core::bail!(
+                "roi_align: box {bx:?} takes {} x {} samples per bin",
+                g.gw,
+                g.gh
+            );
+        }
+        flat.extend([b as f64, g.x0, g.y0, g.bw, g.bh, g.gw as f64, g.gh as f64]);
         let i = i32_of(i, WHAT)? as u32;
         if first[b] == last[b] {
             first[b] = i;
@@ -442,12 +428,9 @@ pub(super) fn roi_align(
         w: i32_of(w, WHAT)?,
         ph: i32_of(ph, WHAT)?,
         pw: i32_of(pw, WHAT)?,
-        scale: p.spatial_scale as f64,
-        sampling: i32_of(p.sampling_ratio, WHAT)?,
-        aligned: p.aligned as i32,
     };
     let rois = Rois {
-        boxes: Tensor::from_vec(flat, (rois.len(), 5), dev)?,
+        boxes: Tensor::from_vec(flat, (rois.len(), 7), dev)?,
         first: Tensor::from_vec(first, n, dev)?,
         last: Tensor::from_vec(last, n, dev)?,
         count: rois.len(),
