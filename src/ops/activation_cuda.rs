@@ -8,7 +8,7 @@
 //! where 0 < x < 6 (PyTorch's hardtanh backward), and bf16/f16 compute in f32 and round once.
 
 use super::activation::Activation;
-use super::cuda_kernels::{self, blocks, i32_of, suffix, view, THREADS};
+use super::cuda_kernels::{self, grid_1d, i32_of, suffix, view, THREADS};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -123,14 +123,6 @@ macro_rules! for_dtype {
 
 fn name(root: &str, dtype: DType) -> Result<String> {
     Ok(format!("{root}_{}", suffix(dtype, WHAT)?))
-}
-
-fn grid_1d(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks(n), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 fn relu6_typed<T: CudaDType + DeviceRepr>(

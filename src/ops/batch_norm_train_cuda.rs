@@ -15,7 +15,7 @@
 
 use super::activation::Activation;
 use super::batch_norm_train::Clip;
-use super::cuda_kernels::{self, blocks, i32_of, suffix, view, THREADS};
+use super::cuda_kernels::{self, grid_1d, i32_of, suffix, view, THREADS};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -381,14 +381,6 @@ macro_rules! launch {
         // SAFETY: each call lists the arguments of the kernel's signature in SOURCE.
         unsafe { builder.launch($cfg) }.w()?;
     }};
-}
-
-fn grid_1d(total: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks(total), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 /// The (channel, chunk) grid of the per-channel reductions.

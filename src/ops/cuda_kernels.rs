@@ -1,7 +1,7 @@
 //! What the NVRTC-compiled kernels of `ops` share: the element types, compiling a module's
 //! source once per process, grid sizes, and typed views of contiguous CUDA storage.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Result};
 use std::sync::OnceLock;
@@ -84,6 +84,15 @@ pub(super) fn suffix(dtype: DType, what: &str) -> Result<&'static str> {
 /// Blocks for one thread per element (grid-stride loops take the rest).
 pub(super) fn blocks(total: usize) -> u32 {
     total.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32
+}
+
+/// The 1-D launch of a one-thread-per-element kernel over `total` elements.
+pub(super) fn grid_1d(total: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(total), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// `v` as a kernel's `int`.

@@ -8,7 +8,7 @@
 //! accumulation (mixed precision). The source is compiled once per process
 //! with NVRTC, so the build needs no nvcc beyond what Candle's own kernels need.
 
-use super::cuda_kernels::{self, blocks, THREADS};
+use super::cuda_kernels::{self, grid_1d, THREADS};
 use super::geometry::ConvGeometry;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -232,11 +232,7 @@ fn elementwise<T: candle_core::cuda_backend::CudaDType + DeviceRepr>(
     for v in &geo.0 {
         builder.arg(v);
     }
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(total), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_1d(total);
     // SAFETY: the argument list matches the kernel's signature in SOURCE.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(out)
@@ -355,11 +351,7 @@ where
     builder.arg(&out);
     builder.arg(&n_i32);
     builder.arg(&len_i32);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(len), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_1d(len);
     // SAFETY: as above.
     unsafe { builder.launch(cfg) }.w()?;
     Ok(out)

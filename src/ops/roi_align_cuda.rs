@@ -10,12 +10,10 @@
 //! element over the ROIs of its image, rather than torchvision's scatter with atomics, so
 //! its sums run in a fixed order and training on the GPU stays deterministic.
 
-use super::cuda_kernels::{self, blocks, i32_of, view, THREADS};
+use super::cuda_kernels::{self, grid_1d, i32_of, view};
 use super::roi_align::{RoiAlignParams, RoiGrid};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::OnceLock;
@@ -323,14 +321,6 @@ fn backward_typed<T: CudaDType + DeviceRepr>(
         })
     })?;
     Ok(gx)
-}
-
-fn grid_1d(total: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks(total), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 fn cuda_only<R>(op: &str) -> Result<R> {
