@@ -19,6 +19,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::ops::{
     batch_norm_train, bias_act, depthwise_conv2d, relu6, roi_align, top_k_mask, Activation,
@@ -258,7 +260,15 @@ impl Emulator {
         }
         let path = dir.join("script");
         std::fs::write(&path, full).unwrap();
-        let out = run_with_timeout(Command::new(&self.exe).arg(&path));
+        // A barrier some thread never reaches deadlocks the emulation, as it hangs a GPU:
+        // the run fails after two minutes.
+        let child = Command::new(&self.exe)
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = common::wait_with_deadline(child, 120);
         let result = if out.status.success() {
             Ok(outputs
                 .iter()
@@ -270,25 +280,6 @@ impl Emulator {
         std::fs::remove_dir_all(&dir).unwrap();
         result
     }
-}
-
-/// The emulator's output; a run still going after two minutes is killed and fails the
-/// test (a barrier some thread never reaches deadlocks the emulation, as it hangs a GPU).
-fn run_with_timeout(cmd: &mut Command) -> std::process::Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > std::time::Duration::from_secs(120) {
-            child.kill().unwrap();
-            panic!("emulated kernels still running after 120 s: a deadlock?");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// Deterministic values in [-1, 1).
@@ -366,15 +357,6 @@ fn decode(b: &[u8], dtype: DType) -> Vec<f64> {
             .collect(),
         other => panic!("no decoding for {other:?}"),
     }
-}
-
-fn host(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Every element within `rel` of the reference's own size plus `scale` of its largest
@@ -497,7 +479,7 @@ fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
             assert_close(
                 &what("forward"),
                 &decode(&out[0], dtype),
-                &host(&y64),
+                &common::flat_f64(&y64),
                 rel,
                 scale,
             );
@@ -505,7 +487,7 @@ fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
             assert_close(
                 &what("input grad"),
                 &decode(&out[1], dtype),
-                &host(gx),
+                &common::flat_f64(gx),
                 rel,
                 scale,
             );
@@ -513,7 +495,7 @@ fn depthwise_kernels_equal_the_cpu_op_in_every_dtype() {
             assert_close(
                 &what("weight grad"),
                 &decode(&out[2], dtype),
-                &host(gw),
+                &common::flat_f64(gw),
                 rel,
                 scale,
             );
@@ -638,7 +620,7 @@ fn batch_norm_kernels_equal_the_cpu_op() {
                 assert_close(
                     &what("output"),
                     &decode(&out[0], dtype),
-                    &host(&y),
+                    &common::flat_f64(&y),
                     rel,
                     scale,
                 );
@@ -649,7 +631,7 @@ fn batch_norm_kernels_equal_the_cpu_op() {
                 assert_close(
                     &what("input grad"),
                     &decode(&out[2], dtype),
-                    &host(gx),
+                    &common::flat_f64(gx),
                     rel,
                     scale * 4.0,
                 );
@@ -657,12 +639,18 @@ fn batch_norm_kernels_equal_the_cpu_op() {
                 assert_close(
                     &what("weight grad"),
                     &coef[3 * c..4 * c],
-                    &host(gw),
+                    &common::flat_f64(gw),
                     rel,
                     scale,
                 );
                 let gb = grads.get(bv.as_tensor()).unwrap();
-                assert_close(&what("bias grad"), &coef[4 * c..], &host(gb), rel, scale);
+                assert_close(
+                    &what("bias grad"),
+                    &coef[4 * c..],
+                    &common::flat_f64(gb),
+                    rel,
+                    scale,
+                );
             }
         }
     }
@@ -689,7 +677,7 @@ fn narrow_batch_norm_kernels_round_the_f32_kernels_once() {
                         .map(|v| *v as f32)
                         .collect();
                     let t = Tensor::from_vec(v, xn.dims(), &Device::Cpu).unwrap();
-                    host(&t.to_dtype(dtype).unwrap())
+                    common::flat_f64(&t.to_dtype(dtype).unwrap())
                 };
                 assert_same(
                     &what("output"),
@@ -760,7 +748,7 @@ fn roi_align_kernels_equal_the_cpu_op() {
             if (sampling, aligned) == (2, false) {
                 // The NaN pixel sends the last ROI nothing on the CPU: the kernel must not
                 // read it either.
-                let last = host(&y.get(rois.len() - 1).unwrap());
+                let last = common::flat_f64(&y.get(rois.len() - 1).unwrap());
                 assert!(last.iter().all(|v| v.is_finite()));
             }
             // The grids and per-image ROI ranges as roi_align_cuda.rs uploads them.
@@ -807,7 +795,7 @@ fn roi_align_kernels_equal_the_cpu_op() {
             assert_close(
                 &what("forward"),
                 &decode(&out_bytes[0], dtype),
-                &host(&y),
+                &common::flat_f64(&y),
                 rel,
                 scale,
             );
@@ -815,7 +803,7 @@ fn roi_align_kernels_equal_the_cpu_op() {
             assert_close(
                 &what("backward"),
                 &decode(&out_bytes[1], dtype),
-                &host(gx),
+                &common::flat_f64(gx),
                 rel,
                 scale,
             );
@@ -950,18 +938,18 @@ fn activation_kernels_equal_the_cpu_ops() {
         assert_same(
             &format!("relu6 {dtype:?}"),
             &decode(&out[0], dtype),
-            &host(&round(&y, dtype)),
+            &common::flat_f64(&round(&y, dtype)),
         );
         assert_same(
             &format!("relu6 grad {dtype:?}"),
             &decode(&out[1], dtype),
-            &host(&round(gx, dtype)),
+            &common::flat_f64(&round(gx, dtype)),
         );
         for (i, (a, _)) in kinds.iter().enumerate() {
             // In f32 (the CPU op) and rounded once, or in f64 by hand for f64: the kernels
             // add and activate in the accumulator type.
             let want = if dtype == DType::F64 {
-                let (xs, bs) = (host(&x), host(&b));
+                let (xs, bs) = (common::flat_f64(&x), common::flat_f64(&b));
                 let v: Vec<f64> = (0..len)
                     .map(|j| act64(*a, xs[j] + bs[j / (h * w) % c]))
                     .collect();
@@ -977,7 +965,7 @@ fn activation_kernels_equal_the_cpu_ops() {
             if *a == Activation::Mish {
                 // exp, log1p and tanh of the host's libm against Rust's: a few ulps in f32.
                 let rel = if size == 2 { tolerance(dtype).0 } else { 1e-6 };
-                let want = host(&want);
+                let want = common::flat_f64(&want);
                 let finite: Vec<usize> = (0..len).filter(|&j| want[j].is_finite()).collect();
                 let pick = |v: &[f64]| finite.iter().map(|&j| v[j]).collect::<Vec<f64>>();
                 assert_close(&what, &pick(&got), &pick(&want), rel, 1e-7);
@@ -985,7 +973,7 @@ fn activation_kernels_equal_the_cpu_ops() {
                     (0..len).all(|j| want[j].is_finite() || got[j].is_nan() == want[j].is_nan())
                 );
             } else {
-                assert_same(&what, &got, &host(&want));
+                assert_same(&what, &got, &common::flat_f64(&want));
             }
         }
     }
@@ -1028,7 +1016,7 @@ fn top_k_mask_kernel_picks_what_the_cpu_op_picks() {
     let scores = Tensor::from_vec(scores, (n, r), &cpu).unwrap();
     let candidates = Tensor::from_vec(candidates, (n, r), &cpu).unwrap();
     let ks = Tensor::from_vec(ks, n, &cpu).unwrap();
-    let want = host(&top_k_mask(&scores, &candidates, &ks).unwrap());
+    let want = common::flat_f64(&top_k_mask(&scores, &candidates, &ks).unwrap());
     let script = format!(
         "alloc out {}\nlaunch top_k_mask {n} 1 1 1024 1 1 @scores @cand @k @out i32={r}\n",
         n * r * 4
