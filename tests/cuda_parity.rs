@@ -690,17 +690,8 @@ fn activation_kernels_match_the_cpu_ops() {
         .collect();
     let bs: Vec<f32> = (0..c).map(|i| i as f32 * 0.7 - 1.5).collect();
     let cpu = Device::Cpu;
-    let host = |t: &Tensor| -> Vec<f32> {
-        t.to_device(&cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let same = |what: &str, a: &[f32], b: &[f32]| {
+    let host = |t: &Tensor| common::flat_f64(&t.to_device(&cpu).unwrap());
+    let same = |what: &str, a: &[f64], b: &[f64]| {
         let differ = a
             .iter()
             .zip(b)
@@ -760,8 +751,8 @@ fn activation_kernels_match_the_cpu_ops() {
     }
 }
 
-/// ROIAlign on CUDA (boxes uploaded, samples recomputed on the device, a gather for the
-/// backward): the planned CPU op's output and feature gradient, and the same gradient bit
+/// ROIAlign on CUDA (each ROI's grid uploaded, the samples placed on the device, a gather
+/// for the backward): the planned CPU op's output and feature gradient, and the same gradient bit
 /// for bit when run twice (no atomics).
 #[test]
 fn roi_align_kernels_match_the_cpu_op_and_repeat_exactly() {
