@@ -1,5 +1,7 @@
 //! Proposal generators: the first stage of two-stage detectors.
 
+pub mod proposal_utils;
 pub mod rpn;
 
-pub use rpn::{Proposals, Rpn};
+pub use proposal_utils::{find_top_rpn_proposals, ProposalLimits, Proposals, RpnOutputs};
+pub use rpn::Rpn;

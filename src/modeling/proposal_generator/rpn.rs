@@ -24,16 +24,11 @@ use crate::modeling::heads::RpnHead;
 use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{LowQualityMatches, Matcher, FOREGROUND, IGNORE};
 use crate::modeling::sampling::subsample_labels;
-use crate::structures::boxes::{batched_nms, clip, Box4};
+
+use super::proposal_utils::{find_top_rpn_proposals, ProposalLimits, Proposals, RpnOutputs};
+use crate::structures::boxes::Box4;
 use crate::structures::Instances;
 use crate::structures::LossMap;
-
-/// One image's proposals, best objectness first.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Proposals {
-    pub boxes: Vec<Box4>,
-    pub logits: Vec<f32>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpnParams {
@@ -146,83 +141,33 @@ impl Rpn {
             &Tensor::cat(&[flat(&logits)?, flat(&deltas)?], 0)?.to_device(&Device::Cpu)?,
         )?;
         let (host_logits, host_deltas) = both.split_at(logits.elem_count());
-        let proposals = self.find_top_proposals(
-            host_logits,
-            host_deltas,
-            &anchors,
-            &per_level,
+        let (pre_nms_topk, post_nms_topk) = if train {
+            (self.params.pre_nms_topk.0, self.params.post_nms_topk.0)
+        } else {
+            (self.params.pre_nms_topk.1, self.params.post_nms_topk.1)
+        };
+        let limits = ProposalLimits {
+            pre_nms_topk,
+            post_nms_topk,
+            nms_thresh: self.params.nms_thresh,
+            min_box_size: self.params.min_box_size,
+        };
+        let proposals = find_top_rpn_proposals(
+            &RpnOutputs {
+                logits: host_logits,
+                deltas: host_deltas,
+                anchors: &anchors,
+                per_level: &per_level,
+            },
             image_sizes,
-            train,
+            &self.coder,
+            &limits,
         );
         let losses = match targets {
             Some(t) => self.losses(&logits, &deltas, &anchors, t, rngs)?,
             None => LossMap::new(),
         };
         Ok((proposals, losses))
-    }
-
-    /// Per image: the best `pre_nms_topk` anchors of each level by objectness, decoded,
-    /// clipped, without tiny boxes, NMS within each level, then the best
-    /// `post_nms_topk` over all levels.
-    fn find_top_proposals(
-        &self,
-        logits: &[f32],
-        deltas: &[f32],
-        anchors: &[Box4],
-        per_level: &[usize],
-        image_sizes: &[(usize, usize)],
-        train: bool,
-    ) -> Vec<Proposals> {
-        let (pre, post) = if train {
-            (self.params.pre_nms_topk.0, self.params.post_nms_topk.0)
-        } else {
-            (self.params.pre_nms_topk.1, self.params.post_nms_topk.1)
-        };
-        let r = anchors.len();
-        image_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &(h, w))| {
-                let mut boxes = Vec::new();
-                let mut scores = Vec::new();
-                let mut level_ids = Vec::new();
-                let mut start = 0;
-                for (l, &len) in per_level.iter().enumerate() {
-                    let mut idx: Vec<usize> = (start..start + len)
-                        .filter(|&a| logits[i * r + a].is_finite())
-                        .collect();
-                    let by_score =
-                        |x: &usize, y: &usize| logits[i * r + *y].total_cmp(&logits[i * r + *x]);
-                    if idx.len() > pre {
-                        idx.select_nth_unstable_by(pre, by_score);
-                        idx.truncate(pre);
-                    }
-                    for a in idx {
-                        let d = &deltas[(i * r + a) * 4..(i * r + a) * 4 + 4];
-                        let mut b = self
-                            .coder
-                            .apply_deltas(&[d[0], d[1], d[2], d[3]], &anchors[a]);
-                        if !b.iter().all(|v| v.is_finite()) {
-                            continue;
-                        }
-                        clip(&mut b, w as f32, h as f32);
-                        let m = self.params.min_box_size;
-                        if b[2] - b[0] > m && b[3] - b[1] > m {
-                            boxes.push(b);
-                            scores.push(logits[i * r + a]);
-                            level_ids.push(l);
-                        }
-                    }
-                    start += len;
-                }
-                let mut keep = batched_nms(&boxes, &scores, &level_ids, self.params.nms_thresh);
-                keep.truncate(post);
-                Proposals {
-                    boxes: keep.iter().map(|&k| boxes[k]).collect(),
-                    logits: keep.iter().map(|&k| scores[k]).collect(),
-                }
-            })
-            .collect()
     }
 
     /// Per anchor: 1 object, 0 background, -1 ignored; and the matched box.
@@ -370,7 +315,19 @@ mod tests {
         // one by NMS; top-k and the image size bound the rest.
         let logits = [2.0, 1.0, 0.5];
         let deltas = [0f32; 12];
-        let p = r.find_top_proposals(&logits, &deltas, &anchors, &[3], &[(30, 30)], false);
+        let outputs = RpnOutputs {
+            logits: &logits,
+            deltas: &deltas,
+            anchors: &anchors,
+            per_level: &[3],
+        };
+        let limits = ProposalLimits {
+            pre_nms_topk: r.params.pre_nms_topk.1,
+            post_nms_topk: r.params.post_nms_topk.1,
+            nms_thresh: r.params.nms_thresh,
+            min_box_size: r.params.min_box_size,
+        };
+        let p = find_top_rpn_proposals(&outputs, &[(30, 30)], &r.coder, &limits);
         assert_eq!(p.len(), 1);
         assert_eq!(
             p[0].boxes,
