@@ -23,8 +23,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::ops::{
-    batch_norm_train, bias_act, depthwise_conv2d, relu6, roi_align, top_k_mask, Activation,
-    ConvGeometry, RoiAlignParams, RoiGrid,
+    batch_norm_train, bias_act, depthwise_conv2d, nms_segments, relu6, roi_align, top_k_indices,
+    top_k_mask, Activation, ConvGeometry, RoiAlignParams, RoiGrid,
 };
 
 /// Threads per block of the element-wise and reduction kernels (`cuda_kernels::THREADS`).
@@ -1047,6 +1047,124 @@ fn top_k_mask_kernel_picks_what_the_cpu_op_picks() {
         [count(0), count(3), count(4), count(5)],
         [700, 0, 1, (0..r).filter(|j| (5 * r + j) % 3 != 1).count()]
     );
+}
+
+/// Rows of 2,500 scores (three tiles of the 1024-thread block): distinct values, few
+/// distinct values (ties across tiles) and special values, a third not candidates.
+fn top_k_rows() -> (Tensor, Tensor) {
+    let r = 2500;
+    let base = values(r, 11);
+    let rows: Vec<Vec<f32>> = vec![
+        base.clone(),
+        base.iter().map(|v| (v * 4.0).round()).collect(),
+        base.iter()
+            .enumerate()
+            .map(|(i, v)| match i % 9 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                3 => -0.0,
+                4 => 0.0,
+                _ => *v,
+            })
+            .collect(),
+    ];
+    let n = rows.len();
+    let mut candidates: Vec<u8> = (0..n * r).map(|i| u8::from(i % 3 != 1)).collect();
+    // The last row has 40 candidates.
+    for (j, c) in candidates[(n - 1) * r..].iter_mut().enumerate() {
+        *c = u8::from(j % 61 == 0 && j / 61 < 40);
+    }
+    let cpu = Device::Cpu;
+    (
+        Tensor::from_vec(rows.concat(), (n, r), &cpu).unwrap(),
+        Tensor::from_vec(candidates, (n, r), &cpu).unwrap(),
+    )
+}
+
+#[test]
+fn top_k_indices_kernel_lists_what_the_cpu_op_lists() {
+    let Some(emu) = Emulator::get() else { return };
+    let (scores, candidates) = top_k_rows();
+    let (n, r) = scores.dims2().unwrap();
+    // One, a few hundred (a sort of 1024), past a tile, and the most the kernel takes
+    // (more than any row's candidates: padded).
+    for k in [1usize, 300, 1300, 4096] {
+        let want = common::flat_f64(
+            &top_k_indices(&scores, &candidates, k)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        );
+        let script = format!(
+            "alloc out {}\nlaunch top_k_indices {n} 1 1 1024 1 1 @scores @cand @out i32={r} i32={k}\n",
+            n * k * 4
+        );
+        let out = emu.run(
+            &[("scores", bytes(&scores)), ("cand", bytes(&candidates))],
+            &script,
+            &["out"],
+        );
+        let got: Vec<f64> = out[0]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect();
+        assert_eq!(got, want, "k {k}");
+        // The last row pads after its 40 candidates.
+        let last = &want[(n - 1) * k..];
+        assert_eq!(
+            last.iter().filter(|&&j| j < r as f64).count(),
+            k.min(40),
+            "k {k}"
+        );
+    }
+}
+
+#[test]
+fn nms_kernel_keeps_what_the_cpu_op_keeps() {
+    let Some(emu) = Emulator::get() else { return };
+    // Boxes clustered on a coarse grid, in rank order per segment; some not candidates,
+    // some empty or inverted; an empty segment among them.
+    let (n, s) = (2, 700);
+    let offsets = [0usize, 300, 300, 620, 700];
+    let v = values(n * s * 4, 5);
+    let boxes: Vec<f32> = v
+        .chunks(4)
+        .flat_map(|c| {
+            let (x, y) = ((c[0] * 5.0).round() * 4.0, (c[1] * 5.0).round() * 4.0);
+            [x, y, x + 4.0 + c[2] * 30.0, y + 4.0 + c[3] * 30.0]
+        })
+        .collect();
+    let candidates: Vec<u8> = (0..n * s).map(|i| u8::from(i % 11 != 4)).collect();
+    let cpu = Device::Cpu;
+    let boxes = Tensor::from_vec(boxes, (n, s, 4), &cpu).unwrap();
+    let candidates = Tensor::from_vec(candidates, (n, s), &cpu).unwrap();
+    for threshold in [0.3f32, 0.7] {
+        let want = common::flat_f64(
+            &nms_segments(&boxes, &candidates, &offsets, threshold)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        );
+        let mut script = format!("alloc alive {}\n", n * s);
+        for w in offsets.windows(2).filter(|w| w[0] < w[1]) {
+            writeln!(
+                script,
+                "launch nms_segment {n} 1 1 256 1 1 @boxes @cand @alive i32={s} i32={} i32={} f32={threshold}",
+                w[0], w[1]
+            )
+            .unwrap();
+        }
+        let out = emu.run(
+            &[("boxes", bytes(&boxes)), ("cand", bytes(&candidates))],
+            &script,
+            &["alive"],
+        );
+        let got: Vec<f64> = out[0].iter().map(|&b| b as f64).collect();
+        assert_eq!(got, want, "threshold {threshold}");
+        let kept = want.iter().filter(|&&k| k == 1.0).count();
+        assert!(kept > 50 && kept < n * s * 9 / 10, "{kept} kept");
+    }
 }
 
 /// The emulator reports what it exists to catch: an argument list that does not fit the

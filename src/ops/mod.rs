@@ -24,6 +24,9 @@ mod depthwise_cuda;
 pub mod geometry;
 pub mod host;
 pub mod linear;
+pub mod nms;
+#[cfg(feature = "cuda")]
+mod nms_cuda;
 mod parallel;
 mod pointwise;
 pub mod roi_align;
@@ -43,8 +46,9 @@ pub use dense_conv::dense_conv2d;
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use geometry::ConvGeometry;
 pub use linear::linear;
+pub use nms::nms_segments;
 pub use roi_align::{roi_align, roi_align_portable, RoiAlignParams, RoiGrid};
-pub use top_k_mask::top_k_mask;
+pub use top_k_mask::{top_k_indices, top_k_mask};
 pub use upsample::upsample_nearest_2x;
 
 /// Largest absolute element-wise difference, for the ops' unit tests.

@@ -1,5 +1,6 @@
-//! Per row, a mask of the `k` highest scores among a row's candidates: SSD's hard-negative
-//! mining as one op on the device that holds the scores.
+//! Per row, the `k` highest scores among a row's candidates: as a mask, SSD's
+//! hard-negative mining as one op on the device that holds the scores; as indices in
+//! rank order, the per-level top-k of an RPN's proposals.
 //!
 //! Mining picks, per image, the negatives with the largest background loss. Done on the
 //! host, it reads the losses back mid-step, a device sync on a GPU; as an op it stays on
@@ -83,6 +84,85 @@ impl candle_core::CustomOp3 for TopKMask {
         kl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::top_k_mask_cuda::forward((ss, sl), (cs, cl), (ks, kl))
+    }
+}
+
+/// `scores` (N, R) f32, `candidates` (N, R) u8 -> (N, k) u32: per row, the indices of
+/// the `k` highest-scoring candidates, best first (ties to the lower index), then `R`
+/// where the row has fewer than `k` candidates. On CUDA, `k` is at most 4096.
+pub fn top_k_indices(scores: &Tensor, candidates: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, r) = scores.dims2()?;
+    if candidates.dims() != [n, r] {
+        candle_core::bail!(
+            "top_k_indices: scores {:?} and candidates {:?} do not fit",
+            scores.dims(),
+            candidates.dims()
+        );
+    }
+    if (scores.dtype(), candidates.dtype()) != (DType::F32, DType::U8) {
+        candle_core::bail!("top_k_indices: scores f32 and candidates u8 expected");
+    }
+    if r >= u32::MAX as usize {
+        candle_core::bail!("top_k_indices: {r} columns do not fit u32 indices");
+    }
+    scores
+        .contiguous()?
+        .apply_op2_no_bwd(&candidates.contiguous()?, &TopKIndices { k })
+}
+
+struct TopKIndices {
+    k: usize,
+}
+
+/// One row's indices: candidates by score, descending, stably; `r` pads.
+fn row_indices(scores: &[f32], candidates: &[u8], out: &mut [u32]) {
+    let mut idx: Vec<usize> = (0..scores.len()).filter(|&j| candidates[j] != 0).collect();
+    let by_rank = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if idx.len() > out.len() && !out.is_empty() {
+        idx.select_nth_unstable_by(out.len() - 1, by_rank);
+        idx.truncate(out.len());
+    }
+    idx.sort_by(by_rank);
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = idx.get(t).map_or(scores.len(), |&j| j) as u32;
+    }
+}
+
+impl candle_core::CustomOp2 for TopKIndices {
+    fn name(&self) -> &'static str {
+        "top-k-indices"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ss: &CpuStorage,
+        sl: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, r) = sl.shape().dims2()?;
+        let scores = cpu_slice::<f32>(ss, sl, "top_k_indices")?;
+        let candidates = cpu_slice::<u8>(cs, cl, "top_k_indices")?;
+        let k = self.k;
+        let mut out = vec![0u32; n * k];
+        if k > 0 {
+            out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+                let at = i * r..(i + 1) * r;
+                row_indices(&scores[at.clone()], &candidates[at], row);
+            });
+        }
+        Ok((CpuStorage::U32(out), Shape::from((n, k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ss: &candle_core::CudaStorage,
+        sl: &Layout,
+        cs: &candle_core::CudaStorage,
+        cl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::top_k_mask_cuda::indices((ss, sl), (cs, cl), self.k)
     }
 }
 
@@ -176,6 +256,56 @@ mod tests {
                 reference(&scores[at.clone()], &candidates[at], ki as usize)[..],
                 "row {i}"
             );
+        }
+    }
+
+    /// The indices are the mask's picks, best first: ties, specials, rows with fewer
+    /// candidates than k (padded with R), k of 0.
+    #[test]
+    fn indices_list_the_masks_picks_in_rank_order() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (n, r) = (4, 200);
+        let mut scores: Vec<f32> = (0..n * r)
+            .map(|_| rng.random_range(0..30) as f32 / 4.0)
+            .collect();
+        scores[5] = f32::NAN;
+        scores[6] = f32::NEG_INFINITY;
+        scores[7] = -0.0;
+        let mut candidates: Vec<u8> = (0..n * r).map(|_| rng.random_bool(0.6) as u8).collect();
+        // The last row has 10 candidates.
+        for (j, c) in candidates[3 * r..].iter_mut().enumerate() {
+            *c = u8::from(j % 20 == 0);
+        }
+        let dev = Device::Cpu;
+        let st = Tensor::from_slice(&scores, (n, r), &dev).unwrap();
+        let ct = Tensor::from_slice(&candidates, (n, r), &dev).unwrap();
+        for k in [0usize, 1, 17, 150] {
+            let got: Vec<u32> = top_k_indices(&st, &ct, k)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for i in 0..n {
+                let at = i * r..(i + 1) * r;
+                let row = &got[i * k..(i + 1) * k];
+                let mask = reference(&scores[at.clone()], &candidates[at.clone()], k);
+                let picked: Vec<u32> = row.iter().copied().filter(|&j| j < r as u32).collect();
+                let mut sorted = picked.clone();
+                sorted.sort_unstable();
+                let want: Vec<u32> = (0..r as u32).filter(|&j| mask[j as usize] == 1.0).collect();
+                assert_eq!(sorted, want, "row {i}, k {k}: the mask's picks");
+                assert!(row[picked.len()..].iter().all(|&j| j == r as u32));
+                let s = &scores[at];
+                for w in picked.windows(2) {
+                    let (a, b) = (w[0] as usize, w[1] as usize);
+                    assert!(
+                        s[a].total_cmp(&s[b]).then(b.cmp(&a)).is_gt(),
+                        "row {i}, k {k}: {a} before {b}"
+                    );
+                }
+            }
         }
     }
 

@@ -1,8 +1,9 @@
-//! The CUDA kernel of [`super::top_k_mask`]: one block per row finds the k-th largest
-//! candidate key by radix select (four passes of 8 bits from the top), then marks the
-//! keys above it and, of those equal to it, the first ones in index order. Keys map
-//! `f32::total_cmp` order onto unsigned integers, so NaNs, infinities and signed zeros
-//! rank as on the CPU.
+//! The CUDA kernels of [`super::top_k_mask`] and [`super::top_k_indices`]: one block per
+//! row finds the k-th largest candidate key by radix select (four passes of 8 bits from
+//! the top), then picks the keys above it and, of those equal to it, the first ones in
+//! index order; the mask marks them, the indices kernel sorts them (bitonic, in shared
+//! memory) by score, then index. Keys map `f32::total_cmp` order onto unsigned integers,
+//! so NaNs, infinities and signed zeros rank as on the CPU.
 
 use super::cuda_kernels::{self, i32_of, view};
 use candle_core::backend::BackendStorage;
@@ -22,91 +23,175 @@ __device__ __forceinline__ unsigned int key_of(float v) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-extern "C" __global__ void top_k_mask(const float* __restrict__ scores,
-                                      const unsigned char* __restrict__ cand,
-                                      const unsigned int* __restrict__ ks,
-                                      float* __restrict__ out, int r) {
-  __shared__ unsigned int hist[256];
-  __shared__ unsigned int warp_counts[32];
-  __shared__ unsigned int s_count, s_digit, s_remaining, s_tile, s_taken;
-  const unsigned int tid = threadIdx.x;
-  const long long row = blockIdx.x;
-  const float* sc = scores + row * r;
-  const unsigned char* ca = cand + row * r;
-  float* o = out + row * r;
-  const unsigned int k = ks[row];
+// What the block's threads share (one row per block).
+struct Selection {
+  unsigned int hist[256];
+  unsigned int warp_counts[32];
+  unsigned int count, digit, remaining, tile;
+};
 
-  if (tid == 0) s_count = 0;
+// The number of the row's candidates, summed over the block.
+__device__ unsigned int count_candidates(const unsigned char* ca, int r, Selection& s) {
+  if (threadIdx.x == 0) s.count = 0;
   __syncthreads();
   unsigned int local = 0;
-  for (int j = tid; j < r; j += blockDim.x) local += ca[j] != 0;
-  atomicAdd(&s_count, local);
+  for (int j = threadIdx.x; j < r; j += blockDim.x) local += ca[j] != 0;
+  atomicAdd(&s.count, local);
   __syncthreads();
-  const unsigned int ncand = s_count;
-  if (k == 0 || k >= ncand) {
-    for (int j = tid; j < r; j += blockDim.x) o[j] = (k > 0 && ca[j]) ? 1.0f : 0.0f;
-    return;
-  }
+  return s.count;
+}
 
-  // The key of the k-th largest candidate, and how many candidates with that key belong
-  // to the k largest.
-  unsigned int prefix = 0, prefix_mask = 0, remaining = k;
+// Radix select (four passes of 8 bits from the top): the key of the k-th largest candidate
+// (0 < k <= candidates) in *prefix, and in *remaining how many candidates with that key
+// belong to the k largest.
+__device__ void kth_key(const float* sc, const unsigned char* ca, int r, unsigned int k,
+                        Selection& s, unsigned int* prefix, unsigned int* remaining) {
+  const unsigned int tid = threadIdx.x;
+  unsigned int pre = 0, mask = 0, rem = k;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (unsigned int b = tid; b < 256; b += blockDim.x) hist[b] = 0;
+    for (unsigned int b = tid; b < 256; b += blockDim.x) s.hist[b] = 0;
     __syncthreads();
     for (int j = tid; j < r; j += blockDim.x) {
       if (!ca[j]) continue;
       unsigned int key = key_of(sc[j]);
-      if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      if ((key & mask) == pre) atomicAdd(&s.hist[(key >> shift) & 255u], 1u);
     }
     __syncthreads();
     if (tid == 0) {
       unsigned int above = 0;
       int d = 255;
       for (; d > 0; --d) {
-        if (above + hist[d] >= remaining) break;
-        above += hist[d];
+        if (above + s.hist[d] >= rem) break;
+        above += s.hist[d];
       }
-      s_digit = (unsigned int)d;
-      s_remaining = remaining - above;
+      s.digit = (unsigned int)d;
+      s.remaining = rem - above;
     }
     __syncthreads();
-    prefix |= s_digit << shift;
-    prefix_mask |= 255u << shift;
-    remaining = s_remaining;
+    pre |= s.digit << shift;
+    mask |= 255u << shift;
+    rem = s.remaining;
     __syncthreads();
   }
+  *prefix = pre;
+  *remaining = rem;
+}
 
-  // Keys above the threshold, then its ties in index order: a tile of blockDim indices at
-  // a time, ranked by a ballot scan.
-  const unsigned int lane = tid & 31u, warp = tid >> 5;
-  if (tid == 0) s_taken = 0;
+// Over a tile of blockDim consecutive elements (every thread calls it): how many threads
+// before this one have `pred`, by a ballot scan; s.tile holds the tile's total after it.
+__device__ unsigned int tile_rank(bool pred, Selection& s) {
+  const unsigned int tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+  unsigned int ballot = __ballot_sync(0xffffffffu, pred);
+  unsigned int before = __popc(ballot & ((1u << lane) - 1u));
+  if (lane == 0) s.warp_counts[warp] = __popc(ballot);
   __syncthreads();
+  if (tid == 0) {
+    unsigned int acc = 0;
+    for (unsigned int w = 0; w < (blockDim.x >> 5); ++w) {
+      unsigned int c = s.warp_counts[w];
+      s.warp_counts[w] = acc;
+      acc += c;
+    }
+    s.tile = acc;
+  }
+  __syncthreads();
+  return s.warp_counts[warp] + before;
+}
+
+// Walks the row a tile at a time and calls emit(j, picked, position) for every j < r:
+// picked when j is among the k largest candidates (keys above the k-th, then its ties in
+// index order), position its place among the picked in index order. Every thread calls it.
+template <typename Emit>
+__device__ void scan_picked(const float* sc, const unsigned char* ca, int r, unsigned int k,
+                            unsigned int ncand, Selection& s, Emit emit) {
+  unsigned int prefix = 0, remaining = 0;
+  const bool all = k >= ncand;
+  if (!all) kth_key(sc, ca, r, k, s, &prefix, &remaining);
+  unsigned int ties_taken = 0, picked_taken = 0;
   for (int base = 0; base < r; base += blockDim.x) {
-    int j = base + (int)tid;
+    int j = base + (int)threadIdx.x;
     bool is_cand = j < r && ca[j] != 0;
     unsigned int key = is_cand ? key_of(sc[j]) : 0u;
     bool tie = is_cand && key == prefix;
-    unsigned int ballot = __ballot_sync(0xffffffffu, tie);
-    unsigned int before = __popc(ballot & ((1u << lane) - 1u));
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    unsigned int tie_rank = ties_taken + tile_rank(tie, s);
+    ties_taken += s.tile;
+    bool picked = is_cand && (all || key > prefix || (tie && tie_rank < remaining));
     __syncthreads();
-    if (tid == 0) {
-      unsigned int acc = 0;
-      for (unsigned int w = 0; w < (blockDim.x >> 5); ++w) {
-        unsigned int c = warp_counts[w];
-        warp_counts[w] = acc;
-        acc += c;
-      }
-      s_tile = acc;
-    }
-    __syncthreads();
-    unsigned int rank = s_taken + warp_counts[warp] + before;
-    if (j < r) o[j] = (is_cand && (key > prefix || (tie && rank < remaining))) ? 1.0f : 0.0f;
-    __syncthreads();
-    if (tid == 0) s_taken += s_tile;
+    unsigned int position = picked_taken + tile_rank(picked, s);
+    picked_taken += s.tile;
+    if (j < r) emit(j, picked, position);
     __syncthreads();
   }
+}
+
+extern "C" __global__ void top_k_mask(const float* __restrict__ scores,
+                                      const unsigned char* __restrict__ cand,
+                                      const unsigned int* __restrict__ ks,
+                                      float* __restrict__ out, int r) {
+  __shared__ Selection s;
+  const long long row = blockIdx.x;
+  const float* sc = scores + row * r;
+  const unsigned char* ca = cand + row * r;
+  float* o = out + row * r;
+  const unsigned int k = ks[row];
+  const unsigned int ncand = count_candidates(ca, r, s);
+  if (k == 0) {
+    for (int j = threadIdx.x; j < r; j += blockDim.x) o[j] = 0.0f;
+    return;
+  }
+  scan_picked(sc, ca, r, k, ncand, s,
+              [&](int j, bool picked, unsigned int) { o[j] = picked ? 1.0f : 0.0f; });
+}
+
+// Largest k handled (a block sorts the picked in shared memory).
+#define TOP_K_MAX 4096
+
+// Sorting keys: score descending, then index ascending; 0 pads (below every real key).
+__device__ __forceinline__ unsigned long long rank_key(unsigned int key, int j) {
+  return ((unsigned long long)key << 32) | (unsigned long long)(0xffffffffu - (unsigned int)j);
+}
+
+extern "C" __global__ void top_k_indices(const float* __restrict__ scores,
+                                         const unsigned char* __restrict__ cand,
+                                         unsigned int* __restrict__ out, int r, int k) {
+  __shared__ Selection s;
+  __shared__ unsigned long long sorted[TOP_K_MAX];
+  const long long row = blockIdx.x;
+  const float* sc = scores + row * r;
+  const unsigned char* ca = cand + row * r;
+  unsigned int* o = out + row * k;
+  const unsigned int ncand = count_candidates(ca, r, s);
+  const unsigned int picked = min((unsigned int)k, ncand);
+  unsigned int width = 1;
+  while (width < picked) width <<= 1;
+  for (unsigned int t = threadIdx.x; t < width; t += blockDim.x) sorted[t] = 0ull;
+  __syncthreads();
+  if (picked > 0) {
+    scan_picked(sc, ca, r, picked, ncand, s, [&](int j, bool is_picked, unsigned int position) {
+      if (is_picked) sorted[position] = rank_key(key_of(sc[j]), j);
+    });
+  }
+  __syncthreads();
+  // Bitonic sort, descending, of the padded power of two.
+  for (unsigned int size = 2; size <= width; size <<= 1) {
+    for (unsigned int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (unsigned int t = threadIdx.x; t < width; t += blockDim.x) {
+        unsigned int partner = t ^ stride;
+        if (partner > t) {
+          bool descending = (t & size) == 0;
+          unsigned long long a = sorted[t], b = sorted[partner];
+          if ((a < b) == descending) {
+            sorted[t] = b;
+            sorted[partner] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int t = threadIdx.x; t < k; t += blockDim.x)
+    o[t] = (unsigned int)t < picked ? 0xffffffffu - (unsigned int)(sorted[t] & 0xffffffffull)
+                                    : (unsigned int)r;
 }
 "#;
 
@@ -151,5 +236,49 @@ pub(super) fn forward(
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         Shape::from((n, r)),
+    ))
+}
+
+/// Largest `k` of [`indices`]: its block sorts the picked in shared memory (`TOP_K_MAX`).
+pub(super) const INDICES_MAX_K: usize = 4096;
+
+pub(super) fn indices(
+    (ss, sl): (&CudaStorage, &Layout),
+    (cs, cl): (&CudaStorage, &Layout),
+    k: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, r) = sl.shape().dims2()?;
+    if k > INDICES_MAX_K {
+        candle_core::bail!("top_k_indices: k {k} above the CUDA kernel's {INDICES_MAX_K}");
+    }
+    let (ri, ki) = (i32_of(r, WHAT)?, i32_of(k, WHAT)?);
+    if n > i32::MAX as usize {
+        candle_core::bail!("top_k_indices: {n} rows exceed the grid");
+    }
+    let dev = ss.device();
+    let scores = view::<f32>(ss, sl, WHAT)?;
+    let candidates = view::<u8>(cs, cl, WHAT)?;
+    // SAFETY: the block of each row writes every element of its row.
+    let out = unsafe { dev.alloc::<u32>(n * k)? };
+    if n > 0 && k > 0 {
+        let func = dev.get_or_load_custom_func("top_k_indices", "candletron_top_k_mask", ptx()?)?;
+        let mut builder = func.builder();
+        builder
+            .arg(&scores)
+            .arg(&candidates)
+            .arg(&out)
+            .arg(&ri)
+            .arg(&ki);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's signature in SOURCE.
+        unsafe { builder.launch(cfg) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((n, k)),
     ))
 }

@@ -67,91 +67,17 @@ pub fn clip(b: &mut Box4, width: f32, height: f32) {
 }
 
 /// Greedy non-maximum suppression: indices kept, by decreasing score (ties keep the
-/// lower index first, as torchvision's stable sort does).
-///
-/// The boxes are laid out by column in score order, so the inner loop (one kept box
-/// against every later one) is branch-free over contiguous lanes and vectorises; each
-/// IoU is [`iou`]'s, operation for operation, so the result is the pairwise loop's.
-/// Proposal generation runs this over thousands of boxes per image and level while a
-/// GPU waits for the host.
+/// lower index first, as torchvision's stable sort does). Each IoU is [`iou`]'s.
 pub fn nms(boxes: &[Box4], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..boxes.len()).collect();
     order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]).then(i.cmp(&j)));
-    let column = |c: usize| -> Vec<f32> { order.iter().map(|&i| boxes[i][c]).collect() };
-    let (x0, y0, x1, y1) = (column(0), column(1), column(2), column(3));
-    let areas: Vec<f32> = order.iter().map(|&i| area(&boxes[i])).collect();
-    let cols = Columns {
-        x0: &x0,
-        y0: &y0,
-        x1: &x1,
-        y1: &y1,
-        areas: &areas,
-    };
-    let mut suppressed = vec![0u8; order.len()];
-    let mut keep = Vec::new();
-    for k in 0..order.len() {
-        if suppressed[k] != 0 {
-            continue;
-        }
-        keep.push(order[k]);
-        suppress_overlapping(&cols, k, iou_threshold, &mut suppressed);
-    }
-    keep
-}
-
-/// Boxes by column, in score order.
-struct Columns<'a> {
-    x0: &'a [f32],
-    y0: &'a [f32],
-    x1: &'a [f32],
-    y1: &'a [f32],
-    areas: &'a [f32],
-}
-
-/// Marks the boxes after `k` that overlap box `k` by more than `threshold`; with AVX2
-/// where the CPU has it (8 lanes instead of the baseline's 4; same operations, so the
-/// same marks).
-fn suppress_overlapping(cols: &Columns, k: usize, threshold: f32, suppressed: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        unsafe { suppress_avx2(cols, k, threshold, suppressed) };
-        return;
-    }
-    suppress_lanes(cols, k, threshold, suppressed);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn suppress_avx2(cols: &Columns, k: usize, threshold: f32, suppressed: &mut [u8]) {
-    suppress_lanes(cols, k, threshold, suppressed);
-}
-
-#[inline(always)]
-fn suppress_lanes(cols: &Columns, k: usize, threshold: f32, suppressed: &mut [u8]) {
-    let (ax0, ay0, ax1, ay1, aa) = (
-        cols.x0[k],
-        cols.y0[k],
-        cols.x1[k],
-        cols.y1[k],
-        cols.areas[k],
-    );
-    let rest = k + 1..;
-    let later = suppressed[rest.clone()]
-        .iter_mut()
-        .zip(&cols.x0[rest.clone()])
-        .zip(&cols.y0[rest.clone()])
-        .zip(&cols.x1[rest.clone()])
-        .zip(&cols.y1[rest.clone()])
-        .zip(&cols.areas[rest]);
-    for (((((s, &bx0), &by0), &bx1), &by1), &ba) in later {
-        let w = (ax1.min(bx1) - ax0.max(bx0)).max(0.0);
-        let h = (ay1.min(by1) - ay0.max(by0)).max(0.0);
-        let inter = w * h;
-        let union = aa + ba - inter;
-        let overlap = if union > 0.0 { inter / union } else { 0.0 };
-        *s |= (overlap > threshold) as u8;
-    }
+    let ranked: Vec<Box4> = order.iter().map(|&i| boxes[i]).collect();
+    let keep = crate::ops::nms::greedy_nms(&ranked, &vec![true; ranked.len()], iou_threshold);
+    order
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(i, k)| k.then_some(i))
+        .collect()
 }
 
 /// NMS within each class only (torchvision's `batched_nms`), kept indices by score.
