@@ -801,3 +801,155 @@ fn roi_align_kernels_match_the_cpu_op_and_repeat_exactly() {
         assert!(bits(&g1) == bits(&g2), "the backward repeats exactly");
     }
 }
+
+/// The RPN's proposal ops on CUDA: `top_k_indices` and `nms_segments` give the CPU op's
+/// result exactly (ties, special values, k past a row's candidates, empty segments), and
+/// the proposals found on the GPU are the host's (the decoding's `exp` may differ in the
+/// last bit, so boxes agree to 1e-5 relative and the NMS may differ at a threshold: at
+/// most one image of 16 may keep other boxes).
+#[test]
+fn rpn_proposal_ops_and_proposals_match_the_cpu() {
+    use candletron::modeling::box_regression::Box2BoxTransform;
+    use candletron::modeling::proposal_generator::{
+        find_top_rpn_proposals, find_top_rpn_proposals_on_device, ProposalLimits, RpnOutputs,
+    };
+    use candletron::ops::{nms_segments, top_k_indices};
+    use rand::{Rng, SeedableRng};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (n, r) = (4, 19_200);
+    let scores: Vec<f32> = (0..n * r)
+        .map(|_| match rng.random_range(0..200) {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => -0.0,
+            _ => rng.random_range(0..400) as f32 / 16.0,
+        })
+        .collect();
+    let candidates: Vec<u8> = (0..n * r).map(|_| rng.random_bool(0.9) as u8).collect();
+    for k in [1, 1000, 4096] {
+        let on = |dev: &Device| {
+            top_k_indices(
+                &Tensor::from_slice(&scores, (n, r), dev).unwrap(),
+                &Tensor::from_slice(&candidates, (n, r), dev).unwrap(),
+                k,
+            )
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+        };
+        assert_eq!(on(&gpu), on(&Device::Cpu), "top_k_indices, k {k}");
+    }
+    let s = 3000;
+    let boxes: Vec<f32> = (0..n * s)
+        .flat_map(|_| {
+            let (x, y) = (
+                rng.random_range(0..40) as f32 * 8.0,
+                rng.random_range(0..40) as f32 * 8.0,
+            );
+            [
+                x,
+                y,
+                x + rng.random_range(4.0..60.0f32),
+                y + rng.random_range(4.0..60.0f32),
+            ]
+        })
+        .collect();
+    let offsets = [0, 1000, 1000, 2400, 3000];
+    for t in [0.5f32, 0.7] {
+        let on = |dev: &Device| {
+            nms_segments(
+                &Tensor::from_slice(&boxes, (n, s, 4), dev).unwrap(),
+                &Tensor::from_slice(&candidates[..n * s], (n, s), dev).unwrap(),
+                &offsets,
+                t,
+            )
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u8>()
+            .unwrap()
+        };
+        assert_eq!(on(&gpu), on(&Device::Cpu), "nms_segments at {t}");
+    }
+
+    // Proposals of a batch of 16 at 640 px (p3-p6, three anchors per cell).
+    let mut anchors = Vec::new();
+    let mut per_level = Vec::new();
+    for (l, sizes) in [
+        [16.0f32, 24.0, 32.0],
+        [48.0, 64.0, 96.0],
+        [128.0, 160.0, 192.0],
+        [256.0, 320.0, 400.0],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let stride = (8 << l) as f32;
+        let cells = 640 / (8 << l);
+        for y in 0..cells {
+            for x in 0..cells {
+                let (cx, cy) = ((x as f32 + 0.5) * stride, (y as f32 + 0.5) * stride);
+                for &z in sizes {
+                    anchors.push([cx - z / 2.0, cy - z / 2.0, cx + z / 2.0, cy + z / 2.0]);
+                }
+            }
+        }
+        per_level.push(cells * cells * 3);
+    }
+    let (n, r) = (16, anchors.len());
+    let logits: Vec<f32> = (0..n * r).map(|_| rng.random_range(-4.0..4.0f32)).collect();
+    let deltas: Vec<f32> = (0..n * r * 4)
+        .map(|_| rng.random_range(-0.5..0.5f32))
+        .collect();
+    let sizes = vec![(640, 640); n];
+    let coder = Box2BoxTransform::new([1.0; 4]);
+    let limits = ProposalLimits {
+        pre_nms_topk: 1000,
+        post_nms_topk: 500,
+        nms_thresh: 0.7,
+        min_box_size: 0.0,
+    };
+    let host = find_top_rpn_proposals(
+        &RpnOutputs {
+            logits: &logits,
+            deltas: &deltas,
+            anchors: &anchors,
+            per_level: &per_level,
+        },
+        &sizes,
+        &coder,
+        &limits,
+    );
+    let device = find_top_rpn_proposals_on_device(
+        &Tensor::from_slice(&logits, (n, r), &gpu).unwrap(),
+        &Tensor::from_slice(&deltas, (n, r, 4), &gpu).unwrap(),
+        &anchors,
+        &per_level,
+        &sizes,
+        &coder,
+        &limits,
+    )
+    .unwrap();
+    let close = |a: &[f32; 4], b: &[f32; 4]| {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0))
+    };
+    let differ = host
+        .iter()
+        .zip(&device)
+        .filter(|(h, d)| {
+            h.boxes.len() != d.boxes.len()
+                || h.logits != d.logits
+                || h.boxes.iter().zip(&d.boxes).any(|(a, b)| !close(a, b))
+        })
+        .count();
+    assert!(differ <= 1, "{differ} of {n} images keep other proposals");
+}

@@ -87,9 +87,13 @@ impl candle_core::CustomOp3 for TopKMask {
     }
 }
 
+/// The largest `k` of [`top_k_indices`] on CUDA: its kernel sorts a row's picks in
+/// shared memory (`TOP_K_MAX` in the source).
+pub const CUDA_TOP_K_MAX: usize = 4096;
+
 /// `scores` (N, R) f32, `candidates` (N, R) u8 -> (N, k) u32: per row, the indices of
 /// the `k` highest-scoring candidates, best first (ties to the lower index), then `R`
-/// where the row has fewer than `k` candidates. On CUDA, `k` is at most 4096.
+/// where the row has fewer than `k` candidates. On CUDA, `k` is at most [`CUDA_TOP_K_MAX`].
 pub fn top_k_indices(scores: &Tensor, candidates: &Tensor, k: usize) -> Result<Tensor> {
     let (n, r) = scores.dims2()?;
     if candidates.dims() != [n, r] {

@@ -239,17 +239,15 @@ pub(super) fn forward(
     ))
 }
 
-/// Largest `k` of [`indices`]: its block sorts the picked in shared memory (`TOP_K_MAX`).
-pub(super) const INDICES_MAX_K: usize = 4096;
-
 pub(super) fn indices(
     (ss, sl): (&CudaStorage, &Layout),
     (cs, cl): (&CudaStorage, &Layout),
     k: usize,
 ) -> Result<(CudaStorage, Shape)> {
     let (n, r) = sl.shape().dims2()?;
-    if k > INDICES_MAX_K {
-        candle_core::bail!("top_k_indices: k {k} above the CUDA kernel's {INDICES_MAX_K}");
+    let max = super::top_k_mask::CUDA_TOP_K_MAX;
+    if k > max {
+        candle_core::bail!("top_k_indices: k {k} above the CUDA kernel's {max}");
     }
     let (ri, ki) = (i32_of(r, WHAT)?, i32_of(k, WHAT)?);
     if n > i32::MAX as usize {

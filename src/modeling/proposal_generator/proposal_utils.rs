@@ -74,6 +74,9 @@ pub fn find_top_rpn_proposals(
                 if idx.len() > limits.pre_nms_topk {
                     idx.select_nth_unstable_by(limits.pre_nms_topk, by_score);
                     idx.truncate(limits.pre_nms_topk);
+                    // Back in anchor order: equal scores rank by anchor in the NMS and
+                    // the final cut, as on the device.
+                    idx.sort_unstable();
                 }
                 for a in idx {
                     let d = &deltas[a * 4..a * 4 + 4];

@@ -25,6 +25,7 @@ use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{LowQualityMatches, Matcher, FOREGROUND, IGNORE};
 use crate::modeling::sampling::subsample_labels;
 
+use super::device_proposals::find_top_rpn_proposals_on_device;
 use super::proposal_utils::{find_top_rpn_proposals, ProposalLimits, Proposals, RpnOutputs};
 use crate::structures::boxes::Box4;
 use crate::structures::Instances;
@@ -135,12 +136,6 @@ impl Rpn {
         let anchors = self.anchors.grid_anchors(&sizes);
         let (logits, deltas) = self.head.forward(&levels)?;
         let train = targets.is_some();
-        // Objectness and deltas in one read: on a GPU each read waits for the device.
-        let flat = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all();
-        let both = crate::ops::host::to_vec1::<f32>(
-            &Tensor::cat(&[flat(&logits)?, flat(&deltas)?], 0)?.to_device(&Device::Cpu)?,
-        )?;
-        let (host_logits, host_deltas) = both.split_at(logits.elem_count());
         let (pre_nms_topk, post_nms_topk) = if train {
             (self.params.pre_nms_topk.0, self.params.post_nms_topk.0)
         } else {
@@ -152,17 +147,35 @@ impl Rpn {
             nms_thresh: self.params.nms_thresh,
             min_box_size: self.params.min_box_size,
         };
-        let proposals = find_top_rpn_proposals(
-            &RpnOutputs {
+        // On a GPU the proposals are found there and only they are read back; elsewhere
+        // (and past the CUDA top-k's limit) every anchor's outputs come to the host.
+        let proposals = if logits.device().is_cuda()
+            && pre_nms_topk.max(post_nms_topk) <= crate::ops::top_k_mask::CUDA_TOP_K_MAX
+        {
+            find_top_rpn_proposals_on_device(
+                &logits,
+                &deltas,
+                &anchors,
+                &per_level,
+                image_sizes,
+                &self.coder,
+                &limits,
+            )?
+        } else {
+            // Objectness and deltas in one read: on a GPU each read waits for the device.
+            let flat = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all();
+            let both = crate::ops::host::to_vec1::<f32>(
+                &Tensor::cat(&[flat(&logits)?, flat(&deltas)?], 0)?.to_device(&Device::Cpu)?,
+            )?;
+            let (host_logits, host_deltas) = both.split_at(logits.elem_count());
+            let outputs = RpnOutputs {
                 logits: host_logits,
                 deltas: host_deltas,
                 anchors: &anchors,
                 per_level: &per_level,
-            },
-            image_sizes,
-            &self.coder,
-            &limits,
-        );
+            };
+            find_top_rpn_proposals(&outputs, image_sizes, &self.coder, &limits)
+        };
         let losses = match targets {
             Some(t) => self.losses(&logits, &deltas, &anchors, t, rngs)?,
             None => LossMap::new(),
