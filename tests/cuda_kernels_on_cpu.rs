@@ -23,8 +23,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candletron::ops::{
-    batch_norm_train, bias_act, depthwise_conv2d, nms_segments, relu6, roi_align, top_k_indices,
-    top_k_mask, Activation, ConvGeometry, RoiAlignParams, RoiGrid,
+    batch_norm_train, bias_act, depthwise_conv2d, im2col, nms_segments, relu6, roi_align,
+    top_k_indices, top_k_mask, Activation, ConvGeometry, RoiAlignParams, RoiGrid,
 };
 
 /// Threads per block of the element-wise and reduction kernels (`cuda_kernels::THREADS`).
@@ -1164,6 +1164,102 @@ fn nms_kernel_keeps_what_the_cpu_op_keeps() {
         assert_eq!(got, want, "threshold {threshold}");
         let kept = want.iter().filter(|&&k| k == 1.0).count();
         assert!(kept > 50 && kept < n * s * 9 / 10, "{kept} kept");
+    }
+}
+
+/// im2col (a copy) and col2im (each input cell's sum over the taps that read it) against
+/// the CPU op and its gradient: f32 and f64 bit for bit, bf16 and f16 the f32 kernels'
+/// result on the widened values rounded once; strides, padding, dilation, a 1x1 kernel
+/// with stride 2 (cells no tap reads) and a non-square input.
+#[test]
+fn im2col_kernels_equal_the_cpu_op() {
+    let Some(emu) = Emulator::get() else { return };
+    let cpu = Device::Cpu;
+    let (n, c, h, w) = (2, 3, 9, 7);
+    let x = Tensor::from_vec(values(n * c * h * w, 21), (n, c, h, w), &cpu).unwrap();
+    for (k, g) in [
+        (3, ConvGeometry::new(1, 1, 1)),
+        (3, ConvGeometry::new(2, 1, 1)),
+        (3, ConvGeometry::new(1, 2, 2)),
+        (1, ConvGeometry::new(2, 0, 1)),
+        (5, ConvGeometry::new(3, 2, 1)),
+    ] {
+        let (ho, wo) = (g.out_size(h, k).unwrap(), g.out_size(w, k).unwrap());
+        let geo = format!(
+            "i32={c} i32={h} i32={w} i32={k} i32={} i32={} i32={} i32={ho} i32={wo}",
+            g.stride, g.padding, g.dilation
+        );
+        let cols_len = n * c * k * k * ho * wo;
+        let x_len = n * c * h * w;
+        let dy = Tensor::from_vec(values(cols_len, 22), (n, c * k * k, ho * wo), &cpu).unwrap();
+        // The CPU op's forward, and its gradient for `dy`.
+        let reference = |dtype: DType| {
+            let xv = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+            let cols = im2col(xv.as_tensor(), k, g).unwrap();
+            let grads = (&cols * dy.to_dtype(dtype).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (cols, grads.get(&xv).unwrap().clone())
+        };
+        let run = |suf: &str, xb: Vec<u8>, dyb: Vec<u8>, size: usize| {
+            let script = format!(
+                "alloc cols {}\nlaunch im2col_{suf} {} 1 1 {THREADS} 1 1 @x @cols i64={cols_len} {geo}\n\
+                 alloc gx {}\nlaunch col2im_{suf} {} 1 1 {THREADS} 1 1 @dy @gx i64={x_len} {geo}\n",
+                cols_len * size,
+                blocks(cols_len),
+                x_len * size,
+                blocks(x_len)
+            );
+            emu.run(&[("x", xb), ("dy", dyb)], &script, &["cols", "gx"])
+        };
+        for dtype in [DType::F32, DType::F64] {
+            let (cols, gx) = reference(dtype);
+            let size = dtype.size_in_bytes();
+            let out = run(
+                suffix(dtype),
+                bytes(&x.to_dtype(dtype).unwrap()),
+                bytes(&dy.to_dtype(dtype).unwrap()),
+                size,
+            );
+            let what = format!("{dtype:?} k {k} {g:?}");
+            assert_same(
+                &format!("im2col {what}"),
+                &decode(&out[0], dtype),
+                &common::flat_f64(&cols),
+            );
+            assert_same(
+                &format!("col2im {what}"),
+                &decode(&out[1], dtype),
+                &common::flat_f64(&gx),
+            );
+        }
+        let (cols32, gx32) = reference(DType::F32);
+        for dtype in [DType::BF16, DType::F16] {
+            // The narrow inputs, and the f32 results on their widened values, rounded.
+            let (xn, dyn_) = (x.to_dtype(dtype).unwrap(), dy.to_dtype(dtype).unwrap());
+            let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let out = run(suffix(dtype), bytes(&xn), bytes(&dyn_), 2);
+            let wide = run("f32", bytes(&widen(&xn)), bytes(&widen(&dyn_)), 4);
+            let round = |b: &[u8], dims: &[usize]| {
+                let v: Vec<f32> = decode(b, DType::F32).iter().map(|v| *v as f32).collect();
+                let t = Tensor::from_vec(v, dims, &cpu).unwrap();
+                common::flat_f64(&t.to_dtype(dtype).unwrap())
+            };
+            let what = format!("{dtype:?} k {k} {g:?}");
+            assert_same(
+                &format!("im2col {what}"),
+                &decode(&out[0], dtype),
+                &round(&wide[0], cols32.dims()),
+            );
+            assert_same(
+                &format!("col2im {what}"),
+                &decode(&out[1], dtype),
+                &round(&wide[1], gx32.dims()),
+            );
+        }
     }
 }
 

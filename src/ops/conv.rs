@@ -1,8 +1,9 @@
 //! `conv2d`: the convolution every layer runs, routed to the op that fits it.
 //!
 //! Depthwise convolutions go to the dedicated op, pointwise (1x1, stride 1) ones to one
-//! batched matmul without im2col, other ungrouped ones on CPU to the im2col + gemm op,
-//! and the rest to Candle's conv2d, so the modules never choose a kernel themselves.
+//! batched matmul without im2col, other ungrouped ones on CPU to the im2col + gemm op and
+//! on CUDA to a matmul over the im2col op (cuBLAS both ways), and the rest to Candle's
+//! conv2d, so the modules never choose a kernel themselves.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -11,6 +12,7 @@ use super::conv_bn_train::TrainConv;
 use super::dense_conv::{self, DenseConvBiasAct};
 use super::depthwise::{self, depthwise_conv2d, ForwardBiasAct};
 use super::geometry::ConvGeometry;
+use super::im2col;
 use super::pointwise::{self, PointwiseBiasAct};
 
 /// The depthwise case (one filter per channel, square kernel), if `weight` has it.
@@ -63,6 +65,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeometry, groups: usize) -> Re
     }
     if is_dense(weight, groups)? && dense_conv::supported(x, weight) {
         return dense_conv::dense_conv2d(x, weight, g);
+    }
+    if is_dense(weight, groups)? && im2col::supported(x, weight) {
+        return im2col::im2col_conv2d(x, weight, g);
     }
     x.conv2d(weight, g.padding, g.stride, g.dilation, groups)
 }

@@ -23,6 +23,9 @@ pub mod depthwise;
 mod depthwise_cuda;
 pub mod geometry;
 pub mod host;
+pub mod im2col;
+#[cfg(feature = "cuda")]
+mod im2col_cuda;
 pub mod linear;
 pub mod nms;
 #[cfg(feature = "cuda")]
@@ -45,6 +48,7 @@ pub use conv_bn_train::{conv_bn_act_train, conv_bn_chain_train, ChainLayer};
 pub use dense_conv::dense_conv2d;
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_portable};
 pub use geometry::ConvGeometry;
+pub use im2col::{im2col, im2col_conv2d};
 pub use linear::linear;
 pub use nms::nms_segments;
 pub use roi_align::{roi_align, roi_align_portable, RoiAlignParams, RoiGrid};
