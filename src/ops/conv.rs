@@ -66,7 +66,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeometry, groups: usize) -> Re
     if is_dense(weight, groups)? && dense_conv::supported(x, weight) {
         return dense_conv::dense_conv2d(x, weight, g);
     }
-    if is_dense(weight, groups)? && im2col::supported(x, weight) {
+    // With cuDNN, Candle's conv2d runs cuDNN's forward, the faster one where no gradient
+    // is wanted; its backward is Candle's own, so training takes the im2col op.
+    let training = x.track_op() || weight.track_op();
+    if is_dense(weight, groups)?
+        && im2col::supported(x, weight)
+        && (training || !cfg!(feature = "cudnn"))
+    {
         return im2col::im2col_conv2d(x, weight, g);
     }
     x.conv2d(weight, g.padding, g.stride, g.dilation, groups)
