@@ -82,10 +82,8 @@ pub fn find_top_rpn_proposals_on_device(
                 .narrow(1, start, len)?
                 .broadcast_as((n, len, 4))?
                 .contiguous()?;
-            let decoded = coder.apply_deltas_tensor(
-                &take(&deltas.narrow(1, start, len)?, &idx)?,
-                &take(&level_anchors, &idx)?,
-            )?;
+            let level_deltas = take(&deltas.narrow(1, start, len)?, &idx)?;
+            let decoded = coder.apply_deltas_tensor(&level_deltas, &take(&level_anchors, &idx)?)?;
             let clipped = decoded.maximum(0f32)?.broadcast_minimum(&bounds)?;
             let side = |a: usize, b: usize| -> Result<Tensor> {
                 let extent = (clipped.narrow(2, b, 1)? - clipped.narrow(2, a, 1)?)?;
@@ -93,6 +91,7 @@ pub fn find_top_rpn_proposals_on_device(
             };
             let ok = idx
                 .lt(len as u32)?
+                .mul(&all_finite(&level_deltas)?)?
                 .mul(&all_finite(&decoded)?)?
                 .mul(&side(0, 2)?)?
                 .mul(&side(1, 3)?)?;
@@ -179,12 +178,25 @@ mod tests {
         let anchors: Vec<Box4> = levels.concat();
         let (n, r) = (3, anchors.len());
         let mut logits: Vec<f32> = (0..n * r).map(|_| rng.below(13) as f32 / 4.0).collect();
+        // The anchors with non-finite deltas (below) rank first.
+        for a in [0, 11, r + 5] {
+            logits[a] = 5.0;
+        }
         logits[7] = f32::NAN;
         logits[9] = f32::INFINITY;
         logits[r + 3] = f32::NEG_INFINITY;
         let deltas: Vec<f32> = (0..n * r * 4)
             .map(|_| (rng.below(1000) as f32 / 1000.0 - 0.5) * 1.5)
             .collect();
+        // Non-finite size deltas on anchors the top-k keeps.
+        let mut deltas = deltas;
+        for (i, v) in [
+            (2, f32::NAN),
+            (4 * (r + 5) + 3, f32::INFINITY),
+            (4 * 11 + 2, f32::NEG_INFINITY),
+        ] {
+            deltas[i] = v;
+        }
         let image_sizes = [(128, 128), (100, 90), (64, 128)];
         let coder = Box2BoxTransform::new([1.0, 1.0, 1.0, 1.0]);
         let outputs = RpnOutputs {
