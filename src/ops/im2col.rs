@@ -185,6 +185,21 @@ where
     out
 }
 
+/// `f32` or `f64` applied to the storage's values, by its dtype.
+fn on_floats(
+    s: &CpuStorage,
+    l: &Layout,
+    what: &str,
+    f32s: impl Fn(&[f32]) -> Vec<f32>,
+    f64s: impl Fn(&[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match s {
+        CpuStorage::F32(_) => CpuStorage::F32(f32s(cpu_slice::<f32>(s, l, what)?)),
+        CpuStorage::F64(_) => CpuStorage::F64(f64s(cpu_slice::<f64>(s, l, what)?)),
+        _ => candle_core::bail!("{what}: {:?} is not supported on CPU", s.dtype()),
+    })
+}
+
 impl candle_core::CustomOp1 for Im2col {
     fn name(&self) -> &'static str {
         "im2col"
@@ -192,11 +207,7 @@ impl candle_core::CustomOp1 for Im2col {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = &self.0;
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(im2col_cpu(cpu_slice::<f32>(s, l, "im2col")?, d)),
-            CpuStorage::F64(_) => CpuStorage::F64(im2col_cpu(cpu_slice::<f64>(s, l, "im2col")?, d)),
-            _ => candle_core::bail!("im2col: {:?} is not supported on CPU", s.dtype()),
-        };
+        let out = on_floats(s, l, "im2col", |x| im2col_cpu(x, d), |x| im2col_cpu(x, d))?;
         Ok((out, d.cols_shape()))
     }
 
@@ -224,11 +235,7 @@ impl candle_core::CustomOp1 for Col2im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = &self.0;
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(col2im_cpu(cpu_slice::<f32>(s, l, "col2im")?, d)),
-            CpuStorage::F64(_) => CpuStorage::F64(col2im_cpu(cpu_slice::<f64>(s, l, "col2im")?, d)),
-            _ => candle_core::bail!("col2im: {:?} is not supported on CPU", s.dtype()),
-        };
+        let out = on_floats(s, l, "col2im", |c| col2im_cpu(c, d), |c| col2im_cpu(c, d))?;
         Ok((out, Shape::from((d.n, d.c, d.h, d.w))))
     }
 

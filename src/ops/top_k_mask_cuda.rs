@@ -195,6 +195,15 @@ extern "C" __global__ void top_k_indices(const float* __restrict__ scores,
 }
 "#;
 
+/// One block of [`ROW_THREADS`] per row (the callers check that `n` fits the grid).
+fn per_row(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     cuda_kernels::ptx(&PTX, SOURCE, WHAT)
@@ -225,13 +234,8 @@ pub(super) fn forward(
             .arg(&k)
             .arg(&out)
             .arg(&ri);
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments match the kernel's signature in SOURCE.
-        unsafe { builder.launch(cfg) }.w()?;
+        unsafe { builder.launch(per_row(n)) }.w()?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -267,13 +271,8 @@ pub(super) fn indices(
             .arg(&out)
             .arg(&ri)
             .arg(&ki);
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments match the kernel's signature in SOURCE.
-        unsafe { builder.launch(cfg) }.w()?;
+        unsafe { builder.launch(per_row(n)) }.w()?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
