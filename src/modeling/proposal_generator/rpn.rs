@@ -4,7 +4,8 @@
 //! level and a per-image cap (`find_top_rpn_proposals`).
 //!
 //! Proposals are host boxes: they carry no gradient into the second stage, as in
-//! Detectron2, where they are detached. The training targets are built on the host on
+//! Detectron2, where they are detached. On CUDA they are selected on the device and only
+//! they are read back (`device_proposals`). The training targets are built on the host on
 //! the CPU and on the device elsewhere (`dense_losses`), with the same sample and losses.
 
 mod dense_losses;
@@ -24,12 +25,12 @@ use crate::modeling::heads::RpnHead;
 use crate::modeling::helpers::{reg_weights, select_features};
 use crate::modeling::matcher::{LowQualityMatches, Matcher, FOREGROUND, IGNORE};
 use crate::modeling::sampling::subsample_labels;
-
-use super::device_proposals::find_top_rpn_proposals_on_device;
-use super::proposal_utils::{find_top_rpn_proposals, ProposalLimits, Proposals, RpnOutputs};
 use crate::structures::boxes::Box4;
 use crate::structures::Instances;
 use crate::structures::LossMap;
+
+use super::device_proposals::find_top_rpn_proposals_on_device;
+use super::proposal_utils::{find_top_rpn_proposals, ProposalLimits, Proposals, RpnOutputs};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpnParams {
