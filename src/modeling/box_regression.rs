@@ -59,8 +59,11 @@ impl Box2BoxTransform {
         let (sx, sy) = (src[0] + 0.5 * sw, src[1] + 0.5 * sh);
         let cx = d[0] / wx * sw + sx;
         let cy = d[1] / wy * sh + sy;
-        let w = (d[2] / ww).min(SCALE_CLAMP).exp() * sw;
-        let h = (d[3] / wh).min(SCALE_CLAMP).exp() * sh;
+        // Clamped from above as `torch.clamp(max=)` does: a NaN stays NaN (`f32::min`
+        // would turn it into the clamp), so the box comes out non-finite and is dropped.
+        let clamp = |v: f32| if v > SCALE_CLAMP { SCALE_CLAMP } else { v };
+        let w = clamp(d[2] / ww).exp() * sw;
+        let h = clamp(d[3] / wh).exp() * sh;
         [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
     }
 

@@ -25,6 +25,17 @@ fn all_finite(t: &Tensor) -> Result<Tensor> {
     (t * 0.0)?.sum(D::Minus1)?.eq(0f32)
 }
 
+/// Non-zero (u8) where neither size delta of `deltas` (..., 4) is NaN. The host clamps
+/// them from above keeping NaN (`Box2BoxTransform::apply_deltas`), which the tensor
+/// clamp need not do on every backend; an infinite delta decodes alike on both.
+fn size_deltas_not_nan(deltas: &Tensor) -> Result<Tensor> {
+    // |x| <= inf holds for every number but NaN.
+    let ok = deltas.narrow(D::Minus1, 2, 2)?.abs()?.le(f32::INFINITY)?;
+    ok.narrow(D::Minus1, 0, 1)?
+        .mul(&ok.narrow(D::Minus1, 1, 1)?)?
+        .squeeze(D::Minus1)
+}
+
 /// `t` (N, R, ...) at `idx` (N, K) u32 along dimension 1, with indices at or past R (the
 /// padding of `top_k_indices`) reading element R - 1 instead.
 fn take(t: &Tensor, idx: &Tensor) -> Result<Tensor> {
@@ -63,7 +74,7 @@ pub fn find_top_rpn_proposals_on_device(
     let dev = logits.device();
     let logits = logits.detach().to_dtype(DType::F32)?;
     let deltas = deltas.detach().to_dtype(DType::F32)?.reshape((n, r, 4))?;
-    let anchors = Tensor::from_vec(anchors.concat(), (1, r, 4), dev)?;
+    let anchors = Tensor::from_vec(anchors.concat(), (r, 4), dev)?;
     let bounds: Vec<f32> = image_sizes
         .iter()
         .flat_map(|&(h, w)| [w as f32, h as f32, w as f32, h as f32])
@@ -78,12 +89,12 @@ pub fn find_top_rpn_proposals_on_device(
         if k > 0 && n > 0 {
             let s = logits.narrow(1, start, len)?.contiguous()?;
             let idx = top_k_indices(&s, &all_finite(&s.unsqueeze(2)?)?, k)?;
-            let level_anchors = anchors
-                .narrow(1, start, len)?
-                .broadcast_as((n, len, 4))?
-                .contiguous()?;
+            let picked_anchors = anchors
+                .narrow(0, start, len)?
+                .index_select(&idx.minimum(len as u32 - 1)?.flatten_all()?, 0)?
+                .reshape((n, k, 4))?;
             let level_deltas = take(&deltas.narrow(1, start, len)?, &idx)?;
-            let decoded = coder.apply_deltas_tensor(&level_deltas, &take(&level_anchors, &idx)?)?;
+            let decoded = coder.apply_deltas_tensor(&level_deltas, &picked_anchors)?;
             let clipped = decoded.maximum(0f32)?.broadcast_minimum(&bounds)?;
             let side = |a: usize, b: usize| -> Result<Tensor> {
                 let extent = (clipped.narrow(2, b, 1)? - clipped.narrow(2, a, 1)?)?;
@@ -91,7 +102,7 @@ pub fn find_top_rpn_proposals_on_device(
             };
             let ok = idx
                 .lt(len as u32)?
-                .mul(&all_finite(&level_deltas)?)?
+                .mul(&size_deltas_not_nan(&level_deltas)?)?
                 .mul(&all_finite(&decoded)?)?
                 .mul(&side(0, 2)?)?
                 .mul(&side(1, 3)?)?;
@@ -188,7 +199,8 @@ mod tests {
         let deltas: Vec<f32> = (0..n * r * 4)
             .map(|_| (rng.below(1000) as f32 / 1000.0 - 0.5) * 1.5)
             .collect();
-        // Non-finite size deltas on anchors the top-k keeps.
+        // Non-finite size deltas on anchors the top-k keeps: NaN drops the box, +inf is
+        // clamped, -inf gives an empty box.
         let mut deltas = deltas;
         for (i, v) in [
             (2, f32::NAN),

@@ -44,8 +44,8 @@ pub struct ProposalLimits {
     pub min_box_size: f32,
 }
 
-/// Proposals per image of `image_sizes` ((height, width) each). Non-finite logits,
-/// deltas and boxes are left out (Detectron2 raises on them in training; a diverging run is caught
+/// Proposals per image of `image_sizes` ((height, width) each). Non-finite logits and
+/// boxes are left out (Detectron2 raises on them in training; a diverging run is caught
 /// by the trainer's loss check instead). Ties in objectness go to the lower anchor, so
 /// the top k is one set, whatever the selection algorithm.
 pub fn find_top_rpn_proposals(
@@ -81,9 +81,7 @@ pub fn find_top_rpn_proposals(
                 for a in idx {
                     let d = &deltas[a * 4..a * 4 + 4];
                     let mut b = coder.apply_deltas(&[d[0], d[1], d[2], d[3]], &outputs.anchors[a]);
-                    // A NaN size delta decodes to a finite box (the exp is clamped with
-                    // `min`, which drops NaN); Detectron2's decoding gives NaN and drops it.
-                    if !d.iter().chain(&b).all(|v| v.is_finite()) {
+                    if !b.iter().all(|v| v.is_finite()) {
                         continue;
                     }
                     clip(&mut b, w as f32, h as f32);
